@@ -1,0 +1,63 @@
+package backoff
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestNextGrowsAndCaps(t *testing.T) {
+	b := New(100*time.Millisecond, time.Second)
+	wantCeil := []time.Duration{100, 200, 400, 800, 1000, 1000, 1000}
+	for i, ceil := range wantCeil {
+		ceil *= time.Millisecond
+		d := b.Next()
+		if d < ceil/2 || d > ceil {
+			t.Fatalf("attempt %d: delay %v outside [%v, %v]", i, d, ceil/2, ceil)
+		}
+	}
+	if b.Failures() != len(wantCeil) {
+		t.Fatalf("failures = %d, want %d", b.Failures(), len(wantCeil))
+	}
+}
+
+func TestNoOverflowAfterManyFailures(t *testing.T) {
+	b := New(time.Second, 30*time.Second)
+	for i := 0; i < 200; i++ {
+		if d := b.Next(); d <= 0 || d > 30*time.Second {
+			t.Fatalf("attempt %d: delay %v outside (0, 30s]", i, d)
+		}
+	}
+}
+
+func TestResetStartsOver(t *testing.T) {
+	b := New(10*time.Millisecond, time.Hour)
+	for i := 0; i < 10; i++ {
+		b.Next()
+	}
+	b.Reset()
+	if d := b.Next(); d > 10*time.Millisecond {
+		t.Fatalf("after Reset delay %v, want at most 10ms", d)
+	}
+}
+
+func TestWaitReturnsWhenContextEnds(t *testing.T) {
+	b := New(time.Hour, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan struct{})
+	go func() { b.Wait(ctx, errors.New("boom")); close(done) }()
+	<-done // would block for an hour if Wait ignored ctx
+}
+
+func TestWaitWithNilErrorResets(t *testing.T) {
+	b := New(time.Millisecond, time.Hour)
+	for i := 0; i < 5; i++ {
+		b.Next()
+	}
+	b.Wait(context.Background(), nil)
+	if b.Failures() != 0 {
+		t.Fatalf("failures after a success = %d, want 0", b.Failures())
+	}
+}
