@@ -1,0 +1,501 @@
+package fleet
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	"google.golang.org/protobuf/proto"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
+	"k8s.io/apimachinery/pkg/labels"
+	utilvalidation "k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Limits on an application spec. They keep one application from making
+// every assignment it is placed in (and so every agent's stream) huge.
+const (
+	// MaxSpecSizeBytes bounds the encoded ApplicationSpec.
+	MaxSpecSizeBytes = 256 << 10
+	// MaxOverrides bounds spec.overrides.
+	MaxOverrides = 100
+	// MaxPatchesPerOverride bounds spec.overrides[i].patches.
+	MaxPatchesPerOverride = 100
+	// MaxExtraPaths bounds spec.source.extraPaths.
+	MaxExtraPaths = 100
+	// MaxRepoURLLength bounds spec.source.repoURL.
+	MaxRepoURLLength = 2048
+	// MaxRefLength bounds spec.source.ref.
+	MaxRefLength = 255
+	// MinPollInterval is the shortest spec.source.pollInterval: every poll
+	// is an ls-remote against someone's Git server.
+	MinPollInterval = 10 * time.Second
+	// MinSyncInterval is the shortest spec.syncPolicy.interval: every
+	// interval makes each agent re-read every object of the application.
+	MinSyncInterval = time.Second
+)
+
+// FieldError says which field of an input is wrong and why. Field uses the
+// JSON names of the admin API ("spec.source.repoURL",
+// "spec.placement.selector.matchExpressions[0].operator"), so an operator can
+// find it in the file they wrote.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// FieldErrors is every problem found in one input, in field order. The
+// validators return it (never an empty one) so that a user fixes all
+// problems in one round; errors.As finds both FieldErrors and the first
+// *FieldError in it.
+type FieldErrors []*FieldError
+
+func (es FieldErrors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// Unwrap lets errors.As reach the individual field errors.
+func (es FieldErrors) Unwrap() []error {
+	errs := make([]error, len(es))
+	for i, e := range es {
+		errs[i] = e
+	}
+	return errs
+}
+
+// errOrNil keeps the typed-nil trap out of callers: a nil FieldErrors in an
+// error interface is not a nil error.
+func (es FieldErrors) errOrNil() error {
+	if len(es) == 0 {
+		return nil
+	}
+	return es
+}
+
+func (es *FieldErrors) add(field, format string, args ...any) {
+	*es = append(*es, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// addList takes over apimachinery's field errors. ErrorBody echoes the bad
+// value; that is safe because no field validated this way holds a secret.
+func (es *FieldErrors) addList(list field.ErrorList) {
+	for _, e := range list {
+		*es = append(*es, &FieldError{Field: e.Field, Msg: e.ErrorBody()})
+	}
+}
+
+// ValidateName checks an application or cluster name: a DNS-1123 label (at
+// most 63 lower-case letters, digits and '-', starting and ending with a
+// letter or digit), because names end up in Kubernetes labels, URLs and
+// ${cluster.name}.
+func ValidateName(name string) error {
+	var errs FieldErrors
+	validateName(&errs, "name", name)
+	return errs.errOrNil()
+}
+
+func validateName(errs *FieldErrors, fld, name string) {
+	if name == "" {
+		errs.add(fld, "required")
+		return
+	}
+	for _, msg := range utilvalidation.IsDNS1123Label(name) {
+		errs.add(fld, "%q: %s", name, msg)
+	}
+}
+
+// ValidateLabels checks cluster labels with Kubernetes' rules for label keys
+// and values.
+func ValidateLabels(lbls map[string]string) error {
+	var errs FieldErrors
+	validateLabels(&errs, field.NewPath("labels"), lbls)
+	return errs.errOrNil()
+}
+
+func validateLabels(errs *FieldErrors, fld *field.Path, lbls map[string]string) {
+	// Sorted so that the same input always gives the same message.
+	for _, k := range sortedKeys(lbls) {
+		errs.addList(metav1validation.ValidateLabelName(k, fld.Key(k)))
+		for _, msg := range utilvalidation.IsValidLabelValue(lbls[k]) {
+			errs.add(fld.Key(k).String(), "%q: %s", lbls[k], msg)
+		}
+	}
+}
+
+// ValidateSpec checks everything an application spec says before it is
+// stored or placed. It returns FieldErrors listing every problem, or nil.
+func ValidateSpec(spec *droverv1.ApplicationSpec) error {
+	var errs FieldErrors
+	if spec == nil {
+		errs.add("spec", "required")
+		return errs
+	}
+	// Checked first and alone: walking a huge spec only to say it is huge
+	// helps nobody.
+	if size := proto.Size(spec); size > MaxSpecSizeBytes {
+		errs.add("spec", "encoded size %d bytes exceeds the limit of %d bytes", size, MaxSpecSizeBytes)
+		return errs
+	}
+	validateSource(&errs, spec.GetSource())
+	validateRender(&errs, spec.GetRender())
+	validatePlacement(&errs, spec.GetPlacement())
+	if iv := spec.GetSyncPolicy().GetInterval(); iv != "" {
+		validateInterval(&errs, "spec.syncPolicy.interval", iv, MinSyncInterval)
+	}
+	validateOverrides(&errs, spec.GetOverrides())
+	return errs.errOrNil()
+}
+
+func validateSource(errs *FieldErrors, src *droverv1.Source) {
+	if msg := checkRepoURL(src.GetRepoUrl()); msg != "" {
+		errs.add("spec.source.repoURL", "%s", msg)
+	}
+	if msg := checkRef(src.GetRef()); msg != "" {
+		errs.add("spec.source.ref", "%s", msg)
+	}
+	if msg := checkRepoPath(src.GetPath()); msg != "" {
+		errs.add("spec.source.path", "%s", msg)
+	}
+	extra := src.GetExtraPaths()
+	if len(extra) > MaxExtraPaths {
+		errs.add("spec.source.extraPaths", "%d entries exceed the limit of %d", len(extra), MaxExtraPaths)
+	} else {
+		for i, p := range extra {
+			fld := fmt.Sprintf("spec.source.extraPaths[%d]", i)
+			if p == "" {
+				errs.add(fld, "must not be empty")
+			} else if msg := checkRepoPath(p); msg != "" {
+				errs.add(fld, "%s", msg)
+			}
+		}
+	}
+	if iv := src.GetPollInterval(); iv != "" {
+		validateInterval(errs, "spec.source.pollInterval", iv, MinPollInterval)
+	}
+}
+
+// scpHost is what we accept as the host of user@host:path: a DNS name or an
+// IPv4 address, never something Git could read as an option or a
+// transport. (IPv6 hosts need the ssh:// form.)
+var (
+	scpUser = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+	scpHost = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
+)
+
+// checkRepoURL returns why raw is not an acceptable repository URL, or "".
+// Only network transports are accepted: file://, ext:: and friends would
+// let an application read the hub's or an agent's own disk or run commands.
+// Credentials in the URL are refused because URLs are shown and logged;
+// they belong in SetRepositoryCredentials. Messages never echo the URL.
+func checkRepoURL(raw string) string {
+	switch {
+	case raw == "":
+		return "required"
+	case len(raw) > MaxRepoURLLength:
+		return fmt.Sprintf("longer than %d characters", MaxRepoURLLength)
+	case strings.IndexFunc(raw, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return "must not contain whitespace or control characters"
+	}
+	if strings.Contains(raw, "://") {
+		if msg := checkNetworkURL(raw); msg != "" {
+			return msg
+		}
+	} else if msg := checkSCPURL(raw); msg != "" {
+		return msg
+	}
+	// go-git is what fetches the URL, on the hub and on agents; make sure it
+	// reads it as the same network endpoint we just checked.
+	ep, err := transport.NewEndpoint(raw)
+	if err != nil {
+		return "not a valid repository URL"
+	}
+	switch ep.Protocol {
+	case "https", "http", "ssh":
+	default:
+		return "not a network repository URL; use https://, http://, ssh:// or user@host:path"
+	}
+	if ep.Host == "" {
+		return "has no host"
+	}
+	return ""
+}
+
+func checkNetworkURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// err repeats the URL, which may hold a password; say less.
+		return "not a valid URL"
+	}
+	scheme := strings.ToLower(u.Scheme)
+	switch scheme {
+	case "https", "http", "ssh":
+	default:
+		return fmt.Sprintf("scheme %q is not supported; use https://, http://, ssh:// or user@host:path", u.Scheme)
+	}
+	host := u.Hostname()
+	if host == "" {
+		return "has no host"
+	}
+	if strings.HasPrefix(host, "-") {
+		return "host must not start with '-'"
+	}
+	if u.User != nil {
+		if _, hasPassword := u.User.Password(); hasPassword || scheme != "ssh" {
+			return "must not contain credentials; store them with SetRepositoryCredentials (droverctl repo set-credentials)"
+		}
+	}
+	return ""
+}
+
+func checkSCPURL(raw string) string {
+	const hint = "use https://, http://, ssh:// or user@host:path"
+	hostPart, repoPath, ok := strings.Cut(raw, ":")
+	if !ok || strings.Contains(hostPart, "/") {
+		return "not a network repository URL; local paths are not allowed; " + hint
+	}
+	user, host, hasUser := strings.Cut(hostPart, "@")
+	if !hasUser {
+		host, user = user, ""
+	}
+	switch {
+	case hasUser && !scpUser.MatchString(user):
+		return "user in user@host:path may contain only letters, digits, '.', '_' and '-'"
+	case !scpHost.MatchString(host):
+		return "host in user@host:path is not a valid host name; " + hint
+	case repoPath == "" || strings.HasPrefix(repoPath, ":"):
+		// "ext::cmd" and friends are Git's remote-helper syntax.
+		return "not a supported repository URL; " + hint
+	case strings.HasPrefix(repoPath, "-"):
+		return "path in user@host:path must not start with '-'"
+	}
+	return ""
+}
+
+// checkRef returns why ref is not a branch, tag, full ref or commit SHA
+// Git could resolve, or "". "" (the default branch) is fine.
+func checkRef(ref string) string {
+	switch {
+	case ref == "":
+		return ""
+	case len(ref) > MaxRefLength:
+		return fmt.Sprintf("longer than %d characters", MaxRefLength)
+	case strings.HasPrefix(ref, "-"):
+		return "must not start with '-'"
+	}
+	full := ref
+	if !strings.HasPrefix(ref, "refs/") {
+		full = "refs/heads/" + ref
+	}
+	if plumbing.ReferenceName(full).Validate() != nil {
+		return fmt.Sprintf("%q is not a valid Git branch, tag or commit (see git check-ref-format)", ref)
+	}
+	return ""
+}
+
+// checkRepoPath returns why p is not a directory inside the repository, or
+// "". "" (the root) is fine.
+func checkRepoPath(p string) string {
+	switch {
+	case strings.ContainsRune(p, 0):
+		return "must not contain NUL"
+	case strings.HasPrefix(p, "/"):
+		return fmt.Sprintf("%q must be relative to the repository root", p)
+	case p == "":
+		return ""
+	}
+	if c := path.Clean(p); c == ".." || strings.HasPrefix(c, "../") {
+		return fmt.Sprintf("%q escapes the repository", p)
+	}
+	return ""
+}
+
+func validateInterval(errs *FieldErrors, fld, s string, minimum time.Duration) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		errs.add(fld, "%q is not a Go duration such as \"1m\" or \"30s\"", s)
+		return
+	}
+	if d < minimum {
+		errs.add(fld, "%s is shorter than the minimum of %s", d, minimum)
+	}
+}
+
+// renderTypes maps spec.render.type to the agent's enum; "" is a directory.
+var renderTypes = map[string]droverv1.RenderType{
+	"":          droverv1.RenderType_RENDER_TYPE_DIRECTORY,
+	"directory": droverv1.RenderType_RENDER_TYPE_DIRECTORY,
+	"kustomize": droverv1.RenderType_RENDER_TYPE_KUSTOMIZE,
+	"helm":      droverv1.RenderType_RENDER_TYPE_HELM,
+}
+
+func validateRender(errs *FieldErrors, r *droverv1.Render) {
+	if _, ok := renderTypes[r.GetType()]; !ok {
+		errs.add("spec.render.type", "%q is not one of \"directory\", \"kustomize\", \"helm\"", r.GetType())
+	}
+	if ns := r.GetNamespace(); ns != "" {
+		for _, msg := range utilvalidation.IsDNS1123Label(ns) {
+			errs.add("spec.render.namespace", "%q: %s", ns, msg)
+		}
+	}
+}
+
+func validatePlacement(errs *FieldErrors, p *droverv1.Placement) {
+	validateSelector(errs, field.NewPath("spec", "placement", "selector"), p.GetSelector())
+	seen := make(map[string]bool, len(p.GetClusterNames()))
+	for i, name := range p.GetClusterNames() {
+		fld := fmt.Sprintf("spec.placement.clusterNames[%d]", i)
+		if seen[name] {
+			errs.add(fld, "%q is listed twice", name)
+			continue
+		}
+		seen[name] = true
+		validateName(errs, fld, name)
+	}
+}
+
+// validateSelector reports problems with Kubernetes' own messages and field
+// paths. A nil selector is valid: it selects nothing.
+func validateSelector(errs *FieldErrors, fld *field.Path, sel *droverv1.LabelSelector) {
+	if sel == nil {
+		return
+	}
+	before := len(*errs)
+	validateLabels(errs, fld.Child("matchLabels"), sel.GetMatchLabels())
+	ls := toMetaSelector(sel)
+	for i, req := range ls.MatchExpressions {
+		errs.addList(metav1validation.ValidateLabelSelectorRequirement(req, metav1validation.LabelSelectorValidationOptions{}, fld.Child("matchExpressions").Index(i)))
+	}
+	if len(*errs) > before {
+		return
+	}
+	// Whatever apimachinery's compiler still refuses (there should be
+	// nothing) must not reach placement.
+	if _, err := compileSelector(sel); err != nil {
+		errs.add(fld.String(), "%v", err)
+	}
+}
+
+func validateOverrides(errs *FieldErrors, overrides []*droverv1.Override) {
+	if len(overrides) > MaxOverrides {
+		errs.add("spec.overrides", "%d entries exceed the limit of %d", len(overrides), MaxOverrides)
+		return
+	}
+	for i, o := range overrides {
+		fld := field.NewPath("spec", "overrides").Index(i)
+		if o.GetSelector() == nil {
+			// Kubernetes semantics would make it match nothing, which is
+			// never what someone writing an override means.
+			errs.add(fld.Child("selector").String(), "required; use {} to match every cluster")
+		}
+		validateSelector(errs, fld.Child("selector"), o.GetSelector())
+		validatePatches(errs, fld.Child("patches"), o.GetPatches())
+		if hv := o.GetHelmValues(); hv != "" {
+			if msg := checkHelmValues(hv); msg != "" {
+				errs.add(fld.Child("helmValues").String(), "%s", msg)
+			}
+		}
+		for _, k := range sortedKeys(o.GetVariables()) {
+			if msg := checkVariableName(k); msg != "" {
+				errs.add(fld.Child("variables").Key(k).String(), "%s", msg)
+			}
+		}
+	}
+}
+
+func validatePatches(errs *FieldErrors, fld *field.Path, patches []*droverv1.KustomizePatch) {
+	if len(patches) > MaxPatchesPerOverride {
+		errs.add(fld.String(), "%d entries exceed the limit of %d", len(patches), MaxPatchesPerOverride)
+		return
+	}
+	for i, p := range patches {
+		pf := fld.Index(i)
+		if strings.TrimSpace(p.GetPatch()) == "" {
+			errs.add(pf.Child("patch").String(), "required")
+		} else if _, err := yaml.YAMLToJSON([]byte(p.GetPatch())); err != nil {
+			errs.add(pf.Child("patch").String(), "not valid YAML or JSON: %v", err)
+		}
+		if ls := p.GetTarget().GetLabelSelector(); ls != "" {
+			if _, err := labels.Parse(ls); err != nil {
+				errs.add(pf.Child("target", "labelSelector").String(), "%v", err)
+			}
+		}
+	}
+}
+
+// checkHelmValues returns why hv is not one YAML mapping, or "". Assignments
+// carry the matching overrides' values as one multi-document string (see
+// helmValuesSeparator), so each override must be exactly one document.
+// Messages carry YAML syntax errors (line numbers) but never a value:
+// Helm values often hold secrets.
+func checkHelmValues(hv string) string {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(hv)))
+	docs := 0
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Sprintf("not valid YAML: %v", err)
+		}
+		js, err := yaml.YAMLToJSON(doc)
+		if err != nil {
+			return fmt.Sprintf("not valid YAML: %v", err)
+		}
+		if js := bytes.TrimSpace(js); bytes.Equal(js, []byte("null")) {
+			continue // empty or comments only
+		} else if !bytes.HasPrefix(js, []byte("{")) {
+			return "must be a YAML mapping (key: value lines)"
+		}
+		docs++
+	}
+	if docs > 1 {
+		return "must be a single YAML document (no '---')"
+	}
+	return ""
+}
+
+// variableName is what ${name} substitution accepts for user variables.
+var variableName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+
+func checkVariableName(k string) string {
+	switch {
+	case len(k) > 253:
+		return "longer than 253 characters"
+	case !variableName.MatchString(k):
+		return fmt.Sprintf("%q must start with a letter or '_' and contain only letters, digits, '_', '.' and '-'", k)
+	case k == "cluster" || strings.HasPrefix(k, "cluster."):
+		return fmt.Sprintf("%q is reserved: cluster.name and cluster.labels.KEY are set by the hub", k)
+	}
+	return ""
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,163 @@
+package gitwatch
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Errors that say retrying will not help until someone changes something.
+// Every other error of this package (network, server 5xx, timeouts) is worth
+// retrying; Retryable tells them apart.
+var (
+	// ErrAuth: the server rejected the credentials, or wants some and got
+	// none (HTTP 401/403). An SSH server's refusal is not classified: the
+	// SSH library reports it as plain text, so it stays retryable.
+	ErrAuth = errors.New("authentication failed")
+	// ErrHostKey: the SSH server's host key is not in the repository's
+	// known hosts, or does not match them.
+	ErrHostKey = errors.New("ssh host key not trusted")
+	// ErrNotFound: the repository does not exist (or the credentials may
+	// not see it; servers answer both with 404).
+	ErrNotFound = errors.New("repository not found")
+	// ErrInvalid: an input (repository URL, credentials, ref, path) is
+	// malformed; the message names the field.
+	ErrInvalid = errors.New("invalid input")
+	// ErrRefNotFound: the remote has no such branch or tag.
+	ErrRefNotFound = errors.New("ref not found")
+	// ErrAmbiguousRef: a short name is both a branch and a tag.
+	ErrAmbiguousRef = errors.New("ref is ambiguous")
+	// ErrCommitNotFound: a commit given to PathsChanged is not on the
+	// server.
+	ErrCommitNotFound = errors.New("commit not found")
+)
+
+// Retryable reports whether err may go away by itself: false for the
+// errors above, true for everything else.
+func Retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, permanent := range []error{ErrAuth, ErrHostKey, ErrNotFound, ErrInvalid, ErrRefNotFound, ErrAmbiguousRef, ErrCommitNotFound} {
+		if errors.Is(err, permanent) {
+			return false
+		}
+	}
+	return true
+}
+
+// RefError is why one ref of a Resolve call did not resolve while the remote
+// itself answered. It wraps ErrRefNotFound, ErrAmbiguousRef or ErrInvalid.
+type RefError struct {
+	// Repo is the repository URL, redacted.
+	Repo string
+	Ref  string
+	Err  error
+}
+
+func (e *RefError) Error() string {
+	return fmt.Sprintf("resolve %s: ref %q: %v", e.Repo, e.Ref, e.Err)
+}
+
+func (e *RefError) Unwrap() error { return e.Err }
+
+// RefErrors is the error of a Resolve call whose remote answered but some of
+// whose refs did not resolve; the map Resolve returns holds the others.
+// errors.As finds it, and through it each *RefError.
+type RefErrors []*RefError
+
+func (e RefErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, re := range e {
+		msgs[i] = re.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e RefErrors) Unwrap() []error {
+	errs := make([]error, len(e))
+	for i, re := range e {
+		errs[i] = re
+	}
+	return errs
+}
+
+// For returns the error of ref, or nil.
+func (e RefErrors) For(ref string) *RefError {
+	for _, re := range e {
+		if re.Ref == ref {
+			return re
+		}
+	}
+	return nil
+}
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}
+
+// remoteError is an error from go-git about one repository: classified, and
+// with every credential scrubbed from its text. go-git keeps passwords out
+// of its messages, but a server's response body is quoted verbatim in some
+// of them, and url.Parse errors quote the raw URL, so the text is scrubbed
+// here once rather than trusted.
+type remoteError struct {
+	op    string
+	repo  string
+	kind  error // ErrAuth, ErrHostKey, ErrNotFound, or nil (retryable)
+	err   error
+	clean string // err's text with the secrets replaced
+}
+
+// Error is go-git's text, which already says what kind is ("authentication
+// required", "repository not found"), scrubbed.
+func (e *remoteError) Error() string {
+	return fmt.Sprintf("%s %s: %s", e.op, e.repo, e.clean)
+}
+
+func (e *remoteError) Unwrap() []error {
+	if e.kind == nil {
+		return []error{e.err}
+	}
+	return []error{e.kind, e.err}
+}
+
+// wrapRemote classifies err and scrubs secrets (the raw URL, passwords,
+// keys) from its text. Cancellation passes through classified as nothing.
+func wrapRemote(op string, r remote, rawURL string, err error, secrets ...string) error {
+	if err == nil {
+		return nil
+	}
+	var kind error
+	var keyErr *knownhosts.KeyError
+	var revoked *knownhosts.RevokedError
+	switch {
+	case errors.Is(err, transport.ErrAuthenticationRequired),
+		errors.Is(err, transport.ErrAuthorizationFailed),
+		errors.Is(err, transport.ErrInvalidAuthMethod):
+		kind = ErrAuth
+	case errors.As(err, &keyErr), errors.As(err, &revoked):
+		kind = ErrHostKey
+	case errors.Is(err, transport.ErrRepositoryNotFound):
+		kind = ErrNotFound
+	}
+	// go-git appends the server's (often empty) reason: "repository not
+	// found: ".
+	clean := strings.TrimRight(scrub(err.Error(), rawURL, r.redacted, secrets), ": \n")
+	return &remoteError{op: op, repo: r.redacted, kind: kind, err: err, clean: clean}
+}
+
+func scrub(msg, rawURL, redacted string, secrets []string) string {
+	if rawURL != "" && rawURL != redacted {
+		msg = strings.ReplaceAll(msg, rawURL, redacted)
+	}
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "[redacted]")
+		}
+	}
+	return msg
+}

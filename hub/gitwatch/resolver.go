@@ -1,0 +1,324 @@
+// Package gitwatch turns applications' Git refs into pinned commits for the
+// hub. A Resolver asks a remote for its refs with one ls-remote and, for
+// no-op release detection, compares paths between two commits through a
+// bounded shallow-fetch cache. A Watcher polls every repository that
+// applications use, once per repository however many applications share it,
+// and reports each application's commit, or why there is none, to a Sink.
+package gitwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+
+	git "github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
+	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
+	"github.com/go-git/go-git/v5/storage/memory"
+	"golang.org/x/crypto/ssh"
+)
+
+// Credentials for one repository, as stored by the hub. Username and
+// Password are HTTP basic auth (a token goes in Password). SSHPrivateKey is
+// a PEM key for ssh:// and scp-style URLs, with Password as its passphrase
+// if it has one; SSHKnownHosts (known_hosts lines) is then required: the hub
+// never trusts an SSH server it has not been told about.
+type Credentials struct {
+	Username      string
+	Password      string
+	SSHPrivateKey string
+	SSHKnownHosts string
+}
+
+// secrets are the strings scrubbed from error text, in the forms a URL may
+// hold them: the credentials' and those the URL carried.
+func (c Credentials) secrets(rem remote) []string {
+	var s []string
+	for _, v := range []string{c.Password, c.SSHPrivateKey, rem.secret()} {
+		if v != "" {
+			s = append(s, v, url.PathEscape(v), url.QueryEscape(v))
+		}
+	}
+	return s
+}
+
+// Resolver resolves refs and compares commits of remote repositories. It is
+// safe for concurrent use.
+type Resolver struct {
+	log   *slog.Logger
+	cache *commitCache
+}
+
+// NewResolver returns a Resolver whose PathsChanged keeps shallow fetches in
+// cacheDir (created when first needed). An empty cacheDir keeps nothing:
+// every PathsChanged call fetches into memory and forgets.
+func NewResolver(cacheDir string, log *slog.Logger) *Resolver {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Resolver{log: log, cache: newCommitCache(cacheDir)}
+}
+
+// Resolve lists repoURL's refs with one ls-remote and maps each of refs to a
+// commit SHA:
+//   - "" or "HEAD": the commit the remote's HEAD (its default branch) points
+//     to;
+//   - a branch or tag, short ("main", "v1.2") or full ("refs/heads/main",
+//     "refs/tags/v1.2"); annotated tags are peeled to their commit, and a
+//     short name that is both a branch and a tag is an error (ErrAmbiguousRef)
+//     rather than a guess;
+//   - a full 40-hex commit SHA: itself, lower-cased, without a lookup.
+//
+// If the remote cannot be listed, Resolve returns a nil map and an error
+// classified with ErrAuth, ErrHostKey, ErrNotFound or ErrInvalid, or a
+// retryable one. If only some refs fail, the map holds the others and the
+// error is a RefErrors. Errors name the repository by RedactURL and never
+// contain a credential.
+func (r *Resolver) Resolve(ctx context.Context, repoURL string, auth Credentials, refs []string) (map[string]string, error) {
+	rem, am, err := prepare(repoURL, auth)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", RedactURL(repoURL), err)
+	}
+
+	// Refs that need no listing, or cannot be valid, are settled first; a
+	// call with only SHAs does not touch the network.
+	out := make(map[string]string, len(refs))
+	var refErrs RefErrors
+	var lookup []string
+	for _, ref := range refs {
+		if _, done := out[ref]; done || refErrs.For(ref) != nil || contains(lookup, ref) {
+			continue
+		}
+		switch sha, err := checkRef(ref); {
+		case err != nil:
+			refErrs = append(refErrs, &RefError{Repo: rem.redacted, Ref: ref, Err: err})
+		case sha != "":
+			out[ref] = sha
+		default:
+			lookup = append(lookup, ref)
+		}
+	}
+	if len(lookup) > 0 {
+		advertised, err := r.list(ctx, rem, repoURL, am, auth)
+		if err != nil {
+			return nil, err
+		}
+		for _, ref := range lookup {
+			sha, err := advertised.resolve(ref)
+			if err != nil {
+				refErrs = append(refErrs, &RefError{Repo: rem.redacted, Ref: ref, Err: err})
+				continue
+			}
+			out[ref] = sha
+		}
+	}
+	if len(refErrs) > 0 {
+		return out, refErrs
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// list runs the one ls-remote of a Resolve call.
+func (r *Resolver) list(ctx context.Context, rem remote, rawURL string, am transport.AuthMethod, auth Credentials) (refTable, error) {
+	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{rem.dial}})
+	listed, err := remote.ListContext(ctx, &git.ListOptions{Auth: am, PeelingOption: git.AppendPeeled})
+	switch {
+	case errors.Is(err, transport.ErrEmptyRemoteRepository):
+		// No commits yet: every ref is simply not found.
+		return refTable{}, nil
+	case err != nil:
+		return nil, wrapRemote("resolve", rem, rawURL, err, auth.secrets(rem)...)
+	}
+	t := make(refTable, len(listed))
+	for _, ref := range listed {
+		t[ref.Name().String()] = ref
+	}
+	return t, nil
+}
+
+// checkRef validates ref. For a full commit SHA it returns the SHA; for
+// anything else "" and, if the name cannot be a ref, an ErrInvalid.
+func checkRef(ref string) (string, error) {
+	switch {
+	case ref == "" || ref == "HEAD":
+		return "", nil
+	case isHex(ref) && len(ref) == 40:
+		sha := strings.ToLower(ref)
+		if sha == plumbing.ZeroHash.String() {
+			return "", invalidf("the zero SHA is not a commit")
+		}
+		return sha, nil
+	}
+	full := ref
+	if !strings.HasPrefix(ref, "refs/") {
+		full = "refs/heads/" + ref
+	}
+	if strings.Contains(ref, "^{}") || plumbing.ReferenceName(full).Validate() != nil {
+		return "", invalidf("not a valid branch, tag or commit SHA")
+	}
+	return "", nil
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// refTable is what a remote advertised, by full ref name; peeled tags appear
+// under "refs/tags/NAME^{}".
+type refTable map[string]*plumbing.Reference
+
+func (t refTable) resolve(ref string) (string, error) {
+	if ref == "" || ref == "HEAD" {
+		return t.head()
+	}
+	if strings.HasPrefix(ref, "refs/") {
+		if sha, ok := t.commit(ref); ok {
+			return sha, nil
+		}
+		return "", ErrRefNotFound
+	}
+	branch, isBranch := t.commit("refs/heads/" + ref)
+	tag, isTag := t.commit("refs/tags/" + ref)
+	switch {
+	case isBranch && isTag:
+		return "", fmt.Errorf("%w: both a branch and a tag; use refs/heads/%s or refs/tags/%s", ErrAmbiguousRef, ref, ref)
+	case isBranch:
+		return branch, nil
+	case isTag:
+		return tag, nil
+	}
+	if len(ref) >= 4 && len(ref) < 40 && isHex(ref) {
+		return "", fmt.Errorf("%w: an abbreviated SHA cannot be looked up remotely; use the full 40-character SHA", ErrRefNotFound)
+	}
+	return "", ErrRefNotFound
+}
+
+// commit returns the commit a full ref name points to, peeling an annotated
+// tag through the "^{}" entry ls-remote lists after it.
+func (t refTable) commit(name string) (string, bool) {
+	if peeled, ok := t[name+"^{}"]; ok {
+		return peeled.Hash().String(), true
+	}
+	ref, ok := t[name]
+	if !ok || ref.Type() != plumbing.HashReference {
+		return "", false
+	}
+	return ref.Hash().String(), true
+}
+
+// head follows the remote HEAD. Servers that announce the symref capability
+// (all current ones) list HEAD as a symbolic ref; older ones list its hash.
+func (t refTable) head() (string, error) {
+	h, ok := t["HEAD"]
+	if !ok {
+		return "", fmt.Errorf("%w: the remote has no HEAD", ErrRefNotFound)
+	}
+	if h.Type() == plumbing.HashReference {
+		return h.Hash().String(), nil
+	}
+	if sha, ok := t.commit(h.Target().String()); ok {
+		return sha, nil
+	}
+	return "", fmt.Errorf("%w: the remote HEAD points to %s, which does not exist", ErrRefNotFound, h.Target())
+}
+
+// prepare validates repoURL and auth and turns them into a go-git auth
+// method. Errors name the field at fault.
+func prepare(repoURL string, auth Credentials) (remote, transport.AuthMethod, error) {
+	rem, err := parseRemote(repoURL)
+	if err != nil {
+		return remote{}, nil, err
+	}
+	if !rem.ssh {
+		if auth.SSHPrivateKey != "" || auth.SSHKnownHosts != "" {
+			return remote{}, nil, invalidf("credentials: an SSH key is stored for a repository whose URL is not ssh:// or user@host:path")
+		}
+		user, pass := auth.Username, auth.Password
+		if user == "" && pass == "" {
+			user, pass = rem.user, rem.password
+		}
+		if rem.anonymous || user == "" && pass == "" {
+			return rem, nil, nil
+		}
+		if user == "" {
+			// Token-only credentials: the servers that take tokens as the
+			// password (GitHub, GitLab, Gitea) accept any non-empty user.
+			user = "git"
+		}
+		return rem, &githttp.BasicAuth{Username: user, Password: pass}, nil
+	}
+	if auth.SSHPrivateKey == "" {
+		return remote{}, nil, invalidf("credentials.sshPrivateKey: required for the SSH URL %q", rem.redacted)
+	}
+	if strings.TrimSpace(auth.SSHKnownHosts) == "" {
+		return remote{}, nil, invalidf("credentials.sshKnownHosts: required for the SSH URL %q; add the server's host keys (ssh-keyscan %s)", rem.redacted, rem.host)
+	}
+	user := rem.user
+	if user == "" {
+		user = auth.Username
+	}
+	if user == "" {
+		user = "git"
+	}
+	keys, err := gitssh.NewPublicKeys(user, []byte(auth.SSHPrivateKey), auth.Password)
+	if err != nil {
+		// The parse error names neither the key nor the passphrase.
+		return remote{}, nil, invalidf("credentials.sshPrivateKey: %v", err)
+	}
+	db, err := knownHostsDB(auth.SSHKnownHosts)
+	if err != nil {
+		return remote{}, nil, invalidf("credentials.sshKnownHosts: %v", err)
+	}
+	keys.HostKeyCallback = db.HostKeyCallback()
+	// Offer only the key types known_hosts lists for this host, or the
+	// server may present another type and fail a check it would pass.
+	keys.HostKeyAlgorithms = db.HostKeyAlgorithms(net.JoinHostPort(rem.host, rem.port))
+	return rem, keys, nil
+}
+
+// hostKeyDB is the part of go-git's known_hosts database prepare uses.
+type hostKeyDB interface {
+	HostKeyCallback() ssh.HostKeyCallback
+	HostKeyAlgorithms(hostWithPort string) []string
+}
+
+// knownHostsDB parses known_hosts lines. The parsers take only files, so the
+// lines go through a temporary one; host keys are public, nothing secret is
+// written to disk.
+func knownHostsDB(lines string) (hostKeyDB, error) {
+	f, err := os.CreateTemp("", "drover-known-hosts-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(lines + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return gitssh.NewKnownHostsDb(f.Name())
+}
