@@ -1,0 +1,313 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Kinds of the events the store records itself, in the same transaction as
+// the change they describe.
+const (
+	EventApplicationCreated = "application.created"
+	EventApplicationUpdated = "application.updated"
+	EventApplicationDeleted = "application.deleted"
+)
+
+const applicationColumns = `name, spec, generation, created_at, updated_at`
+
+func scanApplication(row pgx.Row) (*droverv1.Application, error) {
+	var (
+		a                droverv1.Application
+		spec             []byte
+		created, updated time.Time
+	)
+	if err := row.Scan(&a.Name, &spec, &a.Generation, &created, &updated); err != nil {
+		return nil, err
+	}
+	a.Spec = &droverv1.ApplicationSpec{}
+	if err := fromJSON(spec, a.Spec); err != nil {
+		return nil, fmt.Errorf("application %q: decode spec: %w", a.Name, err)
+	}
+	a.CreatedAt, a.UpdatedAt = ts(created), ts(updated)
+	return &a, nil
+}
+
+// validateApplication checks what the store relies on: the name, and that
+// there is a spec. Whether the spec makes sense (a source, a valid
+// selector) is the admin API's to check.
+func validateApplication(app *droverv1.Application) error {
+	if app == nil {
+		return invalid("application", "missing")
+	}
+	if err := validateName("application.name", app.GetName()); err != nil {
+		return err
+	}
+	if app.GetSpec() == nil {
+		return invalid("application.spec", "missing")
+	}
+	return nil
+}
+
+// CreateApplication stores a new application at generation 1 and records
+// an application.created event by actor, in one transaction. A taken name
+// is ErrConflict. Only Name and Spec of app are read.
+func (s *Store) CreateApplication(ctx context.Context, app *droverv1.Application, actor string) (*droverv1.Application, error) {
+	if err := validateApplication(app); err != nil {
+		return nil, err
+	}
+	spec, err := toJSON(app.GetSpec())
+	if err != nil {
+		return nil, fmt.Errorf("create application %q: encode spec: %w", app.GetName(), err)
+	}
+	var out *droverv1.Application
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		out, err = scanApplication(tx.QueryRow(ctx, `
+			INSERT INTO applications (name, spec, generation, created_at, updated_at)
+			VALUES ($1, $2, 1, now(), now())
+			RETURNING `+applicationColumns, app.GetName(), spec))
+		if err != nil {
+			return classify("insert", err)
+		}
+		return insertEvent(ctx, tx, &droverv1.Event{
+			Time: out.CreatedAt, Kind: EventApplicationCreated, Actor: actor, Application: out.Name,
+			Message: fmt.Sprintf("application %s created", out.Name),
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create application %q: %w", app.GetName(), err)
+	}
+	return out, nil
+}
+
+// UpdateApplication replaces an application's spec. When the spec changes,
+// the generation goes up by one and an application.updated event by actor
+// is recorded, in one transaction; an equal spec changes nothing (applying
+// the same file twice is not a change). Only Name and Spec of app are read.
+func (s *Store) UpdateApplication(ctx context.Context, app *droverv1.Application, actor string) (*droverv1.Application, error) {
+	if err := validateApplication(app); err != nil {
+		return nil, err
+	}
+	spec, err := toJSON(app.GetSpec())
+	if err != nil {
+		return nil, fmt.Errorf("update application %q: encode spec: %w", app.GetName(), err)
+	}
+	var out *droverv1.Application
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		cur, err := scanApplication(tx.QueryRow(ctx,
+			`SELECT `+applicationColumns+` FROM applications WHERE name = $1 FOR UPDATE`, app.GetName()))
+		if err != nil {
+			return classify("read", err)
+		}
+		if proto.Equal(cur.GetSpec(), app.GetSpec()) {
+			out = cur
+			return nil
+		}
+		out, err = scanApplication(tx.QueryRow(ctx, `
+			UPDATE applications SET spec = $2, generation = generation + 1, updated_at = now()
+			WHERE name = $1 RETURNING `+applicationColumns, app.GetName(), spec))
+		if err != nil {
+			return classify("update", err)
+		}
+		return insertEvent(ctx, tx, &droverv1.Event{
+			Time: out.UpdatedAt, Kind: EventApplicationUpdated, Actor: actor, Application: out.Name,
+			Message: fmt.Sprintf("application %s updated to generation %d", out.Name, out.Generation),
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("update application %q: %w", app.GetName(), err)
+	}
+	return out, nil
+}
+
+// GetApplication returns one application.
+func (s *Store) GetApplication(ctx context.Context, name string) (*droverv1.Application, error) {
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	a, err := scanApplication(s.pool.QueryRow(ctx, `SELECT `+applicationColumns+` FROM applications WHERE name = $1`, name))
+	if err != nil {
+		return nil, classify(fmt.Sprintf("get application %q", name), err)
+	}
+	return a, nil
+}
+
+// ListApplications returns every application, by name.
+func (s *Store) ListApplications(ctx context.Context) ([]*droverv1.Application, error) {
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT `+applicationColumns+` FROM applications ORDER BY name`)
+	if err != nil {
+		return nil, classify("list applications", err)
+	}
+	var out []*droverv1.Application
+	for rows.Next() {
+		a, err := scanApplication(rows)
+		if err != nil {
+			return nil, classify("list applications", err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify("list applications", err)
+	}
+	return out, nil
+}
+
+// DeleteApplication deletes an application with its releases and its
+// statuses on every cluster, and records an application.deleted event by
+// actor, in one transaction. Statuses agents report for it afterwards are
+// stored again until their next full resync; readers filter by the
+// applications that exist.
+func (s *Store) DeleteApplication(ctx context.Context, name, actor string) error {
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM applications WHERE name = $1`, name)
+		if err != nil {
+			return classify("delete", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNotFound
+		}
+		// app_status.application is not a foreign key (see the migration).
+		if _, err := tx.Exec(ctx, `DELETE FROM app_status WHERE application = $1`, name); err != nil {
+			return classify("delete statuses", err)
+		}
+		return insertEvent(ctx, tx, &droverv1.Event{
+			Kind: EventApplicationDeleted, Actor: actor, Application: name,
+			Message: fmt.Sprintf("application %s deleted", name),
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("delete application %q: %w", name, err)
+	}
+	return nil
+}
+
+// Releases.
+
+// validateCommit accepts full SHA-1 or SHA-256 object names in lower-case
+// hex: releases pin commits, never refs or abbreviations.
+func validateCommit(commit string) error {
+	if len(commit) != 40 && len(commit) != 64 {
+		return invalid("commit", "%q is not a full commit SHA", commit)
+	}
+	for i := 0; i < len(commit); i++ {
+		c := commit[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return invalid("commit", "%q is not a full commit SHA in lower-case hex", commit)
+		}
+	}
+	return nil
+}
+
+// AddRelease makes commit the application's current release. created is
+// true when that changed anything: a new release, or an older release of
+// the same commit made current again (a branch reset or reverted by force
+// push), which then counts as the newest with ref, noop and now. created is
+// false when commit is the current release already, so calling again is
+// harmless. An unknown application is ErrNotFound.
+func (s *Store) AddRelease(ctx context.Context, app, commit, ref string, noop bool, now time.Time) (created bool, err error) {
+	if err := validateCommit(commit); err != nil {
+		return false, err
+	}
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	// The current release is the row with the highest id; an older row
+	// made current again takes a fresh id.
+	var id int64
+	err = s.pool.QueryRow(ctx, `
+		INSERT INTO releases AS r (application, commit, ref, noop, created_at)
+		VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (application, commit) DO UPDATE
+		SET id = nextval(pg_get_serial_sequence('releases', 'id')),
+		    ref = EXCLUDED.ref, noop = EXCLUDED.noop, created_at = EXCLUDED.created_at
+		WHERE r.id <> (SELECT max(id) FROM releases WHERE application = EXCLUDED.application)
+		RETURNING r.id`,
+		app, commit, cleanText(ref, maxShortTextBytes), noop, now).Scan(&id)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil // already current
+	case pgCode(err) == codeForeignKeyViolation:
+		return false, fmt.Errorf("add release of application %q: %w", app, ErrNotFound)
+	case err != nil:
+		return false, classify(fmt.Sprintf("add release of application %q", app), err)
+	}
+	return true, nil
+}
+
+// ListReleases returns up to limit releases of an application, newest
+// (current) first. limit 0 means DefaultPageSize.
+func (s *Store) ListReleases(ctx context.Context, app string, limit int) ([]*droverv1.Release, error) {
+	limit, err := checkPageSize(limit)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `
+		SELECT commit, ref, noop, created_at FROM releases
+		WHERE application = $1 ORDER BY id DESC LIMIT $2`, app, limit)
+	if err != nil {
+		return nil, classify(fmt.Sprintf("list releases of application %q", app), err)
+	}
+	var out []*droverv1.Release
+	for rows.Next() {
+		r, err := scanRelease(rows)
+		if err != nil {
+			return nil, classify(fmt.Sprintf("list releases of application %q", app), err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(fmt.Sprintf("list releases of application %q", app), err)
+	}
+	return out, nil
+}
+
+// CurrentReleases returns every application's current release, by
+// application name. Applications without a release yet are absent.
+func (s *Store) CurrentReleases(ctx context.Context) (map[string]*droverv1.Release, error) {
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `
+		SELECT DISTINCT ON (application) application, commit, ref, noop, created_at
+		FROM releases ORDER BY application, id DESC`)
+	if err != nil {
+		return nil, classify("current releases", err)
+	}
+	out := map[string]*droverv1.Release{}
+	for rows.Next() {
+		var (
+			app     string
+			r       droverv1.Release
+			created time.Time
+		)
+		if err := rows.Scan(&app, &r.Commit, &r.Ref, &r.Noop, &created); err != nil {
+			return nil, classify("current releases", err)
+		}
+		r.CreatedAt = ts(created)
+		out[app] = &r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify("current releases", err)
+	}
+	return out, nil
+}
+
+func scanRelease(row pgx.Row) (*droverv1.Release, error) {
+	var (
+		r       droverv1.Release
+		created time.Time
+	)
+	if err := row.Scan(&r.Commit, &r.Ref, &r.Noop, &created); err != nil {
+		return nil, err
+	}
+	r.CreatedAt = ts(created)
+	return &r, nil
+}

@@ -1,0 +1,423 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/drover-dev/drover/internal/backoff"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Defaults of NewStatusWriter.
+const (
+	DefaultStatusBatch        = 500
+	DefaultStatusDelay        = 500 * time.Millisecond
+	DefaultMaxPendingStatuses = 100_000
+	statusRetryBase           = 500 * time.Millisecond
+	statusRetryMax            = 30 * time.Second
+	statusFlushRetryMax       = 5 * time.Second
+)
+
+// StatusWriter batches status reports into the store.
+//
+// Policy: Enqueue never blocks and never does I/O. Statuses are coalesced
+// by (cluster, application): a newer one replaces the one still waiting, so
+// the backlog holds at most one status per key, however often agents
+// report and however long the database is away. Run writes the backlog in
+// batches of up to maxBatch, maxDelay after the first status arrived (at
+// once when a full batch is waiting). A batch that fails is put back (a
+// newer status of the same key, enqueued meanwhile, wins) and retried with
+// backoff, so a status Enqueue accepted is written once the database
+// answers again. Only a status the database refuses as data (after the
+// batch is retried row by row) is dropped, with an error log.
+//
+// The backlog is bounded by maxPending keys (default 100,000) against
+// agents reporting statuses of applications without end: a status of a new
+// key is refused (Enqueue returns false, counted in Stats) while the
+// backlog is full. Agents send a full report periodically, which restores
+// anything refused.
+type StatusWriter struct {
+	store      *Store
+	log        *slog.Logger
+	maxBatch   int
+	maxDelay   time.Duration
+	maxPending int
+
+	// wake is signalled, never blocking, by every enqueue; Run looks at
+	// the backlog's size to decide whether to write now or wait.
+	wake chan struct{}
+
+	// flushMu serialises writes, so an older status of a key never
+	// overwrites a newer one written by a concurrent flush.
+	flushMu sync.Mutex
+
+	mu       sync.Mutex // guards the fields below
+	pending  map[statusKey]pendingStatus
+	prunes   map[string]pendingPrune // by cluster
+	seq      uint64                  // numbers enqueues
+	dropped  uint64
+	failures int
+	lastErr  error
+}
+
+type pendingStatus struct {
+	st  *droverv1.ApplicationStatus
+	seq uint64
+}
+
+// pendingPrune is a full report's instruction to delete the cluster's
+// other statuses.
+type pendingPrune struct {
+	keep map[string]struct{}
+	seq  uint64
+}
+
+// StatusWriterOption changes a StatusWriter.
+type StatusWriterOption func(*StatusWriter)
+
+// WithMaxPending bounds the backlog to n distinct (cluster, application)
+// keys.
+func WithMaxPending(n int) StatusWriterOption {
+	return func(w *StatusWriter) {
+		if n > 0 {
+			w.maxPending = n
+		}
+	}
+}
+
+// NewStatusWriter returns a StatusWriter on store. maxBatch <= 0 means
+// DefaultStatusBatch, maxDelay <= 0 DefaultStatusDelay. Call Run to write.
+func NewStatusWriter(store *Store, logger *slog.Logger, maxBatch int, maxDelay time.Duration, opts ...StatusWriterOption) *StatusWriter {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if maxBatch <= 0 {
+		maxBatch = DefaultStatusBatch
+	}
+	if maxDelay <= 0 {
+		maxDelay = DefaultStatusDelay
+	}
+	w := &StatusWriter{
+		store:      store,
+		log:        logger,
+		maxBatch:   maxBatch,
+		maxDelay:   maxDelay,
+		maxPending: DefaultMaxPendingStatuses,
+		wake:       make(chan struct{}, 1),
+		pending:    map[statusKey]pendingStatus{},
+		prunes:     map[string]pendingPrune{},
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	return w
+}
+
+// Enqueue accepts st for writing and returns true, or returns false when
+// the backlog is full (see the type's policy). The writer owns st from
+// now on: the caller must not change it.
+func (w *StatusWriter) Enqueue(st *droverv1.ApplicationStatus) bool {
+	if st == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ok := w.enqueueLocked(st)
+	w.signalLocked()
+	return ok
+}
+
+// EnqueueFull accepts a cluster's full report: sts are every status the
+// agent has, and the cluster's statuses of other applications are deleted
+// (before, in write order, anything enqueued after this call). Every
+// status must name cluster. It returns false when some of sts were refused:
+// by the backlog bound, or for naming another cluster.
+func (w *StatusWriter) EnqueueFull(cluster string, sts []*droverv1.ApplicationStatus) bool {
+	keep := make(map[string]struct{}, len(sts))
+	for _, st := range sts {
+		if st != nil && st.GetCluster() == cluster {
+			keep[st.GetApplication()] = struct{}{}
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.seq++
+	w.prunes[cluster] = pendingPrune{keep: keep, seq: w.seq}
+	// What waits for other applications of the cluster is older than this
+	// report; writing it after the prune would bring it back.
+	for k := range w.pending {
+		if _, kept := keep[k.application]; k.cluster == cluster && !kept {
+			delete(w.pending, k)
+		}
+	}
+	ok := true
+	for _, st := range sts {
+		if st == nil || st.GetCluster() != cluster {
+			ok = false
+			continue
+		}
+		ok = w.enqueueLocked(st) && ok
+	}
+	w.signalLocked()
+	return ok
+}
+
+func (w *StatusWriter) enqueueLocked(st *droverv1.ApplicationStatus) bool {
+	k := statusKey{st.GetCluster(), st.GetApplication()}
+	if _, ok := w.pending[k]; !ok && len(w.pending) >= w.maxPending {
+		w.dropped++
+		return false
+	}
+	w.seq++
+	w.pending[k] = pendingStatus{st: st, seq: w.seq}
+	return true
+}
+
+func (w *StatusWriter) signalLocked() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// StatusWriterStats describe a StatusWriter's backlog.
+type StatusWriterStats struct {
+	// Pending is the number of statuses waiting to be written.
+	Pending int
+	// Dropped counts statuses refused because the backlog was full, and
+	// statuses the database refused as data.
+	Dropped uint64
+	// Failures counts consecutive failed writes; 0 after a success.
+	Failures int
+	// LastError is the error of the last failed write, nil after a success.
+	LastError error
+}
+
+// Stats returns the writer's current state.
+func (w *StatusWriter) Stats() StatusWriterStats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return StatusWriterStats{Pending: len(w.pending), Dropped: w.dropped, Failures: w.failures, LastError: w.lastErr}
+}
+
+// Run writes the backlog until ctx ends. What is still waiting then stays
+// in the writer: call Flush with a fresh deadline to write it on shutdown.
+func (w *StatusWriter) Run(ctx context.Context) {
+	b := backoff.New(statusRetryBase, statusRetryMax)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.wake:
+		}
+		if !w.waitForBatch(ctx) {
+			return
+		}
+		for w.hasWork() {
+			err := w.flushOnce(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				w.log.Error("write statuses", "err", err, "pending", w.Stats().Pending, "attempt", b.Failures()+1)
+				b.Wait(ctx, err)
+				continue
+			}
+			b.Reset()
+		}
+	}
+}
+
+// waitForBatch waits maxDelay for a full batch to gather; false when ctx
+// ended.
+func (w *StatusWriter) waitForBatch(ctx context.Context) bool {
+	t := time.NewTimer(w.maxDelay)
+	defer t.Stop()
+	for w.pendingLen() < w.maxBatch {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case <-w.wake:
+		}
+	}
+	return true
+}
+
+func (w *StatusWriter) pendingLen() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.pending)
+}
+
+func (w *StatusWriter) hasWork() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.pending) > 0 || len(w.prunes) > 0
+}
+
+// Flush writes everything enqueued before it was called, retrying failed
+// writes, and returns nil once that is written, or an error when ctx ends
+// first. Enqueues made while Flush runs may be written too.
+func (w *StatusWriter) Flush(ctx context.Context) error {
+	w.mu.Lock()
+	upTo := w.seq
+	w.mu.Unlock()
+	b := backoff.New(statusRetryBase, statusFlushRetryMax)
+	for w.hasWorkUpTo(upTo) {
+		err := w.flushOnce(ctx)
+		if err == nil {
+			b.Reset()
+			continue
+		}
+		b.Wait(ctx, err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("flush statuses: %w (last error: %w)", ctx.Err(), err)
+		}
+	}
+	return nil
+}
+
+// hasWorkUpTo reports whether anything enqueued up to seq still waits.
+func (w *StatusWriter) hasWorkUpTo(seq uint64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.prunes {
+		if p.seq <= seq {
+			return true
+		}
+	}
+	for _, p := range w.pending {
+		if p.seq <= seq {
+			return true
+		}
+	}
+	return false
+}
+
+// flushOnce writes the pending prunes and up to one batch of statuses.
+// What fails to be written is put back.
+func (w *StatusWriter) flushOnce(ctx context.Context) error {
+	w.flushMu.Lock()
+	defer w.flushMu.Unlock()
+
+	w.mu.Lock()
+	prunes := w.prunes
+	w.prunes = map[string]pendingPrune{}
+	batch := make([]statusKeyed, 0, min(len(w.pending), w.maxBatch))
+	for k, p := range w.pending {
+		if len(batch) == w.maxBatch {
+			break
+		}
+		batch = append(batch, statusKeyed{k, p})
+		delete(w.pending, k)
+	}
+	w.mu.Unlock()
+
+	for cluster, p := range prunes {
+		keep := make([]string, 0, len(p.keep))
+		for app := range p.keep {
+			keep = append(keep, app)
+		}
+		if err := w.store.DeleteStatuses(ctx, cluster, keep); err != nil {
+			w.requeue(prunes, batch)
+			return w.failed(err)
+		}
+		delete(prunes, cluster)
+	}
+	if len(batch) == 0 {
+		return w.succeeded()
+	}
+	sts := make([]*droverv1.ApplicationStatus, len(batch))
+	for i, b := range batch {
+		sts[i] = b.st
+	}
+	err := w.store.WriteStatuses(ctx, sts)
+	if err != nil && isPoison(err) && len(batch) > 1 {
+		// One status the database refuses must not hold back the rest:
+		// write them one by one and drop only the refused.
+		w.log.Warn("status batch refused as data, writing it row by row", "statuses", len(batch), "err", err)
+		return w.writeEach(ctx, batch)
+	}
+	if err != nil {
+		if isPoison(err) {
+			w.drop(batch[0], err)
+			return w.succeeded()
+		}
+		w.requeue(nil, batch)
+		return w.failed(err)
+	}
+	return w.succeeded()
+}
+
+type statusKeyed struct {
+	key statusKey
+	pendingStatus
+}
+
+func (w *StatusWriter) writeEach(ctx context.Context, batch []statusKeyed) error {
+	for i, b := range batch {
+		err := w.store.WriteStatuses(ctx, []*droverv1.ApplicationStatus{b.st})
+		switch {
+		case err == nil:
+		case isPoison(err):
+			w.drop(b, err)
+		default:
+			w.requeue(nil, batch[i:])
+			return w.failed(err)
+		}
+	}
+	return w.succeeded()
+}
+
+func (w *StatusWriter) drop(b statusKeyed, err error) {
+	w.log.Error("status refused by the database, dropped", "cluster", b.key.cluster, "app", b.key.application, "err", err)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.dropped++
+}
+
+// requeue puts back what a failed flush took, unless something newer took
+// its place meanwhile: a newer status of the same key, or a newer full
+// report of the cluster that no longer lists the application.
+func (w *StatusWriter) requeue(prunes map[string]pendingPrune, batch []statusKeyed) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for cluster, p := range prunes {
+		if cur, ok := w.prunes[cluster]; !ok || cur.seq < p.seq {
+			w.prunes[cluster] = p
+		}
+	}
+	for _, b := range batch {
+		if _, newer := w.pending[b.key]; newer {
+			continue
+		}
+		if p, ok := w.prunes[b.key.cluster]; ok && p.seq > b.seq {
+			if _, kept := p.keep[b.key.application]; !kept {
+				continue
+			}
+		}
+		// Accepted once already: the backlog bound does not apply again.
+		w.pending[b.key] = b.pendingStatus
+	}
+}
+
+func (w *StatusWriter) failed(err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.failures++
+	w.lastErr = err
+	return err
+}
+
+func (w *StatusWriter) succeeded() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.failures = 0
+	w.lastErr = nil
+	return nil
+}
