@@ -1,18 +1,64 @@
-// Command drover-hub runs Drover's hub: the agent endpoint, admin API, dashboard, Git watcher and rollout engine.
+// Command drover-hub runs Drover's hub: the agent endpoint, the admin API,
+// the Git watcher and the fleet's store.
+//
+//	drover-hub [flags]           run the hub
+//	drover-hub migrate [flags]   apply database migrations and exit
+//	drover-hub version
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
+	"github.com/drover-dev/drover/hub/server"
 	"github.com/drover-dev/drover/internal/version"
+	"github.com/drover-dev/drover/migrations"
 )
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Println("drover-hub", version.Version)
-		return
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "drover-hub:", err)
+		os.Exit(1)
 	}
-	fmt.Fprintln(os.Stderr, "drover-hub", version.Version, "- not implemented yet")
-	os.Exit(2)
+}
+
+func run(args []string) error {
+	cmd := ""
+	if len(args) > 0 && (args[0] == "migrate" || args[0] == "version") {
+		cmd, args = args[0], args[1:]
+	}
+	if cmd == "version" {
+		fmt.Println("drover-hub", version.Version)
+		return nil
+	}
+	cfg := server.DefaultConfig()
+	fs := flag.NewFlagSet("drover-hub", flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", cfg.LogLevel)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if cmd == "migrate" {
+		if cfg.DatabaseURL == "" {
+			return errors.New("migrate needs --database-url (the embedded PostgreSQL is migrated at start)")
+		}
+		return migrations.UpURL(ctx, cfg.DatabaseURL, migrations.WithLogger(logger))
+	}
+	return server.Run(ctx, cfg, logger, os.Stdout)
 }

@@ -1,0 +1,551 @@
+// Package agentapi serves Drover's AgentService: agents register with a join
+// token and a CSR, then hold one mutually authenticated Connect stream over
+// which the hub pushes their assignment and they send ACK/NACKs, status and
+// heartbeats.
+//
+// The cluster identity of a stream comes only from its verified client
+// certificate; every message on it is authorised against that identity.
+package agentapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/pki"
+	"github.com/drover-dev/drover/hub/store"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Store is what the agent endpoint needs from the database.
+type Store interface {
+	CreateClusterWithJoinToken(ctx context.Context, token, name, certSerial string, now time.Time) (*droverv1.Cluster, error)
+	ClusterCertSerial(ctx context.Context, name string) (serial string, revoked bool, err error)
+	MarkConnected(ctx context.Context, name, replica, peerAddr string, facts *droverv1.ClusterFacts, now time.Time) error
+	RecordAck(ctx context.Context, name, version, nackErr string, now time.Time) error
+	TouchLastSeen(ctx context.Context, names []string, now time.Time) error
+	AddEvent(ctx context.Context, e *droverv1.Event) error
+}
+
+// Signer issues agent certificates.
+type Signer interface {
+	SignAgentCSR(csrPEM []byte, clusterName string, validity time.Duration) (certPEM []byte, serial string, notAfter time.Time, err error)
+	CertPEM() []byte
+}
+
+// Fleet is the hub's in-memory fleet: where a stream reads its cluster's
+// assignment and learns of new clusters.
+type Fleet interface {
+	Watch(cluster string) (*fleet.Snapshot, <-chan struct{})
+	SetCluster(name string, labels map[string]string) error
+}
+
+// StatusSink takes validated statuses; it batches and coalesces them and
+// must not block for long. It owns the statuses handed to it.
+type StatusSink interface {
+	Enqueue(st *droverv1.ApplicationStatus) bool
+	// EnqueueFull takes a cluster's full report: statuses of applications
+	// not in sts are deleted.
+	EnqueueFull(cluster string, sts []*droverv1.ApplicationStatus) bool
+}
+
+// Config tunes the agent endpoint. Zero values take the defaults.
+type Config struct {
+	// Replica names this hub process in cluster records.
+	Replica string
+	// CertValidity is the lifetime of issued agent certificates.
+	CertValidity time.Duration
+	// HelloTimeout bounds the wait for a new stream's Hello.
+	HelloTimeout time.Duration
+	// PingInterval is how often the hub pings an idle stream.
+	PingInterval time.Duration
+	// LastSeenFlush is how often batched last-seen times are written.
+	LastSeenFlush time.Duration
+	// StatusRate and StatusBurst bound status messages per stream per
+	// second; a faster agent is slowed down (its stream is not read), not
+	// dropped.
+	StatusRate  float64
+	StatusBurst int
+	// MaxResources bounds resources per application status.
+	MaxResources int
+}
+
+func (c *Config) setDefaults() {
+	if c.Replica == "" {
+		c.Replica = "hub"
+	}
+	if c.CertValidity <= 0 {
+		c.CertValidity = 365 * 24 * time.Hour
+	}
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = 30 * time.Second
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 60 * time.Second
+	}
+	if c.LastSeenFlush <= 0 {
+		c.LastSeenFlush = 5 * time.Second
+	}
+	if c.StatusRate <= 0 {
+		c.StatusRate = 20
+	}
+	if c.StatusBurst <= 0 {
+		c.StatusBurst = 50
+	}
+	if c.MaxResources <= 0 {
+		c.MaxResources = 10000
+	}
+}
+
+// Server implements droverv1.AgentServiceServer.
+type Server struct {
+	droverv1.UnimplementedAgentServiceServer
+
+	cfg      Config
+	store    Store
+	signer   Signer
+	fleet    Fleet
+	statuses StatusSink
+	log      *slog.Logger
+	now      func() time.Time
+
+	sessions *sessions
+	seen     *lastSeen
+}
+
+var _ droverv1.AgentServiceServer = (*Server)(nil)
+
+// New returns an agent endpoint. Run must be running for last-seen times to
+// reach the store.
+func New(cfg Config, st Store, signer Signer, fl Fleet, statuses StatusSink, logger *slog.Logger) *Server {
+	cfg.setDefaults()
+	return &Server{
+		cfg:      cfg,
+		store:    st,
+		signer:   signer,
+		fleet:    fl,
+		statuses: statuses,
+		log:      logger,
+		now:      time.Now,
+		sessions: newSessions(),
+		seen:     newLastSeen(),
+	}
+}
+
+// Run writes batched last-seen times until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.LastSeenFlush)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// One last flush so a clean shutdown loses no heartbeat.
+			s.flushSeen(context.WithoutCancel(ctx))
+			return nil
+		case <-t.C:
+			s.flushSeen(ctx)
+		}
+	}
+}
+
+func (s *Server) flushSeen(ctx context.Context) {
+	names, at := s.seen.drain()
+	if len(names) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.store.TouchLastSeen(ctx, names, at); err != nil {
+		// Put them back: the next flush retries with the newest time.
+		s.seen.touch(names...)
+		s.log.Warn("record last seen", "clusters", len(names), "err", err)
+	}
+}
+
+// Connected reports how many agent streams this replica holds.
+func (s *Server) Connected() int { return s.sessions.count() }
+
+// Disconnect closes the live stream of a cluster, if this replica holds
+// one; used when its certificate is revoked or the cluster is deleted.
+func (s *Server) Disconnect(cluster string, reason error) {
+	if sess := s.sessions.get(cluster); sess != nil {
+		sess.cancel(reason)
+	}
+}
+
+// SendCommand hands a command to the cluster's stream. It reports false when
+// this replica holds no stream for the cluster or its command buffer is
+// full (commands are hints; the periodic resync catches up).
+func (s *Server) SendCommand(cluster string, cmd *droverv1.Command) bool {
+	sess := s.sessions.get(cluster)
+	if sess == nil {
+		return false
+	}
+	select {
+	case sess.commands <- commandMsg{cmd}:
+		return true
+	default:
+		return false
+	}
+}
+
+type commandMsg struct{ cmd *droverv1.Command }
+
+// Register exchanges a join token and a CSR for a client certificate.
+func (s *Server) Register(ctx context.Context, req *droverv1.RegisterRequest) (*droverv1.RegisterResponse, error) {
+	name := req.GetClusterName()
+	if err := pki.ValidClusterName(name); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "cluster_name: %v", err)
+	}
+	if req.GetJoinToken() == "" {
+		return nil, status.Error(codes.InvalidArgument, "join_token: required")
+	}
+	if len(req.GetCsrPem()) == 0 || len(req.GetCsrPem()) > 16<<10 {
+		return nil, status.Error(codes.InvalidArgument, "csr_pem: required, at most 16 KiB")
+	}
+	// Signing first is harmless: a certificate is only handed out once the
+	// token has been accepted, and the serial must be stored with the
+	// cluster in the same transaction that uses the token.
+	certPEM, serial, _, err := s.signer.SignAgentCSR(req.GetCsrPem(), name, s.cfg.CertValidity)
+	if err != nil {
+		s.audit(ctx, "cluster.register_refused", name, fmt.Sprintf("certificate request refused: %v", err))
+		if errors.Is(err, pki.ErrNameMismatch) || errors.Is(err, pki.ErrInvalidCSR) || errors.Is(err, pki.ErrInvalidClusterName) {
+			return nil, status.Errorf(codes.InvalidArgument, "csr_pem: %v", err)
+		}
+		s.log.Error("sign agent certificate", "cluster", name, "err", err)
+		return nil, status.Error(codes.Internal, "could not sign the certificate; the hub logged why")
+	}
+	cl, err := s.store.CreateClusterWithJoinToken(ctx, req.GetJoinToken(), name, serial, s.now())
+	switch {
+	case errors.Is(err, store.ErrTokenInvalid):
+		s.audit(ctx, "cluster.register_refused", name, fmt.Sprintf("join token refused: %v", err))
+		return nil, status.Errorf(codes.PermissionDenied, "join token refused: %v", err)
+	case errors.Is(err, store.ErrConflict):
+		s.audit(ctx, "cluster.register_refused", name, "a cluster with this name is already registered")
+		return nil, status.Errorf(codes.AlreadyExists, "cluster %q is already registered; delete it first to register it again", name)
+	case err != nil:
+		s.log.Error("register cluster", "cluster", name, "err", err)
+		return nil, status.Error(codes.Unavailable, "could not register the cluster; try again")
+	}
+	if err := s.fleet.SetCluster(cl.GetName(), cl.GetLabels()); err != nil {
+		s.log.Error("place new cluster", "cluster", name, "err", err)
+	}
+	s.audit(ctx, "cluster.registered", name, "registered with a join token")
+	s.log.Info("cluster registered", "cluster", name)
+	return &droverv1.RegisterResponse{CertificatePem: certPEM, CaPem: s.signer.CertPEM()}, nil
+}
+
+func (s *Server) audit(ctx context.Context, kind, cluster, msg string) {
+	actor := "cluster:" + cluster
+	if err := s.store.AddEvent(context.WithoutCancel(ctx), &droverv1.Event{
+		Time: timestamppb.New(s.now()), Kind: kind, Actor: actor, Cluster: cluster, Message: msg,
+	}); err != nil {
+		s.log.Warn("record event", "kind", kind, "cluster", cluster, "err", err)
+	}
+}
+
+// identify returns the cluster named by the stream's verified client
+// certificate, after checking it is the cluster's current certificate and
+// not revoked.
+func (s *Server) identify(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "no peer information")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
+		return "", status.Error(codes.Unauthenticated, "Connect needs a client certificate issued by this hub (register first)")
+	}
+	leaf := ti.State.VerifiedChains[0][0]
+	name, err := pki.ClusterName(leaf)
+	if err != nil {
+		return "", status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
+	}
+	serial, revoked, err := s.store.ClusterCertSerial(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return "", status.Errorf(codes.PermissionDenied, "cluster %q is not registered", name)
+	case err != nil:
+		s.log.Error("look up cluster certificate", "cluster", name, "err", err)
+		return "", status.Error(codes.Unavailable, "could not check the certificate; try again")
+	case revoked:
+		return "", status.Errorf(codes.PermissionDenied, "the certificate of cluster %q is revoked", name)
+	case serial != pki.Serial(leaf):
+		return "", status.Errorf(codes.PermissionDenied, "the certificate of cluster %q has been replaced", name)
+	}
+	return name, nil
+}
+
+var errReplaced = errors.New("replaced by a newer stream of the same cluster")
+
+// Connect is one agent session.
+func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage]) error {
+	name, err := s.identify(stream.Context())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	sess := &session{cluster: name, cancel: cancel, commands: make(chan commandMsg, 8)}
+	if old := s.sessions.add(sess); old != nil {
+		old.cancel(errReplaced)
+	}
+	defer s.sessions.remove(sess)
+	log := s.log.With("cluster", name)
+
+	hello, err := s.recvHello(ctx, stream)
+	if err != nil {
+		return err
+	}
+	peerAddr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		peerAddr = p.Addr.String()
+	}
+	if err := s.store.MarkConnected(ctx, name, s.cfg.Replica, peerAddr, hello.GetFacts(), s.now()); err != nil {
+		// The stream is still useful without the bookkeeping; last-seen
+		// flushes will catch up when the database is back.
+		log.Warn("record connection", "err", err)
+	}
+	log.Info("agent connected", "peer", peerAddr, "agent_version", hello.GetAgentVersion(), "applied", hello.GetAppliedAssignmentVersion())
+
+	st := &streamState{sentVersion: hello.GetAppliedAssignmentVersion()}
+	errc := make(chan error, 1)
+	go func() { errc <- s.recvLoop(ctx, name, stream, st) }()
+
+	err = s.sendLoop(ctx, name, stream, st, sess, errc)
+	cause := context.Cause(ctx)
+	switch {
+	case errors.Is(cause, errReplaced):
+		log.Info("agent stream replaced")
+		return status.Error(codes.Aborted, errReplaced.Error())
+	case cause != nil && !errors.Is(cause, context.Canceled):
+		log.Info("agent stream closed", "reason", cause)
+		return status.Error(codes.PermissionDenied, cause.Error())
+	}
+	if err != nil && stream.Context().Err() == nil {
+		log.Info("agent stream ended", "err", err)
+	}
+	return err
+}
+
+func (s *Server) recvHello(ctx context.Context, stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage]) (*droverv1.Hello, error) {
+	type result struct {
+		msg *droverv1.AgentMessage
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m, err}
+	}()
+	timer := time.NewTimer(s.cfg.HelloTimeout)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-timer.C:
+		return nil, status.Error(codes.DeadlineExceeded, "no Hello within the timeout")
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		h := r.msg.GetHello()
+		if h == nil {
+			return nil, status.Error(codes.InvalidArgument, "the first message of a stream must be Hello")
+		}
+		return h, nil
+	}
+}
+
+// streamState is shared by a stream's send and receive loops.
+type streamState struct {
+	mu sync.Mutex // guards the fields below
+	// sentVersion and sentNonce identify the assignment the agent has or
+	// was last sent: from Hello at first, then from every send. The hub
+	// sends again only when the cluster's assignment differs from it, so a
+	// rejected version is not resent either.
+	sentVersion, sentNonce string
+}
+
+func (s *Server) sendLoop(ctx context.Context, name string, stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage], st *streamState, sess *session, recvErr <-chan error) error {
+	ping := time.NewTicker(s.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		snap, changed := s.fleet.Watch(name)
+		if snap != nil {
+			if msg := st.next(snap); msg != nil {
+				if err := stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Assignment{Assignment: msg}}); err != nil {
+					return err
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-recvErr:
+			return err
+		case <-changed:
+		case c := <-sess.commands:
+			if err := stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Command{Command: c.cmd}}); err != nil {
+				return err
+			}
+		case <-ping.C:
+			if err := stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Ping{Ping: &droverv1.Ping{SentAt: timestamppb.New(s.now())}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// next returns the assignment to send for snap, or nil when the agent
+// already has it or was already sent it.
+func (st *streamState) next(snap *fleet.Snapshot) *droverv1.Assignment {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if snap.Version == st.sentVersion {
+		return nil
+	}
+	nonce := newNonce()
+	st.sentVersion, st.sentNonce = snap.Version, nonce
+	// The snapshot is shared and immutable; send a shallow copy carrying
+	// this stream's nonce.
+	return &droverv1.Assignment{Version: snap.Version, Nonce: nonce, Applications: snap.Assignment.GetApplications()}
+}
+
+func newNonce() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (s *Server) recvLoop(ctx context.Context, name string, stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage], st *streamState) error {
+	limiter := rate.NewLimiter(rate.Limit(s.cfg.StatusRate), s.cfg.StatusBurst)
+	log := s.log.With("cluster", name)
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch k := msg.GetKind().(type) {
+		case *droverv1.AgentMessage_Ack:
+			s.handleAck(ctx, name, k.Ack, st, log)
+		case *droverv1.AgentMessage_Status:
+			// Waiting here stops reading the stream, which pushes back on
+			// the agent through flow control instead of buffering.
+			if err := limiter.Wait(ctx); err != nil {
+				return nil
+			}
+			s.handleStatus(ctx, name, k.Status, log)
+		case *droverv1.AgentMessage_Heartbeat:
+			s.seen.touch(name)
+		case *droverv1.AgentMessage_Hello:
+			log.Warn("unexpected Hello in the middle of a stream; ignored")
+		default:
+			// A newer agent may send kinds this hub does not know.
+			log.Warn("unknown agent message; ignored")
+		}
+	}
+}
+
+func (s *Server) handleAck(ctx context.Context, name string, ack *droverv1.AssignmentAck, st *streamState, log *slog.Logger) {
+	st.mu.Lock()
+	if ack.GetNonce() != st.sentNonce || ack.GetVersion() != st.sentVersion {
+		st.mu.Unlock()
+		// An answer to an older send; the newer one is what counts.
+		log.Debug("stale assignment answer ignored", "version", ack.GetVersion())
+		return
+	}
+	st.mu.Unlock()
+	s.seen.touch(name)
+	nackErr := truncate(ack.GetError(), 4096)
+	if err := s.store.RecordAck(ctx, name, ack.GetVersion(), nackErr, s.now()); err != nil {
+		log.Warn("record assignment answer", "err", err)
+	}
+	if nackErr != "" {
+		log.Warn("agent rejected its assignment", "version", ack.GetVersion(), "reason", nackErr)
+		s.audit(ctx, "cluster.assignment_rejected", name, nackErr)
+	}
+}
+
+func (s *Server) handleStatus(ctx context.Context, name string, rep *droverv1.StatusReport, log *slog.Logger) {
+	s.seen.touch(name)
+	snap, _ := s.fleet.Watch(name)
+	assigned := make(map[string]bool)
+	if snap != nil {
+		for _, a := range snap.Assignment.GetApplications() {
+			assigned[a.GetName()] = true
+		}
+	}
+	valid := make([]*droverv1.ApplicationStatus, 0, len(rep.GetApplications()))
+	for _, as := range rep.GetApplications() {
+		app := as.GetApplication()
+		if !assigned[app] {
+			log.Warn("status for an application not assigned to this cluster rejected", "app", truncate(app, 100))
+			continue
+		}
+		if err := s.validateStatus(as); err != nil {
+			log.Warn("invalid status rejected", "app", app, "err", err)
+			continue
+		}
+		as.Cluster = name
+		if as.ObservedAt == nil {
+			as.ObservedAt = timestamppb.New(s.now())
+		}
+		valid = append(valid, as)
+	}
+	ok := true
+	if rep.GetFull() {
+		ok = s.statuses.EnqueueFull(name, valid)
+	} else {
+		for _, as := range valid {
+			ok = s.statuses.Enqueue(as) && ok
+		}
+	}
+	if !ok {
+		log.Warn("status backlog full; statuses dropped until the database catches up")
+	}
+}
+
+func (s *Server) validateStatus(as *droverv1.ApplicationStatus) error {
+	if _, ok := droverv1.SyncState_name[int32(as.GetSync())]; !ok {
+		return fmt.Errorf("unknown sync state %d", as.GetSync())
+	}
+	if _, ok := droverv1.Health_name[int32(as.GetHealth())]; !ok {
+		return fmt.Errorf("unknown health %d", as.GetHealth())
+	}
+	if len(as.GetResources()) > s.cfg.MaxResources {
+		return fmt.Errorf("%d resources, at most %d", len(as.GetResources()), s.cfg.MaxResources)
+	}
+	for i, r := range as.GetResources() {
+		if _, ok := droverv1.Health_name[int32(r.GetHealth())]; !ok {
+			return fmt.Errorf("resources[%d]: unknown health %d", i, r.GetHealth())
+		}
+		r.Message = truncate(r.GetMessage(), 1024)
+	}
+	as.Message = truncate(as.GetMessage(), 4096)
+	if len(as.GetCommit()) > 64 {
+		return fmt.Errorf("commit: longer than 64 characters")
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,162 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Config is drover-hub's configuration. Every field has a flag and a
+// DROVER_... environment variable; flags win.
+type Config struct {
+	// DataDir holds the CA, the credential key, the initial admin token and,
+	// without DatabaseURL, the embedded PostgreSQL.
+	DataDir string
+	// DatabaseURL is a PostgreSQL URL; empty runs a private PostgreSQL from
+	// the machine's binaries in DataDir.
+	DatabaseURL string
+	// AgentAddr is where agents (gRPC, TLS) and gRPC admin clients connect.
+	AgentAddr string
+	// HTTPAddr serves the JSON admin API under /api/v1/ and health checks.
+	HTTPAddr string
+	// Hostnames are the names and addresses agents dial; they go into the
+	// agent endpoint's serving certificate.
+	Hostnames []string
+	// CACertFile and CAKeyFile name an operator-supplied CA for agent
+	// identities; empty generates one in DataDir.
+	CACertFile, CAKeyFile string
+	// SecretKeyFile holds the key that encrypts stored credentials; empty
+	// means DataDir/secret.key, generated on first start.
+	SecretKeyFile string
+	// Replica names this hub process.
+	Replica string
+	// OfflineTimeout is how long after its last heartbeat a cluster is shown
+	// offline.
+	OfflineTimeout time.Duration
+	// PollInterval is how often Git refs are resolved by default.
+	PollInterval time.Duration
+	// PingInterval is how often the hub pings idle agent streams.
+	PingInterval time.Duration
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	hosts := []string{"localhost", "127.0.0.1"}
+	if host != "" && host != "localhost" {
+		hosts = append(hosts, host)
+	}
+	return Config{
+		DataDir:        "drover-data",
+		AgentAddr:      ":8443",
+		HTTPAddr:       "127.0.0.1:8080",
+		Hostnames:      hosts,
+		Replica:        host,
+		OfflineTimeout: 90 * time.Second,
+		PollInterval:   time.Minute,
+		PingInterval:   60 * time.Second,
+		LogLevel:       "info",
+	}
+}
+
+// RegisterFlags binds c's fields to flags on fs, with defaults taken from
+// the environment where set (DROVER_DATA_DIR, DROVER_DATABASE_URL, ...).
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	str := func(p *string, name, env, usage string) {
+		if v, ok := os.LookupEnv(env); ok {
+			*p = v
+		}
+		fs.StringVar(p, name, *p, usage+" (env "+env+")")
+	}
+	dur := func(p *time.Duration, name, env, usage string) {
+		if v, ok := os.LookupEnv(env); ok {
+			if d, err := time.ParseDuration(v); err == nil {
+				*p = d
+			} else {
+				// Reported by Validate through an impossible value.
+				*p = -1
+			}
+		}
+		fs.DurationVar(p, name, *p, usage+" (env "+env+")")
+	}
+	str(&c.DataDir, "data-dir", "DROVER_DATA_DIR", "directory for the CA, keys, the initial admin token and the embedded PostgreSQL")
+	str(&c.DatabaseURL, "database-url", "DROVER_DATABASE_URL", "PostgreSQL URL; empty runs a private PostgreSQL in the data directory")
+	str(&c.AgentAddr, "agent-addr", "DROVER_AGENT_ADDR", "listen address of the agent endpoint (gRPC over TLS)")
+	str(&c.HTTPAddr, "http-addr", "DROVER_HTTP_ADDR", "listen address of the JSON admin API and dashboard")
+	if v, ok := os.LookupEnv("DROVER_HOSTNAMES"); ok {
+		c.Hostnames = splitList(v)
+	}
+	fs.Func("hostnames", "comma-separated names and IPs agents use to reach the hub, for its serving certificate (default "+strings.Join(c.Hostnames, ",")+") (env DROVER_HOSTNAMES)", func(v string) error {
+		c.Hostnames = splitList(v)
+		return nil
+	})
+	str(&c.CACertFile, "ca-cert", "DROVER_CA_CERT", "PEM CA certificate for agent identities (default: generated in the data directory)")
+	str(&c.CAKeyFile, "ca-key", "DROVER_CA_KEY", "PEM CA private key for agent identities")
+	str(&c.SecretKeyFile, "secret-key-file", "DROVER_SECRET_KEY_FILE", "key file for encrypting stored credentials (default: DATA_DIR/secret.key)")
+	str(&c.Replica, "replica", "DROVER_REPLICA", "name of this hub replica")
+	dur(&c.OfflineTimeout, "offline-timeout", "DROVER_OFFLINE_TIMEOUT", "time since the last heartbeat after which a cluster is offline")
+	dur(&c.PollInterval, "poll-interval", "DROVER_POLL_INTERVAL", "default interval for resolving Git refs")
+	dur(&c.PingInterval, "ping-interval", "DROVER_PING_INTERVAL", "interval of hub pings on idle agent streams")
+	str(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL", "debug, info, warn or error")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Validate reports every problem, each saying how to fix it.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.DataDir == "" {
+		bad("--data-dir: required (a directory the hub may create and write)")
+	}
+	for name, addr := range map[string]string{"--agent-addr": c.AgentAddr, "--http-addr": c.HTTPAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("%s %q: want HOST:PORT or :PORT (%v)", name, addr, err)
+		}
+	}
+	if len(c.Hostnames) == 0 {
+		bad("--hostnames: give at least one name or IP agents use to reach the hub")
+	}
+	if (c.CACertFile == "") != (c.CAKeyFile == "") {
+		bad("--ca-cert and --ca-key: give both or neither")
+	}
+	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
+		bad("--database-url: want postgres://USER:PASSWORD@HOST:PORT/DB")
+	}
+	for name, d := range map[string]time.Duration{"--offline-timeout": c.OfflineTimeout, "--poll-interval": c.PollInterval, "--ping-interval": c.PingInterval} {
+		if d <= 0 {
+			bad("%s: must be a positive duration such as 90s or 1m", name)
+		}
+	}
+	if c.PollInterval > 0 && c.PollInterval < 5*time.Second {
+		bad("--poll-interval %v: at least 5s, to spare the Git servers (use webhooks or `droverctl app refresh` for speed)", c.PollInterval)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) secretKeyFile() string {
+	if c.SecretKeyFile != "" {
+		return c.SecretKeyFile
+	}
+	return filepath.Join(c.DataDir, "secret.key")
+}

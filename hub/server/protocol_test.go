@@ -1,0 +1,392 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/drover-dev/drover/e2e/testbed"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+func webApp(name, repoURL string, selector map[string]string) *droverv1.Application {
+	return &droverv1.Application{Name: name, Spec: &droverv1.ApplicationSpec{
+		Source:     &droverv1.Source{RepoUrl: repoURL, Ref: "main", Path: "web"},
+		Placement:  &droverv1.Placement{Selector: &droverv1.LabelSelector{MatchLabels: selector}},
+		SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true, SelfHeal: true},
+	}}
+}
+
+func appNames(a *droverv1.Assignment) []string {
+	var out []string
+	for _, x := range a.GetApplications() {
+		out = append(out, x.GetName()+"@"+x.GetCommit())
+	}
+	return out
+}
+
+// TestAssignmentProtocol follows one agent through registration, its
+// assignment changing with applications, commits and labels, status
+// reports, and a reconnect that resends nothing.
+func TestAssignmentProtocol(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "web v1", map[string]string{"web/deploy.yaml": "kind: ConfigMap\n"})
+	h := startHub(t)
+
+	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"env": "prod"}})
+	east := h.mustRegister(t, tok, "east")
+	s := east.connect(t, "")
+
+	// A new cluster's first assignment is empty.
+	first := s.nextAssignment(t)
+	if len(first.GetApplications()) != 0 {
+		t.Fatalf("first assignment = %v, want empty", appNames(first))
+	}
+	s.ack(t, first, "")
+
+	// An application placed by label arrives pinned to the resolved commit.
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("web", repo.URL, map[string]string{"env": "prod"}), nil)
+	a1 := s.nextAssignment(t)
+	if got := appNames(a1); len(got) != 1 || got[0] != "web@"+c1 {
+		t.Fatalf("assignment = %v, want [web@%s]", got, c1)
+	}
+	if a1.GetVersion() == first.GetVersion() {
+		t.Fatal("assignment version did not change with its content")
+	}
+	s.ack(t, a1, "")
+	eventually(t, "the ACK recorded", func() bool {
+		var c droverv1.GetClusterResponse
+		h.mustAPI(t, "GET", "/api/v1/clusters/east", nil, &c)
+		return c.GetCluster().GetAckedVersion() == a1.GetVersion()
+	})
+
+	// Status for the assigned application is stored; one for an
+	// application the cluster does not run is dropped.
+	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
+		{Application: "web", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY,
+			Resources:  []*droverv1.ResourceStatus{{Kind: "ConfigMap", Namespace: "default", Name: "web", Health: droverv1.Health_HEALTH_HEALTHY}},
+			ObservedAt: timestamppb.Now()},
+		{Application: "not-mine", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY},
+	}}}})
+	eventually(t, "the status stored", func() bool {
+		_ = h.FlushStatuses(context.Background())
+		var app droverv1.GetApplicationResponse
+		h.mustAPI(t, "GET", "/api/v1/applications/web", nil, &app)
+		return len(app.GetStatuses()) == 1 && app.GetStatuses()[0].GetHealth() == droverv1.Health_HEALTH_HEALTHY &&
+			len(app.GetStatuses()[0].GetResources()) == 1
+	})
+	var cl droverv1.GetClusterResponse
+	h.mustAPI(t, "GET", "/api/v1/clusters/east", nil, &cl)
+	for _, st := range cl.GetApplications() {
+		if st.GetApplication() == "not-mine" {
+			t.Fatal("a status for an application not assigned to the cluster was stored")
+		}
+	}
+	if !cl.GetCluster().GetOnline() || cl.GetCluster().GetFacts().GetNodeCount() != 3 {
+		t.Fatalf("cluster = online %v facts %v, want online with 3 nodes", cl.GetCluster().GetOnline(), cl.GetCluster().GetFacts())
+	}
+
+	// A new commit becomes a new release and a new assignment.
+	c2 := repo.Commit(t, "web v2", map[string]string{"web/deploy.yaml": "kind: ConfigMap\nmetadata: {name: v2}\n"})
+	var ref droverv1.RefreshApplicationResponse
+	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, &ref)
+	if ref.GetCommit() != c2 || !ref.GetNewRelease() {
+		t.Fatalf("refresh = %v, want new release %s", &ref, c2)
+	}
+	a2 := s.nextAssignment(t)
+	if got := appNames(a2); len(got) != 1 || got[0] != "web@"+c2 {
+		t.Fatalf("assignment after commit = %v, want [web@%s]", got, c2)
+	}
+	s.ack(t, a2, "")
+
+	// A reconnect that says it has the current version gets nothing.
+	s.cancel()
+	s2 := east.connect(t, a2.GetVersion())
+	s2.noAssignment(t, 2*time.Second)
+
+	// Relabelling the cluster away from the placement removes the
+	// application from its next assignment.
+	h.mustAPI(t, "PATCH", "/api/v1/clusters/east/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "staging"}}, nil)
+	a3 := s2.nextAssignment(t)
+	if len(a3.GetApplications()) != 0 {
+		t.Fatalf("assignment after relabel = %v, want empty", appNames(a3))
+	}
+	// And back: it returns at the current release.
+	h.mustAPI(t, "PATCH", "/api/v1/clusters/east/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "prod"}}, nil)
+	if got := appNames(s2.nextAssignment(t)); len(got) != 1 || got[0] != "web@"+c2 {
+		t.Fatalf("assignment after relabel back = %v, want [web@%s]", got, c2)
+	}
+
+	// A NACK is recorded with its reason and the version is not resent.
+	h.mustAPI(t, "DELETE", "/api/v1/applications/web", nil, nil)
+	a4 := s2.nextAssignment(t)
+	s2.ack(t, a4, "cannot parse the assignment")
+	eventually(t, "the NACK recorded", func() bool {
+		var c droverv1.GetClusterResponse
+		h.mustAPI(t, "GET", "/api/v1/clusters/east", nil, &c)
+		return c.GetCluster().GetNackError() == "cannot parse the assignment"
+	})
+	s2.noAssignment(t, time.Second)
+}
+
+// TestSecondStreamReplacesFirst checks that a cluster has one live stream.
+func TestSecondStreamReplacesFirst(t *testing.T) {
+	h := startHub(t)
+	a := h.mustRegister(t, h.joinToken(t, &droverv1.CreateJoinTokenRequest{}), "west")
+	s1 := a.connect(t, "")
+	s1.nextAssignment(t)
+	s2 := a.connect(t, "")
+	s2.nextAssignment(t)
+	select {
+	case err := <-s1.errc:
+		if status.Code(err) != codes.Aborted {
+			t.Fatalf("first stream ended with %v, want Aborted", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first stream was not closed")
+	}
+}
+
+func TestRegistrationRefusals(t *testing.T) {
+	h := startHub(t)
+	single := h.joinToken(t, &droverv1.CreateJoinTokenRequest{})
+	h.mustRegister(t, single, "first")
+	expired := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Ttl: "1s"})
+	time.Sleep(1100 * time.Millisecond) // let the token expire
+	id := strings.SplitN(single, ".", 2)[0]
+
+	for _, tc := range []struct {
+		name, token, cluster string
+		code                 codes.Code
+	}{
+		{"used single-use token", single, "second", codes.PermissionDenied},
+		{"expired token", expired, "second", codes.PermissionDenied},
+		{"unknown token", "abcdefgh.ijklmnopqrstuvwxyzabcdefghijklmn", "second", codes.PermissionDenied},
+		{"wrong secret", id + ".ijklmnopqrstuvwxyzabcdefghijklmn", "second", codes.PermissionDenied},
+		{"malformed token", "not a token", "second", codes.PermissionDenied},
+		{"empty token", "", "second", codes.InvalidArgument},
+		{"invalid cluster name", single, "Not_A_Name", codes.InvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.register(t, tc.token, tc.cluster)
+			if status.Code(err) != tc.code {
+				t.Fatalf("register = %v, want %v", err, tc.code)
+			}
+		})
+	}
+	t.Run("CSR names another cluster", func(t *testing.T) {
+		tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Reusable: true})
+		_, csr := newCSR(t, "someone-else")
+		_, err := h.agentConn(t, h.serverTLS()).Register(context.Background(), &droverv1.RegisterRequest{JoinToken: tok, ClusterName: "second", CsrPem: csr})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("register = %v, want InvalidArgument", err)
+		}
+	})
+
+	var list droverv1.ListClustersResponse
+	h.mustAPI(t, "GET", "/api/v1/clusters", nil, &list)
+	if n := len(list.GetClusters()); n != 1 {
+		t.Fatalf("%d clusters registered, want only the first", n)
+	}
+	var evs droverv1.ListEventsResponse
+	h.mustAPI(t, "GET", "/api/v1/events?kind=cluster.register_refused", nil, &evs)
+	if len(evs.GetEvents()) < 6 {
+		t.Fatalf("%d refusal audit entries, want one per refusal", len(evs.GetEvents()))
+	}
+	for _, e := range evs.GetEvents() {
+		if strings.Contains(e.GetMessage(), single) {
+			t.Fatalf("an audit entry holds the token: %q", e.GetMessage())
+		}
+	}
+}
+
+func TestConnectRefusals(t *testing.T) {
+	h := startHub(t)
+	a := h.mustRegister(t, h.joinToken(t, &droverv1.CreateJoinTokenRequest{}), "edge")
+
+	t.Run("no client certificate", func(t *testing.T) {
+		s, err := h.agentConn(t, h.serverTLS()).Connect(context.Background())
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("connect = %v, want Unauthenticated", err)
+		}
+	})
+	t.Run("certificate from another CA", func(t *testing.T) {
+		tc := a.tlsConfig()
+		tc.Certificates = []tls.Certificate{foreignCert(t, "edge")}
+		s, err := h.agentConn(t, tc).Connect(context.Background())
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if err == nil || status.Code(err) == codes.OK {
+			t.Fatal("a certificate from another CA was accepted")
+		}
+	})
+	t.Run("revoked certificate", func(t *testing.T) {
+		s := a.connect(t, "")
+		s.nextAssignment(t)
+		h.mustAPI(t, "POST", "/api/v1/clusters/edge/revoke", nil, nil)
+		select {
+		case err := <-s.errc:
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("live stream ended with %v, want PermissionDenied", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the live stream of a revoked cluster stayed open")
+		}
+		s2, err := h.agentConn(t, a.tlsConfig()).Connect(context.Background())
+		if err == nil {
+			_, err = s2.Recv()
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("reconnect after revoke = %v, want PermissionDenied", err)
+		}
+	})
+}
+
+// foreignCert is a client certificate for name from a CA the hub does not
+// know.
+func foreignCert(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "rogue CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name, Organization: []string{"drover:clusters"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	c, err := tls.X509KeyPair(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestStatusIsBoundToTheCertificate checks that a cluster cannot write
+// another cluster's status.
+func TestStatusIsBoundToTheCertificate(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
+	h := startHub(t)
+	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Reusable: true})
+	a := h.mustRegister(t, tok, "a")
+	b := h.mustRegister(t, tok, "b")
+	h.mustAPI(t, "PATCH", "/api/v1/clusters/b/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"team": "b"}}, nil)
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("only-b", repo.URL, map[string]string{"team": "b"}), nil)
+	sb := b.connect(t, "")
+	eventually(t, "b's assignment", func() bool { return len(sb.nextAssignment(t).GetApplications()) == 1 })
+	sa := a.connect(t, "")
+	sa.nextAssignment(t)
+	sa.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
+		{Cluster: "b", Application: "only-b", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_DEGRADED},
+	}}}})
+	// A status with an enum value from the future is refused too.
+	sb.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
+		{Application: "only-b", Commit: c1, Sync: droverv1.SyncState(42), Health: droverv1.Health_HEALTH_HEALTHY},
+	}}}})
+	sb.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
+		{Application: "only-b", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY},
+	}}}})
+	eventually(t, "b's own status", func() bool {
+		_ = h.FlushStatuses(context.Background())
+		var cl droverv1.GetClusterResponse
+		h.mustAPI(t, "GET", "/api/v1/clusters/b", nil, &cl)
+		return len(cl.GetApplications()) == 1 && cl.GetApplications()[0].GetHealth() == droverv1.Health_HEALTH_HEALTHY
+	})
+	var ca droverv1.GetClusterResponse
+	h.mustAPI(t, "GET", "/api/v1/clusters/a", nil, &ca)
+	if len(ca.GetApplications()) != 0 {
+		t.Fatalf("cluster a has statuses %v; it runs nothing", ca.GetApplications())
+	}
+}
+
+func TestAdminAPIAuth(t *testing.T) {
+	h := startHub(t)
+	var viewer droverv1.CreateAPITokenResponse
+	h.mustAPI(t, "POST", "/api/v1/api-tokens", &droverv1.CreateAPITokenRequest{Name: "dash", Role: "viewer"}, &viewer)
+
+	if code, _ := h.api(t, "", "GET", "/api/v1/clusters", nil, nil); code != http.StatusUnauthorized {
+		t.Fatalf("no token: HTTP %d, want 401", code)
+	}
+	if code, _ := h.api(t, "bogus.token", "GET", "/api/v1/clusters", nil, nil); code != http.StatusUnauthorized {
+		t.Fatalf("bad token: HTTP %d, want 401", code)
+	}
+	if code, _ := h.api(t, viewer.GetToken(), "GET", "/api/v1/clusters", nil, nil); code != http.StatusOK {
+		t.Fatalf("viewer read: HTTP %d, want 200", code)
+	}
+	if code, _ := h.api(t, viewer.GetToken(), "POST", "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{}, nil); code != http.StatusForbidden {
+		t.Fatalf("viewer change: HTTP %d, want 403", code)
+	}
+	var list droverv1.ListAPITokensResponse
+	h.mustAPI(t, "GET", "/api/v1/api-tokens", nil, &list)
+	for _, tk := range list.GetApiTokens() {
+		if strings.Contains(tk.String(), viewer.GetToken()) {
+			t.Fatal("listing API tokens returned a secret")
+		}
+	}
+}
+
+func TestApplicationValidation(t *testing.T) {
+	h := startHub(t)
+	good := webApp("web", "https://git.example.test/fleet.git", map[string]string{"env": "prod"})
+	h.mustAPI(t, "POST", "/api/v1/applications", good, nil)
+
+	for _, tc := range []struct {
+		name, field string
+		mutate      func(a *droverv1.Application)
+	}{
+		{"missing repo", "repoURL", func(a *droverv1.Application) { a.Spec.Source.RepoUrl = "" }},
+		{"file scheme", "repoURL", func(a *droverv1.Application) { a.Spec.Source.RepoUrl = "file:///etc" }},
+		{"path escapes", "path", func(a *droverv1.Application) { a.Spec.Source.Path = "../../etc" }},
+		{"absolute path", "path", func(a *droverv1.Application) { a.Spec.Source.Path = "/etc" }},
+		{"unknown render", "render.type", func(a *droverv1.Application) { a.Spec.Render = &droverv1.Render{Type: "jsonnet"} }},
+		{"bad selector", "matchExpressions", func(a *droverv1.Application) {
+			a.Spec.Placement.Selector.MatchExpressions = []*droverv1.LabelSelectorRequirement{{Key: "env", Operator: "Near"}}
+		}},
+		{"oversized", "", func(a *droverv1.Application) { a.Spec.Source.ExtraPaths = []string{strings.Repeat("x", 300<<10)} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := webApp("other", good.Spec.Source.RepoUrl, map[string]string{"env": "prod"})
+			tc.mutate(a)
+			code, body := h.api(t, h.token, "POST", "/api/v1/applications", a, nil)
+			if code != http.StatusBadRequest || !strings.Contains(body, tc.field) {
+				t.Fatalf("HTTP %d %s, want 400 naming %q", code, body, tc.field)
+			}
+		})
+	}
+	if code, _ := h.api(t, h.token, "POST", "/api/v1/applications", good, nil); code != http.StatusConflict {
+		t.Fatalf("duplicate: HTTP %d, want 409", code)
+	}
+	var list droverv1.ListApplicationsResponse
+	h.mustAPI(t, "GET", "/api/v1/applications", nil, &list)
+	if len(list.GetApplications()) != 1 {
+		t.Fatalf("%d applications stored, want 1", len(list.GetApplications()))
+	}
+}

@@ -1,0 +1,323 @@
+// Package server wires Drover's hub together: the store (an external or an
+// embedded PostgreSQL), the CA, the in-memory fleet, the Git watcher, the
+// agent endpoint and the admin API. drover-hub's main only parses flags and
+// calls Run; tests start a whole hub in-process with Start.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/drover-dev/drover/hub/adminapi"
+	"github.com/drover-dev/drover/hub/agentapi"
+	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/gitwatch"
+	"github.com/drover-dev/drover/hub/pgserver"
+	"github.com/drover-dev/drover/hub/pki"
+	"github.com/drover-dev/drover/hub/secrets"
+	"github.com/drover-dev/drover/hub/store"
+	"github.com/drover-dev/drover/internal/version"
+	"github.com/drover-dev/drover/migrations"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// MaxMessageBytes bounds every gRPC message the hub receives.
+const MaxMessageBytes = 4 << 20
+
+// Hub is a running hub.
+type Hub struct {
+	cfg Config
+	log *slog.Logger
+
+	pg       *pgserver.Server // nil with an external database
+	store    *store.Store
+	ca       *pki.CA
+	box      *secrets.Box
+	fleet    *fleet.Fleet
+	watcher  *gitwatch.Watcher
+	resolver *gitwatch.Resolver
+	statuses *store.StatusWriter
+	agents   *agentapi.Server
+	admin    *adminapi.Server
+	gateway  *adminapi.Gateway
+
+	grpcSrv  *grpc.Server
+	httpSrv  *http.Server
+	agentLis net.Listener
+	httpLis  net.Listener
+
+	cancel context.CancelFunc
+	group  *errgroup.Group
+
+	mu sync.Mutex // guards the fields below
+	// sourceErrs holds the last error resolving each application's source.
+	sourceErrs map[string]string
+	// specs caches application specs for the Git watcher's Targets.
+	specs map[string]*droverv1.ApplicationSpec
+}
+
+// Start starts a hub and returns once it serves. The initial admin token,
+// on first start, is written to DataDir/admin-token and printed to out.
+func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) (_ *Hub, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	// Traversable but not listable by others: when the hub runs as root,
+	// the embedded PostgreSQL runs as an unprivileged user and must reach
+	// its directory inside. Every secret in it is a 0600 file or sits in a
+	// 0700 subdirectory.
+	if err := os.MkdirAll(cfg.DataDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	h := &Hub{cfg: cfg, log: logger, sourceErrs: map[string]string{}, specs: map[string]*droverv1.ApplicationSpec{}}
+	defer func() {
+		if err != nil {
+			h.closeResources()
+		}
+	}()
+
+	dbURL := cfg.DatabaseURL
+	if dbURL == "" {
+		logger.Info("starting the embedded PostgreSQL", "dir", filepath.Join(cfg.DataDir, "postgres"))
+		h.pg, err = pgserver.Start(ctx, pgserver.Options{Dir: filepath.Join(cfg.DataDir, "postgres"), Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("start the embedded PostgreSQL (or pass --database-url): %w", err)
+		}
+		if err := h.pg.EnsureDatabase(ctx, "drover"); err != nil {
+			return nil, err
+		}
+		dbURL = h.pg.URL("drover")
+	}
+	if err := migrations.UpURL(ctx, dbURL, migrations.WithLogger(logger)); err != nil {
+		return nil, fmt.Errorf("database: %w (is PostgreSQL running and --database-url right?)", err)
+	}
+	if h.store, err = store.Open(ctx, dbURL, logger); err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+
+	if cfg.CACertFile != "" {
+		h.ca, err = pki.LoadCA(cfg.CACertFile, cfg.CAKeyFile)
+	} else {
+		h.ca, err = pki.LoadOrCreateCA(filepath.Join(cfg.DataDir, "pki"), logger)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent CA: %w", err)
+	}
+	serving, err := h.ca.LoadOrCreateServingCert(filepath.Join(cfg.DataDir, "pki"), cfg.Hostnames, logger)
+	if err != nil {
+		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	if h.box, err = secrets.LoadOrCreateKey(cfg.secretKeyFile()); err != nil {
+		return nil, fmt.Errorf("credential key: %w", err)
+	}
+	logger.Info("credential key loaded", "key_id", h.box.KeyID(), "file", cfg.secretKeyFile())
+
+	if err := h.initialAdminToken(ctx, out); err != nil {
+		return nil, err
+	}
+
+	h.fleet = fleet.New(logger)
+	if err := h.load(ctx); err != nil {
+		return nil, err
+	}
+	h.resolver = gitwatch.NewResolver(filepath.Join(cfg.DataDir, "git-cache"), logger)
+	if h.watcher, err = gitwatch.NewWatcher(gitwatch.Config{Interval: cfg.PollInterval, Logger: logger}, h.resolver, h, h); err != nil {
+		return nil, err
+	}
+	h.statuses = store.NewStatusWriter(h.store, logger, 0, 0)
+	h.agents = agentapi.New(agentapi.Config{Replica: cfg.Replica, PingInterval: cfg.PingInterval}, h.store, h.ca, h.fleet, h.statuses, logger)
+	h.admin = adminapi.New(h.store, h, h.box, cfg.OfflineTimeout, logger)
+
+	h.grpcSrv = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{
+			Certificates: []tls.Certificate{serving},
+			// Register has no client certificate yet; Connect refuses
+			// streams without a verified one.
+			ClientAuth: tls.VerifyClientCertIfGiven,
+			ClientCAs:  h.ca.Pool(),
+			MinVersion: tls.VersionTLS13,
+		})),
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.ChainUnaryInterceptor(adminapi.UnaryInterceptor(h.store)),
+		// Agents behind NAT ping every 20-30 s to keep their mapping;
+		// allow that, and close streams whose peer stopped answering.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+	)
+	droverv1.RegisterAgentServiceServer(h.grpcSrv, h.agents)
+	droverv1.RegisterAdminServiceServer(h.grpcSrv, h.admin)
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	h.cancel = cancel
+	if h.gateway, err = adminapi.NewGateway(runCtx, h.admin, h.store); err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/api/", h.gateway)
+	mux.HandleFunc("/healthz", h.healthz)
+	h.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	if h.agentLis, err = net.Listen("tcp", cfg.AgentAddr); err != nil {
+		return nil, fmt.Errorf("listen on --agent-addr: %w", err)
+	}
+	if h.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("listen on --http-addr: %w", err)
+	}
+
+	g, gctx := errgroup.WithContext(runCtx)
+	h.group = g
+	g.Go(func() error { return h.grpcSrv.Serve(h.agentLis) })
+	g.Go(func() error {
+		if err := h.httpSrv.Serve(h.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error { return h.agents.Run(gctx) })
+	g.Go(func() error { h.statuses.Run(gctx); return nil })
+	g.Go(func() error { return h.watcher.Run(gctx) })
+	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
+	return h, nil
+}
+
+// Run starts a hub and serves until ctx ends.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) error {
+	h, err := Start(ctx, cfg, logger, out)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-h.done():
+	}
+	return h.Close()
+}
+
+func (h *Hub) done() <-chan struct{} {
+	ch := make(chan struct{})
+	go func() { _ = h.group.Wait(); close(ch) }()
+	return ch
+}
+
+// AgentAddr is the address the agent endpoint listens on.
+func (h *Hub) AgentAddr() string { return h.agentLis.Addr().String() }
+
+// HTTPAddr is the address of the JSON API.
+func (h *Hub) HTTPAddr() string { return h.httpLis.Addr().String() }
+
+// CACertPEM is the CA that signs agent certificates and the hub's serving
+// certificate; agents trust it.
+func (h *Hub) CACertPEM() []byte { return h.ca.CertPEM() }
+
+// Store is the hub's store, for tests and tools.
+func (h *Hub) Store() *store.Store { return h.store }
+
+// Fleet is the hub's in-memory fleet.
+func (h *Hub) Fleet() *fleet.Fleet { return h.fleet }
+
+// FlushStatuses writes pending statuses now.
+func (h *Hub) FlushStatuses(ctx context.Context) error { return h.statuses.Flush(ctx) }
+
+// Close stops serving and releases everything, the embedded PostgreSQL
+// last.
+func (h *Hub) Close() error {
+	if h.grpcSrv != nil {
+		// Stop, not GracefulStop: agent streams never end on their own, and
+		// agents reconnect.
+		h.grpcSrv.Stop()
+	}
+	if h.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = h.httpSrv.Shutdown(ctx)
+		cancel()
+	}
+	if h.cancel != nil {
+		h.cancel()
+	}
+	var err error
+	if h.group != nil {
+		err = h.group.Wait()
+		if errors.Is(err, grpc.ErrServerStopped) {
+			err = nil
+		}
+	}
+	if h.statuses != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if ferr := h.statuses.Flush(ctx); ferr != nil {
+			h.log.Warn("flush statuses at shutdown", "err", ferr)
+		}
+		cancel()
+	}
+	h.closeResources()
+	return err
+}
+
+func (h *Hub) closeResources() {
+	if h.gateway != nil {
+		h.gateway.Close()
+	}
+	if h.store != nil {
+		h.store.Close()
+	}
+	if h.pg != nil {
+		if err := h.pg.Stop(); err != nil {
+			h.log.Warn("stop the embedded PostgreSQL", "err", err)
+		}
+	}
+}
+
+func (h *Hub) initialAdminToken(ctx context.Context, out io.Writer) error {
+	tok, _, err := h.store.CreateFirstAPIToken(ctx, "admin", adminapi.RoleAdmin, 0, time.Now())
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		return nil // tokens exist already
+	case err != nil:
+		return fmt.Errorf("create the initial admin token: %w", err)
+	}
+	path := filepath.Join(h.cfg.DataDir, "admin-token")
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write the initial admin token: %w", err)
+	}
+	fmt.Fprintf(out, "\nThe initial admin API token (shown once; also in %s, mode 0600):\n\n    %s\n\n", path, tok)
+	return nil
+}
+
+func (h *Hub) healthz(w http.ResponseWriter, r *http.Request) {
+	st := h.Status(r.Context())
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if st.GetState() != "ok" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, st.GetState())
+	for _, p := range st.GetProblems() {
+		fmt.Fprintln(w, p)
+	}
+}
+
+// Status reports the hub's own health: degraded while the database does not
+// answer, while agent streams stay up.
+func (h *Hub) Status(ctx context.Context) *droverv1.HubStatus {
+	st := &droverv1.HubStatus{Version: version.Version, State: "ok", Replica: h.cfg.Replica, ConnectedAgents: int32(h.agents.Connected())}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := h.store.Ping(ctx); err != nil {
+		st.State = "degraded"
+		st.Problems = append(st.Problems, "database unreachable: "+err.Error())
+	}
+	return st
+}
