@@ -1,18 +1,19 @@
-// Command droverctl is the operators' CLI over Drover's admin API.
+// Command droverctl is the operators' CLI over Drover's admin API; see
+// package ctl for the commands.
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
 
-	"github.com/drover-dev/drover/internal/version"
+	"github.com/drover-dev/drover/hub/ctl"
 )
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "version" || os.Args[1] == "--version") {
-		fmt.Println("droverctl", version.Version)
-		return
-	}
-	fmt.Fprintln(os.Stderr, "droverctl", version.Version, "- not implemented yet")
-	os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := ctl.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
