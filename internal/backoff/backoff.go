@@ -79,3 +79,16 @@ func (b *Backoff) Wait(ctx context.Context, err error) {
 	case <-t.C:
 	}
 }
+
+// Jitter returns d spread uniformly by ±fraction (0.1 = ±10%), for periodic
+// jobs (heartbeats, polls, resyncs) that a fleet must not run in lockstep.
+func Jitter(d time.Duration, fraction float64) time.Duration {
+	if d <= 0 || fraction <= 0 {
+		return d
+	}
+	spread := time.Duration(float64(d) * fraction)
+	if spread <= 0 {
+		return d
+	}
+	return d - spread + rand.N(2*spread+1)
+}

@@ -61,3 +61,15 @@ func TestWaitWithNilErrorResets(t *testing.T) {
 		t.Fatalf("failures after a success = %d, want 0", b.Failures())
 	}
 }
+
+func TestJitterStaysInRange(t *testing.T) {
+	for i := 0; i < 1000; i++ {
+		d := Jitter(10*time.Second, 0.1)
+		if d < 9*time.Second || d > 11*time.Second {
+			t.Fatalf("Jitter(10s, 0.1) = %v, outside [9s, 11s]", d)
+		}
+	}
+	if d := Jitter(0, 0.1); d != 0 {
+		t.Fatalf("Jitter(0) = %v, want 0", d)
+	}
+}

@@ -1,0 +1,261 @@
+// Package render is the agent's render step: it turns an application's
+// directory in a checked-out commit into the Kubernetes objects to apply.
+//
+// A render reads only the checkout: files are opened through an os.Root (or,
+// for Kustomize, a file system confined to the repository), so neither the
+// application's path nor a symbolic link in the repository can reach the
+// agent's own disk, and nothing is fetched from the network. The same commit
+// with the same assignment always renders the same objects, so every *Error
+// is permanent for that input; retrying does not help.
+//
+// The steps, in order:
+//  1. the manifests: every *.yaml, *.yml and *.json file below the path
+//     (DIRECTORY) or a Kustomize build of the path (KUSTOMIZE);
+//  2. the assignment's Kustomize patches, in order, on the objects as the
+//     manifests have them (so a patch names the namespace only if the
+//     manifest does);
+//  3. ${name} variables substituted in string values, patches' included;
+//  4. the assignment's namespace for namespaced objects that name none;
+//  5. a check that no object appears twice, and the size limits.
+package render
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Default limits of one render.
+const (
+	DefaultMaxBytes   = 64 << 20
+	DefaultMaxObjects = 10000
+)
+
+// Options tunes Render. The zero value is ready to use.
+type Options struct {
+	// IsNamespaced reports whether objects of a kind are namespaced, for
+	// defaulting their namespace. The apply step passes one backed by the
+	// cluster's RESTMapper. When nil, a built-in list of the cluster-scoped
+	// kinds of Kubernetes decides, and any other kind is namespaced.
+	// Either way, a CustomResourceDefinition in the render itself decides
+	// for its kind first. Called from the goroutine calling Render; an
+	// error it returns fails the render as is (not as an *Error), since it
+	// may be transient.
+	IsNamespaced func(schema.GroupVersionKind) (bool, error)
+	// MaxBytes bounds the manifests read and the objects rendered, each;
+	// 0 means DefaultMaxBytes.
+	MaxBytes int64
+	// MaxObjects bounds the number of objects rendered; 0 means
+	// DefaultMaxObjects.
+	MaxObjects int
+}
+
+// Error is why an application did not render. It names the file (and the
+// line, when known) at fault; the same input fails the same way every time.
+type Error struct {
+	// Path is the file or directory at fault, relative to the repository
+	// root, '/'-separated; empty when the error is about no one file.
+	Path string
+	// Line is the 1-based line in Path, or 0 when unknown. YAML syntax
+	// errors carry their line in Msg ("yaml: line 7: ...").
+	Line int
+	// Msg says what is wrong.
+	Msg string
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.Path != "" && e.Line > 0:
+		return fmt.Sprintf("render %s:%d: %s", e.Path, e.Line, e.Msg)
+	case e.Path != "":
+		return fmt.Sprintf("render %s: %s", e.Path, e.Msg)
+	}
+	return "render: " + e.Msg
+}
+
+func errorf(p string, line int, format string, args ...any) *Error {
+	return &Error{Path: p, Line: line, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Render renders assignment a from the checkout at root with the default
+// Options.
+func Render(ctx context.Context, root string, a *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+	return Options{}.Render(ctx, root, a)
+}
+
+// Render renders assignment a from the checkout at root, which it only
+// reads. The objects come in the order of the manifests (files sorted by
+// path, documents in file order; Kustomize's order for Kustomize). Errors
+// are *Error, except ctx's and those of o.IsNamespaced.
+func (o Options) Render(ctx context.Context, root string, a *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.MaxObjects <= 0 {
+		o.MaxObjects = DefaultMaxObjects
+	}
+	appPath, err := cleanPath(a.GetPath())
+	if err != nil {
+		return nil, err
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("render: open checkout: %w", err)
+	}
+	defer r.Close()
+	info, err := r.Stat(appPath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, errorf(appPath, 0, "no such directory in the repository")
+	case err != nil:
+		return nil, errorf(appPath, 0, "cannot be read, or a symbolic link on the way leads outside the repository: %v", pathErrCause(err))
+	case !info.IsDir():
+		return nil, errorf(appPath, 0, "not a directory")
+	}
+
+	b := &budget{maxBytes: o.MaxBytes, maxObjects: o.MaxObjects}
+	var items []*item
+	switch a.GetRender() {
+	case droverv1.RenderType_RENDER_TYPE_UNSPECIFIED, droverv1.RenderType_RENDER_TYPE_DIRECTORY:
+		// "directory" is the default render type of applications.
+		items, err = renderDirectory(ctx, r, appPath, b)
+	case droverv1.RenderType_RENDER_TYPE_KUSTOMIZE:
+		items, err = renderKustomize(ctx, root, appPath, b)
+	case droverv1.RenderType_RENDER_TYPE_HELM:
+		return nil, errorf(appPath, 0, "helm rendering is not supported yet")
+	default:
+		return nil, errorf("", 0, "render type %v is not supported by this agent", a.GetRender())
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	scope := newScope(items, o.IsNamespaced)
+	if len(a.GetPatches()) > 0 {
+		// Checked before patching too, to name the files: Kustomize would
+		// refuse duplicates with a message that does not.
+		if err := checkDuplicates(ctx, items, scope); err != nil {
+			return nil, err
+		}
+		if items, err = applyPatches(ctx, items, a.GetPatches()); err != nil {
+			return nil, err
+		}
+	}
+	for _, it := range items {
+		substitute(it.obj.Object, a.GetVariables())
+	}
+	if err := defaultNamespace(ctx, items, a.GetNamespace(), scope); err != nil {
+		return nil, err
+	}
+	if err := checkDuplicates(ctx, items, scope); err != nil {
+		return nil, err
+	}
+	if err := b.checkOutput(items, appPath); err != nil {
+		return nil, err
+	}
+	out := make([]*unstructured.Unstructured, len(items))
+	for i, it := range items {
+		out[i] = it.obj
+	}
+	return out, nil
+}
+
+// item is one rendered object and where it came from.
+type item struct {
+	obj *unstructured.Unstructured
+	// path is the file it came from, relative to the repository root
+	// (for Kustomize, the application's directory); line its first line
+	// there, 0 if unknown.
+	path string
+	line int
+	// what says which object of the file it is ("document 2", "document 1,
+	// item 3"), or how it was made ("kustomize build").
+	what string
+}
+
+func (it *item) source() string {
+	if it.line > 0 {
+		return fmt.Sprintf("%s:%d (%s)", it.path, it.line, it.what)
+	}
+	return fmt.Sprintf("%s (%s)", it.path, it.what)
+}
+
+// cleanPath validates an application's path: relative, inside the
+// repository. "" means the repository root.
+func cleanPath(p string) (string, error) {
+	if p == "" {
+		return ".", nil
+	}
+	slashed := filepath.ToSlash(p)
+	if strings.HasPrefix(slashed, "/") || filepath.IsAbs(p) {
+		return "", errorf("", 0, "path %q: must be relative to the repository root", p)
+	}
+	c := path.Clean(slashed)
+	if !filepath.IsLocal(filepath.FromSlash(c)) && c != "." {
+		return "", errorf("", 0, "path %q: leads outside the repository", p)
+	}
+	return c, nil
+}
+
+// pathErrCause drops the *fs.PathError's operation and path (an absolute
+// path in the agent's cache, which tells the user nothing).
+func pathErrCause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// budget tracks a render's limits.
+type budget struct {
+	maxBytes   int64
+	maxObjects int
+	readBytes  int64
+}
+
+// read charges n bytes of manifests read from p.
+func (b *budget) read(p string, n int64) error {
+	b.readBytes += n
+	if b.readBytes > b.maxBytes {
+		return errorf(p, 0, "the manifests read exceed the limit of %d bytes", b.maxBytes)
+	}
+	return nil
+}
+
+func (b *budget) checkCount(n int, p string) error {
+	if n > b.maxObjects {
+		return errorf(p, 0, "more than %d objects rendered, the limit", b.maxObjects)
+	}
+	return nil
+}
+
+// checkOutput checks the limits on the final objects: variables can grow
+// them after reading.
+func (b *budget) checkOutput(items []*item, appPath string) error {
+	if err := b.checkCount(len(items), appPath); err != nil {
+		return err
+	}
+	var total int64
+	for _, it := range items {
+		data, err := it.obj.MarshalJSON()
+		if err != nil {
+			return errorf(it.path, it.line, "%s: %v", it.what, err)
+		}
+		total += int64(len(data))
+		if total > b.maxBytes {
+			return errorf(appPath, 0, "the rendered objects exceed the limit of %d bytes", b.maxBytes)
+		}
+	}
+	return nil
+}

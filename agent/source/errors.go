@@ -1,0 +1,145 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Causes that say retrying will not help until the assignment changes.
+// errors.Is finds them in an *Error.
+var (
+	// ErrInvalid: an input (repository URL, credentials, commit) is
+	// malformed; the message names the field.
+	ErrInvalid = errors.New("invalid input")
+	// ErrAuth: the server rejected the credentials, or wants some and got
+	// none (HTTP 401/403).
+	ErrAuth = errors.New("authentication failed")
+	// ErrHostKey: the SSH server's host key is not in the repository's
+	// known hosts, or does not match them.
+	ErrHostKey = errors.New("ssh host key not trusted")
+	// ErrRepoNotFound: the repository does not exist (or the credentials
+	// may not see it; servers answer both with 404).
+	ErrRepoNotFound = errors.New("repository not found")
+	// ErrUnknownCommit: the repository has no such commit.
+	ErrUnknownCommit = errors.New("unknown commit")
+)
+
+// Error is why a Checkout failed. Its text names the repository by its
+// redacted URL and never contains a credential.
+type Error struct {
+	// Op is the step that failed: "checkout", "fetch" or "materialise".
+	Op string
+	// URL is the repository URL, redacted (RedactURL).
+	URL string
+	// Retryable is false when the same call cannot succeed until its input
+	// changes (bad credentials, unknown commit), true for failures that may
+	// pass (network, server errors, a full disk).
+	Retryable bool
+	// Err is the cause, with credentials scrubbed from its text; errors.Is
+	// and errors.As see through it to the original error and to the
+	// sentinel above that classifies it.
+	Err error
+}
+
+func (e *Error) Error() string { return e.Op + " " + e.URL + ": " + e.Err.Error() }
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// IsRetryable reports whether err is, or wraps, an *Error saying that the
+// Checkout may succeed if tried again unchanged. Every error Checkout
+// returns is an *Error; errors from elsewhere are not judged here (false),
+// so classifiers of several steps compose with ||.
+func IsRetryable(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Retryable
+}
+
+// cause is an error whose text has been scrubbed of secrets, unwrapping to
+// the sentinel that classifies it (if any) and the original error.
+type cause struct {
+	kind  error
+	err   error
+	clean string
+}
+
+func (c *cause) Error() string {
+	if c.kind != nil && (c.err == nil || !errors.Is(c.err, c.kind)) {
+		if c.clean == "" {
+			return c.kind.Error()
+		}
+		return c.kind.Error() + ": " + c.clean
+	}
+	return c.clean
+}
+
+func (c *cause) Unwrap() []error {
+	var out []error
+	if c.kind != nil {
+		out = append(out, c.kind)
+	}
+	if c.err != nil {
+		out = append(out, c.err)
+	}
+	return out
+}
+
+// newError classifies err for op on r. go-git keeps passwords out of its
+// own messages, but servers' response bodies are quoted verbatim in some and
+// net/http quotes user names, so the text is scrubbed here rather than
+// trusted.
+func newError(op string, r remote, rawURL string, err error, secrets []string) *Error {
+	kind, retryable := classify(err)
+	return &Error{
+		Op:        op,
+		URL:       r.redacted,
+		Retryable: retryable,
+		Err:       &cause{kind: kind, err: err, clean: scrub(err.Error(), rawURL, r.redacted, secrets)},
+	}
+}
+
+// classify returns the sentinel that says why err is permanent, if one
+// does, and whether retrying may help. Cancellation is retryable: it says
+// nothing about the input.
+func classify(err error) (kind error, retryable bool) {
+	var keyErr *knownhosts.KeyError
+	var revoked *knownhosts.RevokedError
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return nil, true
+	case errors.Is(err, ErrInvalid), errors.Is(err, ErrUnknownCommit):
+		return nil, false
+	case errors.Is(err, transport.ErrAuthenticationRequired),
+		errors.Is(err, transport.ErrAuthorizationFailed),
+		errors.Is(err, transport.ErrInvalidAuthMethod):
+		return ErrAuth, false
+	case errors.As(err, &keyErr), errors.As(err, &revoked):
+		return ErrHostKey, false
+	case errors.Is(err, transport.ErrRepositoryNotFound):
+		return ErrRepoNotFound, false
+	}
+	return nil, true
+}
+
+func scrub(msg, rawURL, redacted string, secrets []string) string {
+	// go-git appends the server's response body ("%w: %s"), often empty or
+	// ending in a newline.
+	msg = strings.TrimSuffix(strings.TrimSpace(msg), ":")
+	if rawURL != "" && rawURL != redacted {
+		msg = strings.ReplaceAll(msg, rawURL, redacted)
+	}
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "[redacted]")
+		}
+	}
+	return msg
+}
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+}
