@@ -74,9 +74,11 @@ $(TOOLS)/protoc-gen-go-grpc:
 $(TOOLS)/protoc-gen-grpc-gateway:
 	GOBIN=$(TOOLS) go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway@$(GRPC_GATEWAY_VERSION)
 
-## bench: Go benchmarks
-bench:
-	go test -run '^$$' -bench . -benchmem ./...
+## bench: Go benchmarks, against the same real parts as the tests
+BENCH ?= .
+bench: deps testbed
+	DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
+		go test -run '^$$' -bench '$(BENCH)' -benchmem -timeout 60m ./...
 
 ## demo: run Drover locally with its embedded defaults
 demo: build

@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"io"
+	"net"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/hub/server"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -389,4 +392,47 @@ func TestApplicationValidation(t *testing.T) {
 	if len(list.GetApplications()) != 1 {
 		t.Fatalf("%d applications stored, want 1", len(list.GetApplications()))
 	}
+}
+
+func TestOversizedMessageIsRefused(t *testing.T) {
+	h := startHub(t)
+	a := h.mustRegister(t, h.joinToken(t, &droverv1.CreateJoinTokenRequest{}), "big")
+	s := a.connect(t, "")
+	s.nextAssignment(t)
+	huge := strings.Repeat("x", 5<<20)
+	_ = s.s.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{{Application: "x", Message: huge}}}}})
+	select {
+	case err := <-s.errc:
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("stream ended with %v, want ResourceExhausted", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("an oversized message did not end the stream")
+	}
+	// The hub carries on: the agent reconnects and is served.
+	a.connect(t, "").nextAssignment(t)
+}
+
+func TestUnreachableDatabaseAtStart(t *testing.T) {
+	cfg := server.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.DatabaseURL = "postgres://drover:secret@" + freeAddr(t) + "/drover?connect_timeout=2"
+	cfg.AgentAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	_, err := server.Start(context.Background(), cfg, testbed.Logger(t), io.Discard)
+	if err == nil {
+		t.Fatal("the hub started without its database")
+	}
+	if !strings.Contains(err.Error(), "database") || strings.Contains(err.Error(), "secret") {
+		t.Fatalf("error %q should say the database is the problem and hide the password", err)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
