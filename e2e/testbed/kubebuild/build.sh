@@ -15,11 +15,27 @@ root=${1:?usage: build.sh CACHE_ROOT}
 dir="$root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
 bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok)
 
+# kwok refuses to start without stages; take the "fast" ones its module
+# ships (pods become Ready as soon as they are scheduled). Written on every
+# run: it costs nothing, and a change here reaches existing caches.
+write_stages() {
+	local kwokdir tmpf
+	kwokdir=$(GOFLAGS= go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+	tmpf=$(mktemp "$dir/.kwok-stages.XXXXXX")
+	for s in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+		f="$kwokdir/kustomize/stage/$s.yaml"
+		[ -f "$f" ] || { echo "testbed: kwok stage $s not found in $kwokdir" >&2; rm -f "$tmpf"; exit 1; }
+		printf -- '---\n'; cat "$f"; echo
+	done > "$tmpf"
+	chmod 644 "$tmpf"
+	mv -f "$tmpf" "$dir/kwok-stages.yaml"
+}
+
 have_all() {
 	for b in "${bins[@]}"; do [ -x "$dir/bin/$b" ] || return 1; done
-	[ -s "$dir/kwok-stages.yaml" ]
 }
 if have_all; then
+	write_stages
 	echo "$dir"
 	exit 0
 fi
@@ -46,16 +62,8 @@ say "building etcd $ETCD_VERSION"
 say "building kwok $KWOK_VERSION"
 GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 
-# kwok refuses to start without stages; take the ones its module ships.
-kwokdir=$(GOFLAGS= go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-for s in node-initialize node-heartbeat-with-lease pod-ready pod-complete pod-delete; do
-	f=$(find "$kwokdir/kustomize/stage" -name "$s.yaml" | head -n 1)
-	[ -n "$f" ] || { echo "testbed: kwok stage $s not found under $kwokdir/kustomize/stage" >&2; exit 1; }
-	printf -- '---\n'; cat "$f"; echo
-done > "$tmp/kwok-stages.yaml"
-
 mkdir -p "$dir/bin"
 for b in "${bins[@]}"; do mv -f "$tmp/$b" "$dir/bin/$b"; done
-mv -f "$tmp/kwok-stages.yaml" "$dir/kwok-stages.yaml"
+write_stages
 say "built into $dir"
 echo "$dir"
