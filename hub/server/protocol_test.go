@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"context"
-	"io"
-	"net"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,7 +9,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"strings"
 	"testing"

@@ -1,0 +1,552 @@
+//go:build unix
+
+// The benchmark raises the open-file limit with setrlimit, which only Unix
+// has; the hub runs on Linux.
+
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/hub/server"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+const (
+	// fanoutAgents is the fleet size BenchmarkFanout1000 measures.
+	fanoutAgents = 1000
+	// fanoutParallel bounds concurrent registrations and stream opens:
+	// each costs a CSR signature or a TLS handshake plus database
+	// round trips, and the point is to measure the fan-out, not a
+	// thundering herd at setup.
+	fanoutParallel = 16
+	// fanoutPatience bounds every wait of the benchmark, so that a hub
+	// that loses an assignment fails it instead of hanging until the test
+	// binary's timeout. It is not a performance expectation.
+	fanoutPatience = 5 * time.Minute
+)
+
+// BenchmarkFanout1000 measures how long one change to an application
+// placed on 1,000 clusters takes to reach every cluster's agent. The agents
+// are hand-written, as in protocol_test.go: each holds a real mTLS Connect
+// stream on its own connection and records when each assignment arrives.
+//
+// The first iteration creates the application, so its figures include
+// resolving the Git ref; the following ones change spec.syncPolicy.interval,
+// which changes every cluster's assignment. Latencies run from just before
+// the API call to the arrival at each agent. Reported: p50-ms, p99-ms and
+// max-ms over every (iteration, agent) arrival, and all-ms, the mean over
+// iterations of the time until the last agent had its assignment.
+//
+// Every agent must receive exactly one new version per change, with the
+// expected content, or the benchmark fails.
+func BenchmarkFanout1000(b *testing.B) {
+	raiseOpenFileLimit(b, 8192)
+	git := testbed.GitServer(b)
+	repo := git.CreateRepo(b, "fleet")
+	commit := repo.Commit(b, "web v1", map[string]string{"web/deploy.yaml": "kind: ConfigMap\n"})
+	h := startFanoutHub(b)
+
+	var tok droverv1.CreateJoinTokenResponse
+	fanoutCall(b, h, "POST", "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{
+		Reusable: true, Labels: map[string]string{"env": "bench"},
+	}, &tok)
+	f := startFanout(b, h, tok.GetToken(), fanoutAgents)
+
+	// A new cluster's first assignment is empty; ACK it as an agent would,
+	// so the measured changes start from a settled fleet.
+	f.await(b, 1)
+	f.check(b, 1, func(a *droverv1.Assignment) error {
+		if n := len(a.GetApplications()); n != 0 {
+			return fmt.Errorf("%d applications, want none", n)
+		}
+		return nil
+	})
+	f.ackAll(b)
+
+	app := webApp("web", repo.URL, map[string]string{"env": "bench"})
+	var (
+		latencies []time.Duration // of every agent in every iteration
+		lastTotal time.Duration   // sum over iterations of the slowest agent
+		changes   int
+	)
+	// b.Loop rather than a loop to b.N: the function runs once, so the
+	// 1,000 agents are set up once, not again after a b.N=1 probe run.
+	for b.Loop() {
+		method, path, what := "PUT", "/api/v1/applications/web", "spec change"
+		if changes == 0 {
+			method, path, what = "POST", "/api/v1/applications", "create"
+		} else {
+			app.Spec.SyncPolicy.Interval = fmt.Sprintf("%dm", changes)
+		}
+		want := changes + 2 // the empty first assignment, then one per change
+		start := time.Now()
+		fanoutCall(b, h, method, path, app, nil)
+		called := time.Since(start)
+		f.await(b, want)
+
+		b.StopTimer()
+		interval := app.GetSpec().GetSyncPolicy().GetInterval()
+		f.check(b, want, func(a *droverv1.Assignment) error {
+			apps := a.GetApplications()
+			if len(apps) != 1 || apps[0].GetName() != "web" || apps[0].GetCommit() != commit ||
+				apps[0].GetSyncPolicy().GetInterval() != interval {
+				return fmt.Errorf("assignment %v, want web@%s with sync interval %q", apps, commit, interval)
+			}
+			return nil
+		})
+		lat := f.latencies(start, want)
+		latencies = append(latencies, lat...)
+		slices.Sort(lat)
+		lastTotal += lat[len(lat)-1]
+		b.Logf("change %d (%s): API call %v; per agent first %v, p50 %v, p99 %v; all %d agents %v",
+			changes, what, called.Round(time.Millisecond), lat[0].Round(time.Millisecond),
+			percentile(lat, 0.50).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond),
+			len(lat), lat[len(lat)-1].Round(time.Millisecond))
+		f.ackAll(b)
+		changes++
+		b.StartTimer()
+	}
+
+	// Each iteration's check also catches duplicates of the change before
+	// it; give the last change's a moment to show up. This bounds the
+	// benchmark's patience, not the hub's speed.
+	time.Sleep(time.Second)
+	f.check(b, changes+1, nil)
+
+	slices.Sort(latencies)
+	b.ReportMetric(ms(percentile(latencies, 0.50)), "p50-ms")
+	b.ReportMetric(ms(percentile(latencies, 0.99)), "p99-ms")
+	b.ReportMetric(ms(latencies[len(latencies)-1]), "max-ms")
+	b.ReportMetric(ms(lastTotal)/float64(changes), "all-ms")
+}
+
+// raiseOpenFileLimit makes room for the benchmark's sockets: every agent
+// stream is a TCP connection, and both of its ends live in this process.
+func raiseOpenFileLimit(b *testing.B, atLeast uint64) {
+	b.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatalf("read the open-file limit: %v", err)
+	}
+	if lim.Cur >= atLeast {
+		return
+	}
+	lim.Cur = atLeast
+	lim.Max = max(lim.Max, atLeast)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatalf("raise the open-file limit to %d (ulimit -n %d before running): %v", atLeast, atLeast, err)
+	}
+}
+
+// startFanoutHub is startHub for a benchmark. The hub logs warnings and
+// errors only: benchmark logs are always printed, and at info level 1,000
+// agents registering and connecting would bury the results.
+func startFanoutHub(b *testing.B) *testHub {
+	b.Helper()
+	dir, err := os.MkdirTemp("", "drover-hub-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := server.DefaultConfig()
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.DatabaseURL = testbed.Postgres(b)
+	cfg.AgentAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.Hostnames = []string{"127.0.0.1", "localhost"}
+	cfg.PollInterval = 5 * time.Second
+	logger := slog.New(minLevelHandler{Handler: testbed.Logger(b).Handler(), min: slog.LevelWarn})
+	h, err := server.Start(context.Background(), cfg, logger, io.Discard)
+	if err != nil {
+		b.Fatalf("start hub: %v", err)
+	}
+	b.Cleanup(func() { h.Close() })
+	tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin-token"))
+	if err != nil {
+		b.Fatalf("read admin token: %v", err)
+	}
+	return &testHub{Hub: h, token: strings.TrimSpace(string(tok)), cfg: cfg}
+}
+
+// minLevelHandler drops records below min.
+type minLevelHandler struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevelHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevelHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevelHandler{Handler: h.Handler.WithAttrs(attrs), min: h.min}
+}
+
+func (h minLevelHandler) WithGroup(name string) slog.Handler {
+	return minLevelHandler{Handler: h.Handler.WithGroup(name), min: h.min}
+}
+
+// fanoutCall calls the JSON admin API as the admin, fails tb unless the
+// reply is 2xx, and decodes it into out when out is not nil.
+func fanoutCall(tb testing.TB, h *testHub, method, path string, body, out proto.Message) {
+	tb.Helper()
+	var rd io.Reader
+	if body != nil {
+		j, err := protojson.Marshal(body)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, "http://"+h.HTTPAddr()+path, rd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+h.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatalf("%s %s: read reply: %v", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		tb.Fatalf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, raw)
+	}
+	if out != nil {
+		if err := protojson.Unmarshal(raw, out); err != nil {
+			tb.Fatalf("%s %s: decode %s: %v", method, path, raw, err)
+		}
+	}
+}
+
+// fanout is a fleet of benchmark agents, each with one live stream.
+type fanout struct {
+	h      *testHub
+	agents []*fanoutAgent
+	// arrived carries the index of an agent each time it receives an
+	// assignment.
+	arrived chan int
+	// errc carries the end of any stream before the benchmark ends it.
+	errc chan error
+}
+
+// fanoutAgent is a testAgent with its Connect stream.
+type fanoutAgent struct {
+	*testAgent
+	conn   *grpc.ClientConn
+	stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage]
+
+	mu sync.Mutex // guards the fields below
+	// got is every assignment received, in order.
+	got []arrival
+}
+
+type arrival struct {
+	assignment *droverv1.Assignment
+	at         time.Time
+}
+
+// startFanout registers n agents with token and opens their streams. The
+// streams end with the benchmark.
+func startFanout(b *testing.B, h *testHub, token string, n int) *fanout {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &fanout{h: h, agents: make([]*fanoutAgent, n), arrived: make(chan int, n), errc: make(chan error, n)}
+	b.Cleanup(func() {
+		// Cancel first, so that receivers take the streams' end for the
+		// benchmark's, not an error.
+		cancel()
+		for _, a := range f.agents {
+			if a != nil && a.conn != nil {
+				a.conn.Close()
+			}
+		}
+	})
+
+	// Registration has no client certificate yet: one connection serves
+	// every agent's.
+	reg, err := grpc.NewClient(h.AgentAddr(), grpc.WithTransportCredentials(credentials.NewTLS(h.serverTLS())))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer reg.Close()
+	regClient := droverv1.NewAgentServiceClient(reg)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(fanoutParallel)
+	for i := range f.agents {
+		g.Go(func() error {
+			a, err := registerFanoutAgent(gctx, h, regClient, token, fmt.Sprintf("bench-%04d", i))
+			if err != nil {
+				return err
+			}
+			f.agents[i] = &fanoutAgent{testAgent: a}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(fanoutParallel)
+	for i, a := range f.agents {
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err // another agent failed
+			}
+			if err := a.connect(ctx); err != nil {
+				return err
+			}
+			go a.receive(ctx, i, f.arrived, f.errc)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	return f
+}
+
+// registerFanoutAgent is testHub.register for goroutines that cannot fail
+// the benchmark themselves.
+func registerFanoutAgent(ctx context.Context, h *testHub, reg droverv1.AgentServiceClient, token, name string) (*testAgent, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := reg.Register(ctx, &droverv1.RegisterRequest{
+		JoinToken: token, ClusterName: name,
+		CsrPem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("register %s: %w", name, err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(resp.GetCertificatePem(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
+	if err != nil {
+		return nil, fmt.Errorf("agent %s certificate: %w", name, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(resp.GetCaPem()) {
+		return nil, fmt.Errorf("agent %s: the hub's CA is not PEM", name)
+	}
+	return &testAgent{name: name, key: key, cert: cert, caPool: pool, hub: h}, nil
+}
+
+// connect opens the agent's own connection to the hub with its
+// certificate, and a stream that lives as long as ctx, and says Hello with
+// nothing applied.
+func (a *fanoutAgent) connect(ctx context.Context) error {
+	conn, err := grpc.NewClient(a.hub.AgentAddr(), grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig())))
+	if err != nil {
+		return err
+	}
+	a.conn = conn
+	s, err := droverv1.NewAgentServiceClient(conn).Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("agent %s: connect: %w", a.name, err)
+	}
+	a.stream = s
+	if err := s.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: &droverv1.Hello{
+		AgentVersion: "bench",
+		Facts:        &droverv1.ClusterFacts{KubernetesVersion: "v1.37.2", NodeCount: 3, AgentVersion: "bench"},
+	}}}); err != nil {
+		return fmt.Errorf("agent %s: hello: %w", a.name, err)
+	}
+	return nil
+}
+
+// receive records every assignment the stream brings, with its arrival
+// time taken first, and reports agent idx on arrived. It is the stream's
+// only receiver and returns when the stream ends.
+func (a *fanoutAgent) receive(ctx context.Context, idx int, arrived chan<- int, errc chan<- error) {
+	for {
+		m, err := a.stream.Recv()
+		if err != nil {
+			if ctx.Err() == nil {
+				errc <- fmt.Errorf("agent %s: stream ended: %w", a.name, err) // one per agent; errc holds them all
+			}
+			return
+		}
+		at := time.Now()
+		as := m.GetAssignment()
+		if as == nil {
+			continue // pings and commands
+		}
+		a.mu.Lock()
+		a.got = append(a.got, arrival{assignment: as, at: at})
+		a.mu.Unlock()
+		select {
+		case arrived <- idx:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (a *fanoutAgent) received() []arrival {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.got)
+}
+
+// await waits until every agent has received want assignments in all.
+func (f *fanout) await(b *testing.B, want int) {
+	b.Helper()
+	done := make([]bool, len(f.agents))
+	remaining := 0
+	for i, a := range f.agents {
+		done[i] = len(a.received()) >= want
+		if !done[i] {
+			remaining++
+		}
+	}
+	patience := time.NewTimer(fanoutPatience)
+	defer patience.Stop()
+	for remaining > 0 {
+		select {
+		case i := <-f.arrived:
+			if !done[i] && len(f.agents[i].received()) >= want {
+				done[i] = true
+				remaining--
+			}
+		case err := <-f.errc:
+			b.Fatal(err)
+		case <-patience.C:
+			b.Fatalf("%d of %d agents still wait for assignment #%d after %v", remaining, len(f.agents), want, fanoutPatience)
+		}
+	}
+}
+
+// check fails b unless every agent has received exactly want assignments,
+// each with a version differing from the one before it, and, when content
+// is not nil, the last one passes content.
+func (f *fanout) check(b *testing.B, want int, content func(*droverv1.Assignment) error) {
+	b.Helper()
+	for _, a := range f.agents {
+		got := a.received()
+		if len(got) != want {
+			versions := make([]string, len(got))
+			for i, g := range got {
+				versions[i] = g.assignment.GetVersion()
+			}
+			b.Fatalf("agent %s received %d assignments %v, want %d: one per change", a.name, len(got), versions, want)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i].assignment.GetVersion() == got[i-1].assignment.GetVersion() {
+				b.Fatalf("agent %s was sent version %s twice", a.name, got[i].assignment.GetVersion())
+			}
+		}
+		if content != nil {
+			if err := content(got[len(got)-1].assignment); err != nil {
+				b.Fatalf("agent %s: %v", a.name, err)
+			}
+		}
+	}
+}
+
+// latencies returns how long after start each agent received its
+// assignment #n.
+func (f *fanout) latencies(start time.Time, n int) []time.Duration {
+	out := make([]time.Duration, len(f.agents))
+	for i, a := range f.agents {
+		out[i] = a.received()[n-1].at.Sub(start)
+	}
+	return out
+}
+
+// ackAll ACKs every agent's latest assignment and waits until the hub has
+// recorded every ACK, so that the next change is not measured against
+// 1,000 ACK writes still in flight.
+func (f *fanout) ackAll(b *testing.B) {
+	b.Helper()
+	want := make(map[string]string, len(f.agents))
+	for _, a := range f.agents {
+		got := a.received()
+		last := got[len(got)-1].assignment
+		if err := a.stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Ack{Ack: &droverv1.AssignmentAck{
+			Version: last.GetVersion(), Nonce: last.GetNonce(),
+		}}}); err != nil {
+			b.Fatalf("agent %s: ack: %v", a.name, err)
+		}
+		want[a.name] = last.GetVersion()
+	}
+	deadline := time.Now().Add(fanoutPatience)
+	for {
+		pending := f.unacked(b, want)
+		if pending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d ACKs not recorded after %v", pending, len(want), fanoutPatience)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// unacked counts the clusters of want whose recorded ACK is not the
+// version want holds for them.
+func (f *fanout) unacked(b *testing.B, want map[string]string) int {
+	b.Helper()
+	pending := len(want)
+	for page := ""; ; {
+		var resp droverv1.ListClustersResponse
+		fanoutCall(b, f.h, "GET", "/api/v1/clusters?page_size=1000&page_token="+url.QueryEscape(page), nil, &resp)
+		for _, c := range resp.GetClusters() {
+			if v, ok := want[c.GetName()]; ok && v == c.GetAckedVersion() {
+				pending--
+			}
+		}
+		if page = resp.GetNextPageToken(); page == "" {
+			return pending
+		}
+	}
+}
+
+// percentile returns the p-quantile of sorted by the nearest-rank method.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
