@@ -1,0 +1,942 @@
+// Package apply makes one Kubernetes cluster match the rendered objects of
+// one application, and says how far it does: per-object health, drift and
+// sync state.
+//
+// It is the agent's apply, prune and assess steps, on Flux's apply engine
+// (github.com/fluxcd/pkg/ssa) rather than a new one: server-side apply with
+// field manager "drover", forced ownership, CRDs and Namespaces first. What
+// Drover adds around it:
+//
+//   - An inventory per application, stored in the cluster (inventory.go),
+//     listing every object applied with the hash of its rendered content
+//     and a fingerprint of its live state right after the apply.
+//   - Skipping: an object whose rendered hash is unchanged and that shows
+//     no drift is not sent to the API server at all (drift.go says exactly
+//     what counts as drift). A resync of an unchanged application costs one
+//     read of the inventory and one List per kind and namespace.
+//   - Prune: objects that left the render are deleted, only when they
+//     still carry the application's label, Namespaces last.
+//   - Health per object with kstatus, rolled up worst-first (health.go).
+//
+// Operations on one application are serialised; different applications
+// run concurrently and never touch each other's objects or inventories.
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/polling"
+	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/clusterreader"
+	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/engine"
+	"github.com/fluxcd/pkg/ssa"
+	"github.com/fluxcd/pkg/ssa/utils"
+	"github.com/go-logr/logr"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
+
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Options configures an Applier. The zero value is usable.
+type Options struct {
+	// Force lets Drover delete and recreate any object whose change the
+	// API server refuses as a change to an immutable field (a Job's
+	// template, a Service's clusterIP, a Deployment's selector). Off by
+	// default, as in Flux: ssa recognises such refusals by their HTTP
+	// status (409 Conflict, 422 Invalid), so Force also recreates objects
+	// whose new version is simply invalid, losing the running one. An
+	// object annotated drover.dev/force: enabled opts in alone.
+	Force bool
+	// Concurrency is how many objects are checked with a server-side
+	// dry-run, and how many Lists run, at once. 0 means 4.
+	Concurrency int
+	// WaitTimeout bounds the wait for CRDs, Namespaces and ClusterRoles to
+	// be ready before the objects that need them are applied. 0 means 1m.
+	WaitTimeout time.Duration
+	// InventoryNamespace holds the inventories. "" means drover-system;
+	// it is created when missing.
+	InventoryNamespace string
+	// DefaultNamespace is given to namespaced objects rendered without
+	// one, as kubectl does. "" means default.
+	DefaultNamespace string
+}
+
+func (o *Options) setDefaults() error {
+	if o.Concurrency < 0 {
+		return fmt.Errorf("Options.Concurrency is %d: use a positive number, or 0 for 4", o.Concurrency)
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 4
+	}
+	if o.WaitTimeout < 0 {
+		return fmt.Errorf("Options.WaitTimeout is %s: use a positive duration, or 0 for 1m", o.WaitTimeout)
+	}
+	if o.WaitTimeout == 0 {
+		o.WaitTimeout = time.Minute
+	}
+	if o.InventoryNamespace == "" {
+		o.InventoryNamespace = "drover-system"
+	}
+	if errs := validation.IsDNS1123Label(o.InventoryNamespace); len(errs) > 0 {
+		return fmt.Errorf("Options.InventoryNamespace %q: %s", o.InventoryNamespace, strings.Join(errs, "; "))
+	}
+	if o.DefaultNamespace == "" {
+		o.DefaultNamespace = "default"
+	}
+	if errs := validation.IsDNS1123Label(o.DefaultNamespace); len(errs) > 0 {
+		return fmt.Errorf("Options.DefaultNamespace %q: %s", o.DefaultNamespace, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// Policy is an application's sync policy as far as applying goes.
+type Policy struct {
+	// Prune deletes objects that left the render. Without it they stay,
+	// listed in the inventory so that a later Sync with Prune, or Delete,
+	// removes them.
+	Prune bool
+	// SelfHeal re-applies objects that drifted although their rendered
+	// content did not change. Without it they are reported (OutOfSync)
+	// and left alone; objects whose rendered content changed are applied
+	// either way.
+	SelfHeal bool
+}
+
+// Counts say what one operation did with the application's objects.
+type Counts struct {
+	// Applied objects were written by a server-side apply.
+	Applied int
+	// Unchanged objects were sent for a server-side dry-run that showed
+	// nothing to change, and not written.
+	Unchanged int
+	// Skipped objects were not sent to the API server at all: their
+	// rendered content is unchanged and they show no drift.
+	Skipped int
+	// Drifted objects differed from the last apply, healed or not.
+	Drifted int
+	// Pruned objects left the render and were deleted (or were gone).
+	Pruned int
+	// Kept objects left the render and are still in the cluster: prune is
+	// off, or deleting them failed.
+	Kept int
+}
+
+// Result is the state of one application on the cluster after an
+// operation.
+type Result struct {
+	Application string
+	// Commit is the commit Sync was given; for Assess, the commit of the
+	// last Sync that completed.
+	Commit    string
+	Sync      droverv1.SyncState
+	Health    droverv1.Health
+	Message   string
+	Resources []*droverv1.ResourceStatus
+	Counts
+}
+
+// Applier applies applications to one cluster. Its methods are safe for
+// concurrent use; calls for the same application wait for each other.
+type Applier struct {
+	log    *slog.Logger
+	opts   Options
+	client client.Client
+	mapper meta.RESTMapper
+	poller *polling.StatusPoller
+	locks  appLocks
+}
+
+// New returns an Applier for the cluster cfg points at. It makes no
+// request: the API server may be unreachable when the agent starts.
+func New(cfg *rest.Config, logger *slog.Logger, opts Options) (*Applier, error) {
+	if cfg == nil {
+		return nil, errors.New("apply: rest.Config is nil")
+	}
+	if logger == nil {
+		return nil, errors.New("apply: logger is nil")
+	}
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	cfg = rest.CopyConfig(cfg)
+	if cfg.QPS == 0 {
+		// client-go's default of 5 requests a second would make the
+		// first apply of a few hundred objects take minutes.
+		cfg.QPS, cfg.Burst = 50, 100
+	}
+	cfg.WarningHandler = nil
+	cfg.WarningHandlerWithContext = warningLogger{log: logger}
+	httpClient, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("apply: HTTP client: %w", err)
+	}
+	// The dynamic mapper discovers lazily and re-reads discovery for a
+	// group version whenever a lookup misses, so kinds defined by CRDs
+	// applied in the first stage are found in the next one.
+	mapper, err := apiutil.NewDynamicRESTMapper(cfg, httpClient)
+	if err != nil {
+		return nil, fmt.Errorf("apply: REST mapper: %w", err)
+	}
+	c, err := client.New(cfg, client.Options{
+		HTTPClient: httpClient,
+		Mapper:     mapper,
+		Log:        logr.FromSlogHandler(logger.Handler()),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply: client: %w", err)
+	}
+	poller := polling.NewStatusPoller(c, mapper, polling.Options{
+		// The poller only waits for the few cluster definitions of a
+		// Sync: one Get each beats listing every CRD and Namespace.
+		ClusterReaderFactory: engine.ClusterReaderFactoryFunc(clusterreader.NewDirectClusterReader),
+	})
+	return &Applier{log: logger, opts: opts, client: c, mapper: mapper, poller: poller}, nil
+}
+
+// session is one operation on one application.
+type session struct {
+	a      *Applier
+	app    string
+	log    *slog.Logger
+	rec    *recorder
+	client *recordingClient
+	mgr    *ssa.ResourceManager
+	// renderCRDs are the kinds the render's own CRDs define, with whether
+	// each is namespaced.
+	renderCRDs map[schema.GroupKind]bool
+}
+
+func (a *Applier) newSession(app string) *session {
+	rec := newRecorder()
+	c := &recordingClient{Client: a.client, rec: rec}
+	mgr := ssa.NewResourceManager(c, a.poller, ssa.Owner{Field: FieldManager, Group: "drover.dev"})
+	mgr.SetConcurrency(a.opts.Concurrency)
+	return &session{a: a, app: app, log: a.log.With("app", app), rec: rec, client: c, mgr: mgr}
+}
+
+// Sync makes the cluster match objs, the rendered objects of app at
+// commit, and returns the application's state. objs are not modified.
+//
+// The steps, in order: validate and hash the objects; read the inventory;
+// List the live objects; decide which objects to send (changed render, new,
+// or drifted with policy.SelfHeal); record new objects in the inventory
+// before creating them; apply in stages with ssa; prune (policy.Prune)
+// what left the render; write the new inventory; assess health.
+//
+// The Result is never nil. A non-nil error means the Sync did not
+// complete: the Result's Sync is Failed and its Message names the object
+// at fault. IsRetryable(err) says whether retrying can help; an
+// *ObjectError names an object the API server refused. Nothing is applied
+// when an object is invalid, of an unknown kind, or belongs to another
+// application. A cancelled ctx returns ctx.Err().
+func (a *Applier) Sync(ctx context.Context, app, commit string, objs []*unstructured.Unstructured, policy Policy) (*Result, error) {
+	res := &Result{Application: app, Commit: commit}
+	if err := validateApp(app); err != nil {
+		res.fail(err)
+		return res, err
+	}
+	unlock, err := a.locks.lock(ctx, app)
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
+	s := a.newSession(app)
+	started := time.Now()
+	desired, err := s.sync(ctx, commit, objs, policy, res)
+	err = retryable(ctx, err)
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	s.report(res, desired, policy, err)
+	if err != nil {
+		s.log.Warn("sync failed", "commit", commit, "err", err, "retryable", IsRetryable(err))
+		return res, err
+	}
+	s.log.Info("synced", "commit", commit, "health", res.Health.String(), "applied", res.Applied,
+		"unchanged", res.Unchanged, "skipped", res.Skipped, "drifted", res.Drifted, "pruned", res.Pruned,
+		"kept", res.Kept, "duration", time.Since(started).Round(time.Millisecond))
+	return res, nil
+}
+
+func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.Unstructured, policy Policy, res *Result) ([]*desiredObject, error) {
+	desired, err := s.prepare(objs)
+	if err != nil {
+		return desired, err
+	}
+	inv, err := s.readInventory(ctx)
+	if err != nil {
+		return desired, err
+	}
+	prev := inv.byKey()
+	refs := make([]ObjectRef, len(desired))
+	for i, d := range desired {
+		refs[i] = d.ref
+	}
+	live, err := s.observe(ctx, refs)
+	if err != nil {
+		return desired, err
+	}
+
+	// Decide what to send. Nothing is written before every object passed.
+	var conflicts []*ObjectError
+	for _, d := range desired {
+		if p, ok := prev[d.ref.key()]; ok {
+			e := *p
+			d.prev = &e
+		}
+		d.final = live[d.ref.key()]
+		if d.final != nil {
+			if owner := d.final.GetLabels()[LabelApplication]; owner != "" && owner != s.app {
+				d.failure = &ConflictError{Owner: owner}
+				conflicts = append(conflicts, &ObjectError{Object: d.ref, Err: d.failure})
+				continue
+			}
+		}
+		if d.prev != nil && d.prev.Hash == d.hash && d.prev.Live != "" {
+			d.drift = driftReason(d.prev, d.final)
+			if d.drift == "" {
+				res.Skipped++
+				continue
+			}
+			res.Drifted++
+			if !policy.SelfHeal {
+				continue
+			}
+			d.healed = true
+		}
+		d.send = true
+	}
+	if len(conflicts) > 0 {
+		return desired, objectErrors(conflicts)
+	}
+
+	// Record objects in the inventory before creating them, so that a
+	// crash from here on leaves a superset of what is in the cluster to
+	// prune, never an orphan. Their hash stays empty until applied.
+	var grown bool
+	for _, d := range desired {
+		if d.prev == nil {
+			inv.Entries = append(inv.Entries, newEntry(d.ref))
+			grown = true
+		}
+	}
+	if grown {
+		if err := s.writeInventory(ctx, inv); err != nil {
+			return desired, err
+		}
+	}
+
+	applyErr := s.apply(ctx, desired, res)
+
+	// Prune only after everything applied: a failed apply must not take
+	// away what is running.
+	inRender := make(map[string]bool, len(desired))
+	for _, d := range desired {
+		inRender[d.ref.key()] = true
+	}
+	var stale []entry
+	for _, e := range inv.Entries {
+		if !inRender[e.ref().key()] {
+			stale = append(stale, e)
+		}
+	}
+	kept := stale
+	var pruneErr error
+	if applyErr == nil && policy.Prune && len(stale) > 0 {
+		var pruned int
+		kept, pruned, pruneErr = s.prune(ctx, stale)
+		res.Pruned = pruned
+	}
+	res.Kept = len(kept)
+
+	final := &inventory{Application: s.app, Commit: commit, resourceVersion: inv.resourceVersion, stored: inv.stored}
+	if applyErr != nil {
+		final.Commit = inv.Commit
+	}
+	for _, d := range desired {
+		switch {
+		case d.send && d.done && d.final != nil:
+			e := newEntry(d.ref)
+			e.Hash, e.Live = d.hash, fingerprint(d.final)
+			final.Entries = append(final.Entries, e)
+		case d.prev != nil:
+			final.Entries = append(final.Entries, *d.prev)
+		default:
+			final.Entries = append(final.Entries, newEntry(d.ref))
+		}
+	}
+	for _, e := range kept {
+		e.Stale = true
+		final.Entries = append(final.Entries, e)
+	}
+	if err := s.writeInventory(ctx, final); err != nil {
+		if applyErr != nil || pruneErr != nil {
+			// The first failure says more; the next Sync retries both.
+			s.log.Warn("write inventory after a failed sync", "err", err)
+		} else {
+			return desired, err
+		}
+	}
+	if applyErr != nil {
+		return desired, applyErr
+	}
+	return desired, pruneErr
+}
+
+// observe reads the live objects of refs that carry LabelApplication (of
+// any application): one List per kind and namespace. Objects of kinds the
+// cluster does not serve are simply absent.
+func (s *session) observe(ctx context.Context, refs []ObjectRef) (map[string]*unstructured.Unstructured, error) {
+	type listKey struct {
+		gvk       schema.GroupVersionKind
+		namespace string
+	}
+	wanted := make(map[listKey]map[string]bool)
+	for _, r := range refs {
+		k := listKey{gvk: r.gvk(), namespace: r.Namespace}
+		if wanted[k] == nil {
+			wanted[k] = map[string]bool{}
+		}
+		wanted[k][r.key()] = true
+	}
+
+	var mu sync.Mutex // guards live
+	live := make(map[string]*unstructured.Unstructured, len(refs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.a.opts.Concurrency)
+	for k, keys := range wanted {
+		g.Go(func() error {
+			list := &unstructured.UnstructuredList{}
+			list.SetGroupVersionKind(k.gvk.GroupVersion().WithKind(k.gvk.Kind + "List"))
+			opts := []client.ListOption{client.HasLabels{LabelApplication}}
+			if k.namespace != "" {
+				opts = append(opts, client.InNamespace(k.namespace))
+			}
+			err := s.a.client.List(gctx, list, opts...)
+			if meta.IsNoMatchError(err) {
+				return nil
+			}
+			if err != nil {
+				where := "the cluster"
+				if k.namespace != "" {
+					where = "namespace " + k.namespace
+				}
+				return fmt.Errorf("list %s in %s: %w", k.gvk.Kind, where, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range list.Items {
+				u := &list.Items[i]
+				if u.GetKind() == "" {
+					u.SetGroupVersionKind(k.gvk)
+				}
+				if key := refOf(u).key(); keys[key] {
+					live[key] = u
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return live, nil
+}
+
+// stage is one of ssa's apply stages: objects that later objects need
+// (CRDs, Namespaces, ClusterRoles; then *Class kinds) are applied and
+// waited for before the rest.
+type stage struct {
+	objs []*desiredObject
+	wait bool
+}
+
+// apply sends the objects marked d.send to the API server through ssa,
+// stage by stage, and records in each what the API server answered.
+//
+// It runs ssa's stages itself (ssa's own IsClusterDefinition and
+// IsClassDefinition, then ApplyAll and WaitForSetWithContext for each)
+// rather than calling ApplyAllStaged, whose wait ignores the context: a
+// cancelled Sync would hang until WaitTimeout.
+func (s *session) apply(ctx context.Context, desired []*desiredObject, res *Result) error {
+	var defs, classes, others []*desiredObject
+	for _, d := range desired {
+		switch {
+		case !d.send:
+		case utils.IsClusterDefinition(d.obj):
+			defs = append(defs, d)
+		case utils.IsClassDefinition(d.obj):
+			classes = append(classes, d)
+		default:
+			others = append(others, d)
+		}
+	}
+	opts := ssa.ApplyOptions{
+		Force:         s.a.opts.Force,
+		ForceSelector: map[string]string{AnnotationForce: ForceEnabled},
+		WaitInterval:  500 * time.Millisecond,
+		WaitTimeout:   s.a.opts.WaitTimeout,
+	}
+	for _, st := range []stage{{defs, true}, {classes, true}, {others, false}} {
+		if len(st.objs) == 0 {
+			continue
+		}
+		byKey := make(map[string]*desiredObject, len(st.objs))
+		objs := make([]*unstructured.Unstructured, len(st.objs))
+		for i, d := range st.objs {
+			byKey[d.ref.key()] = d
+			objs[i] = d.obj.DeepCopy()
+		}
+		cs, err := s.mgr.ApplyAll(ctx, objs, opts)
+		if err != nil {
+			s.collect(st.objs)
+			return s.applyError(ctx, err, byKey)
+		}
+		for _, e := range cs.Entries {
+			d := byKey[metaKey(e.ObjMetadata.GroupKind.Group, e.ObjMetadata.GroupKind.Kind, e.ObjMetadata.Namespace, e.ObjMetadata.Name)]
+			if d == nil {
+				continue
+			}
+			switch e.Action {
+			case ssa.CreatedAction, ssa.ConfiguredAction:
+				res.Applied++
+			case ssa.UnchangedAction:
+				reclaimed, err := s.reclaim(ctx, d)
+				if err != nil {
+					s.collect(st.objs)
+					return err
+				}
+				if reclaimed {
+					res.Applied++
+				} else {
+					res.Unchanged++
+				}
+			}
+		}
+		s.collect(st.objs)
+		for _, d := range st.objs {
+			d.done = d.failure == nil
+		}
+		if st.wait {
+			wait := ssa.WaitOptions{Interval: opts.WaitInterval, Timeout: s.a.opts.WaitTimeout}
+			if err := s.mgr.WaitForSetWithContext(ctx, cs.ToObjMetadataSet(), wait); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return &RetryableError{Err: fmt.Errorf("wait for %d CRDs, Namespaces or ClusterRoles to be ready: %w", len(st.objs), err)}
+			}
+		}
+	}
+	return nil
+}
+
+// reclaim re-applies an object that ssa found unchanged although another
+// field manager took some of Drover's fields (a value set back by hand
+// after kubectl scale): ssa compares values only, but until Drover owns
+// those fields again a later change to them would not show as drift.
+func (s *session) reclaim(ctx context.Context, d *desiredObject) (bool, error) {
+	live, dryRun, _ := s.rec.get(d.ref.key())
+	if live == nil || dryRun == nil || sameOwnedFields(live, dryRun) {
+		return false, nil
+	}
+	u := d.obj.DeepCopy()
+	if err := s.client.applyObject(ctx, u, client.ForceOwnership, client.FieldOwner(FieldManager)); err != nil {
+		d.failure = err
+		return false, &ObjectError{Object: d.ref, Err: err}
+	}
+	return true, nil
+}
+
+// collect copies what the recorder saw of each object into it.
+func (s *session) collect(ds []*desiredObject) {
+	for _, d := range ds {
+		live, _, _ := s.rec.get(d.ref.key())
+		if live != nil {
+			d.final = live
+		}
+		if err := s.rec.failure(d.ref.key()); err != nil {
+			d.failure = err
+		}
+	}
+}
+
+// applyError turns ssa's error into one naming the object at fault.
+func (s *session) applyError(ctx context.Context, err error, byKey map[string]*desiredObject) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var dryRun interface {
+		InvolvedObject() *unstructured.Unstructured
+		Unwrap() error
+	}
+	if errors.As(err, &dryRun) && dryRun.InvolvedObject() != nil {
+		ref := refOf(dryRun.InvolvedObject())
+		cause := dryRun.Unwrap()
+		if d := byKey[ref.key()]; d != nil {
+			d.failure = cause
+			ref = d.ref
+		}
+		return s.objectError(ref, cause)
+	}
+	for key, d := range byKey {
+		if f := s.rec.failure(key); f != nil {
+			d.failure = f
+			return s.objectError(d.ref, f)
+		}
+	}
+	return fmt.Errorf("apply: %w", err)
+}
+
+// objectError wraps an API server's refusal of ref. A kind that a CRD of
+// this very render defines may be missing from discovery for a moment
+// after the CRD is ready: that one is worth retrying.
+func (s *session) objectError(ref ObjectRef, cause error) error {
+	err := &ObjectError{Object: ref, Err: cause}
+	if meta.IsNoMatchError(cause) {
+		if _, ok := s.renderCRDs[schema.GroupKind{Group: ref.Group, Kind: ref.Kind}]; ok {
+			return &RetryableError{Err: err}
+		}
+	}
+	return err
+}
+
+// prune deletes the objects of stale that still carry the application's
+// label, Namespaces last and only when everything else went, and returns
+// the entries still in the cluster.
+func (s *session) prune(ctx context.Context, stale []entry) (kept []entry, pruned int, err error) {
+	byKey := make(map[string]entry, len(stale))
+	var objs, namespaces []*unstructured.Unstructured
+	for _, e := range stale {
+		r := e.ref()
+		// Objects of a kind the cluster no longer serves cannot exist.
+		if _, err := s.a.mapper.RESTMapping(r.gvk().GroupKind(), r.Version); meta.IsNoMatchError(err) {
+			pruned++
+			continue
+		}
+		byKey[r.key()] = e
+		if isNamespace(r) {
+			namespaces = append(namespaces, r.stub())
+		} else {
+			objs = append(objs, r.stub())
+		}
+	}
+	opts := ssa.DeleteOptions{
+		PropagationPolicy: metav1.DeletePropagationBackground,
+		// ssa checks the live object: one Drover did not label for this
+		// application is never deleted, whatever the inventory says.
+		Inclusions: map[string]string{LabelApplication: s.app},
+	}
+	failed := map[string]bool{}
+	for _, batch := range [][]*unstructured.Unstructured{objs, namespaces} {
+		if len(batch) == 0 {
+			continue
+		}
+		if err != nil {
+			// Something else could not be deleted: keep the Namespaces,
+			// and what is in them.
+			for _, o := range batch {
+				failed[refOf(o).key()] = true
+			}
+			continue
+		}
+		var cs *ssa.ChangeSet
+		cs, err = s.mgr.DeleteAll(ctx, batch, opts)
+		if cs == nil {
+			for _, o := range batch {
+				failed[refOf(o).key()] = true
+			}
+			continue
+		}
+		for _, e := range cs.Entries {
+			key := metaKey(e.ObjMetadata.GroupKind.Group, e.ObjMetadata.GroupKind.Kind, e.ObjMetadata.Namespace, e.ObjMetadata.Name)
+			switch e.Action {
+			case ssa.DeletedAction:
+				pruned++
+				s.log.Info("pruned", "object", e.Subject)
+			case ssa.SkippedAction:
+				s.log.Info("not pruned: the live object is not labelled for this application", "object", e.Subject)
+			default:
+				failed[key] = true
+			}
+		}
+	}
+	for key, e := range byKey {
+		if failed[key] {
+			kept = append(kept, e)
+		}
+	}
+	if err != nil {
+		return kept, pruned, fmt.Errorf("prune: %w", err)
+	}
+	return kept, pruned, nil
+}
+
+// report fills res from what the operation learned about each object.
+func (s *session) report(res *Result, desired []*desiredObject, policy Policy, err error) {
+	var healths []droverv1.Health
+	var drifted []string
+	for _, d := range desired {
+		rs := &droverv1.ResourceStatus{
+			Group: d.ref.Group, Version: d.ref.Version, Kind: d.ref.Kind,
+			Namespace: d.ref.Namespace, Name: d.ref.Name,
+		}
+		rs.Health, rs.Message = objectHealth(d.final)
+		if d.drift != "" && !(d.healed && d.done) {
+			rs.Drifted = true
+			rs.Message = d.drift
+			drifted = append(drifted, d.ref.String()+": "+d.drift)
+		}
+		if d.failure != nil {
+			rs.Message = d.failure.Error()
+		}
+		healths = append(healths, rs.Health)
+		res.Resources = append(res.Resources, rs)
+	}
+	res.Health = rollUp(healths...)
+	if err != nil && len(healths) == 0 {
+		// Nothing was assessed: the failure came first.
+		res.Health = droverv1.Health_HEALTH_UNKNOWN
+	}
+	switch {
+	case err != nil:
+		res.fail(err)
+	case len(drifted) > 0:
+		res.Sync = droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC
+		res.Message = fmt.Sprintf("%d objects drifted and selfHeal is off: %s", len(drifted), strings.Join(drifted, "; "))
+	default:
+		res.Sync = droverv1.SyncState_SYNC_STATE_SYNCED
+		res.Message = fmt.Sprintf("applied %d, unchanged %d, skipped %d, pruned %d", res.Applied, res.Unchanged, res.Skipped, res.Pruned)
+		if res.Kept > 0 && !policy.Prune {
+			res.Message += fmt.Sprintf("; %d objects left the render and are kept (prune is off)", res.Kept)
+		}
+	}
+}
+
+func (r *Result) fail(err error) {
+	r.Sync = droverv1.SyncState_SYNC_STATE_FAILED
+	r.Message = err.Error()
+	if r.Health == droverv1.Health_HEALTH_UNSPECIFIED {
+		r.Health = droverv1.Health_HEALTH_UNKNOWN
+	}
+}
+
+// Assess reads the application's objects back and returns their health
+// and drift, applying nothing: the periodic status of an application. Its
+// Commit is that of the last Sync that completed. An application never
+// synced to this cluster is OutOfSync and Missing.
+func (a *Applier) Assess(ctx context.Context, app string) (*Result, error) {
+	res := &Result{Application: app}
+	if err := validateApp(app); err != nil {
+		res.fail(err)
+		return res, err
+	}
+	unlock, err := a.locks.lock(ctx, app)
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
+	if err := a.newSession(app).assess(ctx, res); err != nil {
+		err = retryable(ctx, err)
+		res.fail(err)
+		return res, err
+	}
+	return res, nil
+}
+
+func (s *session) assess(ctx context.Context, res *Result) error {
+	inv, err := s.readInventory(ctx)
+	if err != nil {
+		return err
+	}
+	if inv.resourceVersion == "" {
+		res.Sync = droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC
+		res.Health = droverv1.Health_HEALTH_MISSING
+		res.Message = "the application was never applied to this cluster"
+		return nil
+	}
+	res.Commit = inv.Commit
+	var current []*desiredObject
+	var refs []ObjectRef
+	for _, e := range inv.Entries {
+		if e.Stale {
+			continue
+		}
+		current = append(current, &desiredObject{ref: e.ref(), prev: &e})
+		refs = append(refs, e.ref())
+	}
+	live, err := s.observe(ctx, refs)
+	if err != nil {
+		return err
+	}
+	for _, d := range current {
+		if l := live[d.ref.key()]; l != nil && l.GetLabels()[LabelApplication] == s.app {
+			d.final = l
+		}
+		d.drift = driftReason(d.prev, d.final)
+		if d.drift != "" {
+			res.Drifted++
+		}
+	}
+	for _, e := range inv.Entries {
+		if e.Stale {
+			res.Kept++
+		}
+	}
+	s.report(res, current, Policy{}, nil)
+	if res.Drifted > 0 {
+		res.Message = fmt.Sprintf("%d objects drifted: %s", res.Drifted, driftSummary(current))
+	} else {
+		res.Message = fmt.Sprintf("%d objects in sync with commit %s", len(current), inv.Commit)
+	}
+	return nil
+}
+
+func driftSummary(ds []*desiredObject) string {
+	var parts []string
+	for _, d := range ds {
+		if d.drift != "" {
+			parts = append(parts, d.ref.String()+": "+d.drift)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Detect returns the objects of the application whose live state differs
+// from the last apply (drift.go says exactly how), applying nothing.
+func (a *Applier) Detect(ctx context.Context, app string) ([]ObjectRef, error) {
+	res, err := a.Assess(ctx, app)
+	if err != nil {
+		return nil, err
+	}
+	var drifted []ObjectRef
+	for _, rs := range res.Resources {
+		if rs.Drifted {
+			drifted = append(drifted, ObjectRef{Group: rs.Group, Version: rs.Version, Kind: rs.Kind, Namespace: rs.Namespace, Name: rs.Name})
+		}
+	}
+	return drifted, nil
+}
+
+// Delete deletes every object of the application's inventory that still
+// carries its label, Namespaces last, then the inventory: for an
+// application that left the cluster's assignment. Deleting an application
+// that has no inventory does nothing. After a partial failure the
+// inventory keeps what is left, and Delete can be called again.
+func (a *Applier) Delete(ctx context.Context, app string) error {
+	if err := validateApp(app); err != nil {
+		return err
+	}
+	unlock, err := a.locks.lock(ctx, app)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s := a.newSession(app)
+	if err := s.delete(ctx); err != nil {
+		return retryable(ctx, err)
+	}
+	return nil
+}
+
+func (s *session) delete(ctx context.Context) error {
+	inv, err := s.readInventory(ctx)
+	if err != nil {
+		return err
+	}
+	if inv.resourceVersion == "" {
+		return nil
+	}
+	kept, pruned, err := s.prune(ctx, inv.Entries)
+	if err != nil {
+		for i := range kept {
+			kept[i].Stale = true
+		}
+		inv.Entries = kept
+		if werr := s.writeInventory(ctx, inv); werr != nil {
+			s.log.Warn("write inventory after a failed delete", "err", werr)
+		}
+		return err
+	}
+	if err := s.deleteInventory(ctx); err != nil {
+		return err
+	}
+	s.log.Info("deleted application", "pruned", pruned)
+	return nil
+}
+
+// appLocks serialises operations per application.
+type appLocks struct {
+	mu   sync.Mutex // guards the field below
+	held map[string]*appLock
+}
+
+type appLock struct {
+	ch   chan struct{} // holds a token while the lock is held
+	refs int           // holders and waiters
+}
+
+// lock waits for the application's lock, or for ctx to end, and returns
+// the function that releases it.
+func (l *appLocks) lock(ctx context.Context, app string) (func(), error) {
+	l.mu.Lock()
+	if l.held == nil {
+		l.held = map[string]*appLock{}
+	}
+	al := l.held[app]
+	if al == nil {
+		al = &appLock{ch: make(chan struct{}, 1)}
+		l.held[app] = al
+	}
+	al.refs++
+	l.mu.Unlock()
+
+	select {
+	case al.ch <- struct{}{}:
+		return func() {
+			<-al.ch
+			l.release(app, al)
+		}, nil
+	case <-ctx.Done():
+		l.release(app, al)
+		return nil, ctx.Err()
+	}
+}
+
+func (l *appLocks) release(app string, al *appLock) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	al.refs--
+	if al.refs == 0 {
+		delete(l.held, app)
+	}
+}
+
+// objectErrors reports every refused object, the first as the error's
+// object.
+func objectErrors(errs []*ObjectError) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	names := make([]string, 0, len(errs)-1)
+	for _, e := range errs[1:] {
+		names = append(names, e.Object.String())
+	}
+	return fmt.Errorf("%w (and %d more: %s)", errs[0], len(names), strings.Join(names, ", "))
+}
+
+func metaKey(group, kind, namespace, name string) string {
+	return group + "/" + kind + "/" + namespace + "/" + name
+}

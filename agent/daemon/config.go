@@ -1,0 +1,135 @@
+package daemon
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Config is drover-agent's configuration. Every field has a flag and a
+// DROVER_... environment variable; flags win.
+type Config struct {
+	// HubAddr is the hub's agent endpoint, HOST:PORT.
+	HubAddr string
+	// HubCAFile is the PEM CA of the hub, needed for the first start.
+	HubCAFile string
+	// HubServerName overrides the name checked in the hub's certificate.
+	HubServerName string
+	// JoinToken and ClusterName register the agent on its first start.
+	JoinToken   string
+	ClusterName string
+	// StateDir keeps the agent's identity, last assignment and Git cache.
+	StateDir string
+	// Kubeconfig is the cluster to manage; empty means in-cluster.
+	Kubeconfig string
+	// Concurrency is how many applications are reconciled at once.
+	Concurrency int
+	// CacheMaxBytes bounds the Git cache.
+	CacheMaxBytes int64
+	// Heartbeat is how often the agent tells the hub it is alive.
+	Heartbeat time.Duration
+	// BackoffMax caps the delay between reconnects to the hub.
+	BackoffMax time.Duration
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		StateDir:      "/var/lib/drover-agent",
+		Concurrency:   4,
+		CacheMaxBytes: 1 << 30,
+		Heartbeat:     30 * time.Second,
+		BackoffMax:    30 * time.Second,
+		LogLevel:      "info",
+	}
+}
+
+// RegisterFlags binds c's fields to flags on fs, taking defaults from the
+// environment where set.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	str := func(p *string, name, env, usage string) {
+		if v, ok := os.LookupEnv(env); ok {
+			*p = v
+		}
+		fs.StringVar(p, name, *p, usage+" (env "+env+")")
+	}
+	str(&c.HubAddr, "hub", "DROVER_HUB", "the hub's agent endpoint, HOST:PORT")
+	str(&c.HubCAFile, "hub-ca", "DROVER_HUB_CA", "PEM file with the hub's CA certificate (first start)")
+	str(&c.HubServerName, "hub-server-name", "DROVER_HUB_SERVER_NAME", "name to verify in the hub's certificate (default: the host of --hub)")
+	str(&c.JoinToken, "join-token", "DROVER_JOIN_TOKEN", "join token for the first start (droverctl token create)")
+	str(&c.ClusterName, "cluster-name", "DROVER_CLUSTER_NAME", "name to register this cluster under (first start)")
+	str(&c.StateDir, "state-dir", "DROVER_STATE_DIR", "directory for the agent's identity, last assignment and Git cache")
+	str(&c.Kubeconfig, "kubeconfig", "DROVER_KUBECONFIG", "kubeconfig of the cluster to manage; empty means in-cluster")
+	str(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL", "debug, info, warn or error")
+	fs.IntVar(&c.Concurrency, "concurrency", envInt("DROVER_CONCURRENCY", c.Concurrency), "applications reconciled at once (env DROVER_CONCURRENCY)")
+	fs.Int64Var(&c.CacheMaxBytes, "cache-max-bytes", int64(envInt("DROVER_CACHE_MAX_BYTES", int(c.CacheMaxBytes))), "size bound of the Git cache (env DROVER_CACHE_MAX_BYTES)")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", envDuration("DROVER_HEARTBEAT", c.Heartbeat), "heartbeat interval (env DROVER_HEARTBEAT)")
+	fs.DurationVar(&c.BackoffMax, "backoff-max", envDuration("DROVER_BACKOFF_MAX", c.BackoffMax), "longest wait between reconnects (env DROVER_BACKOFF_MAX)")
+}
+
+func envInt(name string, def int) int {
+	var v int
+	if s, ok := os.LookupEnv(name); ok {
+		if _, err := fmt.Sscan(s, &v); err == nil {
+			return v
+		}
+		return -1 // reported by Validate
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if s, ok := os.LookupEnv(name); ok {
+		if d, err := time.ParseDuration(s); err == nil {
+			return d
+		}
+		return -1 // reported by Validate
+	}
+	return def
+}
+
+// Validate reports every problem, each saying how to fix it.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if _, _, err := net.SplitHostPort(c.HubAddr); err != nil {
+		bad("--hub %q: want HOST:PORT of the hub's agent endpoint", c.HubAddr)
+	}
+	if c.StateDir == "" {
+		bad("--state-dir: required")
+	}
+	if !c.registered() {
+		if c.JoinToken == "" || c.ClusterName == "" || c.HubCAFile == "" {
+			bad("first start: give --join-token, --cluster-name and --hub-ca (the state directory %s holds no identity yet)", c.StateDir)
+		}
+	}
+	if c.Concurrency <= 0 || c.Concurrency > 64 {
+		bad("--concurrency %d: between 1 and 64", c.Concurrency)
+	}
+	if c.CacheMaxBytes < 1<<20 {
+		bad("--cache-max-bytes %d: at least 1 MiB", c.CacheMaxBytes)
+	}
+	if c.Heartbeat < time.Second {
+		bad("--heartbeat %v: at least 1s", c.Heartbeat)
+	}
+	if c.BackoffMax < time.Second {
+		bad("--backoff-max %v: at least 1s", c.BackoffMax)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) registered() bool {
+	_, err := os.Stat(filepath.Join(c.StateDir, "agent.crt"))
+	return err == nil
+}

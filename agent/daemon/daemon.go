@@ -1,0 +1,197 @@
+// Package daemon wires drover-agent together: the state directory, the
+// hub session, the reconciler and the cluster's Kubernetes client.
+// drover-agent's main only parses flags and calls Run; tests start agents
+// in-process with Start.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/drover-dev/drover/agent/apply"
+	"github.com/drover-dev/drover/agent/hubclient"
+	"github.com/drover-dev/drover/agent/reconcile"
+	"github.com/drover-dev/drover/agent/render"
+	"github.com/drover-dev/drover/agent/source"
+	"github.com/drover-dev/drover/agent/state"
+	"github.com/drover-dev/drover/internal/version"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Agent is a running agent.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	kube  kubernetes.Interface
+	rec   *reconcile.Reconciler
+	hub   *hubclient.Client
+	state *state.Dir
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// Run runs an agent until ctx ends.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	a, err := Start(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	<-a.done
+	return a.err
+}
+
+// Start registers (on first start), resumes the stored assignment and
+// starts reconciling and the hub session. Registration needs the hub; after
+// it, the agent works with or without the hub.
+func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	st, err := state.Open(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	restCfg, err := kubeConfig(cfg.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	applier, err := apply.New(restCfg, logger, apply.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("apply engine: %w", err)
+	}
+	cache, err := source.NewCache(filepath.Join(cfg.StateDir, "git"), cfg.CacheMaxBytes, logger)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: logger, kube: kube, state: st, done: make(chan struct{})}
+
+	var caPEM []byte
+	if cfg.HubCAFile != "" {
+		if caPEM, err = hubclient.ReadCA(cfg.HubCAFile); err != nil {
+			return nil, err
+		}
+	}
+	serverName := cfg.HubServerName
+	if serverName == "" {
+		serverName, _, _ = net.SplitHostPort(cfg.HubAddr)
+	}
+	a.hub = hubclient.New(hubclient.Config{
+		HubAddr: cfg.HubAddr, ServerName: serverName, HubCA: caPEM,
+		JoinToken: cfg.JoinToken, ClusterName: cfg.ClusterName,
+		Heartbeat: cfg.Heartbeat, BackoffMax: cfg.BackoffMax,
+	}, st, a, logger)
+	renderer := func(ctx context.Context, root string, aa *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+		return render.Options{IsNamespaced: applier.IsNamespaced}.Render(ctx, root, aa)
+	}
+	a.rec = reconcile.New(reconcile.Config{Concurrency: cfg.Concurrency}, st, cache, renderer, applier,
+		func(version, nonce string) { a.hub.Ack(version, nonce, nil) }, a.hub.StatusChanged, logger)
+
+	if err := a.hub.Register(ctx); err != nil {
+		return nil, err
+	}
+	if err := a.rec.Resume(); err != nil {
+		// A damaged stored assignment is replaced by the hub's next one.
+		logger.Warn("stored assignment not resumed", "err", err)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	go func() {
+		defer close(a.done)
+		recDone := make(chan struct{})
+		go func() { a.rec.Run(runCtx); close(recDone) }()
+		a.err = a.hub.Run(runCtx)
+		cancel()
+		<-recDone
+	}()
+	go func() {
+		select {
+		case <-ctx.Done():
+			cancel()
+		case <-a.done:
+		}
+	}()
+	logger.Info("agent started", "version", version.Version, "hub", cfg.HubAddr, "state", cfg.StateDir)
+	return a, nil
+}
+
+// Stop stops the agent and waits for it.
+func (a *Agent) Stop() error {
+	a.cancel()
+	<-a.done
+	return a.err
+}
+
+// AppliedVersion is the last assignment version the agent applied.
+func (a *Agent) AppliedVersion() string { return a.rec.AppliedVersion() }
+
+// Assignment implements hubclient.Handler.
+func (a *Agent) Assignment(ctx context.Context, asg *droverv1.Assignment) error {
+	return a.rec.SetAssignment(ctx, asg)
+}
+
+// Command implements hubclient.Handler.
+func (a *Agent) Command(_ context.Context, c *droverv1.Command) {
+	switch c.GetType() {
+	case droverv1.CommandType_COMMAND_TYPE_SYNC_NOW:
+		a.rec.SyncNow(c.GetApplication())
+	case droverv1.CommandType_COMMAND_TYPE_RESYNC_STATUS:
+		a.rec.RequestFullStatus()
+		a.hub.StatusChanged()
+	default:
+		a.log.Warn("unknown command from the hub; ignored", "type", c.GetType())
+	}
+}
+
+// Facts implements hubclient.Handler: what the hub shows about the
+// cluster. An unreachable API server leaves them empty.
+func (a *Agent) Facts(ctx context.Context) *droverv1.ClusterFacts {
+	f := &droverv1.ClusterFacts{AgentVersion: version.Version}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if v, err := a.kube.Discovery().ServerVersion(); err == nil {
+		f.KubernetesVersion = v.GitVersion
+	}
+	if nodes, err := a.kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+		f.NodeCount = int32(len(nodes.Items))
+	}
+	return f
+}
+
+// PendingStatus implements hubclient.Handler.
+func (a *Agent) PendingStatus(full bool) *droverv1.StatusReport { return a.rec.PendingStatus(full) }
+
+// StatusSent implements hubclient.Handler.
+func (a *Agent) StatusSent(r *droverv1.StatusReport) { a.rec.StatusSent(r) }
+
+var _ hubclient.Handler = (*Agent)(nil)
+
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		c, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster Kubernetes config: %w (outside a cluster, pass --kubeconfig)", err)
+		}
+		return c, nil
+	}
+	c, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,340 @@
+// Package hubclient is the agent's side of the Drover agent protocol: it
+// registers with a join token once, then keeps one mutually authenticated
+// Connect stream to the hub, reconnecting with capped, jittered backoff. It
+// always dials out, so an agent behind NAT needs no inbound access.
+package hubclient
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/drover-dev/drover/agent/state"
+	"github.com/drover-dev/drover/internal/backoff"
+	"github.com/drover-dev/drover/internal/version"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// MaxMessageBytes bounds every message the agent receives.
+const MaxMessageBytes = 16 << 20
+
+// Handler is the agent's side of a session. Its methods are called from
+// the session's receive goroutine, one at a time.
+type Handler interface {
+	// Assignment takes a new assignment. An error rejects it (NACK) and the
+	// previous one stays in force; otherwise the handler later calls the
+	// Client's Ack once the assignment is applied.
+	Assignment(ctx context.Context, a *droverv1.Assignment) error
+	// Command asks for an action now.
+	Command(ctx context.Context, c *droverv1.Command)
+	// Facts describes the cluster for Hello.
+	Facts(ctx context.Context) *droverv1.ClusterFacts
+	// AppliedVersion is the version of the last assignment applied.
+	AppliedVersion() string
+	// PendingStatus returns the statuses to send on a new session and
+	// between heartbeats; full asks for every application.
+	PendingStatus(full bool) *droverv1.StatusReport
+	// StatusSent tells the handler a report was handed to the stream.
+	StatusSent(r *droverv1.StatusReport)
+}
+
+// Config configures a Client.
+type Config struct {
+	// HubAddr is the hub's agent endpoint, HOST:PORT.
+	HubAddr string
+	// ServerName overrides the name checked in the hub's certificate.
+	ServerName string
+	// HubCA is the PEM CA the hub's serving certificate chains to; needed
+	// for the first registration, afterwards the stored one is used.
+	HubCA []byte
+	// JoinToken and ClusterName register the agent on first start.
+	JoinToken   string
+	ClusterName string
+	// Heartbeat is how often the agent says it is alive (jittered).
+	Heartbeat time.Duration
+	// StatusFlush is how often changed statuses are sent.
+	StatusFlush time.Duration
+	// FullResync is how often every status is sent again (jittered).
+	FullResync time.Duration
+	// KeepaliveTime is how often gRPC pings an idle connection; it holds
+	// NAT mappings open and notices a dead hub.
+	KeepaliveTime time.Duration
+	// BackoffBase and BackoffMax bound the reconnect delays.
+	BackoffBase, BackoffMax time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 30 * time.Second
+	}
+	if c.StatusFlush <= 0 {
+		c.StatusFlush = time.Second
+	}
+	if c.FullResync <= 0 {
+		c.FullResync = 10 * time.Minute
+	}
+	if c.KeepaliveTime <= 0 {
+		c.KeepaliveTime = 30 * time.Second
+	}
+	if c.BackoffBase <= 0 {
+		c.BackoffBase = time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 30 * time.Second
+	}
+}
+
+// Client holds the agent's connection to the hub.
+type Client struct {
+	cfg     Config
+	state   *state.Dir
+	handler Handler
+	log     *slog.Logger
+
+	// acks hands ACK/NACKs from the handler to the session's sender.
+	acks chan *droverv1.AssignmentAck
+	// statusWake asks the sender to send pending statuses now.
+	statusWake chan struct{}
+}
+
+// New returns a Client.
+func New(cfg Config, st *state.Dir, h Handler, logger *slog.Logger) *Client {
+	cfg.setDefaults()
+	return &Client{cfg: cfg, state: st, handler: h, log: logger, acks: make(chan *droverv1.AssignmentAck, 16), statusWake: make(chan struct{}, 1)}
+}
+
+// Ack reports that the assignment with version and nonce was applied
+// (err == nil) or could not be taken (err != nil). It never blocks; when
+// the stream is gone the answer is dropped and Hello's applied version
+// tells the next session what the agent has.
+func (c *Client) Ack(version, nonce string, err error) {
+	a := &droverv1.AssignmentAck{Version: version, Nonce: nonce}
+	if err != nil {
+		a.Error = err.Error()
+	}
+	select {
+	case c.acks <- a:
+	default:
+		c.log.Warn("assignment answer dropped: the sender is behind", "version", version)
+	}
+}
+
+// StatusChanged asks for changed statuses to be sent soon.
+func (c *Client) StatusChanged() {
+	select {
+	case c.statusWake <- struct{}{}:
+	default:
+	}
+}
+
+// Register obtains the agent's identity with the join token, unless it has
+// one already.
+func (c *Client) Register(ctx context.Context) error {
+	if _, _, err := c.state.Identity(); err == nil {
+		return nil
+	} else if !errors.Is(err, state.ErrNoIdentity) {
+		return err
+	}
+	if c.cfg.JoinToken == "" || c.cfg.ClusterName == "" {
+		return errors.New("the agent has no identity yet: give --join-token and --cluster-name for its first start")
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(c.cfg.HubCA) {
+		return errors.New("the hub CA (--hub-ca) holds no PEM certificate")
+	}
+	csr, err := c.state.NewKeyAndCSR(c.cfg.ClusterName)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(c.cfg.HubAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13,
+	})))
+	if err != nil {
+		return fmt.Errorf("dial hub %s: %w", c.cfg.HubAddr, err)
+	}
+	defer conn.Close()
+	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
+	for {
+		resp, err := droverv1.NewAgentServiceClient(conn).Register(ctx, &droverv1.RegisterRequest{
+			JoinToken: c.cfg.JoinToken, ClusterName: c.cfg.ClusterName, CsrPem: csr,
+		})
+		if err == nil {
+			if err := c.state.SaveIdentity(resp.GetCertificatePem(), resp.GetCaPem()); err != nil {
+				return err
+			}
+			c.log.Info("registered with the hub", "cluster", c.cfg.ClusterName)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// A refused token or name will not be accepted by trying again.
+		switch status.Code(err) {
+		case codes.PermissionDenied, codes.InvalidArgument, codes.AlreadyExists, codes.Unauthenticated:
+			return fmt.Errorf("register with the hub: %s", status.Convert(err).Message())
+		}
+		c.log.Warn("register with the hub; retrying", "err", err)
+		b.Wait(ctx, err)
+	}
+}
+
+// Run keeps a session with the hub until ctx ends.
+func (c *Client) Run(ctx context.Context) error {
+	cert, pool, err := c.state.Identity()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(c.cfg.HubAddr,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13,
+		})),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: c.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
+	)
+	if err != nil {
+		return fmt.Errorf("dial hub %s: %w", c.cfg.HubAddr, err)
+	}
+	defer conn.Close()
+	client := droverv1.NewAgentServiceClient(conn)
+	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
+	for {
+		start := time.Now()
+		err := c.session(ctx, client)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 2*c.cfg.BackoffMax {
+			// A session that lasted counts as healthy: start over.
+			b.Reset()
+		}
+		if status.Code(err) == codes.PermissionDenied {
+			c.log.Error("the hub refused this agent; check that the cluster is registered and not revoked", "err", status.Convert(err).Message())
+		} else {
+			c.log.Warn("hub session ended; reconnecting", "err", err, "failures", b.Failures()+1)
+		}
+		b.Wait(ctx, errors.Join(err, errors.New("session ended")))
+	}
+}
+
+// session is one Connect stream: Hello, then assignments in and answers,
+// statuses and heartbeats out.
+func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	hello := &droverv1.Hello{AgentVersion: version.Version, Facts: c.handler.Facts(ctx), AppliedAssignmentVersion: c.handler.AppliedVersion()}
+	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: hello}}); err != nil {
+		return err
+	}
+	c.log.Info("connected to the hub", "hub", c.cfg.HubAddr, "applied", hello.GetAppliedAssignmentVersion())
+
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- c.recv(ctx, stream) }()
+
+	heartbeat := time.NewTimer(jitter(c.cfg.Heartbeat))
+	defer heartbeat.Stop()
+	flush := time.NewTicker(c.cfg.StatusFlush)
+	defer flush.Stop()
+	full := time.NewTimer(jitter(c.cfg.FullResync))
+	defer full.Stop()
+
+	// What changed while disconnected goes out first.
+	if err := c.sendStatus(stream, false); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-recvErr:
+			return err
+		case a := <-c.acks:
+			if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Ack{Ack: a}}); err != nil {
+				return err
+			}
+		case <-c.statusWake:
+			if err := c.sendStatus(stream, false); err != nil {
+				return err
+			}
+		case <-flush.C:
+			if err := c.sendStatus(stream, false); err != nil {
+				return err
+			}
+		case <-full.C:
+			full.Reset(jitter(c.cfg.FullResync))
+			if err := c.sendStatus(stream, true); err != nil {
+				return err
+			}
+		case <-heartbeat.C:
+			heartbeat.Reset(jitter(c.cfg.Heartbeat))
+			if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Heartbeat{Heartbeat: &droverv1.Heartbeat{SentAt: timestamppb.Now()}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *Client) sendStatus(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], full bool) error {
+	r := c.handler.PendingStatus(full)
+	if r == nil || (len(r.GetApplications()) == 0 && !r.GetFull()) {
+		return nil
+	}
+	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: r}}); err != nil {
+		return err
+	}
+	c.handler.StatusSent(r)
+	return nil
+}
+
+func (c *Client) recv(ctx context.Context, stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage]) error {
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch k := msg.GetKind().(type) {
+		case *droverv1.HubMessage_Assignment:
+			a := k.Assignment
+			if err := c.handler.Assignment(ctx, a); err != nil {
+				c.log.Warn("assignment rejected", "version", a.GetVersion(), "err", err)
+				c.Ack(a.GetVersion(), a.GetNonce(), err)
+			}
+		case *droverv1.HubMessage_Command:
+			c.handler.Command(ctx, k.Command)
+		case *droverv1.HubMessage_Ping:
+			// Receiving it is the point: the connection is alive.
+		default:
+			c.log.Warn("unknown message from the hub; ignored")
+		}
+	}
+}
+
+// jitter spreads d by ±10% so a fleet started together does not act
+// together.
+func jitter(d time.Duration) time.Duration {
+	return backoff.Jitter(d, 0.1)
+}
+
+// ReadCA reads a PEM CA file.
+func ReadCA(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read hub CA: %w", err)
+	}
+	return b, nil
+}

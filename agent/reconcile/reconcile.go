@@ -1,0 +1,577 @@
+// Package reconcile keeps a cluster running its assignment. Each
+// application is reconciled on its own, as an ordered list of steps —
+// fetch the pinned commit, render it, apply (with prune), assess health —
+// with bounded concurrency across applications, so one broken application
+// fails alone while the others carry on. Status changes are kept for the
+// hub and sent when it is reachable; the assignment is kept on disk, so the
+// agent goes on reconciling and healing drift while the hub is away, also
+// across restarts.
+package reconcile
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/drover-dev/drover/agent/apply"
+	"github.com/drover-dev/drover/agent/source"
+	"github.com/drover-dev/drover/agent/state"
+	"github.com/drover-dev/drover/internal/backoff"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Fetcher checks out a pinned commit.
+type Fetcher interface {
+	Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit string) (dir string, release func(), err error)
+}
+
+// Renderer turns a checked-out directory into objects.
+type Renderer func(ctx context.Context, root string, a *droverv1.AppAssignment) ([]*unstructured.Unstructured, error)
+
+// Applier makes the cluster match rendered objects.
+type Applier interface {
+	Sync(ctx context.Context, app, commit string, objs []*unstructured.Unstructured, policy apply.Policy) (*apply.Result, error)
+	Assess(ctx context.Context, app string) (*apply.Result, error)
+	Delete(ctx context.Context, app string) error
+}
+
+// Config tunes a Reconciler.
+type Config struct {
+	// Concurrency is how many applications are reconciled at once.
+	Concurrency int
+	// DefaultInterval is how often an application is re-applied (healing or
+	// reporting drift) when its sync policy names no interval.
+	DefaultInterval time.Duration
+	// ProgressingInterval is how often the health of an application that is
+	// still progressing is assessed.
+	ProgressingInterval time.Duration
+	// RetryBase and RetryMax bound the delays after retryable failures.
+	RetryBase, RetryMax time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
+	}
+	if c.DefaultInterval <= 0 {
+		c.DefaultInterval = 5 * time.Minute
+	}
+	if c.ProgressingInterval <= 0 {
+		c.ProgressingInterval = 5 * time.Second
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = 5 * time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 5 * time.Minute
+	}
+}
+
+// Reconciler reconciles the applications of one assignment.
+type Reconciler struct {
+	cfg     Config
+	log     *slog.Logger
+	fetch   Fetcher
+	render  Renderer
+	applier Applier
+	state   *state.Dir
+	// onApplied is called once every application of an assignment has
+	// been reconciled once; onStatus when a status changed.
+	onApplied func(version, nonce string)
+	onStatus  func()
+
+	wake chan struct{}
+
+	mu             sync.Mutex // guards the fields below
+	version, nonce string
+	applied        string
+	apps           map[string]*appState
+	// waiting lists the applications of the current assignment not yet
+	// reconciled once; when it empties, the assignment is acknowledged.
+	waiting  map[string]bool
+	statuses map[string]*droverv1.ApplicationStatus
+	// unsent marks statuses changed since they were last handed to the
+	// hub; fullNext asks for the next report to list everything.
+	unsent   map[string]bool
+	fullNext bool
+}
+
+type appState struct {
+	spec     *droverv1.AppAssignment
+	specHash string
+	// synced is the specHash of the last Sync that completed; ran the one of
+	// the last run that finished, successful or not.
+	synced, ran string
+	health      droverv1.Health
+	due         time.Time
+	running     bool
+	// forceSync skips the assess-only shortcut once.
+	forceSync bool
+	// removed: the application left the assignment and is being pruned.
+	removed bool
+	retry   *backoff.Backoff
+}
+
+// New returns a Reconciler. Call Run to start it.
+func New(cfg Config, st *state.Dir, f Fetcher, r Renderer, a Applier, onApplied func(version, nonce string), onStatus func(), logger *slog.Logger) *Reconciler {
+	cfg.setDefaults()
+	return &Reconciler{
+		cfg: cfg, log: logger, fetch: f, render: r, applier: a, state: st,
+		onApplied: onApplied, onStatus: onStatus,
+		wake:     make(chan struct{}, 1),
+		apps:     map[string]*appState{},
+		statuses: map[string]*droverv1.ApplicationStatus{},
+		unsent:   map[string]bool{},
+		applied:  st.AppliedVersion(),
+	}
+}
+
+// Resume takes the assignment stored on disk, if any, so the cluster is
+// reconciled before (or without) the hub.
+func (r *Reconciler) Resume() error {
+	a, err := r.state.Assignment()
+	if err != nil || a == nil {
+		return err
+	}
+	if err := Validate(a); err != nil {
+		return fmt.Errorf("stored assignment: %w", err)
+	}
+	r.take(a, false)
+	r.log.Info("resumed the stored assignment", "version", a.GetVersion(), "applications", len(a.GetApplications()))
+	return nil
+}
+
+// SetAssignment takes a new assignment from the hub. An invalid one is
+// refused with the reason and changes nothing.
+func (r *Reconciler) SetAssignment(ctx context.Context, a *droverv1.Assignment) error {
+	if err := Validate(a); err != nil {
+		return err
+	}
+	if err := r.state.SaveAssignment(a); err != nil {
+		return fmt.Errorf("store the assignment: %w", err)
+	}
+	r.take(a, true)
+	return nil
+}
+
+func (r *Reconciler) take(a *droverv1.Assignment, fromHub bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.version, r.nonce = a.GetVersion(), a.GetNonce()
+	r.waiting = map[string]bool{}
+	now := time.Now()
+	seen := map[string]bool{}
+	for _, aa := range a.GetApplications() {
+		seen[aa.GetName()] = true
+		h := specHash(aa)
+		st := r.apps[aa.GetName()]
+		if st == nil {
+			st = &appState{retry: backoff.New(r.cfg.RetryBase, r.cfg.RetryMax)}
+			r.apps[aa.GetName()] = st
+		}
+		st.removed = false
+		if st.specHash != h || !fromHub {
+			st.spec, st.specHash = aa, h
+			st.due = now
+			st.forceSync = true
+			st.retry.Reset()
+		}
+		if st.ran != h {
+			r.waiting[aa.GetName()] = true
+		}
+	}
+	for name, st := range r.apps {
+		if !seen[name] && !st.removed {
+			st.removed = true
+			st.due = now
+			r.waiting[name] = true
+		}
+	}
+	r.checkAppliedLocked()
+	r.signal()
+}
+
+// Validate checks an assignment before the agent takes it.
+func Validate(a *droverv1.Assignment) error {
+	if a.GetVersion() == "" {
+		return errors.New("assignment has no version")
+	}
+	names := map[string]bool{}
+	for i, aa := range a.GetApplications() {
+		field := fmt.Sprintf("applications[%d]", i)
+		if errs := validation.IsDNS1123Label(aa.GetName()); len(errs) > 0 {
+			return fmt.Errorf("%s.name %q: %s", field, aa.GetName(), errs[0])
+		}
+		if names[aa.GetName()] {
+			return fmt.Errorf("%s.name %q: listed twice", field, aa.GetName())
+		}
+		names[aa.GetName()] = true
+		if aa.GetRepoUrl() == "" {
+			return fmt.Errorf("%s.repo_url: empty", field)
+		}
+		if !commitRE.MatchString(aa.GetCommit()) {
+			return fmt.Errorf("%s.commit: %q is not a full commit SHA", field, aa.GetCommit())
+		}
+		if _, ok := droverv1.RenderType_name[int32(aa.GetRender())]; !ok || aa.GetRender() == droverv1.RenderType_RENDER_TYPE_UNSPECIFIED {
+			return fmt.Errorf("%s.render: unknown render type %d", field, aa.GetRender())
+		}
+		if iv := aa.GetSyncPolicy().GetInterval(); iv != "" {
+			if d, err := time.ParseDuration(iv); err != nil || d <= 0 {
+				return fmt.Errorf("%s.sync_policy.interval: %q is not a positive duration", field, iv)
+			}
+		}
+	}
+	return nil
+}
+
+var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
+
+func specHash(aa *droverv1.AppAssignment) string {
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(aa)
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:16])
+}
+
+func (r *Reconciler) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// SyncNow reconciles an application (or all, for "") fully now.
+func (r *Reconciler) SyncNow(app string) {
+	r.mu.Lock()
+	for name, st := range r.apps {
+		if app == "" || name == app {
+			st.due, st.forceSync = time.Time{}, true
+		}
+	}
+	r.mu.Unlock()
+	r.signal()
+}
+
+// AppliedVersion is the last assignment version applied and acknowledged.
+func (r *Reconciler) AppliedVersion() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applied
+}
+
+// Run reconciles until ctx ends.
+func (r *Reconciler) Run(ctx context.Context) {
+	sem := make(chan struct{}, r.cfg.Concurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	timer := time.NewTimer(time.Second)
+	defer timer.Stop()
+	for {
+		for _, name := range r.dueApps(time.Now(), cap(sem)-len(sem)) {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done(); r.signal() }()
+				r.reconcile(ctx, name)
+			}()
+		}
+		timer.Reset(r.nextWait(time.Now()))
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// dueApps marks up to n due applications running and returns them.
+func (r *Reconciler) dueApps(now time.Time, n int) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for name, st := range r.apps {
+		if len(out) >= n {
+			break
+		}
+		if !st.running && !st.due.After(now) {
+			st.running = true
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *Reconciler) nextWait(now time.Time) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	wait := time.Minute
+	for _, st := range r.apps {
+		if st.running {
+			continue
+		}
+		if d := st.due.Sub(now); d < wait {
+			wait = d
+		}
+	}
+	return max(wait, 10*time.Millisecond)
+}
+
+// reconcile runs one application's steps once and schedules the next run.
+func (r *Reconciler) reconcile(ctx context.Context, name string) {
+	r.mu.Lock()
+	st := r.apps[name]
+	spec, hash, removed, force := st.spec, st.specHash, st.removed, st.forceSync
+	assessOnly := !force && st.synced == hash && st.health == droverv1.Health_HEALTH_PROGRESSING
+	st.forceSync = false
+	r.mu.Unlock()
+	log := r.log.With("app", name)
+
+	if removed {
+		r.remove(ctx, name, spec, log)
+		return
+	}
+
+	var (
+		res *apply.Result
+		err error
+	)
+	if assessOnly {
+		res, err = r.applier.Assess(ctx, name)
+	} else {
+		res, err = r.sync(ctx, spec, log)
+	}
+	if ctx.Err() != nil {
+		r.finish(name, hash, nil, false, time.Time{})
+		return
+	}
+	now := time.Now()
+	next := now.Add(interval(spec, r.cfg.DefaultInterval))
+	r.mu.Lock()
+	retry := st.retry
+	r.mu.Unlock()
+	switch {
+	case err != nil:
+		res = failedResult(name, spec.GetCommit(), err)
+		if retryable(err) {
+			next = now.Add(retry.Next())
+		}
+		log.Warn("reconcile failed", "commit", spec.GetCommit(), "err", err, "retry_in", next.Sub(now).Round(time.Second))
+	default:
+		retry.Reset()
+		if res.Health == droverv1.Health_HEALTH_PROGRESSING || res.Health == droverv1.Health_HEALTH_UNKNOWN {
+			next = now.Add(r.cfg.ProgressingInterval)
+		}
+	}
+	r.finish(name, hash, res, err == nil && !assessOnly, next)
+}
+
+// sync runs fetch, render and apply for spec.
+func (r *Reconciler) sync(ctx context.Context, spec *droverv1.AppAssignment, log *slog.Logger) (*apply.Result, error) {
+	dir, release, err := r.fetch.Checkout(ctx, spec.GetRepoUrl(), spec.GetCredentials(), spec.GetCommit())
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	defer release()
+	objs, err := r.render(ctx, dir, spec)
+	if err != nil {
+		return nil, &stepError{step: "render", err: err}
+	}
+	pol := apply.Policy{Prune: spec.GetSyncPolicy().GetPrune(), SelfHeal: spec.GetSyncPolicy().GetSelfHeal()}
+	res, err := r.applier.Sync(ctx, spec.GetName(), spec.GetCommit(), objs, pol)
+	if err != nil {
+		if res != nil && res.Message != "" {
+			// The applier's result names the object that failed; keep its
+			// per-object statuses too.
+			res.Sync = droverv1.SyncState_SYNC_STATE_FAILED
+			return res, nil
+		}
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	log.Debug("synced", "commit", spec.GetCommit(), "applied", res.Applied, "skipped", res.Skipped, "pruned", res.Pruned, "health", res.Health)
+	return res, nil
+}
+
+func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.AppAssignment, log *slog.Logger) {
+	if spec.GetSyncPolicy().GetPrune() {
+		if err := r.applier.Delete(ctx, name); err != nil {
+			if ctx.Err() == nil {
+				log.Warn("prune removed application", "err", err)
+				r.mu.Lock()
+				st := r.apps[name]
+				st.running = false
+				st.due = time.Now().Add(st.retry.Next())
+				r.mu.Unlock()
+			}
+			return
+		}
+		log.Info("application removed from the assignment: pruned")
+	} else {
+		log.Info("application removed from the assignment: its objects are left (prune is off)")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.apps, name)
+	delete(r.statuses, name)
+	delete(r.unsent, name)
+	delete(r.waiting, name)
+	r.checkAppliedLocked()
+}
+
+// finish records one run's result and schedules the next.
+func (r *Reconciler) finish(name, hash string, res *apply.Result, synced bool, next time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.apps[name]
+	if st == nil {
+		return
+	}
+	st.running = false
+	if res == nil {
+		return
+	}
+	if st.specHash != hash {
+		// A newer spec arrived meanwhile; it is due already.
+		return
+	}
+	if synced {
+		st.synced = hash
+	}
+	st.ran = hash
+	st.health = res.Health
+	st.due = next
+	r.setStatusLocked(toStatus(name, res))
+	delete(r.waiting, name)
+	r.checkAppliedLocked()
+}
+
+func (r *Reconciler) checkAppliedLocked() {
+	if len(r.waiting) > 0 || r.version == "" || r.version == r.applied {
+		return
+	}
+	r.applied = r.version
+	if err := r.state.SaveAppliedVersion(r.version); err != nil {
+		r.log.Warn("record applied version", "err", err)
+	}
+	if r.nonce != "" && r.onApplied != nil {
+		// Called with the lock held: onApplied must not call back in.
+		r.onApplied(r.version, r.nonce)
+	}
+}
+
+func (r *Reconciler) setStatusLocked(s *droverv1.ApplicationStatus) {
+	if prev := r.statuses[s.GetApplication()]; prev != nil && sameStatus(prev, s) {
+		return
+	}
+	r.statuses[s.GetApplication()] = s
+	r.unsent[s.GetApplication()] = true
+	if r.onStatus != nil {
+		r.onStatus()
+	}
+}
+
+func sameStatus(a, b *droverv1.ApplicationStatus) bool {
+	ac, bc := proto.Clone(a).(*droverv1.ApplicationStatus), proto.Clone(b).(*droverv1.ApplicationStatus)
+	ac.ObservedAt, bc.ObservedAt = nil, nil
+	return proto.Equal(ac, bc)
+}
+
+// PendingStatus returns the statuses not yet handed to the hub, or all of
+// them when full (or when the hub asked for a full report).
+func (r *Reconciler) PendingStatus(full bool) *droverv1.StatusReport {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	full = full || r.fullNext
+	rep := &droverv1.StatusReport{Full: full}
+	for app, s := range r.statuses {
+		if full || r.unsent[app] {
+			rep.Applications = append(rep.Applications, s)
+		}
+	}
+	sort.Slice(rep.Applications, func(i, j int) bool {
+		return rep.Applications[i].GetApplication() < rep.Applications[j].GetApplication()
+	})
+	return rep
+}
+
+// StatusSent marks the statuses of rep as handed to the hub, unless they
+// changed again meanwhile.
+func (r *Reconciler) StatusSent(rep *droverv1.StatusReport) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rep.GetFull() {
+		r.fullNext = false
+	}
+	for _, s := range rep.GetApplications() {
+		if r.statuses[s.GetApplication()] == s {
+			delete(r.unsent, s.GetApplication())
+		}
+	}
+}
+
+// RequestFullStatus makes the next report list every application.
+func (r *Reconciler) RequestFullStatus() {
+	r.mu.Lock()
+	r.fullNext = true
+	r.mu.Unlock()
+}
+
+func interval(spec *droverv1.AppAssignment, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(spec.GetSyncPolicy().GetInterval()); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
+
+// stepError is a failure of a step that retrying cannot fix: the same
+// commit renders the same way.
+type stepError struct {
+	step string
+	err  error
+}
+
+func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+func retryable(err error) bool {
+	var se *stepError
+	if errors.As(err, &se) {
+		return false
+	}
+	if source.IsRetryable(err) || apply.IsRetryable(err) {
+		return true
+	}
+	return false
+}
+
+func failedResult(app, commit string, err error) *apply.Result {
+	return &apply.Result{
+		Application: app, Commit: commit,
+		Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_UNKNOWN,
+		Message: err.Error(),
+	}
+}
+
+func toStatus(app string, res *apply.Result) *droverv1.ApplicationStatus {
+	return &droverv1.ApplicationStatus{
+		Application: app,
+		Commit:      res.Commit,
+		Sync:        res.Sync,
+		Health:      res.Health,
+		Message:     res.Message,
+		Resources:   res.Resources,
+		ObservedAt:  timestamppb.Now(),
+	}
+}

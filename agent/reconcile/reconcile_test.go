@@ -1,0 +1,247 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/drover-dev/drover/agent/apply"
+	"github.com/drover-dev/drover/agent/state"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// The reconciler's ordering and bookkeeping are tested here with stand-ins
+// for Git and the cluster; the real fetch, render and apply run in the
+// end-to-end tests.
+
+const (
+	sha1 = "1111111111111111111111111111111111111111"
+	sha2 = "2222222222222222222222222222222222222222"
+)
+
+type fakeFetcher struct{}
+
+func (fakeFetcher) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, commit string) (string, func(), error) {
+	if strings.Contains(repo, "unreachable") {
+		return "", nil, errors.New("connection refused")
+	}
+	return "/checkout/" + commit, func() {}, nil
+}
+
+type fakeApplier struct {
+	mu      sync.Mutex
+	synced  map[string]string // app → commit
+	deleted []string
+}
+
+func (f *fakeApplier) Sync(_ context.Context, app, commit string, _ []*unstructured.Unstructured, _ apply.Policy) (*apply.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.synced[app] = commit
+	return &apply.Result{Application: app, Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY}, nil
+}
+
+func (f *fakeApplier) Assess(_ context.Context, app string) (*apply.Result, error) {
+	return &apply.Result{Application: app, Health: droverv1.Health_HEALTH_HEALTHY, Sync: droverv1.SyncState_SYNC_STATE_SYNCED}, nil
+}
+
+func (f *fakeApplier) Delete(_ context.Context, app string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deleted = append(f.deleted, app)
+	return nil
+}
+
+func (f *fakeApplier) commitOf(app string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.synced[app]
+}
+
+func noRender(context.Context, string, *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+	return nil, nil
+}
+
+type harness struct {
+	rec   *Reconciler
+	ap    *fakeApplier
+	st    *state.Dir
+	acks  chan string
+	close func()
+}
+
+func newHarness(t *testing.T, dir string, render Renderer) *harness {
+	t.Helper()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{ap: &fakeApplier{synced: map[string]string{}}, st: st, acks: make(chan string, 16)}
+	if render == nil {
+		render = noRender
+	}
+	h.rec = New(Config{RetryBase: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}, st, fakeFetcher{}, render, h.ap,
+		func(v, _ string) { h.acks <- v }, func() {}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { h.rec.Run(ctx); close(done) }()
+	h.close = func() { cancel(); <-done }
+	t.Cleanup(h.close)
+	return h
+}
+
+func app(name, commit string) *droverv1.AppAssignment {
+	return &droverv1.AppAssignment{Name: name, RepoUrl: "https://git.example.test/" + name, Commit: commit,
+		Render: droverv1.RenderType_RENDER_TYPE_DIRECTORY, SyncPolicy: &droverv1.SyncPolicy{Prune: true}}
+}
+
+func (h *harness) waitAck(t *testing.T, version string) {
+	t.Helper()
+	select {
+	case v := <-h.acks:
+		if v != version {
+			t.Fatalf("acknowledged %q, want %q", v, version)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("version %q never acknowledged", version)
+	}
+}
+
+func TestAcknowledgesOnceEveryApplicationRan(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	a := &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1), app("db", sha1)}}
+	if err := h.rec.SetAssignment(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	if h.ap.commitOf("web") != sha1 || h.ap.commitOf("db") != sha1 {
+		t.Fatalf("synced %v, want both apps at %s", h.ap.synced, sha1)
+	}
+	if got := h.st.AppliedVersion(); got != "v1" {
+		t.Fatalf("stored applied version %q, want v1", got)
+	}
+}
+
+func TestInvalidAssignmentIsRefusedAndChangesNothing(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	good := &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1)}}
+	if err := h.rec.SetAssignment(context.Background(), good); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	for _, bad := range []*droverv1.Assignment{
+		{Version: "", Applications: []*droverv1.AppAssignment{app("web", sha2)}},
+		{Version: "v2", Applications: []*droverv1.AppAssignment{app("web", "main")}},
+		{Version: "v2", Applications: []*droverv1.AppAssignment{app("web", sha2), app("web", sha2)}},
+		{Version: "v2", Applications: []*droverv1.AppAssignment{app("Not_A_Name", sha2)}},
+		{Version: "v2", Applications: []*droverv1.AppAssignment{{Name: "web", RepoUrl: "https://x.test/r", Commit: sha2, Render: droverv1.RenderType(99)}}},
+	} {
+		if err := h.rec.SetAssignment(context.Background(), bad); err == nil {
+			t.Fatalf("assignment %v accepted", bad)
+		}
+	}
+	stored, err := h.st.Assignment()
+	if err != nil || stored.GetVersion() != "v1" {
+		t.Fatalf("stored assignment %v (err %v), want v1 kept", stored.GetVersion(), err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if h.ap.commitOf("web") != sha1 {
+		t.Fatalf("web moved to %s after a refused assignment", h.ap.commitOf("web"))
+	}
+}
+
+func TestOneBrokenApplicationFailsAlone(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	broken := app("broken", sha1)
+	broken.RepoUrl = "https://unreachable.test/r"
+	a := &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{broken, app("web", sha1)}}
+	if err := h.rec.SetAssignment(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	rep := h.rec.PendingStatus(true)
+	got := map[string]*droverv1.ApplicationStatus{}
+	for _, s := range rep.GetApplications() {
+		got[s.GetApplication()] = s
+	}
+	if s := got["broken"]; s.GetSync() != droverv1.SyncState_SYNC_STATE_FAILED || !strings.Contains(s.GetMessage(), "connection refused") {
+		t.Fatalf("broken = %v, want Failed naming the cause", s)
+	}
+	if s := got["web"]; s.GetHealth() != droverv1.Health_HEALTH_HEALTHY {
+		t.Fatalf("web = %v, want Healthy", s)
+	}
+}
+
+func TestRemovedApplicationIsPruned(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1), app("old", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v2", Nonce: "n2", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v2")
+	h.ap.mu.Lock()
+	defer h.ap.mu.Unlock()
+	if len(h.ap.deleted) != 1 || h.ap.deleted[0] != "old" {
+		t.Fatalf("deleted %v, want [old]", h.ap.deleted)
+	}
+}
+
+func TestResumesStoredAssignmentWithoutHub(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir, nil)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha2)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	h.close()
+
+	// A restarted agent, no hub: it reconciles from disk and acknowledges
+	// nothing (there is no one to tell).
+	h2 := newHarness(t, dir, nil)
+	if err := h2.rec.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for h2.ap.commitOf("web") != sha2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stored assignment was not reconciled after a restart")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v := h2.rec.AppliedVersion(); v != "v1" {
+		t.Fatalf("applied version after restart %q, want v1", v)
+	}
+	select {
+	case v := <-h2.acks:
+		t.Fatalf("acknowledged %q with no hub", v)
+	default:
+	}
+}
+
+func TestStatusSentOnlyOnce(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	rep := h.rec.PendingStatus(false)
+	if len(rep.GetApplications()) != 1 {
+		t.Fatalf("pending %d statuses, want 1", len(rep.GetApplications()))
+	}
+	h.rec.StatusSent(rep)
+	if again := h.rec.PendingStatus(false); len(again.GetApplications()) != 0 {
+		t.Fatalf("status resent: %v", again.GetApplications())
+	}
+	if full := h.rec.PendingStatus(true); len(full.GetApplications()) != 1 || !full.GetFull() {
+		t.Fatalf("full report %v, want every application", full)
+	}
+}
