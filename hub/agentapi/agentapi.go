@@ -51,6 +51,7 @@ type Signer interface {
 // assignment and learns of new clusters.
 type Fleet interface {
 	Watch(cluster string) (*fleet.Snapshot, <-chan struct{})
+	Assignment(cluster string) *droverv1.Assignment
 	SetCluster(name string, labels map[string]string) error
 }
 
@@ -170,9 +171,12 @@ func (s *Server) flushSeen(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := s.store.TouchLastSeen(ctx, names, at); err != nil {
-		// Put them back: the next flush retries with the newest time.
+		// Put them back: the next flush retries with the newest time (the
+		// last one at shutdown, if this one was cut short by it).
 		s.seen.touch(names...)
-		s.log.Warn("record last seen", "clusters", len(names), "err", err)
+		if ctx.Err() == nil {
+			s.log.Warn("record last seen", "clusters", len(names), "err", err)
+		}
 	}
 }
 
@@ -483,12 +487,9 @@ func (s *Server) handleAck(ctx context.Context, name string, ack *droverv1.Assig
 
 func (s *Server) handleStatus(ctx context.Context, name string, rep *droverv1.StatusReport, log *slog.Logger) {
 	s.seen.touch(name)
-	snap, _ := s.fleet.Watch(name)
 	assigned := make(map[string]bool)
-	if snap != nil {
-		for _, a := range snap.Assignment.GetApplications() {
-			assigned[a.GetName()] = true
-		}
+	for _, a := range s.fleet.Assignment(name).GetApplications() {
+		assigned[a.GetName()] = true
 	}
 	valid := make([]*droverv1.ApplicationStatus, 0, len(rep.GetApplications()))
 	for _, as := range rep.GetApplications() {
