@@ -1,0 +1,239 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	// stopGrace is how long a child has between SIGTERM and SIGKILL.
+	stopGrace = 10 * time.Second
+	// logTailLines is how much of a child's log goes into a failure message.
+	logTailLines = 30
+	// pollInterval paces every readiness check of the test bed.
+	pollInterval = 100 * time.Millisecond
+)
+
+// process is one child of the test bed: a binary running in its own process
+// group, its stdout and stderr appended to a log file.
+type process struct {
+	name    string // for messages, e.g. "kube-apiserver testbed-1a2b3c-1"
+	logPath string
+	logFrom int64 // size of the log before this run, so a tail shows only this run
+	pid     int
+
+	done chan struct{} // closed once the process has exited and been reaped
+	err  error         // what Wait returned; read only after done is closed
+
+	// stopping is set before the test bed signals the process, so that its
+	// exit is not reported as a crash.
+	stopping atomic.Bool
+}
+
+// startProcess starts bin with args in dir, with env (nil: the test's
+// environment), appending its output to logPath.
+func startProcess(name, bin string, args, env []string, dir, logPath string) (*process, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	defer logFile.Close() // the child has its own descriptor
+	info, err := logFile.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	fmt.Fprintf(logFile, "==> %s: %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
+
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = env
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	// A group of its own keeps a terminal's Ctrl-C away from the child (the
+	// test binary decides when it stops) and lets stop signal all of it;
+	// Pdeathsig kills it if the test binary dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := onSpawnThread(cmd.Start); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+
+	p := &process{
+		name:    name,
+		logPath: logPath,
+		logFrom: info.Size(),
+		pid:     cmd.Process.Pid,
+		done:    make(chan struct{}),
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// status describes how the process ended; call it only once exited.
+func (p *process) status() string {
+	if p.err == nil {
+		return "exited with status 0"
+	}
+	return p.err.Error()
+}
+
+// exitError is the error for a process that ended while the test bed
+// needed it, with the end of its log.
+func (p *process) exitError() error {
+	return fmt.Errorf("%s %s; last lines of %s:\n%s", p.name, p.status(), p.logPath, p.tail(logTailLines))
+}
+
+// stop ends the process and its group: SIGTERM, then SIGKILL after grace.
+// It returns once the process has been reaped.
+func (p *process) stop(grace time.Duration) {
+	p.stopping.Store(true)
+	if p.exited() {
+		return
+	}
+	_ = syscall.Kill(-p.pid, syscall.SIGTERM)
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-p.done:
+	case <-timer.C:
+		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// tail returns the last n lines this run wrote to the log.
+func (p *process) tail(n int) string {
+	const maxBytes = 64 << 10
+	f, err := os.Open(p.logPath)
+	if err != nil {
+		return fmt.Sprintf("(cannot read log: %v)", err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("(cannot read log: %v)", err)
+	}
+	from := max(p.logFrom, info.Size()-maxBytes)
+	b, err := io.ReadAll(io.NewSectionReader(f, from, info.Size()-from))
+	if err != nil {
+		return fmt.Sprintf("(cannot read log: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "\t" + strings.Join(lines, "\n\t")
+}
+
+// logContains reports whether this run's log contains s.
+func (p *process) logContains(s string) bool {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil || int64(len(b)) < p.logFrom {
+		return false
+	}
+	return bytes.Contains(b[p.logFrom:], []byte(s))
+}
+
+// bindFailed reports whether the process ended because a port it was given
+// was taken in the meantime (another test binary picked the same free
+// port). The child's log is the only place that says so.
+func (p *process) bindFailed() bool {
+	return p.exited() && p.logContains("address already in use")
+}
+
+// stopAll stops the processes concurrently and waits for all of them.
+func stopAll(procs []*process) {
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		if p != nil {
+			wg.Go(func() { p.stop(stopGrace) })
+		}
+	}
+	wg.Wait()
+}
+
+// waitUntil calls cond every pollInterval until it reports true. It fails
+// when ctx ends or when one of procs exits, with the end of that process's
+// log; a timeout error carries cond's last error and the tails of procs.
+func waitUntil(ctx context.Context, what string, procs []*process, cond func(context.Context) (bool, error)) error {
+	ticker := time.NewTicker(pollInterval)
+	defer ticker.Stop()
+	var lastErr error
+	for {
+		for _, p := range procs {
+			if p.exited() {
+				return fmt.Errorf("wait for %s: %w", what, p.exitError())
+			}
+		}
+		ok, err := cond(ctx)
+		if ok {
+			return nil
+		}
+		if err != nil {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			err := fmt.Errorf("wait for %s: %w", what, ctx.Err())
+			if lastErr != nil {
+				err = fmt.Errorf("%w (last error: %v)", err, lastErr)
+			}
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				for _, p := range procs {
+					err = fmt.Errorf("%w\nlast lines of %s:\n%s", err, p.logPath, p.tail(logTailLines))
+				}
+			}
+			return err
+		case <-ticker.C:
+		}
+	}
+}
+
+// Children die with the thread that started them, not with the process:
+// Pdeathsig fires when the forking OS thread ends, and the Go runtime ends a
+// thread when a goroutine locked to it returns (network-namespace code does
+// that on purpose). So every child is started from one locked thread that
+// lives as long as the test binary.
+var (
+	spawnOnce     sync.Once
+	spawnRequests chan func()
+)
+
+// onSpawnThread runs start on the spawn thread and returns its error.
+func onSpawnThread(start func() error) error {
+	spawnOnce.Do(func() {
+		spawnRequests = make(chan func())
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread must not be reused or ended
+			for req := range spawnRequests {
+				req()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	spawnRequests <- func() { errc <- start() }
+	return <-errc
+}
