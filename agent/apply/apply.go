@@ -35,6 +35,7 @@ import (
 	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/clusterreader"
 	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/engine"
 	"github.com/fluxcd/pkg/ssa"
+	ssaerrors "github.com/fluxcd/pkg/ssa/errors"
 	"github.com/fluxcd/pkg/ssa/utils"
 	"github.com/go-logr/logr"
 	"golang.org/x/sync/errgroup"
@@ -265,7 +266,13 @@ func (a *Applier) Sync(ctx context.Context, app, commit string, objs []*unstruct
 		s.log.Warn("sync failed", "commit", commit, "err", err, "retryable", IsRetryable(err))
 		return res, err
 	}
-	s.log.Info("synced", "commit", commit, "health", res.Health.String(), "applied", res.Applied,
+	// A resync that found nothing to do is the common case; it is not
+	// worth a line at Info every interval.
+	level := slog.LevelDebug
+	if res.Applied+res.Pruned+res.Drifted > 0 {
+		level = slog.LevelInfo
+	}
+	s.log.Log(ctx, level, "synced", "commit", commit, "health", res.Health.String(), "applied", res.Applied,
 		"unchanged", res.Unchanged, "skipped", res.Skipped, "drifted", res.Drifted, "pruned", res.Pruned,
 		"kept", res.Kept, "duration", time.Since(started).Round(time.Millisecond))
 	return res, nil
@@ -295,6 +302,7 @@ func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.
 	for _, d := range desired {
 		if p, ok := prev[d.ref.key()]; ok {
 			e := *p
+			e.Stale = false // back in the render
 			d.prev = &e
 		}
 		d.final = live[d.ref.key()]
@@ -325,7 +333,8 @@ func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.
 
 	// Record objects in the inventory before creating them, so that a
 	// crash from here on leaves a superset of what is in the cluster to
-	// prune, never an orphan. Their hash stays empty until applied.
+	// prune, never an orphan. Their hash stays empty until applied. When
+	// no object is new, the union is what is stored: nothing to write.
 	var grown bool
 	for _, d := range desired {
 		if d.prev == nil {
@@ -578,10 +587,7 @@ func (s *session) applyError(ctx context.Context, err error, byKey map[string]*d
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	var dryRun interface {
-		InvolvedObject() *unstructured.Unstructured
-		Unwrap() error
-	}
+	var dryRun *ssaerrors.DryRunErr
 	if errors.As(err, &dryRun) && dryRun.InvolvedObject() != nil {
 		ref := refOf(dryRun.InvolvedObject())
 		cause := dryRun.Unwrap()

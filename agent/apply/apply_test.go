@@ -315,6 +315,10 @@ func TestApply(t *testing.T) {
 			t.Parallel()
 			testConflict(t, newApplier(t, c), dyn)
 		})
+		t.Run("immutable field", func(t *testing.T) {
+			t.Parallel()
+			testImmutable(t, newApplier(t, c), dyn)
+		})
 		t.Run("never ready", func(t *testing.T) {
 			t.Parallel()
 			testNeverReady(t, newApplier(t, c))
@@ -530,6 +534,15 @@ func testPrune(t *testing.T, a *Applier, kube kubernetes.Interface, dyn dynamic.
 	}
 	assertDrifted(t, a, app)
 
+	// Back in the render, a kept object is the application's again.
+	res = mustSync(t, a, app, "c2", []*unstructured.Unstructured{a1, a2, a3}, Policy{})
+	if res.Counts != (Counts{Skipped: 3}) {
+		t.Errorf("kept object back in the render: %+v, want 3 skipped", res.Counts)
+	}
+	if assessed, err := a.Assess(t.Context(), app); err != nil || len(assessed.Resources) != 3 || assessed.Kept != 0 {
+		t.Fatalf("Assess: %v, %d resources, %d kept; want 3 resources, none kept", err, len(assessed.Resources), assessed.Kept)
+	}
+
 	res = mustSync(t, a, app, "c2", []*unstructured.Unstructured{a1, a2}, Policy{Prune: true})
 	if res.Pruned != 1 || res.Kept != 0 {
 		t.Errorf("with prune: %+v, want 1 pruned", res.Counts)
@@ -663,8 +676,10 @@ func testRejected(t *testing.T, a *Applier, dyn dynamic.Interface) {
 	good := []*unstructured.Unstructured{namespace(t, ns), service(t, ns, "api", 80), configMap(t, ns, "api", "1")}
 	mustSync(t, a, app, "c1", good, Policy{Prune: true})
 
-	// The next commit breaks the Service and drops the ConfigMap.
-	bad := []*unstructured.Unstructured{namespace(t, ns), service(t, ns, "api", 70000)}
+	// The next commit breaks the Service, drops the ConfigMap and adds
+	// another.
+	extra := configMap(t, ns, "extra", "1")
+	bad := []*unstructured.Unstructured{namespace(t, ns), service(t, ns, "api", 70000), extra}
 	res, err := a.Sync(t.Context(), app, "c2", bad, Policy{Prune: true})
 	if err == nil {
 		t.Fatal("Sync of an invalid Service succeeded")
@@ -683,6 +698,32 @@ func testRejected(t *testing.T, a *Applier, dyn dynamic.Interface) {
 	if gone(t, dyn, good[2]) {
 		t.Error("a failed Sync pruned the ConfigMap")
 	}
+	if !gone(t, dyn, extra) {
+		t.Error("an object of the failed stage was created")
+	}
+	// The inventory lists old and new objects: the new one, not applied,
+	// without a hash; the dropped one still there to prune; the commit
+	// that last completed.
+	inv, err := a.newSession(app).readInventory(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := map[string]entry{}
+	for _, e := range inv.Entries {
+		entries[e.ref().String()] = e
+	}
+	if e, ok := entries["ConfigMap/bad/extra"]; !ok || e.Hash != "" || e.Live != "" {
+		t.Errorf("inventory entry of the new object: %+v (listed %v), want listed without a hash", e, ok)
+	}
+	if e, ok := entries["ConfigMap/bad/api"]; !ok || !e.Stale {
+		t.Errorf("inventory entry of the dropped object: %+v (listed %v), want listed as stale", e, ok)
+	}
+	if e := entries["Service/bad/api"]; e.Hash == "" || e.Live == "" {
+		t.Errorf("inventory entry of the refused Service: %+v, want the last applied one", e)
+	}
+	if len(entries) != 4 || inv.Commit != "c1" {
+		t.Errorf("inventory: %d entries at commit %q, want 4 at c1", len(entries), inv.Commit)
+	}
 
 	// Another application on the same cluster is unaffected.
 	const other = "good"
@@ -694,10 +735,10 @@ func testRejected(t *testing.T, a *Applier, dyn dynamic.Interface) {
 	}
 
 	// Once fixed, the application syncs and prunes.
-	fixed := []*unstructured.Unstructured{namespace(t, ns), service(t, ns, "api", 81)}
+	fixed := []*unstructured.Unstructured{namespace(t, ns), service(t, ns, "api", 81), extra}
 	res = mustSync(t, a, app, "c3", fixed, Policy{Prune: true})
-	if res.Pruned != 1 || !gone(t, dyn, good[2]) {
-		t.Errorf("fixed render: %+v, want the ConfigMap pruned", res.Counts)
+	if res.Pruned != 1 || res.Applied != 2 || !gone(t, dyn, good[2]) || gone(t, dyn, extra) {
+		t.Errorf("fixed render: %+v, want the Service and the new ConfigMap applied, the old one pruned", res.Counts)
 	}
 }
 
@@ -849,5 +890,39 @@ func testUnreachable(t *testing.T, c *testbed.Cluster, a *Applier) {
 	res = mustSync(t, a, app, "c2", append(objs, configMap(t, ns, "b", "2")), Policy{Prune: true})
 	if res.Applied != 1 || res.Skipped != 2 {
 		t.Errorf("after the API server returned: %+v, want 1 applied, 2 skipped", res.Counts)
+	}
+}
+
+func testImmutable(t *testing.T, a *Applier, dyn dynamic.Interface) {
+	const app, ns = "frozen", "frozen"
+	frozen := func(value string, force bool) *unstructured.Unstructured {
+		cm := configMap(t, ns, "settings", value)
+		cm.Object["immutable"] = true
+		if force {
+			cm.SetAnnotations(map[string]string{AnnotationForce: ForceEnabled})
+		}
+		return cm
+	}
+	mustSync(t, a, app, "c1", []*unstructured.Unstructured{namespace(t, ns), frozen("v1", false)}, Policy{Prune: true})
+	before := get(t, dyn, frozen("v1", false))
+
+	// Without force, the API server's refusal is the result.
+	_, err := a.Sync(t.Context(), app, "c2", []*unstructured.Unstructured{namespace(t, ns), frozen("v2", false)}, Policy{Prune: true})
+	var oe *ObjectError
+	if !errors.As(err, &oe) || oe.Object.String() != "ConfigMap/frozen/settings" || !strings.Contains(err.Error(), "immutable") {
+		t.Fatalf("Sync of a changed immutable ConfigMap: %v, want an ObjectError saying the field is immutable", err)
+	}
+	if live := get(t, dyn, before); live.GetUID() != before.GetUID() {
+		t.Error("the ConfigMap was recreated without force")
+	}
+
+	// With the force annotation, Drover recreates it.
+	res := mustSync(t, a, app, "c3", []*unstructured.Unstructured{namespace(t, ns), frozen("v2", true)}, Policy{Prune: true})
+	if res.Applied != 1 {
+		t.Errorf("forced Sync: %+v, want 1 applied", res.Counts)
+	}
+	live := get(t, dyn, before)
+	if v, _, _ := unstructured.NestedString(live.Object, "data", "value"); v != "v2" || live.GetUID() == before.GetUID() {
+		t.Errorf("after a forced Sync: value %q, same object %v; want v2 in a new object", v, live.GetUID() == before.GetUID())
 	}
 }
