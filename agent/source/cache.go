@@ -48,6 +48,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 
+	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -153,21 +154,27 @@ func NewCache(dir string, maxBytes int64, log *slog.Logger) (*Cache, error) {
 // is materialised only if no earlier Checkout did. Errors are *Error,
 // classified by IsRetryable, and never contain credentials.
 func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit string) (dir string, release func(), err error) {
-	r, err := parseRemote(repoURL)
+	r, err := gitremote.Parse(repoURL)
 	if err != nil {
-		return "", nil, newError("checkout", remote{redacted: RedactURL(repoURL)}, repoURL, err, nil)
+		return "", nil, newError("checkout", gitremote.Remote{Redacted: gitremote.RedactURL(repoURL)}, repoURL, err, nil)
 	}
-	scrubbed := secrets(r, creds)
+	gc := gitremote.Credentials{
+		Username:      creds.GetUsername(),
+		Password:      creds.GetPassword(),
+		SSHPrivateKey: creds.GetSshPrivateKey(),
+		SSHKnownHosts: creds.GetSshKnownHosts(),
+	}
+	scrubbed := r.Secrets(gc)
 	sha, err := checkCommit(commit)
 	if err != nil {
 		return "", nil, newError("checkout", r, repoURL, err, scrubbed)
 	}
-	auth, err := authMethod(r, creds)
+	auth, err := r.Auth(gc)
 	if err != nil {
 		return "", nil, newError("checkout", r, repoURL, err, scrubbed)
 	}
 
-	key := cacheKey(r.key)
+	key := cacheKey(r.Key)
 	e := c.acquire(key, sha)
 	var once sync.Once
 	release = func() { once.Do(func() { c.release(key, sha) }) }
@@ -191,10 +198,10 @@ func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.Re
 
 // checkoutLocked does a Checkout's work while holding the repository's
 // lock. changed reports whether the cache grew.
-func (c *Cache) checkoutLocked(ctx context.Context, r remote, rawURL string, auth transport.AuthMethod, scrubbed []string, key, sha string) (dir string, changed bool, err error) {
+func (c *Cache) checkoutLocked(ctx context.Context, r gitremote.Remote, rawURL string, auth transport.AuthMethod, scrubbed []string, key, sha string) (dir string, changed bool, err error) {
 	repoDir := filepath.Join(c.dir, reposDir, key)
 	treeDir := filepath.Join(repoDir, treesDir, sha)
-	log := c.log.With("repo", r.redacted, "commit", sha)
+	log := c.log.With("repo", r.Redacted, "commit", sha)
 	if _, err := os.Stat(treeDir); err == nil {
 		// Complete by construction: trees appear by rename.
 		touch(repoDir, treeDir)
@@ -209,7 +216,7 @@ func (c *Cache) checkoutLocked(ctx context.Context, r remote, rawURL string, aut
 	hash := plumbing.NewHash(sha)
 	if _, err := repo.CommitObject(hash); err != nil {
 		start := time.Now()
-		logErr := func(err error) string { return scrub(err.Error(), rawURL, r.redacted, scrubbed) }
+		logErr := func(err error) string { return gitremote.Scrub(err.Error(), rawURL, r.Redacted, scrubbed) }
 		shallow, err := fetch(ctx, repo, r, auth, hash, log, logErr)
 		c.forgetSize(key)
 		if err != nil {
@@ -238,14 +245,14 @@ func (c *Cache) checkoutLocked(ctx context.Context, r remote, rawURL string, aut
 
 // openRepo opens the bare repository under repoDir, making it if it does not
 // exist or is unreadable (a crash while it was being made).
-func (c *Cache) openRepo(repoDir string, r remote) (*git.Repository, error) {
+func (c *Cache) openRepo(repoDir string, r gitremote.Remote) (*git.Repository, error) {
 	p := filepath.Join(repoDir, gitDir)
 	repo, err := git.PlainOpen(p)
 	if err == nil {
 		return repo, nil
 	}
 	if !errors.Is(err, git.ErrRepositoryNotExists) {
-		c.log.Warn("source cache repository unreadable, making it anew", "repo", r.redacted, "err", err)
+		c.log.Warn("source cache repository unreadable, making it anew", "repo", r.Redacted, "err", err)
 	}
 	if err := os.RemoveAll(p); err != nil {
 		return nil, err
@@ -254,7 +261,7 @@ func (c *Cache) openRepo(repoDir string, r remote) (*git.Repository, error) {
 		return nil, err
 	}
 	// For people looking at the cache directory; nothing reads it.
-	if err := os.WriteFile(filepath.Join(repoDir, urlFile), []byte(r.redacted+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(repoDir, urlFile), []byte(r.Redacted+"\n"), 0o644); err != nil {
 		return nil, err
 	}
 	return git.PlainInit(p, true)
@@ -271,8 +278,8 @@ func (c *Cache) openRepo(repoDir string, r remote) (*git.Repository, error) {
 // key, no such repository) or a cancellation falls back to the full fetch:
 // a refusal then ends in ErrUnknownCommit if the commit is nowhere, and a
 // network failure fails the fallback as well, retryably.
-func fetch(ctx context.Context, repo *git.Repository, r remote, auth transport.AuthMethod, hash plumbing.Hash, log *slog.Logger, logErr func(error) string) (shallow bool, err error) {
-	rem := git.NewRemote(repo.Storer, &config.RemoteConfig{Name: "origin", URLs: []string{r.dial}})
+func fetch(ctx context.Context, repo *git.Repository, r gitremote.Remote, auth transport.AuthMethod, hash plumbing.Hash, log *slog.Logger, logErr func(error) string) (shallow bool, err error) {
+	rem := git.NewRemote(repo.Storer, &config.RemoteConfig{Name: "origin", URLs: []string{r.Dial}})
 	sha := hash.String()
 	err = rem.FetchContext(ctx, &git.FetchOptions{
 		RefSpecs: []config.RefSpec{config.RefSpec("+" + sha + ":refs/drover/commits/" + sha)},

@@ -553,29 +553,6 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-func TestRedactAndNormalizeURL(t *testing.T) {
-	tests := []struct {
-		in, redacted, normalized string
-	}{
-		{"https://user:tok@Git.Example.com:443/org/app.git/", "https://Git.Example.com:443/org/app.git/", "https://git.example.com/org/app"},
-		{"https://tok@host/org/app?x=secret#frag", "https://host/org/app", "https://host/org/app"},
-		{"http://host:8080/app", "http://host:8080/app", "http://host:8080/app"},
-		{"git@Host.com:org/app.git", "Host.com:org/app.git", "host.com:org/app"},
-		{"ssh://git@host:22/org/app.git", "ssh://host:22/org/app.git", "ssh://host/org/app"},
-		// A password with an unescaped "/": go-git would dial host "us",
-		// and the key follows it; nothing after the "@" is shown.
-		{"https://us/er:pa/ss@host/app", "https://host/app", "https://us/er:pa/ss@host/app"},
-	}
-	for _, tt := range tests {
-		if got := RedactURL(tt.in); got != tt.redacted {
-			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.redacted)
-		}
-		if got := normalizeURL(tt.in); got != tt.normalized {
-			t.Errorf("normalizeURL(%q) = %q, want %q", tt.in, got, tt.normalized)
-		}
-	}
-}
-
 func TestNewCacheValidates(t *testing.T) {
 	for _, tc := range []struct {
 		dir      string

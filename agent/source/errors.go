@@ -4,27 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
-	"github.com/go-git/go-git/v5/plumbing/transport"
-	"golang.org/x/crypto/ssh/knownhosts"
+	"github.com/drover-dev/drover/internal/gitremote"
 )
 
 // Causes that say retrying will not help until the assignment changes.
 // errors.Is finds them in an *Error.
 var (
 	// ErrInvalid: an input (repository URL, credentials, commit) is
-	// malformed; the message names the field.
-	ErrInvalid = errors.New("invalid input")
+	// malformed; the message names the field. It is gitremote's, so the
+	// URL and credential checks done there are classified too.
+	ErrInvalid = gitremote.ErrInvalid
 	// ErrAuth: the server rejected the credentials, or wants some and got
 	// none (HTTP 401/403).
-	ErrAuth = errors.New("authentication failed")
+	ErrAuth = gitremote.ErrAuth
 	// ErrHostKey: the SSH server's host key is not in the repository's
 	// known hosts, or does not match them.
-	ErrHostKey = errors.New("ssh host key not trusted")
+	ErrHostKey = gitremote.ErrHostKey
 	// ErrRepoNotFound: the repository does not exist (or the credentials
 	// may not see it; servers answer both with 404).
-	ErrRepoNotFound = errors.New("repository not found")
+	ErrRepoNotFound = gitremote.ErrRepoNotFound
 	// ErrUnknownCommit: the repository has no such commit.
 	ErrUnknownCommit = errors.New("unknown commit")
 )
@@ -34,7 +33,7 @@ var (
 type Error struct {
 	// Op is the step that failed: "checkout", "fetch" or "materialise".
 	Op string
-	// URL is the repository URL, redacted (RedactURL).
+	// URL is the repository URL, redacted (gitremote.RedactURL).
 	URL string
 	// Retryable is false when the same call cannot succeed until its input
 	// changes (bad credentials, unknown commit), true for failures that may
@@ -88,17 +87,15 @@ func (c *cause) Unwrap() []error {
 	return out
 }
 
-// newError classifies err for op on r. go-git keeps passwords out of its
-// own messages, but servers' response bodies are quoted verbatim in some and
-// net/http quotes user names, so the text is scrubbed here rather than
-// trusted.
-func newError(op string, r remote, rawURL string, err error, secrets []string) *Error {
+// newError classifies err for op on r, with its text scrubbed of rawURL
+// and secrets (gitremote.Scrub).
+func newError(op string, r gitremote.Remote, rawURL string, err error, secrets []string) *Error {
 	kind, retryable := classify(err)
 	return &Error{
 		Op:        op,
-		URL:       r.redacted,
+		URL:       r.Redacted,
 		Retryable: retryable,
-		Err:       &cause{kind: kind, err: err, clean: scrub(err.Error(), rawURL, r.redacted, secrets)},
+		Err:       &cause{kind: kind, err: err, clean: gitremote.Scrub(err.Error(), rawURL, r.Redacted, secrets)},
 	}
 }
 
@@ -106,38 +103,16 @@ func newError(op string, r remote, rawURL string, err error, secrets []string) *
 // does, and whether retrying may help. Cancellation is retryable: it says
 // nothing about the input.
 func classify(err error) (kind error, retryable bool) {
-	var keyErr *knownhosts.KeyError
-	var revoked *knownhosts.RevokedError
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return nil, true
 	case errors.Is(err, ErrInvalid), errors.Is(err, ErrUnknownCommit):
 		return nil, false
-	case errors.Is(err, transport.ErrAuthenticationRequired),
-		errors.Is(err, transport.ErrAuthorizationFailed),
-		errors.Is(err, transport.ErrInvalidAuthMethod):
-		return ErrAuth, false
-	case errors.As(err, &keyErr), errors.As(err, &revoked):
-		return ErrHostKey, false
-	case errors.Is(err, transport.ErrRepositoryNotFound):
-		return ErrRepoNotFound, false
+	}
+	if kind := gitremote.Classify(err); kind != nil {
+		return kind, false
 	}
 	return nil, true
-}
-
-func scrub(msg, rawURL, redacted string, secrets []string) string {
-	// go-git appends the server's response body ("%w: %s"), often empty or
-	// ending in a newline.
-	msg = strings.TrimSuffix(strings.TrimSpace(msg), ":")
-	if rawURL != "" && rawURL != redacted {
-		msg = strings.ReplaceAll(msg, rawURL, redacted)
-	}
-	for _, s := range secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
-		}
-	}
-	return msg
 }
 
 func invalidf(format string, args ...any) error {

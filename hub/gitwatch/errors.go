@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/go-git/go-git/v5/plumbing/transport"
-	"golang.org/x/crypto/ssh/knownhosts"
+	"github.com/drover-dev/drover/internal/gitremote"
 )
 
 // Errors that say retrying will not help until someone changes something.
@@ -16,16 +15,17 @@ var (
 	// ErrAuth: the server rejected the credentials, or wants some and got
 	// none (HTTP 401/403). An SSH server's refusal is not classified: the
 	// SSH library reports it as plain text, so it stays retryable.
-	ErrAuth = errors.New("authentication failed")
+	ErrAuth = gitremote.ErrAuth
 	// ErrHostKey: the SSH server's host key is not in the repository's
 	// known hosts, or does not match them.
-	ErrHostKey = errors.New("ssh host key not trusted")
+	ErrHostKey = gitremote.ErrHostKey
 	// ErrNotFound: the repository does not exist (or the credentials may
 	// not see it; servers answer both with 404).
-	ErrNotFound = errors.New("repository not found")
+	ErrNotFound = gitremote.ErrRepoNotFound
 	// ErrInvalid: an input (repository URL, credentials, ref, path) is
-	// malformed; the message names the field.
-	ErrInvalid = errors.New("invalid input")
+	// malformed; the message names the field. It is gitremote's, so the
+	// URL and credential checks done there are classified too.
+	ErrInvalid = gitremote.ErrInvalid
 	// ErrRefNotFound: the remote has no such branch or tag.
 	ErrRefNotFound = errors.New("ref not found")
 	// ErrAmbiguousRef: a short name is both a branch and a tag.
@@ -100,10 +100,7 @@ func invalidf(format string, args ...any) error {
 }
 
 // remoteError is an error from go-git about one repository: classified, and
-// with every credential scrubbed from its text. go-git keeps passwords out
-// of its messages, but a server's response body is quoted verbatim in some
-// of them, and url.Parse errors quote the raw URL, so the text is scrubbed
-// here once rather than trusted.
+// with every credential scrubbed from its text (gitremote.Scrub).
 type remoteError struct {
 	op    string
 	repo  string
@@ -127,37 +124,10 @@ func (e *remoteError) Unwrap() []error {
 
 // wrapRemote classifies err and scrubs secrets (the raw URL, passwords,
 // keys) from its text. Cancellation passes through classified as nothing.
-func wrapRemote(op string, r remote, rawURL string, err error, secrets ...string) error {
+func wrapRemote(op string, r gitremote.Remote, rawURL string, err error, secrets []string) error {
 	if err == nil {
 		return nil
 	}
-	var kind error
-	var keyErr *knownhosts.KeyError
-	var revoked *knownhosts.RevokedError
-	switch {
-	case errors.Is(err, transport.ErrAuthenticationRequired),
-		errors.Is(err, transport.ErrAuthorizationFailed),
-		errors.Is(err, transport.ErrInvalidAuthMethod):
-		kind = ErrAuth
-	case errors.As(err, &keyErr), errors.As(err, &revoked):
-		kind = ErrHostKey
-	case errors.Is(err, transport.ErrRepositoryNotFound):
-		kind = ErrNotFound
-	}
-	// go-git appends the server's (often empty) reason: "repository not
-	// found: ".
-	clean := strings.TrimRight(scrub(err.Error(), rawURL, r.redacted, secrets), ": \n")
-	return &remoteError{op: op, repo: r.redacted, kind: kind, err: err, clean: clean}
-}
-
-func scrub(msg, rawURL, redacted string, secrets []string) string {
-	if rawURL != "" && rawURL != redacted {
-		msg = strings.ReplaceAll(msg, rawURL, redacted)
-	}
-	for _, s := range secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
-		}
-	}
-	return msg
+	clean := gitremote.Scrub(err.Error(), rawURL, r.Redacted, secrets)
+	return &remoteError{op: op, repo: r.Redacted, kind: gitremote.Classify(err), err: err, clean: clean}
 }

@@ -20,6 +20,8 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	"github.com/go-git/go-git/v5/storage/memory"
+
+	"github.com/drover-dev/drover/internal/gitremote"
 )
 
 const (
@@ -129,7 +131,7 @@ func cleanPath(p string) (string, error) {
 
 // fetchCommits makes sure both commits are in repo, fetching the missing
 // ones in one shallow fetch.
-func (r *Resolver) fetchCommits(ctx context.Context, repo *git.Repository, rem remote, rawURL string, am transport.AuthMethod, auth Credentials, commits ...plumbing.Hash) error {
+func (r *Resolver) fetchCommits(ctx context.Context, repo *git.Repository, rem gitremote.Remote, rawURL string, am transport.AuthMethod, auth Credentials, commits ...plumbing.Hash) error {
 	var specs []config.RefSpec
 	for _, h := range commits {
 		if !hasCommit(repo, h) {
@@ -139,11 +141,11 @@ func (r *Resolver) fetchCommits(ctx context.Context, repo *git.Repository, rem r
 	if len(specs) == 0 {
 		return nil
 	}
-	origin := git.NewRemote(repo.Storer, &config.RemoteConfig{Name: "origin", URLs: []string{rem.dial}})
+	origin := git.NewRemote(repo.Storer, &config.RemoteConfig{Name: "origin", URLs: []string{rem.Dial}})
 	err := origin.FetchContext(ctx, &git.FetchOptions{RefSpecs: specs, Depth: 1, Auth: am, Tags: git.NoTags})
 	if errors.Is(err, git.ErrExactSHA1NotSupported) {
 		r.log.InfoContext(ctx, "git server refuses fetch by commit SHA; fetching its branches instead",
-			"repo", rem.redacted, "depth", fallbackDepth)
+			"repo", rem.Redacted, "depth", fallbackDepth)
 		err = origin.FetchContext(ctx, &git.FetchOptions{
 			RefSpecs: []config.RefSpec{config.RefSpec("+refs/heads/*:" + cacheRefPrefix + "heads/*")},
 			Depth:    fallbackDepth,
@@ -153,7 +155,7 @@ func (r *Resolver) fetchCommits(ctx context.Context, repo *git.Repository, rem r
 		})
 	}
 	if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-		return wrapRemote("compare", rem, rawURL, err, auth.secrets(rem)...)
+		return wrapRemote("compare", rem, rawURL, err, rem.Secrets(auth))
 	}
 	for _, h := range commits {
 		if !hasCommit(repo, h) {

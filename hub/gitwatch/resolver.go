@@ -11,19 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
-	"os"
 	"strings"
 
 	git "github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/config"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/transport"
-	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
-	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
 	"github.com/go-git/go-git/v5/storage/memory"
-	"golang.org/x/crypto/ssh"
+
+	"github.com/drover-dev/drover/internal/gitremote"
 )
 
 // Credentials for one repository, as stored by the hub. Username and
@@ -31,24 +27,18 @@ import (
 // a PEM key for ssh:// and scp-style URLs, with Password as its passphrase
 // if it has one; SSHKnownHosts (known_hosts lines) is then required: the hub
 // never trusts an SSH server it has not been told about.
-type Credentials struct {
-	Username      string
-	Password      string
-	SSHPrivateKey string
-	SSHKnownHosts string
-}
+type Credentials = gitremote.Credentials
 
-// secrets are the strings scrubbed from error text, in the forms a URL may
-// hold them: the credentials' and those the URL carried.
-func (c Credentials) secrets(rem remote) []string {
-	var s []string
-	for _, v := range []string{c.Password, c.SSHPrivateKey, rem.secret()} {
-		if v != "" {
-			s = append(s, v, url.PathEscape(v), url.QueryEscape(v))
-		}
-	}
-	return s
-}
+// RedactURL returns u without anything that may be a credential
+// (gitremote.RedactURL). Every error and log line of this package names
+// repositories through it.
+func RedactURL(u string) string { return gitremote.RedactURL(u) }
+
+// NormalizeURL returns the key under which the Watcher deduplicates and the
+// Resolver caches a repository (gitremote.NormalizeURL): one key for every
+// spelling of one repository. It may hold a credential of a malformed URL,
+// so it is compared, never shown.
+func NormalizeURL(u string) string { return gitremote.NormalizeURL(u) }
 
 // Resolver resolves refs and compares commits of remote repositories. It is
 // safe for concurrent use.
@@ -99,7 +89,7 @@ func (r *Resolver) Resolve(ctx context.Context, repoURL string, auth Credentials
 		}
 		switch sha, err := checkRef(ref); {
 		case err != nil:
-			refErrs = append(refErrs, &RefError{Repo: rem.redacted, Ref: ref, Err: err})
+			refErrs = append(refErrs, &RefError{Repo: rem.Redacted, Ref: ref, Err: err})
 		case sha != "":
 			out[ref] = sha
 		default:
@@ -114,7 +104,7 @@ func (r *Resolver) Resolve(ctx context.Context, repoURL string, auth Credentials
 		for _, ref := range lookup {
 			sha, err := advertised.resolve(ref)
 			if err != nil {
-				refErrs = append(refErrs, &RefError{Repo: rem.redacted, Ref: ref, Err: err})
+				refErrs = append(refErrs, &RefError{Repo: rem.Redacted, Ref: ref, Err: err})
 				continue
 			}
 			out[ref] = sha
@@ -136,15 +126,15 @@ func contains(list []string, s string) bool {
 }
 
 // list runs the one ls-remote of a Resolve call.
-func (r *Resolver) list(ctx context.Context, rem remote, rawURL string, am transport.AuthMethod, auth Credentials) (refTable, error) {
-	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{rem.dial}})
+func (r *Resolver) list(ctx context.Context, rem gitremote.Remote, rawURL string, am transport.AuthMethod, auth Credentials) (refTable, error) {
+	remote := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{rem.Dial}})
 	listed, err := remote.ListContext(ctx, &git.ListOptions{Auth: am, PeelingOption: git.AppendPeeled})
 	switch {
 	case errors.Is(err, transport.ErrEmptyRemoteRepository):
 		// No commits yet: every ref is simply not found.
 		return refTable{}, nil
 	case err != nil:
-		return nil, wrapRemote("resolve", rem, rawURL, err, auth.secrets(rem)...)
+		return nil, wrapRemote("resolve", rem, rawURL, err, rem.Secrets(auth))
 	}
 	t := make(refTable, len(listed))
 	for _, ref := range listed {
@@ -246,79 +236,14 @@ func (t refTable) head() (string, error) {
 
 // prepare validates repoURL and auth and turns them into a go-git auth
 // method. Errors name the field at fault.
-func prepare(repoURL string, auth Credentials) (remote, transport.AuthMethod, error) {
-	rem, err := parseRemote(repoURL)
+func prepare(repoURL string, auth Credentials) (gitremote.Remote, transport.AuthMethod, error) {
+	rem, err := gitremote.Parse(repoURL)
 	if err != nil {
-		return remote{}, nil, err
+		return gitremote.Remote{}, nil, err
 	}
-	if !rem.ssh {
-		if auth.SSHPrivateKey != "" || auth.SSHKnownHosts != "" {
-			return remote{}, nil, invalidf("credentials: an SSH key is stored for a repository whose URL is not ssh:// or user@host:path")
-		}
-		user, pass := auth.Username, auth.Password
-		if user == "" && pass == "" {
-			user, pass = rem.user, rem.password
-		}
-		if rem.anonymous || user == "" && pass == "" {
-			return rem, nil, nil
-		}
-		if user == "" {
-			// Token-only credentials: the servers that take tokens as the
-			// password (GitHub, GitLab, Gitea) accept any non-empty user.
-			user = "git"
-		}
-		return rem, &githttp.BasicAuth{Username: user, Password: pass}, nil
-	}
-	if auth.SSHPrivateKey == "" {
-		return remote{}, nil, invalidf("credentials.sshPrivateKey: required for the SSH URL %q", rem.redacted)
-	}
-	if strings.TrimSpace(auth.SSHKnownHosts) == "" {
-		return remote{}, nil, invalidf("credentials.sshKnownHosts: required for the SSH URL %q; add the server's host keys (ssh-keyscan %s)", rem.redacted, rem.host)
-	}
-	user := rem.user
-	if user == "" {
-		user = auth.Username
-	}
-	if user == "" {
-		user = "git"
-	}
-	keys, err := gitssh.NewPublicKeys(user, []byte(auth.SSHPrivateKey), auth.Password)
+	am, err := rem.Auth(auth)
 	if err != nil {
-		// The parse error names neither the key nor the passphrase.
-		return remote{}, nil, invalidf("credentials.sshPrivateKey: %v", err)
+		return gitremote.Remote{}, nil, err
 	}
-	db, err := knownHostsDB(auth.SSHKnownHosts)
-	if err != nil {
-		return remote{}, nil, invalidf("credentials.sshKnownHosts: %v", err)
-	}
-	keys.HostKeyCallback = db.HostKeyCallback()
-	// Offer only the key types known_hosts lists for this host, or the
-	// server may present another type and fail a check it would pass.
-	keys.HostKeyAlgorithms = db.HostKeyAlgorithms(net.JoinHostPort(rem.host, rem.port))
-	return rem, keys, nil
-}
-
-// hostKeyDB is the part of go-git's known_hosts database prepare uses.
-type hostKeyDB interface {
-	HostKeyCallback() ssh.HostKeyCallback
-	HostKeyAlgorithms(hostWithPort string) []string
-}
-
-// knownHostsDB parses known_hosts lines. The parsers take only files, so the
-// lines go through a temporary one; host keys are public, nothing secret is
-// written to disk.
-func knownHostsDB(lines string) (hostKeyDB, error) {
-	f, err := os.CreateTemp("", "drover-known-hosts-*")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.WriteString(lines + "\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, err
-	}
-	return gitssh.NewKnownHostsDb(f.Name())
+	return rem, am, nil
 }

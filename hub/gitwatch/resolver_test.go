@@ -2,19 +2,16 @@ package gitwatch
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 
-	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
-	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/knownhosts"
+	"github.com/go-git/go-git/v5/plumbing/transport"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/gitremote"
 )
 
 func TestResolve(t *testing.T) {
@@ -192,90 +189,21 @@ func TestResolveRemoteErrors(t *testing.T) {
 // errAny in a test table: any error will do.
 var errAny = errors.New("any error")
 
-func TestPrepareSSH(t *testing.T) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM := string(pem.EncodeToMemory(block))
-	hostPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	knownHosts := knownhosts.Line([]string{"git.example.com"}, hostPub)
-	const url = "git@git.example.com:org/app.git"
-
-	tests := []struct {
-		name    string
-		url     string
-		creds   Credentials
-		wantErr string
-	}{
-		{name: "valid", url: url, creds: Credentials{SSHPrivateKey: keyPEM, SSHKnownHosts: knownHosts}},
-		{name: "ssh URL with port", url: "ssh://git@git.example.com:2222/org/app.git", creds: Credentials{SSHPrivateKey: keyPEM, SSHKnownHosts: knownHosts}},
-		{name: "no key", url: url, creds: Credentials{SSHKnownHosts: knownHosts}, wantErr: "credentials.sshPrivateKey: required"},
-		{name: "no known hosts", url: url, creds: Credentials{SSHPrivateKey: keyPEM}, wantErr: "credentials.sshKnownHosts: required"},
-		{name: "bad key", url: url, creds: Credentials{SSHPrivateKey: "-----BEGIN SECRET-----\nnot-a-key\n", SSHKnownHosts: knownHosts}, wantErr: "credentials.sshPrivateKey:"},
-		{name: "bad known hosts", url: url, creds: Credentials{SSHPrivateKey: keyPEM, SSHKnownHosts: "git.example.com ssh-ed25519 !!!"}, wantErr: "credentials.sshKnownHosts:"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, am, err := prepare(tt.url, tt.creds)
-			if tt.wantErr != "" {
-				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("prepare error = %v, want ErrInvalid with %q", err, tt.wantErr)
-				}
-				if strings.Contains(err.Error(), "not-a-key") || strings.Contains(err.Error(), "PRIVATE KEY") {
-					t.Fatalf("error %q holds the key", err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			keys, ok := am.(*gitssh.PublicKeys)
-			if !ok || keys.User != "git" {
-				t.Fatalf("auth = %#v, want *ssh.PublicKeys for user git", am)
-			}
-			cfg, err := keys.ClientConfig()
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The known host's key passes; any other key is refused and
-			// classified as a host key error, never accepted.
-			addr := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 22}
-			if err := cfg.HostKeyCallback("git.example.com:22", addr, hostPub); err != nil {
-				t.Fatalf("known host key refused: %v", err)
-			}
-			otherPub, _, _ := ed25519.GenerateKey(rand.Reader)
-			other, _ := ssh.NewPublicKey(otherPub)
-			hkErr := cfg.HostKeyCallback("git.example.com:22", addr, other)
-			if hkErr == nil {
-				t.Fatal("an unknown host key was accepted")
-			}
-			rem, _ := parseRemote(tt.url)
-			if err := wrapRemote("resolve", rem, tt.url, hkErr); !errors.Is(err, ErrHostKey) || Retryable(err) {
-				t.Fatalf("host key mismatch classified as %v, want ErrHostKey", err)
-			}
-		})
-	}
-}
-
+// TestWrapRemoteScrubs checks that a remote error keeps its classification
+// and loses its secrets (gitremote's tests cover the scrubbing itself).
 func TestWrapRemoteScrubs(t *testing.T) {
-	// A server may quote anything in its answer; a secret in it must not
-	// reach the error text.
 	const secret = "tok-123456"
 	raw := "https://user:" + secret + "@host/app.git"
-	rem, err := parseRemote(raw)
+	rem, err := gitremote.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = wrapRemote("resolve", rem, raw, errors.New("server said: "+raw+" and "+secret), Credentials{}.secrets(rem)...)
-	if strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "https://host/app.git") {
+	cause := fmt.Errorf("server said: %s and %s: %w", raw, secret, transport.ErrAuthenticationRequired)
+	err = wrapRemote("resolve", rem, raw, cause, rem.Secrets(Credentials{}))
+	if strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "resolve https://host/app.git: ") {
 		t.Fatalf("error text %q", err)
+	}
+	if !errors.Is(err, ErrAuth) || !errors.Is(err, transport.ErrAuthenticationRequired) || Retryable(err) {
+		t.Fatalf("error %v: want ErrAuth wrapping the cause, not retryable", err)
 	}
 }
