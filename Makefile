@@ -80,11 +80,13 @@ bench: deps testbed
 	DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
 		go test -run '^$$' -bench '$(BENCH)' -benchmem -timeout 60m ./...
 
-## demo: run Drover locally with its embedded defaults
-demo: build
-	@echo "make demo: not ready yet. The hub and agent are still being built;"
-	@echo "until they are, 'make build' builds the binaries and 'make test' runs the tests."
-	@exit 1
+## demo: run Drover locally (hub, three clusters, Git, agents) until Ctrl-C
+# The demo is e2e/demo's TestDemo, whose binary runs directly: `go test PKG`
+# without -v keeps a passing test's output to itself, banner included.
+demo: build testbed deps
+	@go test -c -o '$(CURDIR)/.cache/demo.test' ./e2e/demo
+	@DROVER_DEMO=1 DROVER_BIN_DIR='$(BIN)' DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
+		'$(CURDIR)/.cache/demo.test' -test.run '^TestDemo$$' -test.timeout 0
 
 clean:
 	rm -rf $(BIN) .cache
