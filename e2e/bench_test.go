@@ -1,0 +1,567 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/drover-dev/drover/agent/apply"
+	"github.com/drover-dev/drover/agent/render"
+	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/hub/server"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// The benchmarks of this file start real clusters, a hub and a built
+// agent: they run only with -bench, never in make test.
+
+// kubectlBinary is where the machines that run these benchmarks have
+// kubectl; PATH is searched when it is not there.
+const kubectlBinary = "/usr/bin/kubectl"
+
+func kubectlPath(tb testing.TB) string {
+	tb.Helper()
+	if _, err := os.Stat(kubectlBinary); err == nil {
+		return kubectlBinary
+	}
+	p, err := exec.LookPath("kubectl")
+	if err != nil {
+		tb.Fatalf("kubectl is needed to compare Drover's apply with kubectl apply --server-side: it is neither at %s nor on PATH (%v); install kubectl 1.32 or later", kubectlBinary, err)
+	}
+	return p
+}
+
+// writeApp200 writes the 200 objects of BenchmarkAgentVsKubectl, all in
+// namespace ns, to dir, one object per file: a Namespace, 60 Deployments
+// of one replica, 60 Services and 79 ConfigMaps. The Namespace's file
+// sorts first, since kubectl applies files in name order and does not put
+// Namespaces first as Drover does.
+func writeApp200(tb testing.TB, dir, ns string) {
+	tb.Helper()
+	files := map[string]string{
+		"00-namespace.yaml": fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n", ns),
+	}
+	for i := range 60 {
+		name := fmt.Sprintf("app-%02d", i)
+		files["10-deployment-"+name+".yaml"] = fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: %[1]s
+  namespace: %[2]s
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: %[1]s}
+  template:
+    metadata:
+      labels: {app: %[1]s}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.27.0
+        ports:
+        - containerPort: 80
+`, name, ns)
+		files["20-service-"+name+".yaml"] = fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata:
+  name: %[1]s
+  namespace: %[2]s
+spec:
+  selector: {app: %[1]s}
+  ports:
+  - port: 80
+    targetPort: 80
+`, name, ns)
+	}
+	for i := range 79 {
+		name := fmt.Sprintf("config-%02d", i)
+		files["30-configmap-"+name+".yaml"] = fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: %s
+  namespace: %s
+data:
+  value: "value %d"
+`, name, ns, i)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// waitGone waits until the namespaces are deleted, so that the cluster's
+// garbage collection does not run into the next measurement.
+func waitGone(tb testing.TB, kube kubernetes.Interface, namespaces ...string) {
+	tb.Helper()
+	waitFor(tb, "namespaces "+strings.Join(namespaces, ", ")+" deleted", 3*time.Minute, func() (bool, string) {
+		for _, ns := range namespaces {
+			_, err := kube.CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{})
+			if !apierrors.IsNotFound(err) {
+				return false, fmt.Sprintf("namespace %s: get: %v", ns, err)
+			}
+		}
+		return true, ""
+	})
+}
+
+// BenchmarkAgentVsKubectl compares the agent's reconcile path (render a
+// directory, then apply it with prune, which keeps the inventory) with
+// kubectl apply --server-side of the same 200 objects, each into a fresh
+// namespace of one cluster. It reports Drover's first apply, Drover's
+// no-op resync of the same directory, kubectl's apply, and the ratios
+// drover/kubectl (target ≤ 0.3) and no-op/first (target ≤ 0.1), with the
+// API requests of each of Drover's operations, which its time follows.
+//
+// Both sides start warm, as they would be in use: the Applier has
+// discovered the API and created its inventory namespace, and kubectl's
+// discovery cache (its own, in a temporary directory) is filled. kubectl's
+// time includes starting the process, as a user or a CI job pays it.
+func BenchmarkAgentVsKubectl(b *testing.B) {
+	kubectl := kubectlPath(b)
+	c := testbed.ClustersWithOptions(b, testbed.Options{N: 1, NodePods: 500})[0]
+	kube := c.Client(b)
+	ctx := b.Context()
+	dir := b.TempDir()
+	cacheDir := filepath.Join(dir, "kubectl-cache")
+
+	var requests atomic.Int64
+	cfg := rest.CopyConfig(c.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, n: &requests} })
+	applier, err := apply.New(cfg, testbed.Logger(b), apply.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := render.Options{IsNamespaced: applier.IsNamespaced}
+	policy := apply.Policy{Prune: true, SelfHeal: true}
+	syncDir := func(app, root string) (*apply.Result, error) {
+		objs, err := r.Render(ctx, root, &droverv1.AppAssignment{Name: app, Commit: "c1"})
+		if err != nil {
+			return nil, err
+		}
+		return applier.Sync(ctx, app, "c1", objs, policy)
+	}
+	runKubectl := func(args ...string) {
+		b.Helper()
+		args = append([]string{"--kubeconfig", c.Kubeconfig, "--cache-dir", cacheDir}, args...)
+		if out, err := exec.CommandContext(ctx, kubectl, args...).CombinedOutput(); err != nil {
+			b.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+
+	// Warm up both sides with the same kinds in a namespace of their own.
+	warm := filepath.Join(dir, "warm-up")
+	writeApp200(b, warm, "warm-up")
+	if _, err := syncDir("warm-up", warm); err != nil {
+		b.Fatalf("warm-up sync: %v", err)
+	}
+	if err := applier.Delete(ctx, "warm-up"); err != nil {
+		b.Fatal(err)
+	}
+	waitGone(b, kube, "warm-up")
+	runKubectl("api-resources")
+
+	var first, noop, kc time.Duration
+	var firstRequests, noopRequests int64
+	var i int
+	for b.Loop() {
+		i++
+		app := fmt.Sprintf("drover-%d", i)
+		kns := fmt.Sprintf("kubectl-%d", i)
+		appDir, kDir := filepath.Join(dir, app), filepath.Join(dir, kns)
+		writeApp200(b, appDir, app)
+		writeApp200(b, kDir, kns)
+
+		requests.Store(0)
+		start := time.Now()
+		res, err := syncDir(app, appDir)
+		first += time.Since(start)
+		firstRequests += requests.Load()
+		if err != nil || res.Applied != 200 {
+			b.Fatalf("first apply: %v, %+v", err, res)
+		}
+
+		requests.Store(0)
+		start = time.Now()
+		res, err = syncDir(app, appDir)
+		noop += time.Since(start)
+		noopRequests += requests.Load()
+		if err != nil || res.Skipped != 200 || res.Sync != droverv1.SyncState_SYNC_STATE_SYNCED {
+			b.Fatalf("no-op resync: %v, %+v", err, res)
+		}
+
+		start = time.Now()
+		runKubectl("apply", "--server-side", "-f", kDir)
+		kc += time.Since(start)
+		deps, err := kube.AppsV1().Deployments(kns).List(ctx, metav1.ListOptions{})
+		if err != nil || len(deps.Items) != 60 {
+			b.Fatalf("after kubectl apply: %v Deployments in %s, err %v; want 60", len(deps.Items), kns, err)
+		}
+
+		b.StopTimer()
+		if err := applier.Delete(ctx, app); err != nil {
+			b.Fatal(err)
+		}
+		if err := kube.CoreV1().Namespaces().Delete(ctx, kns, metav1.DeleteOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		waitGone(b, kube, app, kns)
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(ms(first)/n, "drover-first-ms")
+	b.ReportMetric(ms(noop)/n, "drover-noop-ms")
+	b.ReportMetric(ms(kc)/n, "kubectl-ms")
+	b.ReportMetric(float64(firstRequests)/n, "drover-first-requests")
+	b.ReportMetric(float64(noopRequests)/n, "drover-noop-requests")
+	b.ReportMetric(float64(first)/float64(kc), "ratio-first")
+	b.ReportMetric(float64(noop)/float64(first), "ratio-noop")
+}
+
+func ms(d time.Duration) float64 { return d.Seconds() * 1000 }
+
+// countingTransport counts the requests sent to the API server.
+type countingTransport struct {
+	next http.RoundTripper
+	n    *atomic.Int64
+}
+
+func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.next.RoundTrip(r)
+}
+
+// BenchmarkAgentIdleMemory measures the resident memory of a real
+// drover-agent process, with its default configuration, that manages 10
+// small applications on one cluster and has nothing left to do: built
+// from this tree, registered with an in-process hub, every application
+// Synced and Healthy, then idle for 10 s before each reading of
+// /proc/PID/status. It reports the largest VmRSS read and the peak
+// (VmHWM), in MiB (target ≤ 60).
+func BenchmarkAgentIdleMemory(b *testing.B) {
+	const apps = 10
+	dir := b.TempDir()
+	agentBin := buildAgent(b, dir)
+
+	git := testbed.GitServer(b)
+	repo := git.CreateRepo(b, "idle")
+	files := map[string]string{}
+	for i := range apps {
+		ns := fmt.Sprintf("idle-%02d", i)
+		files[fmt.Sprintf("apps/%s/app.yaml", ns)] = fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %[1]s
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: %[1]s
+data:
+  greeting: hello from %[1]s
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: %[1]s
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27.0
+        envFrom:
+        - configMapRef: {name: settings}
+`, ns)
+	}
+	commit := repo.Commit(b, "ten small applications", files)
+
+	c := testbed.ClustersWithOptions(b, testbed.Options{N: 1})[0]
+	hub, api := startBenchHub(b, dir)
+	caFile := filepath.Join(dir, "hub-ca.crt")
+	if err := os.WriteFile(caFile, hub.CACertPEM(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	labels := map[string]string{"bench": "idle"}
+	var tok droverv1.CreateJoinTokenResponse
+	api.do("POST", "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Labels: labels}, &tok)
+	names := make([]string, apps)
+	for i := range apps {
+		names[i] = fmt.Sprintf("idle-%02d", i)
+		api.do("POST", "/api/v1/applications", &droverv1.Application{Name: names[i], Spec: &droverv1.ApplicationSpec{
+			Source:     &droverv1.Source{RepoUrl: repo.URL, Ref: "main", Path: "apps/" + names[i]},
+			Placement:  &droverv1.Placement{Selector: &droverv1.LabelSelector{MatchLabels: labels}},
+			SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true, SelfHeal: true},
+		}}, nil)
+	}
+
+	agent := startAgentProcess(b, agentBin, filepath.Join(dir, "agent.log"),
+		"--hub", hub.AgentAddr(),
+		"--hub-ca", caFile,
+		"--join-token", tok.GetToken(),
+		"--cluster-name", c.Name,
+		"--state-dir", filepath.Join(dir, "agent-state"),
+		"--kubeconfig", c.Kubeconfig,
+	)
+	waitFor(b, fmt.Sprintf("%d applications Synced and Healthy at %.7s on %s", apps, commit, c.Name), 3*time.Minute, func() (bool, string) {
+		for _, app := range names {
+			var resp droverv1.GetApplicationResponse
+			api.do("GET", "/api/v1/applications/"+app, nil, &resp)
+			var s *droverv1.ApplicationStatus
+			for _, st := range resp.GetStatuses() {
+				if st.GetCluster() == c.Name {
+					s = st
+				}
+			}
+			if s.GetCommit() != commit || s.GetSync() != droverv1.SyncState_SYNC_STATE_SYNCED || s.GetHealth() != droverv1.Health_HEALTH_HEALTHY {
+				return false, fmt.Sprintf("%s: hub says %v", app, s)
+			}
+		}
+		return true, ""
+	})
+
+	// The largest reading, and what it is made of: anonymous memory (the
+	// Go heap, stacks and runtime) and file pages (mostly the binary).
+	var peak map[string]int64
+	for b.Loop() {
+		time.Sleep(10 * time.Second)
+		st, err := readProcStatus(agent.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if peak == nil || st["VmRSS"] > peak["VmRSS"] {
+			peak = st
+		}
+	}
+	mib := func(name string) float64 { return float64(peak[name]) / (1 << 20) }
+	b.ReportMetric(mib("VmRSS"), "rss-MiB")
+	b.ReportMetric(mib("VmHWM"), "hwm-MiB")
+	b.ReportMetric(mib("RssAnon"), "rss-anon-MiB")
+	b.ReportMetric(mib("RssFile"), "rss-file-MiB")
+	if strings.Contains(os.Getenv("GODEBUG"), "gctrace") {
+		// The agent inherits GODEBUG: show its last collections, to see
+		// how much of its memory is live heap.
+		b.Logf("drover-agent's log ends with:\n%s", tail(filepath.Join(dir, "agent.log"), 2<<10))
+	}
+}
+
+// buildAgent builds drover-agent from this tree into dir.
+func buildAgent(tb testing.TB, dir string) string {
+	tb.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		tb.Fatalf("the go command is needed to build drover-agent: %v", err)
+	}
+	bin := filepath.Join(dir, "drover-agent")
+	cmd := exec.CommandContext(tb.Context(), goBin, "build", "-o", bin, "github.com/drover-dev/drover/agent/cmd/drover-agent")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("go build drover-agent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startAgentProcess starts the agent binary with args, its output in
+// logFile, and stops it (SIGTERM, then SIGKILL to its process group) when
+// the benchmark ends. It dies with the test binary.
+func startAgentProcess(tb testing.TB, bin, logFile string, args ...string) *exec.Cmd {
+	tb.Helper()
+	logOut, err := os.Create(logFile)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logOut, logOut
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logOut.Close()
+		tb.Fatalf("start drover-agent: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	tb.Cleanup(func() {
+		defer logOut.Close()
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				tb.Logf("drover-agent exited: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			tb.Logf("drover-agent did not stop within 15s of SIGTERM: killing it")
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		if tb.Failed() {
+			tb.Logf("drover-agent's log:\n%s", tail(logFile, 8<<10))
+		}
+	})
+	return cmd
+}
+
+// tail returns the last n bytes of a file, or why it cannot.
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	if info, err := f.Stat(); err == nil && info.Size() > n {
+		if _, err := f.Seek(-n, io.SeekEnd); err != nil {
+			return err.Error()
+		}
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
+// readProcStatus returns the memory figures of /proc/PID/status, in
+// bytes, by name ("VmRSS", "VmHWM", "RssAnon", "RssFile").
+func readProcStatus(pid int) (map[string]int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, fmt.Errorf("read the agent's status: %w", err)
+	}
+	out := map[string]int64{}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	for sc.Scan() {
+		// "VmRSS:	   41236 kB"
+		name, value, ok := strings.Cut(sc.Text(), ":")
+		fields := strings.Fields(value)
+		if !ok || len(fields) != 2 || fields[1] != "kB" {
+			continue
+		}
+		kb, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("/proc/%d/status: %s: %w", pid, name, err)
+		}
+		out[name] = kb << 10
+	}
+	for _, name := range []string{"VmRSS", "VmHWM", "RssAnon", "RssFile"} {
+		if _, ok := out[name]; !ok {
+			return nil, fmt.Errorf("/proc/%d/status has no %s", pid, name)
+		}
+	}
+	return out, nil
+}
+
+// startBenchHub starts a hub in-process, as newFleet does, on ports of
+// its own choosing, and returns it with an admin API client.
+func startBenchHub(tb testing.TB, dir string) (*server.Hub, *benchAPI) {
+	tb.Helper()
+	cfg := server.DefaultConfig()
+	cfg.DataDir = filepath.Join(dir, "hub")
+	cfg.DatabaseURL = testbed.Postgres(tb)
+	cfg.AgentAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.Hostnames = []string{"127.0.0.1"}
+	cfg.PollInterval = 5 * time.Second
+	h, err := server.Start(context.Background(), cfg, testbed.Logger(tb).With("component", "hub"), io.Discard)
+	if err != nil {
+		tb.Fatalf("start hub: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			tb.Logf("hub close: %v", err)
+		}
+	})
+	tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin-token"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h, &benchAPI{tb: tb, base: "http://" + h.HTTPAddr(), token: strings.TrimSpace(string(tok))}
+}
+
+// benchAPI is apiClient for benchmarks: it calls the hub's JSON admin API.
+type benchAPI struct {
+	tb    testing.TB
+	base  string
+	token string
+}
+
+func (c *benchAPI) do(method, path string, body, out proto.Message) {
+	c.tb.Helper()
+	var rd io.Reader
+	if body != nil {
+		raw, err := protojson.Marshal(body)
+		if err != nil {
+			c.tb.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(c.tb.Context(), method, c.base+path, rd)
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.tb.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.tb.Fatalf("%s %s: read: %v", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		c.tb.Fatalf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, raw)
+	}
+	if out != nil {
+		if err := protojson.Unmarshal(raw, out); err != nil {
+			c.tb.Fatalf("%s %s: decode: %v", method, path, err)
+		}
+	}
+}
+
+// waitFor is eventually for benchmarks: it polls cond until it holds,
+// failing with cond's last words.
+func waitFor(tb testing.TB, what string, within time.Duration, cond func() (bool, string)) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %v waiting for %s; last: %s", within, what, last)
+		}
+		if tb.Context().Err() != nil {
+			tb.Fatalf("cancelled while waiting for %s; last: %s", what, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
