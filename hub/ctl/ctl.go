@@ -114,6 +114,13 @@ var commands = []*command{
 	{"delete app", "NAME", "delete an application", runDeleteApp},
 	{"app refresh", "NAME", "resolve an application's ref now", runAppRefresh},
 
+	{"rollout status", "APP [-o wide|json|yaml]", "show where the rollout of an application's release stands, wave by wave", runRolloutStatus},
+	{"rollout pause", "APP", "hold every cluster of a rollout where it is", runRolloutControl("pause")},
+	{"rollout resume", "APP", "continue a paused rollout, or retry the failed clusters of a failed one", runRolloutControl("resume")},
+	{"rollout promote", "APP", "approve the wave waiting for approval", runRolloutControl("promote")},
+	{"rollout abort", "APP", "end a rollout; every cluster keeps what it runs until the next release", runRolloutControl("abort")},
+	{"rollout rollback", "APP", "move every cluster back to the last release that completed before this one", runRolloutControl("rollback")},
+
 	{"get events", "[--cluster NAME] [--app NAME] [--kind PREFIX] [--limit N] [-o json|yaml]", "list the event history, newest first", runGetEvents},
 
 	{"token create", "[--ttl 24h] [--reusable] [--labels K=V,...] [--description TEXT]", "create a join token for registering clusters (printed once)", runTokenCreate},

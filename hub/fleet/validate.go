@@ -164,6 +164,7 @@ func ValidateSpec(spec *droverv1.ApplicationSpec) error {
 		validateInterval(&errs, "spec.syncPolicy.interval", iv, MinSyncInterval)
 	}
 	validateOverrides(&errs, spec.GetOverrides())
+	validateRollout(&errs, spec.GetRollout())
 	return errs.errOrNil()
 }
 

@@ -9,6 +9,7 @@ package droverv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1143,7 +1144,10 @@ type ApplicationSpec struct {
 	SyncPolicy *SyncPolicy            `protobuf:"bytes,4,opt,name=sync_policy,json=syncPolicy,proto3" json:"sync_policy,omitempty"`
 	// Per-cluster overrides, applied in order to clusters their selector
 	// matches.
-	Overrides     []*Override `protobuf:"bytes,5,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	Overrides []*Override `protobuf:"bytes,5,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	// How a new release moves across the placed clusters; unset sends it to
+	// every cluster at once.
+	Rollout       *RolloutStrategy `protobuf:"bytes,6,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1213,6 +1217,184 @@ func (x *ApplicationSpec) GetOverrides() []*Override {
 	return nil
 }
 
+func (x *ApplicationSpec) GetRollout() *RolloutStrategy {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// RolloutStrategy moves each new release across the placed clusters in
+// waves, gated by their health. Its JSON is what hub/rollout.ParseStrategy
+// reads; the hub validates it there.
+type RolloutStrategy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In order; a cluster belongs to the first wave that selects it, and
+	// clusters no wave selects go last, all at once.
+	Waves []*RolloutWave `protobuf:"bytes,1,rep,name=waves,proto3" json:"waves,omitempty"`
+	// How many clusters may fail before the rollout stops: a count (1) or a
+	// percentage ("25%") of the rollout's clusters; unset tolerates none.
+	MaxFailures *structpb.Value `protobuf:"bytes,2,opt,name=max_failures,json=maxFailures,proto3" json:"max_failures,omitempty"`
+	// "pause" (default) or "rollback".
+	OnFailure string `protobuf:"bytes,3,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`
+	// Go duration a cluster may take to become Synced and Healthy; unset
+	// means 10m.
+	ProgressDeadline string `protobuf:"bytes,4,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
+	// Go duration a cluster may be offline before its wave skips it; unset
+	// means 15m.
+	OfflineTimeout string `protobuf:"bytes,5,opt,name=offline_timeout,json=offlineTimeout,proto3" json:"offline_timeout,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RolloutStrategy) Reset() {
+	*x = RolloutStrategy{}
+	mi := &file_drover_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutStrategy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutStrategy) ProtoMessage() {}
+
+func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutStrategy.ProtoReflect.Descriptor instead.
+func (*RolloutStrategy) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RolloutStrategy) GetWaves() []*RolloutWave {
+	if x != nil {
+		return x.Waves
+	}
+	return nil
+}
+
+func (x *RolloutStrategy) GetMaxFailures() *structpb.Value {
+	if x != nil {
+		return x.MaxFailures
+	}
+	return nil
+}
+
+func (x *RolloutStrategy) GetOnFailure() string {
+	if x != nil {
+		return x.OnFailure
+	}
+	return ""
+}
+
+func (x *RolloutStrategy) GetProgressDeadline() string {
+	if x != nil {
+		return x.ProgressDeadline
+	}
+	return ""
+}
+
+func (x *RolloutStrategy) GetOfflineTimeout() string {
+	if x != nil {
+		return x.OfflineTimeout
+	}
+	return ""
+}
+
+// RolloutWave is one wave of a RolloutStrategy.
+type RolloutWave struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Unset takes every cluster not in an earlier wave.
+	Selector *LabelSelector `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
+	// Clusters updated at once: a count (2) or a percentage ("25%") of the
+	// wave; unset updates the whole wave at once.
+	MaxParallel *structpb.Value `protobuf:"bytes,3,opt,name=max_parallel,json=maxParallel,proto3" json:"max_parallel,omitempty"`
+	// Go duration every succeeded cluster must stay healthy before the wave
+	// completes.
+	Soak string `protobuf:"bytes,4,opt,name=soak,proto3" json:"soak,omitempty"`
+	// Hold the wave until an operator promotes it.
+	RequireApproval bool `protobuf:"varint,5,opt,name=require_approval,json=requireApproval,proto3" json:"require_approval,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RolloutWave) Reset() {
+	*x = RolloutWave{}
+	mi := &file_drover_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutWave) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutWave) ProtoMessage() {}
+
+func (x *RolloutWave) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutWave.ProtoReflect.Descriptor instead.
+func (*RolloutWave) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RolloutWave) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RolloutWave) GetSelector() *LabelSelector {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *RolloutWave) GetMaxParallel() *structpb.Value {
+	if x != nil {
+		return x.MaxParallel
+	}
+	return nil
+}
+
+func (x *RolloutWave) GetSoak() string {
+	if x != nil {
+		return x.Soak
+	}
+	return ""
+}
+
+func (x *RolloutWave) GetRequireApproval() bool {
+	if x != nil {
+		return x.RequireApproval
+	}
+	return false
+}
+
 // Source is where an application's manifests live.
 type Source struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -1233,7 +1415,7 @@ type Source struct {
 
 func (x *Source) Reset() {
 	*x = Source{}
-	mi := &file_drover_v1_admin_proto_msgTypes[20]
+	mi := &file_drover_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1427,7 @@ func (x *Source) String() string {
 func (*Source) ProtoMessage() {}
 
 func (x *Source) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[20]
+	mi := &file_drover_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1440,7 @@ func (x *Source) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Source.ProtoReflect.Descriptor instead.
 func (*Source) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Source) GetRepoUrl() string {
@@ -1309,7 +1491,7 @@ type Render struct {
 
 func (x *Render) Reset() {
 	*x = Render{}
-	mi := &file_drover_v1_admin_proto_msgTypes[21]
+	mi := &file_drover_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1503,7 @@ func (x *Render) String() string {
 func (*Render) ProtoMessage() {}
 
 func (x *Render) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[21]
+	mi := &file_drover_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1516,7 @@ func (x *Render) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Render.ProtoReflect.Descriptor instead.
 func (*Render) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Render) GetType() string {
@@ -1363,7 +1545,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_drover_v1_admin_proto_msgTypes[22]
+	mi := &file_drover_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1557,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[22]
+	mi := &file_drover_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1570,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Placement) GetSelector() *LabelSelector {
@@ -1421,7 +1603,7 @@ type Override struct {
 
 func (x *Override) Reset() {
 	*x = Override{}
-	mi := &file_drover_v1_admin_proto_msgTypes[23]
+	mi := &file_drover_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1615,7 @@ func (x *Override) String() string {
 func (*Override) ProtoMessage() {}
 
 func (x *Override) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[23]
+	mi := &file_drover_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1628,7 @@ func (x *Override) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Override.ProtoReflect.Descriptor instead.
 func (*Override) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Override) GetSelector() *LabelSelector {
@@ -1492,7 +1674,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_drover_v1_admin_proto_msgTypes[24]
+	mi := &file_drover_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1686,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[24]
+	mi := &file_drover_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1699,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Release) GetCommit() string {
@@ -1557,7 +1739,7 @@ type CreateApplicationRequest struct {
 
 func (x *CreateApplicationRequest) Reset() {
 	*x = CreateApplicationRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[25]
+	mi := &file_drover_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1751,7 @@ func (x *CreateApplicationRequest) String() string {
 func (*CreateApplicationRequest) ProtoMessage() {}
 
 func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[25]
+	mi := &file_drover_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1764,7 @@ func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*CreateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateApplicationRequest) GetApplication() *Application {
@@ -1601,7 +1783,7 @@ type CreateApplicationResponse struct {
 
 func (x *CreateApplicationResponse) Reset() {
 	*x = CreateApplicationResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[26]
+	mi := &file_drover_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1795,7 @@ func (x *CreateApplicationResponse) String() string {
 func (*CreateApplicationResponse) ProtoMessage() {}
 
 func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[26]
+	mi := &file_drover_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1808,7 @@ func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*CreateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateApplicationResponse) GetApplication() *Application {
@@ -1645,7 +1827,7 @@ type UpdateApplicationRequest struct {
 
 func (x *UpdateApplicationRequest) Reset() {
 	*x = UpdateApplicationRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[27]
+	mi := &file_drover_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1839,7 @@ func (x *UpdateApplicationRequest) String() string {
 func (*UpdateApplicationRequest) ProtoMessage() {}
 
 func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[27]
+	mi := &file_drover_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1852,7 @@ func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateApplicationRequest) GetApplication() *Application {
@@ -1689,7 +1871,7 @@ type UpdateApplicationResponse struct {
 
 func (x *UpdateApplicationResponse) Reset() {
 	*x = UpdateApplicationResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[28]
+	mi := &file_drover_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1883,7 @@ func (x *UpdateApplicationResponse) String() string {
 func (*UpdateApplicationResponse) ProtoMessage() {}
 
 func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[28]
+	mi := &file_drover_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1896,7 @@ func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdateApplicationResponse) GetApplication() *Application {
@@ -1733,7 +1915,7 @@ type GetApplicationRequest struct {
 
 func (x *GetApplicationRequest) Reset() {
 	*x = GetApplicationRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[29]
+	mi := &file_drover_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1927,7 @@ func (x *GetApplicationRequest) String() string {
 func (*GetApplicationRequest) ProtoMessage() {}
 
 func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[29]
+	mi := &file_drover_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +1940,7 @@ func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationRequest.ProtoReflect.Descriptor instead.
 func (*GetApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetApplicationRequest) GetName() string {
@@ -1785,7 +1967,7 @@ type GetApplicationResponse struct {
 
 func (x *GetApplicationResponse) Reset() {
 	*x = GetApplicationResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[30]
+	mi := &file_drover_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1979,7 @@ func (x *GetApplicationResponse) String() string {
 func (*GetApplicationResponse) ProtoMessage() {}
 
 func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[30]
+	mi := &file_drover_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +1992,7 @@ func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationResponse.ProtoReflect.Descriptor instead.
 func (*GetApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetApplicationResponse) GetApplication() *Application {
@@ -1856,7 +2038,7 @@ type ListApplicationsRequest struct {
 
 func (x *ListApplicationsRequest) Reset() {
 	*x = ListApplicationsRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[31]
+	mi := &file_drover_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +2050,7 @@ func (x *ListApplicationsRequest) String() string {
 func (*ListApplicationsRequest) ProtoMessage() {}
 
 func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[31]
+	mi := &file_drover_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +2063,7 @@ func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsRequest.ProtoReflect.Descriptor instead.
 func (*ListApplicationsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 type ListApplicationsResponse struct {
@@ -1893,7 +2075,7 @@ type ListApplicationsResponse struct {
 
 func (x *ListApplicationsResponse) Reset() {
 	*x = ListApplicationsResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[32]
+	mi := &file_drover_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2087,7 @@ func (x *ListApplicationsResponse) String() string {
 func (*ListApplicationsResponse) ProtoMessage() {}
 
 func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[32]
+	mi := &file_drover_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2100,7 @@ func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsResponse.ProtoReflect.Descriptor instead.
 func (*ListApplicationsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListApplicationsResponse) GetApplications() []*ApplicationSummary {
@@ -1944,7 +2126,7 @@ type ApplicationSummary struct {
 
 func (x *ApplicationSummary) Reset() {
 	*x = ApplicationSummary{}
-	mi := &file_drover_v1_admin_proto_msgTypes[33]
+	mi := &file_drover_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2138,7 @@ func (x *ApplicationSummary) String() string {
 func (*ApplicationSummary) ProtoMessage() {}
 
 func (x *ApplicationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[33]
+	mi := &file_drover_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2151,7 @@ func (x *ApplicationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplicationSummary.ProtoReflect.Descriptor instead.
 func (*ApplicationSummary) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ApplicationSummary) GetApplication() *Application {
@@ -2016,7 +2198,7 @@ type DeleteApplicationRequest struct {
 
 func (x *DeleteApplicationRequest) Reset() {
 	*x = DeleteApplicationRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[34]
+	mi := &file_drover_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2210,7 @@ func (x *DeleteApplicationRequest) String() string {
 func (*DeleteApplicationRequest) ProtoMessage() {}
 
 func (x *DeleteApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[34]
+	mi := &file_drover_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2223,7 @@ func (x *DeleteApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteApplicationRequest.ProtoReflect.Descriptor instead.
 func (*DeleteApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteApplicationRequest) GetName() string {
@@ -2059,7 +2241,7 @@ type DeleteApplicationResponse struct {
 
 func (x *DeleteApplicationResponse) Reset() {
 	*x = DeleteApplicationResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[35]
+	mi := &file_drover_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2253,7 @@ func (x *DeleteApplicationResponse) String() string {
 func (*DeleteApplicationResponse) ProtoMessage() {}
 
 func (x *DeleteApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[35]
+	mi := &file_drover_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2266,7 @@ func (x *DeleteApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteApplicationResponse.ProtoReflect.Descriptor instead.
 func (*DeleteApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 type RefreshApplicationRequest struct {
@@ -2096,7 +2278,7 @@ type RefreshApplicationRequest struct {
 
 func (x *RefreshApplicationRequest) Reset() {
 	*x = RefreshApplicationRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[36]
+	mi := &file_drover_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2290,7 @@ func (x *RefreshApplicationRequest) String() string {
 func (*RefreshApplicationRequest) ProtoMessage() {}
 
 func (x *RefreshApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[36]
+	mi := &file_drover_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2303,7 @@ func (x *RefreshApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshApplicationRequest.ProtoReflect.Descriptor instead.
 func (*RefreshApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RefreshApplicationRequest) GetName() string {
@@ -2143,7 +2325,7 @@ type RefreshApplicationResponse struct {
 
 func (x *RefreshApplicationResponse) Reset() {
 	*x = RefreshApplicationResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[37]
+	mi := &file_drover_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2337,7 @@ func (x *RefreshApplicationResponse) String() string {
 func (*RefreshApplicationResponse) ProtoMessage() {}
 
 func (x *RefreshApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[37]
+	mi := &file_drover_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2350,7 @@ func (x *RefreshApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshApplicationResponse.ProtoReflect.Descriptor instead.
 func (*RefreshApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RefreshApplicationResponse) GetCommit() string {
@@ -2200,7 +2382,7 @@ type Repository struct {
 
 func (x *Repository) Reset() {
 	*x = Repository{}
-	mi := &file_drover_v1_admin_proto_msgTypes[38]
+	mi := &file_drover_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2394,7 @@ func (x *Repository) String() string {
 func (*Repository) ProtoMessage() {}
 
 func (x *Repository) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[38]
+	mi := &file_drover_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2407,7 @@ func (x *Repository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repository.ProtoReflect.Descriptor instead.
 func (*Repository) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Repository) GetUrl() string {
@@ -2266,7 +2448,7 @@ type SetRepositoryCredentialsRequest struct {
 
 func (x *SetRepositoryCredentialsRequest) Reset() {
 	*x = SetRepositoryCredentialsRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[39]
+	mi := &file_drover_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2460,7 @@ func (x *SetRepositoryCredentialsRequest) String() string {
 func (*SetRepositoryCredentialsRequest) ProtoMessage() {}
 
 func (x *SetRepositoryCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[39]
+	mi := &file_drover_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2473,7 @@ func (x *SetRepositoryCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRepositoryCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*SetRepositoryCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SetRepositoryCredentialsRequest) GetUrl() string {
@@ -2317,7 +2499,7 @@ type SetRepositoryCredentialsResponse struct {
 
 func (x *SetRepositoryCredentialsResponse) Reset() {
 	*x = SetRepositoryCredentialsResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[40]
+	mi := &file_drover_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2511,7 @@ func (x *SetRepositoryCredentialsResponse) String() string {
 func (*SetRepositoryCredentialsResponse) ProtoMessage() {}
 
 func (x *SetRepositoryCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[40]
+	mi := &file_drover_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2524,7 @@ func (x *SetRepositoryCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRepositoryCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*SetRepositoryCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SetRepositoryCredentialsResponse) GetRepository() *Repository {
@@ -2360,7 +2542,7 @@ type ListRepositoriesRequest struct {
 
 func (x *ListRepositoriesRequest) Reset() {
 	*x = ListRepositoriesRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[41]
+	mi := &file_drover_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2554,7 @@ func (x *ListRepositoriesRequest) String() string {
 func (*ListRepositoriesRequest) ProtoMessage() {}
 
 func (x *ListRepositoriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[41]
+	mi := &file_drover_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2567,7 @@ func (x *ListRepositoriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRepositoriesRequest.ProtoReflect.Descriptor instead.
 func (*ListRepositoriesRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 type ListRepositoriesResponse struct {
@@ -2397,7 +2579,7 @@ type ListRepositoriesResponse struct {
 
 func (x *ListRepositoriesResponse) Reset() {
 	*x = ListRepositoriesResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[42]
+	mi := &file_drover_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2591,7 @@ func (x *ListRepositoriesResponse) String() string {
 func (*ListRepositoriesResponse) ProtoMessage() {}
 
 func (x *ListRepositoriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[42]
+	mi := &file_drover_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2604,7 @@ func (x *ListRepositoriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRepositoriesResponse.ProtoReflect.Descriptor instead.
 func (*ListRepositoriesResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListRepositoriesResponse) GetRepositories() []*Repository {
@@ -2441,7 +2623,7 @@ type DeleteRepositoryCredentialsRequest struct {
 
 func (x *DeleteRepositoryCredentialsRequest) Reset() {
 	*x = DeleteRepositoryCredentialsRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[43]
+	mi := &file_drover_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2635,7 @@ func (x *DeleteRepositoryCredentialsRequest) String() string {
 func (*DeleteRepositoryCredentialsRequest) ProtoMessage() {}
 
 func (x *DeleteRepositoryCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[43]
+	mi := &file_drover_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2648,7 @@ func (x *DeleteRepositoryCredentialsRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use DeleteRepositoryCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRepositoryCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteRepositoryCredentialsRequest) GetUrl() string {
@@ -2484,7 +2666,7 @@ type DeleteRepositoryCredentialsResponse struct {
 
 func (x *DeleteRepositoryCredentialsResponse) Reset() {
 	*x = DeleteRepositoryCredentialsResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[44]
+	mi := &file_drover_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2678,7 @@ func (x *DeleteRepositoryCredentialsResponse) String() string {
 func (*DeleteRepositoryCredentialsResponse) ProtoMessage() {}
 
 func (x *DeleteRepositoryCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[44]
+	mi := &file_drover_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2691,7 @@ func (x *DeleteRepositoryCredentialsResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use DeleteRepositoryCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRepositoryCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 // APIToken describes an admin API token; the secret is never returned again.
@@ -2528,7 +2710,7 @@ type APIToken struct {
 
 func (x *APIToken) Reset() {
 	*x = APIToken{}
-	mi := &file_drover_v1_admin_proto_msgTypes[45]
+	mi := &file_drover_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +2722,7 @@ func (x *APIToken) String() string {
 func (*APIToken) ProtoMessage() {}
 
 func (x *APIToken) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[45]
+	mi := &file_drover_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +2735,7 @@ func (x *APIToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use APIToken.ProtoReflect.Descriptor instead.
 func (*APIToken) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *APIToken) GetId() string {
@@ -2610,7 +2792,7 @@ type CreateAPITokenRequest struct {
 
 func (x *CreateAPITokenRequest) Reset() {
 	*x = CreateAPITokenRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[46]
+	mi := &file_drover_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +2804,7 @@ func (x *CreateAPITokenRequest) String() string {
 func (*CreateAPITokenRequest) ProtoMessage() {}
 
 func (x *CreateAPITokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[46]
+	mi := &file_drover_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +2817,7 @@ func (x *CreateAPITokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPITokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateAPITokenRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CreateAPITokenRequest) GetName() string {
@@ -2670,7 +2852,7 @@ type CreateAPITokenResponse struct {
 
 func (x *CreateAPITokenResponse) Reset() {
 	*x = CreateAPITokenResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[47]
+	mi := &file_drover_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2682,7 +2864,7 @@ func (x *CreateAPITokenResponse) String() string {
 func (*CreateAPITokenResponse) ProtoMessage() {}
 
 func (x *CreateAPITokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[47]
+	mi := &file_drover_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2695,7 +2877,7 @@ func (x *CreateAPITokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPITokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateAPITokenResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CreateAPITokenResponse) GetToken() string {
@@ -2720,7 +2902,7 @@ type ListAPITokensRequest struct {
 
 func (x *ListAPITokensRequest) Reset() {
 	*x = ListAPITokensRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[48]
+	mi := &file_drover_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2732,7 +2914,7 @@ func (x *ListAPITokensRequest) String() string {
 func (*ListAPITokensRequest) ProtoMessage() {}
 
 func (x *ListAPITokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[48]
+	mi := &file_drover_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2745,7 +2927,7 @@ func (x *ListAPITokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAPITokensRequest.ProtoReflect.Descriptor instead.
 func (*ListAPITokensRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 type ListAPITokensResponse struct {
@@ -2757,7 +2939,7 @@ type ListAPITokensResponse struct {
 
 func (x *ListAPITokensResponse) Reset() {
 	*x = ListAPITokensResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[49]
+	mi := &file_drover_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2951,7 @@ func (x *ListAPITokensResponse) String() string {
 func (*ListAPITokensResponse) ProtoMessage() {}
 
 func (x *ListAPITokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[49]
+	mi := &file_drover_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2964,7 @@ func (x *ListAPITokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAPITokensResponse.ProtoReflect.Descriptor instead.
 func (*ListAPITokensResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListAPITokensResponse) GetApiTokens() []*APIToken {
@@ -2801,7 +2983,7 @@ type DeleteAPITokenRequest struct {
 
 func (x *DeleteAPITokenRequest) Reset() {
 	*x = DeleteAPITokenRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[50]
+	mi := &file_drover_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +2995,7 @@ func (x *DeleteAPITokenRequest) String() string {
 func (*DeleteAPITokenRequest) ProtoMessage() {}
 
 func (x *DeleteAPITokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[50]
+	mi := &file_drover_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +3008,7 @@ func (x *DeleteAPITokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAPITokenRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAPITokenRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DeleteAPITokenRequest) GetId() string {
@@ -2844,7 +3026,7 @@ type DeleteAPITokenResponse struct {
 
 func (x *DeleteAPITokenResponse) Reset() {
 	*x = DeleteAPITokenResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[51]
+	mi := &file_drover_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +3038,7 @@ func (x *DeleteAPITokenResponse) String() string {
 func (*DeleteAPITokenResponse) ProtoMessage() {}
 
 func (x *DeleteAPITokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[51]
+	mi := &file_drover_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +3051,7 @@ func (x *DeleteAPITokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAPITokenResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAPITokenResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 // Event is one entry of the audit and event history.
@@ -2890,7 +3072,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_drover_v1_admin_proto_msgTypes[52]
+	mi := &file_drover_v1_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +3084,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[52]
+	mi := &file_drover_v1_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +3097,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *Event) GetId() int64 {
@@ -2982,7 +3164,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[53]
+	mi := &file_drover_v1_admin_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3176,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[53]
+	mi := &file_drover_v1_admin_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3189,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{53}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListEventsRequest) GetCluster() string {
@@ -3056,7 +3238,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[54]
+	mi := &file_drover_v1_admin_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3068,7 +3250,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[54]
+	mi := &file_drover_v1_admin_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3081,7 +3263,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{54}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -3106,7 +3288,7 @@ type GetHubStatusRequest struct {
 
 func (x *GetHubStatusRequest) Reset() {
 	*x = GetHubStatusRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[55]
+	mi := &file_drover_v1_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3300,7 @@ func (x *GetHubStatusRequest) String() string {
 func (*GetHubStatusRequest) ProtoMessage() {}
 
 func (x *GetHubStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[55]
+	mi := &file_drover_v1_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3313,7 @@ func (x *GetHubStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHubStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetHubStatusRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{55}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{57}
 }
 
 type GetHubStatusResponse struct {
@@ -3143,7 +3325,7 @@ type GetHubStatusResponse struct {
 
 func (x *GetHubStatusResponse) Reset() {
 	*x = GetHubStatusResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[56]
+	mi := &file_drover_v1_admin_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3155,7 +3337,7 @@ func (x *GetHubStatusResponse) String() string {
 func (*GetHubStatusResponse) ProtoMessage() {}
 
 func (x *GetHubStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[56]
+	mi := &file_drover_v1_admin_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3168,7 +3350,7 @@ func (x *GetHubStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHubStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetHubStatusResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{56}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetHubStatusResponse) GetStatus() *HubStatus {
@@ -3194,7 +3376,7 @@ type HubStatus struct {
 
 func (x *HubStatus) Reset() {
 	*x = HubStatus{}
-	mi := &file_drover_v1_admin_proto_msgTypes[57]
+	mi := &file_drover_v1_admin_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +3388,7 @@ func (x *HubStatus) String() string {
 func (*HubStatus) ProtoMessage() {}
 
 func (x *HubStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[57]
+	mi := &file_drover_v1_admin_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +3401,7 @@ func (x *HubStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HubStatus.ProtoReflect.Descriptor instead.
 func (*HubStatus) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{57}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *HubStatus) GetVersion() string {
@@ -3257,11 +3439,507 @@ func (x *HubStatus) GetConnectedAgents() int32 {
 	return 0
 }
 
+type GetRolloutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Application   string                 `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutRequest) Reset() {
+	*x = GetRolloutRequest{}
+	mi := &file_drover_v1_admin_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutRequest) ProtoMessage() {}
+
+func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
+func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *GetRolloutRequest) GetApplication() string {
+	if x != nil {
+		return x.Application
+	}
+	return ""
+}
+
+type GetRolloutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       *RolloutStatus         `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutResponse) Reset() {
+	*x = GetRolloutResponse{}
+	mi := &file_drover_v1_admin_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutResponse) ProtoMessage() {}
+
+func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
+func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *GetRolloutResponse) GetRollout() *RolloutStatus {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+type ControlRolloutRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Application string                 `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	// "pause", "resume", "promote", "abort" or "rollback".
+	Op            string `protobuf:"bytes,2,opt,name=op,proto3" json:"op,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControlRolloutRequest) Reset() {
+	*x = ControlRolloutRequest{}
+	mi := &file_drover_v1_admin_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControlRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControlRolloutRequest) ProtoMessage() {}
+
+func (x *ControlRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControlRolloutRequest.ProtoReflect.Descriptor instead.
+func (*ControlRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ControlRolloutRequest) GetApplication() string {
+	if x != nil {
+		return x.Application
+	}
+	return ""
+}
+
+func (x *ControlRolloutRequest) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+type ControlRolloutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       *RolloutStatus         `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControlRolloutResponse) Reset() {
+	*x = ControlRolloutResponse{}
+	mi := &file_drover_v1_admin_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControlRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControlRolloutResponse) ProtoMessage() {}
+
+func (x *ControlRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControlRolloutResponse.ProtoReflect.Descriptor instead.
+func (*ControlRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ControlRolloutResponse) GetRollout() *RolloutStatus {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// RolloutStatus is where the rollout of an application's release stands.
+type RolloutStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Application string                 `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	// Numbers the application's rollouts, from 1.
+	Id int64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The release commit the rollout moves the clusters to.
+	Commit string `protobuf:"bytes,3,opt,name=commit,proto3" json:"commit,omitempty"`
+	// The last release that completed before it: what clusters not reached
+	// yet, skipped or rolled back run. Empty for the first release.
+	PreviousCommit string `protobuf:"bytes,4,opt,name=previous_commit,json=previousCommit,proto3" json:"previous_commit,omitempty"`
+	// running, waiting-approval, paused, failed, completed, rolled-back or
+	// aborted.
+	Phase string `protobuf:"bytes,5,opt,name=phase,proto3" json:"phase,omitempty"`
+	// Why the rollout failed, rolled back or ended.
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// One sentence saying what the rollout waits for; empty once it ended.
+	Waiting   string                 `protobuf:"bytes,7,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	EndedAt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	Waves     []*RolloutWaveStatus   `protobuf:"bytes,10,rep,name=waves,proto3" json:"waves,omitempty"`
+	// By wave, then name.
+	Clusters      []*RolloutClusterStatus `protobuf:"bytes,11,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutStatus) Reset() {
+	*x = RolloutStatus{}
+	mi := &file_drover_v1_admin_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutStatus) ProtoMessage() {}
+
+func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutStatus.ProtoReflect.Descriptor instead.
+func (*RolloutStatus) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *RolloutStatus) GetApplication() string {
+	if x != nil {
+		return x.Application
+	}
+	return ""
+}
+
+func (x *RolloutStatus) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *RolloutStatus) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *RolloutStatus) GetPreviousCommit() string {
+	if x != nil {
+		return x.PreviousCommit
+	}
+	return ""
+}
+
+func (x *RolloutStatus) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *RolloutStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RolloutStatus) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
+}
+
+func (x *RolloutStatus) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *RolloutStatus) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *RolloutStatus) GetWaves() []*RolloutWaveStatus {
+	if x != nil {
+		return x.Waves
+	}
+	return nil
+}
+
+func (x *RolloutStatus) GetClusters() []*RolloutClusterStatus {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+// RolloutWaveStatus is where one wave stands.
+type RolloutWaveStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// pending, waiting-approval, running, soaking or done.
+	Phase       string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	Clusters    int32  `protobuf:"varint,3,opt,name=clusters,proto3" json:"clusters,omitempty"`
+	MaxParallel int32  `protobuf:"varint,4,opt,name=max_parallel,json=maxParallel,proto3" json:"max_parallel,omitempty"`
+	// The wave's clusters by phase (pending, updating, succeeded, failed,
+	// skipped).
+	ClusterPhases map[string]int32 `protobuf:"bytes,5,rep,name=cluster_phases,json=clusterPhases,proto3" json:"cluster_phases,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// When the soak ends, while soaking.
+	SoakUntil        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=soak_until,json=soakUntil,proto3" json:"soak_until,omitempty"`
+	RequiresApproval bool                   `protobuf:"varint,7,opt,name=requires_approval,json=requiresApproval,proto3" json:"requires_approval,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RolloutWaveStatus) Reset() {
+	*x = RolloutWaveStatus{}
+	mi := &file_drover_v1_admin_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutWaveStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutWaveStatus) ProtoMessage() {}
+
+func (x *RolloutWaveStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutWaveStatus.ProtoReflect.Descriptor instead.
+func (*RolloutWaveStatus) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *RolloutWaveStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RolloutWaveStatus) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *RolloutWaveStatus) GetClusters() int32 {
+	if x != nil {
+		return x.Clusters
+	}
+	return 0
+}
+
+func (x *RolloutWaveStatus) GetMaxParallel() int32 {
+	if x != nil {
+		return x.MaxParallel
+	}
+	return 0
+}
+
+func (x *RolloutWaveStatus) GetClusterPhases() map[string]int32 {
+	if x != nil {
+		return x.ClusterPhases
+	}
+	return nil
+}
+
+func (x *RolloutWaveStatus) GetSoakUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SoakUntil
+	}
+	return nil
+}
+
+func (x *RolloutWaveStatus) GetRequiresApproval() bool {
+	if x != nil {
+		return x.RequiresApproval
+	}
+	return false
+}
+
+// RolloutClusterStatus is where one placed cluster stands.
+type RolloutClusterStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Wave  string                 `protobuf:"bytes,2,opt,name=wave,proto3" json:"wave,omitempty"`
+	// pending, updating, succeeded, failed or skipped.
+	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	// The commit the cluster is pinned to.
+	Commit string `protobuf:"bytes,4,opt,name=commit,proto3" json:"commit,omitempty"`
+	// Why it failed or was skipped, or its last report.
+	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutClusterStatus) Reset() {
+	*x = RolloutClusterStatus{}
+	mi := &file_drover_v1_admin_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutClusterStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutClusterStatus) ProtoMessage() {}
+
+func (x *RolloutClusterStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutClusterStatus.ProtoReflect.Descriptor instead.
+func (*RolloutClusterStatus) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *RolloutClusterStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RolloutClusterStatus) GetWave() string {
+	if x != nil {
+		return x.Wave
+	}
+	return ""
+}
+
+func (x *RolloutClusterStatus) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *RolloutClusterStatus) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *RolloutClusterStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_drover_v1_admin_proto protoreflect.FileDescriptor
 
 const file_drover_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15drover/v1/admin.proto\x12\tdrover.v1\x1a\x15drover/v1/agent.proto\x1a\x15drover/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x06\n" +
+	"\x15drover/v1/admin.proto\x12\tdrover.v1\x1a\x15drover/v1/agent.proto\x1a\x15drover/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x06\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1e.drover.v1.Cluster.LabelsEntryR\x06labels\x12-\n" +
@@ -3360,14 +4038,28 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x03R\n" +
-	"generation\"\x86\x02\n" +
+	"generation\"\xbc\x02\n" +
 	"\x0fApplicationSpec\x12)\n" +
 	"\x06source\x18\x01 \x01(\v2\x11.drover.v1.SourceR\x06source\x12)\n" +
 	"\x06render\x18\x02 \x01(\v2\x11.drover.v1.RenderR\x06render\x122\n" +
 	"\tplacement\x18\x03 \x01(\v2\x14.drover.v1.PlacementR\tplacement\x126\n" +
 	"\vsync_policy\x18\x04 \x01(\v2\x15.drover.v1.SyncPolicyR\n" +
 	"syncPolicy\x121\n" +
-	"\toverrides\x18\x05 \x03(\v2\x13.drover.v1.OverrideR\toverrides\"\x8f\x01\n" +
+	"\toverrides\x18\x05 \x03(\v2\x13.drover.v1.OverrideR\toverrides\x124\n" +
+	"\arollout\x18\x06 \x01(\v2\x1a.drover.v1.RolloutStrategyR\arollout\"\xef\x01\n" +
+	"\x0fRolloutStrategy\x12,\n" +
+	"\x05waves\x18\x01 \x03(\v2\x16.drover.v1.RolloutWaveR\x05waves\x129\n" +
+	"\fmax_failures\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\vmaxFailures\x12\x1d\n" +
+	"\n" +
+	"on_failure\x18\x03 \x01(\tR\tonFailure\x12+\n" +
+	"\x11progress_deadline\x18\x04 \x01(\tR\x10progressDeadline\x12'\n" +
+	"\x0foffline_timeout\x18\x05 \x01(\tR\x0eofflineTimeout\"\xd1\x01\n" +
+	"\vRolloutWave\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\bselector\x18\x02 \x01(\v2\x18.drover.v1.LabelSelectorR\bselector\x129\n" +
+	"\fmax_parallel\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\vmaxParallel\x12\x12\n" +
+	"\x04soak\x18\x04 \x01(\tR\x04soak\x12)\n" +
+	"\x10require_approval\x18\x05 \x01(\bR\x0frequireApproval\"\x8f\x01\n" +
 	"\x06Source\x12\x19\n" +
 	"\brepo_url\x18\x01 \x01(\tR\arepoURL\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x12\n" +
@@ -3507,7 +4199,48 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1a\n" +
 	"\bproblems\x18\x03 \x03(\tR\bproblems\x12\x18\n" +
 	"\areplica\x18\x04 \x01(\tR\areplica\x12)\n" +
-	"\x10connected_agents\x18\x05 \x01(\x05R\x0fconnectedAgents2\xe8\x0f\n" +
+	"\x10connected_agents\x18\x05 \x01(\x05R\x0fconnectedAgents\"5\n" +
+	"\x11GetRolloutRequest\x12 \n" +
+	"\vapplication\x18\x01 \x01(\tR\vapplication\"H\n" +
+	"\x12GetRolloutResponse\x122\n" +
+	"\arollout\x18\x01 \x01(\v2\x18.drover.v1.RolloutStatusR\arollout\"I\n" +
+	"\x15ControlRolloutRequest\x12 \n" +
+	"\vapplication\x18\x01 \x01(\tR\vapplication\x12\x0e\n" +
+	"\x02op\x18\x02 \x01(\tR\x02op\"L\n" +
+	"\x16ControlRolloutResponse\x122\n" +
+	"\arollout\x18\x01 \x01(\v2\x18.drover.v1.RolloutStatusR\arollout\"\xad\x03\n" +
+	"\rRolloutStatus\x12 \n" +
+	"\vapplication\x18\x01 \x01(\tR\vapplication\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\x12\x16\n" +
+	"\x06commit\x18\x03 \x01(\tR\x06commit\x12'\n" +
+	"\x0fprevious_commit\x18\x04 \x01(\tR\x0epreviousCommit\x12\x14\n" +
+	"\x05phase\x18\x05 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x18\n" +
+	"\awaiting\x18\a \x01(\tR\awaiting\x129\n" +
+	"\n" +
+	"started_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x125\n" +
+	"\bended_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x122\n" +
+	"\x05waves\x18\n" +
+	" \x03(\v2\x1c.drover.v1.RolloutWaveStatusR\x05waves\x12;\n" +
+	"\bclusters\x18\v \x03(\v2\x1f.drover.v1.RolloutClusterStatusR\bclusters\"\xfe\x02\n" +
+	"\x11RolloutWaveStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x1a\n" +
+	"\bclusters\x18\x03 \x01(\x05R\bclusters\x12!\n" +
+	"\fmax_parallel\x18\x04 \x01(\x05R\vmaxParallel\x12V\n" +
+	"\x0ecluster_phases\x18\x05 \x03(\v2/.drover.v1.RolloutWaveStatus.ClusterPhasesEntryR\rclusterPhases\x129\n" +
+	"\n" +
+	"soak_until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tsoakUntil\x12+\n" +
+	"\x11requires_approval\x18\a \x01(\bR\x10requiresApproval\x1a@\n" +
+	"\x12ClusterPhasesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\x86\x01\n" +
+	"\x14RolloutClusterStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04wave\x18\x02 \x01(\tR\x04wave\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06commit\x18\x04 \x01(\tR\x06commit\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage2\x8a\x11\n" +
 	"\fAdminService\x12O\n" +
 	"\fListClusters\x12\x1e.drover.v1.ListClustersRequest\x1a\x1f.drover.v1.ListClustersResponse\x12I\n" +
 	"\n" +
@@ -3523,7 +4256,10 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\x0eGetApplication\x12 .drover.v1.GetApplicationRequest\x1a!.drover.v1.GetApplicationResponse\x12[\n" +
 	"\x10ListApplications\x12\".drover.v1.ListApplicationsRequest\x1a#.drover.v1.ListApplicationsResponse\x12^\n" +
 	"\x11DeleteApplication\x12#.drover.v1.DeleteApplicationRequest\x1a$.drover.v1.DeleteApplicationResponse\x12a\n" +
-	"\x12RefreshApplication\x12$.drover.v1.RefreshApplicationRequest\x1a%.drover.v1.RefreshApplicationResponse\x12s\n" +
+	"\x12RefreshApplication\x12$.drover.v1.RefreshApplicationRequest\x1a%.drover.v1.RefreshApplicationResponse\x12I\n" +
+	"\n" +
+	"GetRollout\x12\x1c.drover.v1.GetRolloutRequest\x1a\x1d.drover.v1.GetRolloutResponse\x12U\n" +
+	"\x0eControlRollout\x12 .drover.v1.ControlRolloutRequest\x1a!.drover.v1.ControlRolloutResponse\x12s\n" +
 	"\x18SetRepositoryCredentials\x12*.drover.v1.SetRepositoryCredentialsRequest\x1a+.drover.v1.SetRepositoryCredentialsResponse\x12[\n" +
 	"\x10ListRepositories\x12\".drover.v1.ListRepositoriesRequest\x1a#.drover.v1.ListRepositoriesResponse\x12|\n" +
 	"\x1bDeleteRepositoryCredentials\x12-.drover.v1.DeleteRepositoryCredentialsRequest\x1a..drover.v1.DeleteRepositoryCredentialsResponse\x12U\n" +
@@ -3546,7 +4282,7 @@ func file_drover_v1_admin_proto_rawDescGZIP() []byte {
 	return file_drover_v1_admin_proto_rawDescData
 }
 
-var file_drover_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_drover_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_drover_v1_admin_proto_goTypes = []any{
 	(*Cluster)(nil),                             // 0: drover.v1.Cluster
 	(*ListClustersRequest)(nil),                 // 1: drover.v1.ListClustersRequest
@@ -3568,165 +4304,193 @@ var file_drover_v1_admin_proto_goTypes = []any{
 	(*DeleteJoinTokenResponse)(nil),             // 17: drover.v1.DeleteJoinTokenResponse
 	(*Application)(nil),                         // 18: drover.v1.Application
 	(*ApplicationSpec)(nil),                     // 19: drover.v1.ApplicationSpec
-	(*Source)(nil),                              // 20: drover.v1.Source
-	(*Render)(nil),                              // 21: drover.v1.Render
-	(*Placement)(nil),                           // 22: drover.v1.Placement
-	(*Override)(nil),                            // 23: drover.v1.Override
-	(*Release)(nil),                             // 24: drover.v1.Release
-	(*CreateApplicationRequest)(nil),            // 25: drover.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil),           // 26: drover.v1.CreateApplicationResponse
-	(*UpdateApplicationRequest)(nil),            // 27: drover.v1.UpdateApplicationRequest
-	(*UpdateApplicationResponse)(nil),           // 28: drover.v1.UpdateApplicationResponse
-	(*GetApplicationRequest)(nil),               // 29: drover.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),              // 30: drover.v1.GetApplicationResponse
-	(*ListApplicationsRequest)(nil),             // 31: drover.v1.ListApplicationsRequest
-	(*ListApplicationsResponse)(nil),            // 32: drover.v1.ListApplicationsResponse
-	(*ApplicationSummary)(nil),                  // 33: drover.v1.ApplicationSummary
-	(*DeleteApplicationRequest)(nil),            // 34: drover.v1.DeleteApplicationRequest
-	(*DeleteApplicationResponse)(nil),           // 35: drover.v1.DeleteApplicationResponse
-	(*RefreshApplicationRequest)(nil),           // 36: drover.v1.RefreshApplicationRequest
-	(*RefreshApplicationResponse)(nil),          // 37: drover.v1.RefreshApplicationResponse
-	(*Repository)(nil),                          // 38: drover.v1.Repository
-	(*SetRepositoryCredentialsRequest)(nil),     // 39: drover.v1.SetRepositoryCredentialsRequest
-	(*SetRepositoryCredentialsResponse)(nil),    // 40: drover.v1.SetRepositoryCredentialsResponse
-	(*ListRepositoriesRequest)(nil),             // 41: drover.v1.ListRepositoriesRequest
-	(*ListRepositoriesResponse)(nil),            // 42: drover.v1.ListRepositoriesResponse
-	(*DeleteRepositoryCredentialsRequest)(nil),  // 43: drover.v1.DeleteRepositoryCredentialsRequest
-	(*DeleteRepositoryCredentialsResponse)(nil), // 44: drover.v1.DeleteRepositoryCredentialsResponse
-	(*APIToken)(nil),                            // 45: drover.v1.APIToken
-	(*CreateAPITokenRequest)(nil),               // 46: drover.v1.CreateAPITokenRequest
-	(*CreateAPITokenResponse)(nil),              // 47: drover.v1.CreateAPITokenResponse
-	(*ListAPITokensRequest)(nil),                // 48: drover.v1.ListAPITokensRequest
-	(*ListAPITokensResponse)(nil),               // 49: drover.v1.ListAPITokensResponse
-	(*DeleteAPITokenRequest)(nil),               // 50: drover.v1.DeleteAPITokenRequest
-	(*DeleteAPITokenResponse)(nil),              // 51: drover.v1.DeleteAPITokenResponse
-	(*Event)(nil),                               // 52: drover.v1.Event
-	(*ListEventsRequest)(nil),                   // 53: drover.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),                  // 54: drover.v1.ListEventsResponse
-	(*GetHubStatusRequest)(nil),                 // 55: drover.v1.GetHubStatusRequest
-	(*GetHubStatusResponse)(nil),                // 56: drover.v1.GetHubStatusResponse
-	(*HubStatus)(nil),                           // 57: drover.v1.HubStatus
-	nil,                                         // 58: drover.v1.Cluster.LabelsEntry
-	nil,                                         // 59: drover.v1.Cluster.HealthCountsEntry
-	nil,                                         // 60: drover.v1.UpdateClusterLabelsRequest.SetEntry
-	nil,                                         // 61: drover.v1.CreateJoinTokenRequest.LabelsEntry
-	nil,                                         // 62: drover.v1.JoinToken.LabelsEntry
-	nil,                                         // 63: drover.v1.Override.VariablesEntry
-	nil,                                         // 64: drover.v1.ApplicationSummary.HealthCountsEntry
-	nil,                                         // 65: drover.v1.ApplicationSummary.SyncCountsEntry
-	(*ClusterFacts)(nil),                        // 66: drover.v1.ClusterFacts
-	(*timestamppb.Timestamp)(nil),               // 67: google.protobuf.Timestamp
-	(*ApplicationStatus)(nil),                   // 68: drover.v1.ApplicationStatus
-	(*SyncPolicy)(nil),                          // 69: drover.v1.SyncPolicy
-	(*LabelSelector)(nil),                       // 70: drover.v1.LabelSelector
-	(*KustomizePatch)(nil),                      // 71: drover.v1.KustomizePatch
-	(*RepoCredentials)(nil),                     // 72: drover.v1.RepoCredentials
+	(*RolloutStrategy)(nil),                     // 20: drover.v1.RolloutStrategy
+	(*RolloutWave)(nil),                         // 21: drover.v1.RolloutWave
+	(*Source)(nil),                              // 22: drover.v1.Source
+	(*Render)(nil),                              // 23: drover.v1.Render
+	(*Placement)(nil),                           // 24: drover.v1.Placement
+	(*Override)(nil),                            // 25: drover.v1.Override
+	(*Release)(nil),                             // 26: drover.v1.Release
+	(*CreateApplicationRequest)(nil),            // 27: drover.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),           // 28: drover.v1.CreateApplicationResponse
+	(*UpdateApplicationRequest)(nil),            // 29: drover.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),           // 30: drover.v1.UpdateApplicationResponse
+	(*GetApplicationRequest)(nil),               // 31: drover.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),              // 32: drover.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),             // 33: drover.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),            // 34: drover.v1.ListApplicationsResponse
+	(*ApplicationSummary)(nil),                  // 35: drover.v1.ApplicationSummary
+	(*DeleteApplicationRequest)(nil),            // 36: drover.v1.DeleteApplicationRequest
+	(*DeleteApplicationResponse)(nil),           // 37: drover.v1.DeleteApplicationResponse
+	(*RefreshApplicationRequest)(nil),           // 38: drover.v1.RefreshApplicationRequest
+	(*RefreshApplicationResponse)(nil),          // 39: drover.v1.RefreshApplicationResponse
+	(*Repository)(nil),                          // 40: drover.v1.Repository
+	(*SetRepositoryCredentialsRequest)(nil),     // 41: drover.v1.SetRepositoryCredentialsRequest
+	(*SetRepositoryCredentialsResponse)(nil),    // 42: drover.v1.SetRepositoryCredentialsResponse
+	(*ListRepositoriesRequest)(nil),             // 43: drover.v1.ListRepositoriesRequest
+	(*ListRepositoriesResponse)(nil),            // 44: drover.v1.ListRepositoriesResponse
+	(*DeleteRepositoryCredentialsRequest)(nil),  // 45: drover.v1.DeleteRepositoryCredentialsRequest
+	(*DeleteRepositoryCredentialsResponse)(nil), // 46: drover.v1.DeleteRepositoryCredentialsResponse
+	(*APIToken)(nil),                            // 47: drover.v1.APIToken
+	(*CreateAPITokenRequest)(nil),               // 48: drover.v1.CreateAPITokenRequest
+	(*CreateAPITokenResponse)(nil),              // 49: drover.v1.CreateAPITokenResponse
+	(*ListAPITokensRequest)(nil),                // 50: drover.v1.ListAPITokensRequest
+	(*ListAPITokensResponse)(nil),               // 51: drover.v1.ListAPITokensResponse
+	(*DeleteAPITokenRequest)(nil),               // 52: drover.v1.DeleteAPITokenRequest
+	(*DeleteAPITokenResponse)(nil),              // 53: drover.v1.DeleteAPITokenResponse
+	(*Event)(nil),                               // 54: drover.v1.Event
+	(*ListEventsRequest)(nil),                   // 55: drover.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),                  // 56: drover.v1.ListEventsResponse
+	(*GetHubStatusRequest)(nil),                 // 57: drover.v1.GetHubStatusRequest
+	(*GetHubStatusResponse)(nil),                // 58: drover.v1.GetHubStatusResponse
+	(*HubStatus)(nil),                           // 59: drover.v1.HubStatus
+	(*GetRolloutRequest)(nil),                   // 60: drover.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),                  // 61: drover.v1.GetRolloutResponse
+	(*ControlRolloutRequest)(nil),               // 62: drover.v1.ControlRolloutRequest
+	(*ControlRolloutResponse)(nil),              // 63: drover.v1.ControlRolloutResponse
+	(*RolloutStatus)(nil),                       // 64: drover.v1.RolloutStatus
+	(*RolloutWaveStatus)(nil),                   // 65: drover.v1.RolloutWaveStatus
+	(*RolloutClusterStatus)(nil),                // 66: drover.v1.RolloutClusterStatus
+	nil,                                         // 67: drover.v1.Cluster.LabelsEntry
+	nil,                                         // 68: drover.v1.Cluster.HealthCountsEntry
+	nil,                                         // 69: drover.v1.UpdateClusterLabelsRequest.SetEntry
+	nil,                                         // 70: drover.v1.CreateJoinTokenRequest.LabelsEntry
+	nil,                                         // 71: drover.v1.JoinToken.LabelsEntry
+	nil,                                         // 72: drover.v1.Override.VariablesEntry
+	nil,                                         // 73: drover.v1.ApplicationSummary.HealthCountsEntry
+	nil,                                         // 74: drover.v1.ApplicationSummary.SyncCountsEntry
+	nil,                                         // 75: drover.v1.RolloutWaveStatus.ClusterPhasesEntry
+	(*ClusterFacts)(nil),                        // 76: drover.v1.ClusterFacts
+	(*timestamppb.Timestamp)(nil),               // 77: google.protobuf.Timestamp
+	(*ApplicationStatus)(nil),                   // 78: drover.v1.ApplicationStatus
+	(*SyncPolicy)(nil),                          // 79: drover.v1.SyncPolicy
+	(*structpb.Value)(nil),                      // 80: google.protobuf.Value
+	(*LabelSelector)(nil),                       // 81: drover.v1.LabelSelector
+	(*KustomizePatch)(nil),                      // 82: drover.v1.KustomizePatch
+	(*RepoCredentials)(nil),                     // 83: drover.v1.RepoCredentials
 }
 var file_drover_v1_admin_proto_depIdxs = []int32{
-	58, // 0: drover.v1.Cluster.labels:type_name -> drover.v1.Cluster.LabelsEntry
-	66, // 1: drover.v1.Cluster.facts:type_name -> drover.v1.ClusterFacts
-	67, // 2: drover.v1.Cluster.last_seen:type_name -> google.protobuf.Timestamp
-	67, // 3: drover.v1.Cluster.connected_since:type_name -> google.protobuf.Timestamp
-	67, // 4: drover.v1.Cluster.acked_at:type_name -> google.protobuf.Timestamp
-	67, // 5: drover.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
-	59, // 6: drover.v1.Cluster.health_counts:type_name -> drover.v1.Cluster.HealthCountsEntry
+	67, // 0: drover.v1.Cluster.labels:type_name -> drover.v1.Cluster.LabelsEntry
+	76, // 1: drover.v1.Cluster.facts:type_name -> drover.v1.ClusterFacts
+	77, // 2: drover.v1.Cluster.last_seen:type_name -> google.protobuf.Timestamp
+	77, // 3: drover.v1.Cluster.connected_since:type_name -> google.protobuf.Timestamp
+	77, // 4: drover.v1.Cluster.acked_at:type_name -> google.protobuf.Timestamp
+	77, // 5: drover.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
+	68, // 6: drover.v1.Cluster.health_counts:type_name -> drover.v1.Cluster.HealthCountsEntry
 	0,  // 7: drover.v1.ListClustersResponse.clusters:type_name -> drover.v1.Cluster
 	0,  // 8: drover.v1.GetClusterResponse.cluster:type_name -> drover.v1.Cluster
-	68, // 9: drover.v1.GetClusterResponse.applications:type_name -> drover.v1.ApplicationStatus
-	60, // 10: drover.v1.UpdateClusterLabelsRequest.set:type_name -> drover.v1.UpdateClusterLabelsRequest.SetEntry
+	78, // 9: drover.v1.GetClusterResponse.applications:type_name -> drover.v1.ApplicationStatus
+	69, // 10: drover.v1.UpdateClusterLabelsRequest.set:type_name -> drover.v1.UpdateClusterLabelsRequest.SetEntry
 	0,  // 11: drover.v1.UpdateClusterLabelsResponse.cluster:type_name -> drover.v1.Cluster
 	0,  // 12: drover.v1.RevokeClusterResponse.cluster:type_name -> drover.v1.Cluster
-	61, // 13: drover.v1.CreateJoinTokenRequest.labels:type_name -> drover.v1.CreateJoinTokenRequest.LabelsEntry
+	70, // 13: drover.v1.CreateJoinTokenRequest.labels:type_name -> drover.v1.CreateJoinTokenRequest.LabelsEntry
 	13, // 14: drover.v1.CreateJoinTokenResponse.join_token:type_name -> drover.v1.JoinToken
-	62, // 15: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
-	67, // 16: drover.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	67, // 17: drover.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	71, // 15: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
+	77, // 16: drover.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	77, // 17: drover.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
 	13, // 18: drover.v1.ListJoinTokensResponse.join_tokens:type_name -> drover.v1.JoinToken
 	19, // 19: drover.v1.Application.spec:type_name -> drover.v1.ApplicationSpec
-	67, // 20: drover.v1.Application.created_at:type_name -> google.protobuf.Timestamp
-	67, // 21: drover.v1.Application.updated_at:type_name -> google.protobuf.Timestamp
-	20, // 22: drover.v1.ApplicationSpec.source:type_name -> drover.v1.Source
-	21, // 23: drover.v1.ApplicationSpec.render:type_name -> drover.v1.Render
-	22, // 24: drover.v1.ApplicationSpec.placement:type_name -> drover.v1.Placement
-	69, // 25: drover.v1.ApplicationSpec.sync_policy:type_name -> drover.v1.SyncPolicy
-	23, // 26: drover.v1.ApplicationSpec.overrides:type_name -> drover.v1.Override
-	70, // 27: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
-	70, // 28: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
-	71, // 29: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
-	63, // 30: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
-	67, // 31: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	18, // 32: drover.v1.CreateApplicationRequest.application:type_name -> drover.v1.Application
-	18, // 33: drover.v1.CreateApplicationResponse.application:type_name -> drover.v1.Application
-	18, // 34: drover.v1.UpdateApplicationRequest.application:type_name -> drover.v1.Application
-	18, // 35: drover.v1.UpdateApplicationResponse.application:type_name -> drover.v1.Application
-	18, // 36: drover.v1.GetApplicationResponse.application:type_name -> drover.v1.Application
-	24, // 37: drover.v1.GetApplicationResponse.releases:type_name -> drover.v1.Release
-	68, // 38: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
-	33, // 39: drover.v1.ListApplicationsResponse.applications:type_name -> drover.v1.ApplicationSummary
-	18, // 40: drover.v1.ApplicationSummary.application:type_name -> drover.v1.Application
-	64, // 41: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
-	65, // 42: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
-	67, // 43: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
-	72, // 44: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
-	38, // 45: drover.v1.SetRepositoryCredentialsResponse.repository:type_name -> drover.v1.Repository
-	38, // 46: drover.v1.ListRepositoriesResponse.repositories:type_name -> drover.v1.Repository
-	67, // 47: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	67, // 48: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
-	67, // 49: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
-	45, // 50: drover.v1.CreateAPITokenResponse.api_token:type_name -> drover.v1.APIToken
-	45, // 51: drover.v1.ListAPITokensResponse.api_tokens:type_name -> drover.v1.APIToken
-	67, // 52: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
-	52, // 53: drover.v1.ListEventsResponse.events:type_name -> drover.v1.Event
-	57, // 54: drover.v1.GetHubStatusResponse.status:type_name -> drover.v1.HubStatus
-	1,  // 55: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
-	3,  // 56: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
-	5,  // 57: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
-	7,  // 58: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
-	9,  // 59: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
-	11, // 60: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
-	14, // 61: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
-	16, // 62: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
-	25, // 63: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
-	27, // 64: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
-	29, // 65: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
-	31, // 66: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
-	34, // 67: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
-	36, // 68: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
-	39, // 69: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
-	41, // 70: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
-	43, // 71: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
-	46, // 72: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
-	48, // 73: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
-	50, // 74: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
-	53, // 75: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
-	55, // 76: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
-	2,  // 77: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
-	4,  // 78: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
-	6,  // 79: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
-	8,  // 80: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
-	10, // 81: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
-	12, // 82: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
-	15, // 83: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
-	17, // 84: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
-	26, // 85: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
-	28, // 86: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
-	30, // 87: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
-	32, // 88: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
-	35, // 89: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
-	37, // 90: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
-	40, // 91: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
-	42, // 92: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
-	44, // 93: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
-	47, // 94: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
-	49, // 95: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
-	51, // 96: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
-	54, // 97: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
-	56, // 98: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
-	77, // [77:99] is the sub-list for method output_type
-	55, // [55:77] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	77, // 20: drover.v1.Application.created_at:type_name -> google.protobuf.Timestamp
+	77, // 21: drover.v1.Application.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 22: drover.v1.ApplicationSpec.source:type_name -> drover.v1.Source
+	23, // 23: drover.v1.ApplicationSpec.render:type_name -> drover.v1.Render
+	24, // 24: drover.v1.ApplicationSpec.placement:type_name -> drover.v1.Placement
+	79, // 25: drover.v1.ApplicationSpec.sync_policy:type_name -> drover.v1.SyncPolicy
+	25, // 26: drover.v1.ApplicationSpec.overrides:type_name -> drover.v1.Override
+	20, // 27: drover.v1.ApplicationSpec.rollout:type_name -> drover.v1.RolloutStrategy
+	21, // 28: drover.v1.RolloutStrategy.waves:type_name -> drover.v1.RolloutWave
+	80, // 29: drover.v1.RolloutStrategy.max_failures:type_name -> google.protobuf.Value
+	81, // 30: drover.v1.RolloutWave.selector:type_name -> drover.v1.LabelSelector
+	80, // 31: drover.v1.RolloutWave.max_parallel:type_name -> google.protobuf.Value
+	81, // 32: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
+	81, // 33: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
+	82, // 34: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
+	72, // 35: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
+	77, // 36: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	18, // 37: drover.v1.CreateApplicationRequest.application:type_name -> drover.v1.Application
+	18, // 38: drover.v1.CreateApplicationResponse.application:type_name -> drover.v1.Application
+	18, // 39: drover.v1.UpdateApplicationRequest.application:type_name -> drover.v1.Application
+	18, // 40: drover.v1.UpdateApplicationResponse.application:type_name -> drover.v1.Application
+	18, // 41: drover.v1.GetApplicationResponse.application:type_name -> drover.v1.Application
+	26, // 42: drover.v1.GetApplicationResponse.releases:type_name -> drover.v1.Release
+	78, // 43: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
+	35, // 44: drover.v1.ListApplicationsResponse.applications:type_name -> drover.v1.ApplicationSummary
+	18, // 45: drover.v1.ApplicationSummary.application:type_name -> drover.v1.Application
+	73, // 46: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
+	74, // 47: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
+	77, // 48: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
+	83, // 49: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
+	40, // 50: drover.v1.SetRepositoryCredentialsResponse.repository:type_name -> drover.v1.Repository
+	40, // 51: drover.v1.ListRepositoriesResponse.repositories:type_name -> drover.v1.Repository
+	77, // 52: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	77, // 53: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
+	77, // 54: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
+	47, // 55: drover.v1.CreateAPITokenResponse.api_token:type_name -> drover.v1.APIToken
+	47, // 56: drover.v1.ListAPITokensResponse.api_tokens:type_name -> drover.v1.APIToken
+	77, // 57: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
+	54, // 58: drover.v1.ListEventsResponse.events:type_name -> drover.v1.Event
+	59, // 59: drover.v1.GetHubStatusResponse.status:type_name -> drover.v1.HubStatus
+	64, // 60: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	64, // 61: drover.v1.ControlRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	77, // 62: drover.v1.RolloutStatus.started_at:type_name -> google.protobuf.Timestamp
+	77, // 63: drover.v1.RolloutStatus.ended_at:type_name -> google.protobuf.Timestamp
+	65, // 64: drover.v1.RolloutStatus.waves:type_name -> drover.v1.RolloutWaveStatus
+	66, // 65: drover.v1.RolloutStatus.clusters:type_name -> drover.v1.RolloutClusterStatus
+	75, // 66: drover.v1.RolloutWaveStatus.cluster_phases:type_name -> drover.v1.RolloutWaveStatus.ClusterPhasesEntry
+	77, // 67: drover.v1.RolloutWaveStatus.soak_until:type_name -> google.protobuf.Timestamp
+	1,  // 68: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
+	3,  // 69: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
+	5,  // 70: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
+	7,  // 71: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
+	9,  // 72: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
+	11, // 73: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
+	14, // 74: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
+	16, // 75: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
+	27, // 76: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
+	29, // 77: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
+	31, // 78: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
+	33, // 79: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
+	36, // 80: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
+	38, // 81: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
+	60, // 82: drover.v1.AdminService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	62, // 83: drover.v1.AdminService.ControlRollout:input_type -> drover.v1.ControlRolloutRequest
+	41, // 84: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
+	43, // 85: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
+	45, // 86: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
+	48, // 87: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
+	50, // 88: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
+	52, // 89: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
+	55, // 90: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
+	57, // 91: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
+	2,  // 92: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
+	4,  // 93: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
+	6,  // 94: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
+	8,  // 95: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
+	10, // 96: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
+	12, // 97: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
+	15, // 98: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
+	17, // 99: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
+	28, // 100: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
+	30, // 101: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
+	32, // 102: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
+	34, // 103: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
+	37, // 104: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
+	39, // 105: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
+	61, // 106: drover.v1.AdminService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	63, // 107: drover.v1.AdminService.ControlRollout:output_type -> drover.v1.ControlRolloutResponse
+	42, // 108: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
+	44, // 109: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
+	46, // 110: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
+	49, // 111: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
+	51, // 112: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
+	53, // 113: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
+	56, // 114: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
+	58, // 115: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
+	92, // [92:116] is the sub-list for method output_type
+	68, // [68:92] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_admin_proto_init() }
@@ -3742,7 +4506,7 @@ func file_drover_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_admin_proto_rawDesc), len(file_drover_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   66,
+			NumMessages:   76,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

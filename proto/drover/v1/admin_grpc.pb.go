@@ -33,6 +33,8 @@ const (
 	AdminService_ListApplications_FullMethodName            = "/drover.v1.AdminService/ListApplications"
 	AdminService_DeleteApplication_FullMethodName           = "/drover.v1.AdminService/DeleteApplication"
 	AdminService_RefreshApplication_FullMethodName          = "/drover.v1.AdminService/RefreshApplication"
+	AdminService_GetRollout_FullMethodName                  = "/drover.v1.AdminService/GetRollout"
+	AdminService_ControlRollout_FullMethodName              = "/drover.v1.AdminService/ControlRollout"
 	AdminService_SetRepositoryCredentials_FullMethodName    = "/drover.v1.AdminService/SetRepositoryCredentials"
 	AdminService_ListRepositories_FullMethodName            = "/drover.v1.AdminService/ListRepositories"
 	AdminService_DeleteRepositoryCredentials_FullMethodName = "/drover.v1.AdminService/DeleteRepositoryCredentials"
@@ -69,6 +71,12 @@ type AdminServiceClient interface {
 	DeleteApplication(ctx context.Context, in *DeleteApplicationRequest, opts ...grpc.CallOption) (*DeleteApplicationResponse, error)
 	// RefreshApplication resolves the application's ref now.
 	RefreshApplication(ctx context.Context, in *RefreshApplicationRequest, opts ...grpc.CallOption) (*RefreshApplicationResponse, error)
+	// GetRollout reports where the rollout of an application's current
+	// release stands.
+	GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*GetRolloutResponse, error)
+	// ControlRollout pauses, resumes, promotes, aborts or rolls back the
+	// rollout.
+	ControlRollout(ctx context.Context, in *ControlRolloutRequest, opts ...grpc.CallOption) (*ControlRolloutResponse, error)
 	// SetRepositoryCredentials stores credentials for a repository URL,
 	// encrypted. They are never returned.
 	SetRepositoryCredentials(ctx context.Context, in *SetRepositoryCredentialsRequest, opts ...grpc.CallOption) (*SetRepositoryCredentialsResponse, error)
@@ -231,6 +239,26 @@ func (c *adminServiceClient) RefreshApplication(ctx context.Context, in *Refresh
 	return out, nil
 }
 
+func (c *adminServiceClient) GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*GetRolloutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRolloutResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ControlRollout(ctx context.Context, in *ControlRolloutRequest, opts ...grpc.CallOption) (*ControlRolloutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ControlRolloutResponse)
+	err := c.cc.Invoke(ctx, AdminService_ControlRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) SetRepositoryCredentials(ctx context.Context, in *SetRepositoryCredentialsRequest, opts ...grpc.CallOption) (*SetRepositoryCredentialsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SetRepositoryCredentialsResponse)
@@ -337,6 +365,12 @@ type AdminServiceServer interface {
 	DeleteApplication(context.Context, *DeleteApplicationRequest) (*DeleteApplicationResponse, error)
 	// RefreshApplication resolves the application's ref now.
 	RefreshApplication(context.Context, *RefreshApplicationRequest) (*RefreshApplicationResponse, error)
+	// GetRollout reports where the rollout of an application's current
+	// release stands.
+	GetRollout(context.Context, *GetRolloutRequest) (*GetRolloutResponse, error)
+	// ControlRollout pauses, resumes, promotes, aborts or rolls back the
+	// rollout.
+	ControlRollout(context.Context, *ControlRolloutRequest) (*ControlRolloutResponse, error)
 	// SetRepositoryCredentials stores credentials for a repository URL,
 	// encrypted. They are never returned.
 	SetRepositoryCredentials(context.Context, *SetRepositoryCredentialsRequest) (*SetRepositoryCredentialsResponse, error)
@@ -400,6 +434,12 @@ func (UnimplementedAdminServiceServer) DeleteApplication(context.Context, *Delet
 }
 func (UnimplementedAdminServiceServer) RefreshApplication(context.Context, *RefreshApplicationRequest) (*RefreshApplicationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RefreshApplication not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRollout(context.Context, *GetRolloutRequest) (*GetRolloutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRollout not implemented")
+}
+func (UnimplementedAdminServiceServer) ControlRollout(context.Context, *ControlRolloutRequest) (*ControlRolloutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ControlRollout not implemented")
 }
 func (UnimplementedAdminServiceServer) SetRepositoryCredentials(context.Context, *SetRepositoryCredentialsRequest) (*SetRepositoryCredentialsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetRepositoryCredentials not implemented")
@@ -698,6 +738,42 @@ func _AdminService_RefreshApplication_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRollout(ctx, req.(*GetRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ControlRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ControlRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ControlRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ControlRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ControlRollout(ctx, req.(*ControlRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_SetRepositoryCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SetRepositoryCredentialsRequest)
 	if err := dec(in); err != nil {
@@ -904,6 +980,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RefreshApplication",
 			Handler:    _AdminService_RefreshApplication_Handler,
+		},
+		{
+			MethodName: "GetRollout",
+			Handler:    _AdminService_GetRollout_Handler,
+		},
+		{
+			MethodName: "ControlRollout",
+			Handler:    _AdminService_ControlRollout_Handler,
 		},
 		{
 			MethodName: "SetRepositoryCredentials",

@@ -1,0 +1,53 @@
+package fleet
+
+import (
+	"errors"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/drover-dev/drover/hub/rollout"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// RolloutStrategy reads an application's spec.rollout into the planner's
+// Strategy: nil when the spec has none. The planner parses the proto's JSON,
+// so the API, droverctl's files and the hub refuse the same strategies
+// with the same messages. Errors are FieldErrors named from "spec.".
+func RolloutStrategy(spec *droverv1.ApplicationSpec) (*rollout.Strategy, error) {
+	var errs FieldErrors
+	s := parseRollout(&errs, spec.GetRollout())
+	return s, errs.errOrNil()
+}
+
+func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *rollout.Strategy {
+	if r == nil {
+		return nil
+	}
+	js, err := protojson.Marshal(r)
+	if err != nil {
+		errs.add("spec.rollout", "not encodable: %v", err)
+		return nil
+	}
+	s, err := rollout.ParseStrategy(js)
+	var fes rollout.FieldErrors
+	switch {
+	case errors.As(err, &fes):
+		for _, fe := range fes {
+			errs.add("spec."+fe.Field, "%s", fe.Msg)
+		}
+		return nil
+	case err != nil:
+		errs.add("spec.rollout", "%v", err)
+		return nil
+	case s == nil:
+		// Not reached (protojson writes {} for an empty message), but a
+		// rollout block that is set is never "no rollout".
+		return &rollout.Strategy{}
+	}
+	return s
+}
+
+// validateRollout checks spec.rollout.
+func validateRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) {
+	parseRollout(errs, r)
+}

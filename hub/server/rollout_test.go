@@ -1,0 +1,229 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/hub/server"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// rolloutApp is webApp with a canary wave (one cluster, 2s soak) and a
+// main wave behind an approval, rolled back on failure.
+func rolloutApp(repoURL string) *droverv1.Application {
+	a := webApp("web", repoURL, map[string]string{"app": "web"})
+	a.Spec.Rollout = &droverv1.RolloutStrategy{
+		OnFailure: "rollback",
+		Waves: []*droverv1.RolloutWave{
+			{Name: "canary", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}}, MaxParallel: structpb.NewNumberValue(1), Soak: "2s"},
+			{Name: "main", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "main"}}, MaxParallel: structpb.NewStringValue("50%"), RequireApproval: true},
+		},
+	}
+	return a
+}
+
+// commitOn is the application's commit in the cluster's assignment.
+func commitOn(h *testHub, cluster string) string {
+	for _, a := range h.Fleet().Assignment(cluster).GetApplications() {
+		if a.GetName() == "web" {
+			return a.GetCommit()
+		}
+	}
+	return ""
+}
+
+func report(t *testing.T, h *testHub, s *stream, commit string, health droverv1.Health) {
+	t.Helper()
+	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
+		{Application: "web", Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: health, ObservedAt: timestamppb.Now()},
+	}}}})
+}
+
+func getRollout(t *testing.T, h *testHub) *droverv1.RolloutStatus {
+	t.Helper()
+	var r droverv1.GetRolloutResponse
+	h.mustAPI(t, "GET", "/api/v1/applications/web/rollout", nil, &r)
+	return r.GetRollout()
+}
+
+// drain keeps a stream's receive buffer from filling: the tests read
+// assignments from the fleet.
+func drain(s *stream) {
+	go func() {
+		for {
+			select {
+			case <-s.msgs:
+			case <-s.errc:
+				return
+			}
+		}
+	}()
+}
+
+// TestRollout moves releases across five clusters: a canary, an approval
+// gate, a main wave at most two at a time, a hub restart mid-rollout, and
+// a bad release rolled back before any main cluster got it.
+func TestRollout(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
+	h := startHub(t)
+
+	canaryTok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"app": "web", "ring": "canary"}})
+	mainTok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"app": "web", "ring": "main"}, Reusable: true})
+	names := []string{"canary", "m1", "m2", "m3", "m4"}
+	agents := map[string]*testAgent{"canary": h.mustRegister(t, canaryTok, "canary")}
+	for _, n := range names[1:] {
+		agents[n] = h.mustRegister(t, mainTok, n)
+	}
+	streams := map[string]*stream{}
+	connectAll := func() {
+		for _, n := range names {
+			streams[n] = agents[n].connect(t, "")
+			drain(streams[n])
+		}
+	}
+	connectAll()
+	eventually(t, "every cluster online", func() bool {
+		var l droverv1.ListClustersResponse
+		h.mustAPI(t, "GET", "/api/v1/clusters", nil, &l)
+		online := 0
+		for _, c := range l.GetClusters() {
+			if c.GetOnline() {
+				online++
+			}
+		}
+		return online == len(names)
+	})
+
+	// The first release goes everywhere at once.
+	h.mustAPI(t, "POST", "/api/v1/applications", rolloutApp(repo.URL), nil)
+	eventually(t, "the first release everywhere", func() bool {
+		for _, n := range names {
+			if commitOn(h, n) != c1 {
+				return false
+			}
+		}
+		return true
+	})
+	eventually(t, "the first rollout completed", func() bool { return getRollout(t, h).GetPhase() == "completed" })
+	if code, body := h.api(t, h.token, "POST", "/api/v1/applications/web/rollout/rollback", nil, nil); code != http.StatusBadRequest || !strings.Contains(body, "no previous good release") {
+		t.Fatalf("rollback of the first release: HTTP %d %s, want 400 naming no previous good release", code, body)
+	}
+
+	// A new commit goes to the canary only.
+	c2 := repo.Commit(t, "v2", map[string]string{"web/a.yaml": "kind: ConfigMap\nmetadata: {name: v2}\n"})
+	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
+	eventually(t, "the canary on v2", func() bool { return commitOn(h, "canary") == c2 })
+	if code, body := h.api(t, h.token, "POST", "/api/v1/applications/web/rollout/promote", nil, nil); code != http.StatusBadRequest || !strings.Contains(body, "not waiting for approval") {
+		t.Fatalf("promote while running: HTTP %d %s, want 400 not waiting for approval", code, body)
+	}
+	report(t, h, streams["canary"], c2, droverv1.Health_HEALTH_HEALTHY)
+	eventually(t, "the main wave waiting for approval", func() bool {
+		_ = h.FlushStatuses(context.Background())
+		return getRollout(t, h).GetPhase() == "waiting-approval"
+	})
+	r := getRollout(t, h)
+	if !strings.Contains(r.GetWaiting(), "approval of wave main") {
+		t.Fatalf("waiting = %q, want approval of wave main", r.GetWaiting())
+	}
+	for _, n := range names[1:] {
+		if got := commitOn(h, n); got != c1 {
+			t.Fatalf("%s on %s before approval, want %s", n, got, c1)
+		}
+	}
+
+	// Restart the hub: the rollout resumes where it was.
+	h.Close()
+	h2, err := server.Start(context.Background(), h.cfg, testbed.Logger(t), io.Discard)
+	if err != nil {
+		t.Fatalf("restart hub: %v", err)
+	}
+	t.Cleanup(func() { h2.Close() })
+	h = &testHub{Hub: h2, token: h.token, cfg: h.cfg}
+	for _, n := range names {
+		agents[n].hub = h
+	}
+	if got := commitOn(h, "canary"); got != c2 {
+		t.Fatalf("canary on %s after restart, want %s", got, c2)
+	}
+	for _, n := range names[1:] {
+		if got := commitOn(h, n); got != c1 {
+			t.Fatalf("%s on %s after restart, want %s", n, got, c1)
+		}
+	}
+	if p := getRollout(t, h).GetPhase(); p != "waiting-approval" {
+		t.Fatalf("phase after restart = %s, want waiting-approval", p)
+	}
+	connectAll()
+
+	// Promote: the main wave gets v2 at most two clusters at a time.
+	h.mustAPI(t, "POST", "/api/v1/applications/web/rollout/promote", nil, nil)
+	reported := map[string]bool{}
+	eventually(t, "the rollout of v2 completed", func() bool {
+		updating := 0
+		for _, n := range names[1:] {
+			if commitOn(h, n) == c2 && !reported[n] {
+				updating++
+			}
+		}
+		if updating > 2 {
+			t.Fatalf("%d main clusters updating at once, want at most 2", updating)
+		}
+		for _, n := range names[1:] {
+			if commitOn(h, n) == c2 && !reported[n] {
+				report(t, h, streams[n], c2, droverv1.Health_HEALTH_HEALTHY)
+				reported[n] = true
+			}
+		}
+		_ = h.FlushStatuses(context.Background())
+		return getRollout(t, h).GetPhase() == "completed"
+	})
+
+	// A bad release: the canary degrades, the rollout rolls back, and no
+	// main cluster ever gets it.
+	c3 := repo.Commit(t, "v3", map[string]string{"web/a.yaml": "kind: ConfigMap\nmetadata: {name: v3}\n"})
+	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
+	eventually(t, "the canary on v3", func() bool { return commitOn(h, "canary") == c3 })
+	report(t, h, streams["canary"], c3, droverv1.Health_HEALTH_DEGRADED)
+	eventually(t, "the rollout of v3 rolled back", func() bool {
+		for _, n := range names[1:] {
+			if got := commitOn(h, n); got != c2 {
+				t.Fatalf("%s on %s during the bad rollout, want %s", n, got, c2)
+			}
+		}
+		_ = h.FlushStatuses(context.Background())
+		return getRollout(t, h).GetPhase() == "rolled-back"
+	})
+	if got := commitOn(h, "canary"); got != c2 {
+		t.Fatalf("canary on %s after rollback, want %s", got, c2)
+	}
+	if r := getRollout(t, h); r.GetPreviousCommit() != c2 || r.GetCommit() != c3 {
+		t.Fatalf("rollout = %s from %s, want %s from %s", r.GetCommit(), r.GetPreviousCommit(), c3, c2)
+	}
+}
+
+// TestRolloutBadInput refuses an invalid strategy naming the field, and
+// changes nothing.
+func TestRolloutBadInput(t *testing.T) {
+	h := startHub(t)
+	a := rolloutApp("https://example.com/fleet.git")
+	a.Spec.Rollout.Waves[1].MaxParallel = structpb.NewStringValue("150%")
+	code, body := h.api(t, h.token, "POST", "/api/v1/applications", a, nil)
+	if code != http.StatusBadRequest || !strings.Contains(body, "spec.rollout.waves[1].maxParallel") {
+		t.Fatalf("create with maxParallel 150%%: HTTP %d %s, want 400 naming spec.rollout.waves[1].maxParallel", code, body)
+	}
+	if code, _ := h.api(t, h.token, "GET", "/api/v1/applications/web", nil, nil); code != http.StatusNotFound {
+		t.Fatalf("GET after refused create: HTTP %d, want 404", code)
+	}
+	if code, body := h.api(t, h.token, "POST", "/api/v1/applications/web/rollout/launch", nil, nil); code != http.StatusBadRequest || !strings.Contains(body, "op") {
+		t.Fatalf("unknown op: HTTP %d %s, want 400 naming op", code, body)
+	}
+}

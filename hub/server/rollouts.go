@@ -1,0 +1,418 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/rollout"
+	"github.com/drover-dev/drover/hub/store"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// rolloutInterval is how often the engine steps every rollout: soaks and
+// deadlines end, and status reports and heartbeats arrive, without a wake.
+const rolloutInterval = time.Second
+
+// rollouts is the rollout engine: one goroutine that drives hub/rollout's
+// planner for every application with a rollout strategy. It is the only
+// writer of their rollout states and pins. Applications without a strategy
+// never reach it: their release goes to every cluster at once, as before.
+//
+// It also puts every application into the fleet (setApp), so that the
+// fleet never holds an application without its rollout's pins.
+type rollouts struct {
+	store *store.Store
+	fleet *fleet.Fleet
+	log   *slog.Logger
+	// offlineTimeout is the hub's online window.
+	offlineTimeout time.Duration
+
+	wake    chan struct{}
+	control chan controlRequest
+
+	// mu serialises what goes into the fleet for an application (its
+	// spec from setApp, its pins from the engine), so neither overwrites
+	// the other with something older. Lock order: mu, then the fleet's.
+	mu sync.Mutex // guards the fields below
+	// apps is the fleet.App last set for each application, pins aside.
+	apps map[string]*fleet.App
+	// states is each application's rollout as last stored.
+	states map[string]rollout.State
+}
+
+type controlRequest struct {
+	app, actor string
+	op         rollout.Op
+	reply      chan error
+}
+
+// newRollouts loads the stored rollout states, so that the fleet gets
+// their pins as it loads (the hub resumes every rollout where it was).
+func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTimeout time.Duration, logger *slog.Logger) (*rollouts, error) {
+	states, err := st.ListRolloutStates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load rollouts: %w", err)
+	}
+	return &rollouts{
+		store: st, fleet: f, log: logger, offlineTimeout: offlineTimeout,
+		wake:    make(chan struct{}, 1),
+		control: make(chan controlRequest),
+		apps:    map[string]*fleet.App{},
+		states:  states,
+	}, nil
+}
+
+// setApp puts an application into the fleet. With a rollout strategy and
+// a rollout state, the clusters get the state's pins and a cluster the
+// rollout does not know yet gets the last good release, never one not
+// proven yet.
+func (e *rollouts) setApp(app *fleet.App) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.fleet.SetApp(e.withPinsLocked(app)); err != nil {
+		return err
+	}
+	e.apps[app.Name] = app
+	e.poke()
+	return nil
+}
+
+func (e *rollouts) withPinsLocked(app *fleet.App) *fleet.App {
+	st, ok := e.states[app.Name]
+	if app.Spec.GetRollout() == nil || !ok || st.Release == "" {
+		return app
+	}
+	cp := *app
+	cp.Commit = holdCommit(st)
+	cp.Pins = rollout.Pins(st)
+	return &cp
+}
+
+// holdCommit is what a cluster the rollout has not placed yet runs.
+func holdCommit(st rollout.State) string {
+	if c := st.LastGood(); c != "" {
+		return c
+	}
+	return st.Release
+}
+
+// removeApp takes an application out of the fleet and forgets it.
+func (e *rollouts) removeApp(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.apps, name)
+	delete(e.states, name)
+	e.fleet.RemoveApp(name)
+}
+
+// manages reports whether the engine moves the application's releases:
+// it has a rollout strategy.
+func (e *rollouts) manages(app string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a := e.apps[app]
+	return a != nil && a.Spec.GetRollout() != nil
+}
+
+// poke wakes the engine without waiting.
+func (e *rollouts) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run steps every rollout when woken and every rolloutInterval until ctx
+// ends.
+func (e *rollouts) run(ctx context.Context) error {
+	t := time.NewTicker(rolloutInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-e.wake:
+		case req := <-e.control:
+			req.reply <- e.doControl(ctx, req)
+		}
+		e.stepAll(ctx)
+	}
+}
+
+// Control applies an operator's command through the engine goroutine.
+func (e *rollouts) Control(ctx context.Context, app string, op rollout.Op, actor string) error {
+	req := controlRequest{app: app, op: op, actor: actor, reply: make(chan error, 1)}
+	select {
+	case e.control <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (e *rollouts) doControl(ctx context.Context, req controlRequest) error {
+	e.mu.Lock()
+	app := e.apps[req.app]
+	st := e.states[req.app]
+	e.mu.Unlock()
+	if app == nil {
+		return fmt.Errorf("application %s: %w", req.app, store.ErrNotFound)
+	}
+	if app.Spec.GetRollout() == nil {
+		return &rollout.ControlError{Op: req.op, Msg: "the application has no rollout strategy: its releases go to every cluster at once"}
+	}
+	in, err := e.store.RolloutInputs(ctx, req.app, nil)
+	if err != nil {
+		return err
+	}
+	next, actions, err := rollout.Control(st, req.op, in.Now)
+	if err != nil {
+		return err
+	}
+	if err := e.commit(ctx, req.app, st, next, actions, req.actor); err != nil {
+		return err
+	}
+	e.log.Info("rollout command", "app", req.app, "op", req.op, "actor", req.actor, "phase", next.Phase)
+	// Step at once, as after any change: a promote starts the wave now.
+	e.stepOne(ctx, req.app)
+	return nil
+}
+
+// stepAll steps every application with a strategy, and forgets the
+// rollouts of applications whose strategy was removed.
+func (e *rollouts) stepAll(ctx context.Context) {
+	e.mu.Lock()
+	names := slices.Sorted(maps.Keys(e.apps))
+	var dropped []string
+	for name, app := range e.apps {
+		if _, ok := e.states[name]; ok && app.Spec.GetRollout() == nil {
+			dropped = append(dropped, name)
+		}
+	}
+	e.mu.Unlock()
+	for _, name := range dropped {
+		e.drop(ctx, name)
+	}
+	clusters := e.fleet.Clusters()
+	lbls := make(map[string]map[string]string, len(clusters))
+	for _, c := range clusters {
+		lbls[c.Name] = c.Labels
+	}
+	for _, name := range names {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := e.step(ctx, name, lbls); err != nil && ctx.Err() == nil {
+			e.log.Warn("rollout step", "app", name, "err", err)
+		}
+	}
+}
+
+func (e *rollouts) stepOne(ctx context.Context, name string) {
+	clusters := e.fleet.Clusters()
+	lbls := make(map[string]map[string]string, len(clusters))
+	for _, c := range clusters {
+		lbls[c.Name] = c.Labels
+	}
+	if err := e.step(ctx, name, lbls); err != nil && ctx.Err() == nil {
+		e.log.Warn("rollout step", "app", name, "err", err)
+	}
+}
+
+// drop deletes the rollout of an application that no longer has a
+// strategy: its releases go everywhere at once again, and a strategy added
+// later starts from what the clusters run then.
+func (e *rollouts) drop(ctx context.Context, name string) {
+	if err := e.store.DeleteRolloutState(ctx, name); err != nil {
+		e.log.Warn("delete rollout", "app", name, "err", err)
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.states, name)
+	if app := e.apps[name]; app != nil {
+		if err := e.fleet.SetApp(app); err != nil {
+			e.log.Error("place application", "app", name, "err", err)
+		}
+	}
+}
+
+// step observes one application and advances its rollout.
+func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[string]string) error {
+	e.mu.Lock()
+	app := e.apps[name]
+	prev := e.states[name]
+	e.mu.Unlock()
+	if app == nil || app.Spec.GetRollout() == nil {
+		return nil
+	}
+	strategy, err := fleet.RolloutStrategy(app.Spec)
+	if err != nil {
+		// Stored before a stricter rule: hold every cluster where it is.
+		return fmt.Errorf("rollout strategy: %w", err)
+	}
+	rels, err := e.store.ListReleases(ctx, name, 1)
+	if err != nil {
+		return err
+	}
+	obs := rollout.Observations{Strategy: strategy, Clusters: map[string]rollout.Observation{}}
+	if len(rels) > 0 {
+		obs.Commit, obs.NoOp = rels[0].GetCommit(), rels[0].GetNoop()
+	}
+	placed := e.fleet.PlacedClusters(name)
+	for _, c := range placed {
+		obs.Placed = append(obs.Placed, rollout.Cluster{Name: c, Labels: lbls[c]})
+	}
+	in, err := e.store.RolloutInputs(ctx, name, placed)
+	if err != nil {
+		return err
+	}
+	for _, c := range placed {
+		var o rollout.Observation
+		if seen, ok := in.LastSeen[c]; ok {
+			o.LastSeen = seen
+			o.Online = in.Now.Sub(seen) < e.offlineTimeout
+		}
+		if s, ok := in.Statuses[c]; ok {
+			o.Status = &rollout.Status{Commit: s.Commit, Sync: s.Sync, Health: s.Health, Message: s.Message, ObservedAt: s.ReceivedAt}
+		}
+		obs.Clusters[c] = o
+	}
+	next, actions := rollout.Step(prev, obs, in.Now)
+	return e.commit(ctx, name, prev, next, actions, "hub")
+}
+
+// commit stores next (when it differs from prev), then gives the fleet its
+// pins, then records its events: a hub that stops in between resumes from
+// the stored state and applies its pins at start.
+func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.State, actions []rollout.Action, actor string) error {
+	a, err := json.Marshal(prev)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(next)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(a, b) && len(actions) == 0 {
+		return nil
+	}
+	if err := e.store.PutRolloutState(ctx, name, next); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.states[name] = next
+	var setErr error
+	if app := e.apps[name]; app != nil {
+		// The fleet recomputes nothing when the pins did not change.
+		setErr = e.fleet.SetApp(e.withPinsLocked(app))
+	}
+	e.mu.Unlock()
+	if setErr != nil {
+		e.log.Error("pin application", "app", name, "err", setErr)
+	}
+	for _, act := range actions {
+		ev, ok := act.(*rollout.Event)
+		if !ok {
+			continue
+		}
+		e.log.Info("rollout", "app", name, "kind", ev.Kind, "cluster", ev.Cluster, "wave", ev.Wave, "msg", ev.Message)
+		if err := e.store.AddEvent(context.WithoutCancel(ctx), &droverv1.Event{
+			Time: timestamppb.Now(), Kind: ev.Kind, Actor: actor, Cluster: ev.Cluster, Application: name, Message: ev.Message,
+		}); err != nil {
+			e.log.Warn("record event", "kind", ev.Kind, "err", err)
+		}
+	}
+	return nil
+}
+
+// Rollout reports an application's rollout (for the admin API).
+func (h *Hub) Rollout(ctx context.Context, app string) (*droverv1.RolloutStatus, error) {
+	return h.rollouts.Rollout(ctx, app)
+}
+
+// ControlRollout applies an operator's command to an application's rollout
+// and reports the rollout after it (for the admin API).
+func (h *Hub) ControlRollout(ctx context.Context, app string, op rollout.Op, actor string) (*droverv1.RolloutStatus, error) {
+	if err := h.rollouts.Control(ctx, app, op, actor); err != nil {
+		return nil, err
+	}
+	return h.rollouts.Rollout(ctx, app)
+}
+
+// Rollout reports an application's rollout as stored.
+func (e *rollouts) Rollout(ctx context.Context, name string) (*droverv1.RolloutStatus, error) {
+	st, err := e.store.GetRolloutState(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	var spec *droverv1.ApplicationSpec
+	e.mu.Lock()
+	if a := e.apps[name]; a != nil {
+		spec = a.Spec
+	}
+	e.mu.Unlock()
+	approval := map[string]bool{}
+	for _, w := range spec.GetRollout().GetWaves() {
+		approval[w.GetName()] = w.GetRequireApproval()
+	}
+	return rolloutStatus(name, st, approval, time.Now()), nil
+}
+
+func rolloutStatus(name string, st rollout.State, approval map[string]bool, now time.Time) *droverv1.RolloutStatus {
+	out := &droverv1.RolloutStatus{
+		Application: name, Id: st.ID, Commit: st.Release, PreviousCommit: st.Good,
+		Phase: string(st.Phase), Reason: st.Reason, Waiting: rollout.Waiting(st, now),
+		StartedAt: tsOrNil(st.StartedAt), EndedAt: tsOrNil(st.EndedAt),
+	}
+	order := map[string]int{}
+	for i, w := range st.Waves {
+		order[w.Name] = i
+		out.Waves = append(out.Waves, &droverv1.RolloutWaveStatus{
+			Name: w.Name, Phase: string(w.Phase), Clusters: int32(w.Clusters), MaxParallel: int32(w.MaxParallel),
+			ClusterPhases: map[string]int32{}, SoakUntil: tsOrNil(w.SoakUntil), RequiresApproval: approval[w.Name],
+		})
+	}
+	for _, cname := range slices.Sorted(maps.Keys(st.Clusters)) {
+		c := st.Clusters[cname]
+		if i, ok := order[c.Wave]; ok {
+			out.Waves[i].ClusterPhases[string(c.Phase)]++
+		}
+		msg := c.Reason
+		if msg == "" {
+			msg = c.Last
+		}
+		out.Clusters = append(out.Clusters, &droverv1.RolloutClusterStatus{Name: cname, Wave: c.Wave, Phase: string(c.Phase), Commit: c.Commit, Message: msg})
+	}
+	slices.SortStableFunc(out.Clusters, func(a, b *droverv1.RolloutClusterStatus) int {
+		if d := order[a.GetWave()] - order[b.GetWave()]; d != 0 {
+			return d
+		}
+		return strings.Compare(a.GetName(), b.GetName())
+	})
+	return out
+}
+
+func tsOrNil(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
