@@ -38,11 +38,12 @@ test: deps testbed
 testbed:
 	e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)' >/dev/null
 
-## deps: the machine packages the tests need (PostgreSQL server binaries, git)
+## deps: the machine packages the tests need (PostgreSQL server binaries, git, chromium)
 deps:
 	@missing=""; \
 	command -v git >/dev/null || missing="$$missing git"; \
 	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing — install them (Debian: sudo apt-get install$$missing)"; exit 1; fi; \
 		echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

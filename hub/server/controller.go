@@ -57,7 +57,7 @@ func (h *Hub) setApp(ctx context.Context, a *droverv1.Application, commit string
 	if err != nil {
 		h.log.Error("read repository credentials", "app", a.GetName(), "err", err)
 	}
-	if err := h.fleet.SetApp(&fleet.App{Name: a.GetName(), Spec: a.GetSpec(), Commit: commit, Credentials: creds}); err != nil {
+	if err := h.rollouts.setApp(&fleet.App{Name: a.GetName(), Spec: a.GetSpec(), Commit: commit, Credentials: creds}); err != nil {
 		h.log.Error("place application", "app", a.GetName(), "err", err)
 		return
 	}
@@ -88,9 +88,10 @@ func (h *Hub) repoCredentials(ctx context.Context, url string) (*droverv1.RepoCr
 
 // ApplicationChanged reloads one application from the store.
 func (h *Hub) ApplicationChanged(ctx context.Context, name string) {
+	defer h.notify()
 	a, err := h.store.GetApplication(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		h.fleet.RemoveApp(name)
+		h.rollouts.removeApp(name)
 		h.mu.Lock()
 		delete(h.specs, name)
 		delete(h.sourceErrs, name)
@@ -125,6 +126,7 @@ func (h *Hub) ApplicationChanged(ctx context.Context, name string) {
 
 // ClusterChanged reloads one cluster from the store.
 func (h *Hub) ClusterChanged(ctx context.Context, name string) {
+	defer h.notify()
 	c, err := h.store.GetCluster(ctx, name)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && c.GetRevoked()) {
 		h.fleet.RemoveCluster(name)
@@ -245,6 +247,11 @@ func (h *Hub) newCommit(ctx context.Context, app, commit string) (bool, error) {
 		h.log.Info("new release", "app", app, "commit", commit)
 		h.event(ctx, "release.created", app, "new release at commit "+commit)
 	}
+	if h.rollouts.manages(app) {
+		// The rollout engine moves the release across the clusters.
+		h.rollouts.poke()
+		return created, nil
+	}
 	if err := h.fleet.SetCommit(app, commit); err != nil && !errors.Is(err, fleet.ErrNotFound) {
 		return created, err
 	}
@@ -273,4 +280,5 @@ func (h *Hub) event(ctx context.Context, kind, app, msg string) {
 	}); err != nil {
 		h.log.Warn("record event", "kind", kind, "err", err)
 	}
+	h.notify()
 }

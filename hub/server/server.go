@@ -25,6 +25,7 @@ import (
 
 	"github.com/drover-dev/drover/hub/adminapi"
 	"github.com/drover-dev/drover/hub/agentapi"
+	"github.com/drover-dev/drover/hub/dashboard"
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/gitwatch"
 	"github.com/drover-dev/drover/hub/pgserver"
@@ -49,12 +50,14 @@ type Hub struct {
 	ca       *pki.CA
 	box      *secrets.Box
 	fleet    *fleet.Fleet
+	rollouts *rollouts
 	watcher  *gitwatch.Watcher
 	resolver *gitwatch.Resolver
 	statuses *store.StatusWriter
 	agents   *agentapi.Server
 	admin    *adminapi.Server
 	gateway  *adminapi.Gateway
+	dash     *dashboard.Dashboard
 
 	grpcSrv  *grpc.Server
 	httpSrv  *http.Server
@@ -132,6 +135,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	}
 
 	h.fleet = fleet.New(logger)
+	if h.rollouts, err = newRollouts(ctx, h.store, h.fleet, cfg.OfflineTimeout, logger); err != nil {
+		return nil, err
+	}
 	if err := h.load(ctx); err != nil {
 		return nil, err
 	}
@@ -139,9 +145,12 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	if h.watcher, err = gitwatch.NewWatcher(gitwatch.Config{Interval: cfg.PollInterval, Logger: logger}, h.resolver, h, h); err != nil {
 		return nil, err
 	}
-	h.statuses = store.NewStatusWriter(h.store, logger, 0, 0)
-	h.agents = agentapi.New(agentapi.Config{Replica: cfg.Replica, PingInterval: cfg.PingInterval}, h.store, h.ca, h.fleet, h.statuses, logger)
+	h.statuses = store.NewStatusWriter(h.store, logger, 0, 0, store.WithOnWritten(h.notify))
+	h.agents = agentapi.New(agentapi.Config{Replica: cfg.Replica, PingInterval: cfg.PingInterval}, notifyingStore{h.store, h.notify}, h.ca, h.fleet, h.statuses, logger)
 	h.admin = adminapi.New(h.store, h, h.box, cfg.OfflineTimeout, logger)
+	if h.dash, err = dashboard.New(dashboard.Config{Admin: h.admin, Store: h.store, Logger: logger, OfflineTimeout: cfg.OfflineTimeout}); err != nil {
+		return nil, err
+	}
 
 	h.grpcSrv = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{
@@ -170,7 +179,11 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	mux := http.NewServeMux()
 	mux.Handle("/api/", h.gateway)
 	mux.HandleFunc("/healthz", h.healthz)
+	mux.Handle("/", h.dash)
 	h.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Open dashboard pages hold a live stream; end them so shutdown need
+	// not wait for them.
+	h.httpSrv.RegisterOnShutdown(h.dash.Close)
 
 	if h.agentLis, err = net.Listen("tcp", cfg.AgentAddr); err != nil {
 		return nil, fmt.Errorf("listen on --agent-addr: %w", err)
@@ -191,6 +204,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	g.Go(func() error { return h.agents.Run(gctx) })
 	g.Go(func() error { h.statuses.Run(gctx); return nil })
 	g.Go(func() error { return h.watcher.Run(gctx) })
+	g.Go(func() error { return h.rollouts.run(gctx) })
 	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
 	return h, nil
 }
@@ -279,6 +293,35 @@ func (h *Hub) closeResources() {
 			h.log.Warn("stop the embedded PostgreSQL", "err", err)
 		}
 	}
+}
+
+// notify tells open dashboard pages that something changed.
+func (h *Hub) notify() {
+	if h.dash != nil {
+		h.dash.Notify()
+	}
+}
+
+// notifyingStore is the agent endpoint's store: connections, ACKs and
+// agent events also tell open dashboard pages that something changed.
+type notifyingStore struct {
+	*store.Store
+	notify func()
+}
+
+func (s notifyingStore) MarkConnected(ctx context.Context, name, replica, peerAddr string, facts *droverv1.ClusterFacts, now time.Time) error {
+	defer s.notify()
+	return s.Store.MarkConnected(ctx, name, replica, peerAddr, facts, now)
+}
+
+func (s notifyingStore) RecordAck(ctx context.Context, name, version, nackErr string, now time.Time) error {
+	defer s.notify()
+	return s.Store.RecordAck(ctx, name, version, nackErr, now)
+}
+
+func (s notifyingStore) AddEvent(ctx context.Context, e *droverv1.Event) error {
+	defer s.notify()
+	return s.Store.AddEvent(ctx, e)
 }
 
 func (h *Hub) initialAdminToken(ctx context.Context, out io.Writer) error {

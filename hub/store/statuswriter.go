@@ -50,6 +50,9 @@ type StatusWriter struct {
 	// the backlog's size to decide whether to write now or wait.
 	wake chan struct{}
 
+	// onWritten, when set, is called after every successful write.
+	onWritten func()
+
 	// flushMu serialises writes, so an older status of a key never
 	// overwrites a newer one written by a concurrent flush.
 	flushMu sync.Mutex
@@ -86,6 +89,13 @@ func WithMaxPending(n int) StatusWriterOption {
 			w.maxPending = n
 		}
 	}
+}
+
+// WithOnWritten has the writer call fn after every successful write, on
+// the writing goroutine; fn must return quickly. The hub's dashboard uses
+// it to tell open pages that statuses changed.
+func WithOnWritten(fn func()) StatusWriterOption {
+	return func(w *StatusWriter) { w.onWritten = fn }
 }
 
 // NewStatusWriter returns a StatusWriter on store. maxBatch <= 0 means
@@ -416,8 +426,11 @@ func (w *StatusWriter) failed(err error) error {
 
 func (w *StatusWriter) succeeded() error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.failures = 0
 	w.lastErr = nil
+	w.mu.Unlock()
+	if w.onWritten != nil {
+		w.onWritten()
+	}
 	return nil
 }

@@ -1,0 +1,588 @@
+package dashboard
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/drover-dev/drover/hub/store"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Page sizes. A page never ships the whole fleet: the overview shows at
+// most tilesPerPage tiles, the application matrix matrixPerPage rows.
+const (
+	tilesPerPage   = 2000
+	matrixPerPage  = 500
+	eventsPerPage  = 100
+	sideEvents     = 12
+	clusterEvents  = 20
+	storePageSize  = store.MaxPageSize
+	openGroupTiles = 400
+)
+
+// parseSelector parses the selector query parameter; its error says what
+// is wrong in the user's words.
+func parseSelector(r *http.Request) (string, labels.Selector, error) {
+	raw := strings.TrimSpace(r.URL.Query().Get("selector"))
+	sel, err := labels.Parse(raw)
+	if err != nil {
+		return raw, nil, badInput("label selector %q: %v", raw, err)
+	}
+	return raw, sel, nil
+}
+
+// eachCluster calls fn with every cluster sel matches, with its status
+// counts: the clusters a store page at a time, the counts in one query.
+func (d *Dashboard) eachCluster(ctx context.Context, sel labels.Selector, fn func(c *droverv1.Cluster, counts *store.StatusCounts)) error {
+	var all []*droverv1.Cluster
+	token := ""
+	for {
+		cls, next, err := d.cfg.Store.ListClusters(ctx, sel, storePageSize, token)
+		if err != nil {
+			return err
+		}
+		all = append(all, cls...)
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	names := make([]string, len(all))
+	for i, c := range all {
+		names[i] = c.GetName()
+	}
+	counts, err := d.cfg.Store.ClusterStatusCounts(ctx, names)
+	if err != nil {
+		return err
+	}
+	for _, c := range all {
+		fn(c, counts[c.GetName()])
+	}
+	return nil
+}
+
+// Overview.
+
+type tile struct {
+	Name, Group, Title string
+	State              state
+}
+
+type group struct {
+	Name, ID                string
+	Total, Offline, Problem int
+	Open                    bool
+	Tiles                   []tile
+}
+
+type countBadge struct {
+	State state
+	N     int
+}
+
+type overviewData struct {
+	Selector, Query, GroupBy string
+	SelectorErr              string
+	GroupKeys                []string
+	Total, Online, Offline   int
+	Fleet                    int // every cluster, whatever the filter
+	HealthCounts             []countBadge
+	Apps                     int
+	Groups                   []group
+	Page, Pages              int
+	PrevURL, NextURL         string
+	Events                   []*droverv1.Event
+	Shown                    int
+}
+
+func (d *Dashboard) overview(r *http.Request) (view, error) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	data := &overviewData{Query: strings.TrimSpace(q.Get("q")), GroupBy: strings.TrimSpace(q.Get("group"))}
+	v := view{Title: "Fleet", Nav: "overview", Data: data}
+	raw, sel, err := parseSelector(r)
+	data.Selector = raw
+	if err != nil {
+		data.SelectorErr = err.Error()
+		sel = labels.Nothing()
+	}
+	page, _ := strconv.Atoi(q.Get("page"))
+	page = max(page, 1)
+
+	type rec struct {
+		name, group, title string
+		st                 state
+		problem            bool
+	}
+	var recs []rec
+	keys := map[string]struct{}{}
+	needle := strings.ToLower(data.Query)
+	err = d.eachCluster(ctx, labels.Everything(), func(c *droverv1.Cluster, counts *store.StatusCounts) {
+		data.Fleet++
+		for k := range c.GetLabels() {
+			keys[k] = struct{}{}
+		}
+		if !sel.Matches(labels.Set(c.GetLabels())) || (needle != "" && !strings.Contains(strings.ToLower(c.GetName()), needle)) {
+			return
+		}
+		r := rec{name: c.GetName()}
+		var apps, unhealthy int32
+		if counts != nil {
+			for h, n := range counts.Health {
+				apps += n
+				if h != droverv1.Health_HEALTH_HEALTHY {
+					unhealthy += n
+				}
+			}
+		}
+		switch h, ok := worst(countsHealth(counts)); {
+		case !d.online(c):
+			r.st, r.problem = stateOffline, true
+			data.Offline++
+		case !ok:
+			r.st = stateEmpty
+			data.Online++
+		default:
+			r.st = healthState(h)
+			r.problem = severity(h) >= severity(droverv1.Health_HEALTH_UNKNOWN)
+			data.Online++
+		}
+		if data.GroupBy != "" {
+			if g, ok := c.GetLabels()[data.GroupBy]; ok {
+				r.group = data.GroupBy + "=" + g
+			} else {
+				r.group = "no " + data.GroupBy + " label"
+			}
+		}
+		r.title = c.GetName() + " — " + r.st.Word
+		if apps > 0 {
+			r.title += " — " + strconv.Itoa(int(apps-unhealthy)) + "/" + strconv.Itoa(int(apps)) + " apps healthy"
+		}
+		recs = append(recs, r)
+	})
+	if err != nil {
+		return v, err
+	}
+	for k := range keys {
+		data.GroupKeys = append(data.GroupKeys, k)
+	}
+	sort.Strings(data.GroupKeys)
+	data.Total = len(recs)
+	sort.Slice(recs, func(i, j int) bool {
+		if recs[i].group != recs[j].group {
+			return recs[i].group < recs[j].group
+		}
+		return recs[i].name < recs[j].name
+	})
+
+	// Group totals cover every matching cluster; tiles only this page's.
+	totals := map[string]*group{}
+	for _, r := range recs {
+		g := totals[r.group]
+		if g == nil {
+			g = &group{Name: r.group}
+			totals[r.group] = g
+		}
+		g.Total++
+		if r.st == stateOffline {
+			g.Offline++
+		}
+		if r.problem {
+			g.Problem++
+		}
+	}
+	data.Pages = max((len(recs)+tilesPerPage-1)/tilesPerPage, 1)
+	page = min(page, data.Pages)
+	data.Page = page
+	lo, hi := (page-1)*tilesPerPage, min(page*tilesPerPage, len(recs))
+	shown := recs[lo:hi]
+	data.Shown = len(shown)
+	for i, r := range shown {
+		if i == 0 || r.group != shown[i-1].group {
+			g := *totals[r.group]
+			g.ID = "g-" + url.QueryEscape(r.group)
+			data.Groups = append(data.Groups, g)
+		}
+		g := &data.Groups[len(data.Groups)-1]
+		g.Tiles = append(g.Tiles, tile{Name: r.name, Title: r.title, State: r.st})
+	}
+	// Small views show every group; big ones open only the groups with
+	// something wrong, so trouble is what the eye lands on.
+	for i := range data.Groups {
+		g := &data.Groups[i]
+		g.Open = len(shown) <= openGroupTiles || g.Problem > 0 || len(data.Groups) == 1
+	}
+	pageURL := func(p int) string {
+		u := url.Values{}
+		for k, vs := range q {
+			if k != "page" && k != "fragment" {
+				u[k] = vs
+			}
+		}
+		u.Set("page", strconv.Itoa(p))
+		return "/?" + u.Encode()
+	}
+	if page > 1 {
+		data.PrevURL = pageURL(page - 1)
+	}
+	if page < data.Pages {
+		data.NextURL = pageURL(page + 1)
+	}
+
+	if data.HealthCounts, data.Apps, err = d.appHealthCounts(ctx); err != nil {
+		return v, err
+	}
+	evs, err := d.cfg.Admin.ListEvents(ctx, &droverv1.ListEventsRequest{PageSize: sideEvents})
+	if err != nil {
+		return v, fromAdmin(err)
+	}
+	data.Events = evs.GetEvents()
+	if data.SelectorErr != "" {
+		v.Code = http.StatusBadRequest
+	}
+	return v, nil
+}
+
+func countsHealth(c *store.StatusCounts) map[droverv1.Health]int32 {
+	if c == nil {
+		return nil
+	}
+	return c.Health
+}
+
+// appHealthCounts counts applications by their worst health anywhere in
+// the fleet.
+func (d *Dashboard) appHealthCounts(ctx context.Context) ([]countBadge, int, error) {
+	apps, err := d.cfg.Store.ListApplications(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	counts, err := d.cfg.Store.ApplicationStatusCounts(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	by := map[state]int{}
+	for _, a := range apps {
+		st := state{"none", "·", "No status yet"}
+		if h, ok := worst(countsHealth(counts[a.GetName()])); ok {
+			st = healthState(h)
+		}
+		by[st]++
+	}
+	var out []countBadge
+	for _, st := range []state{stateDegraded, stateMissing, stateProgressing, stateUnknown, stateSuspended, stateHealthy} {
+		if by[st] > 0 {
+			out = append(out, countBadge{st, by[st]})
+			delete(by, st)
+		}
+	}
+	for st, n := range by {
+		out = append(out, countBadge{st, n})
+	}
+	return out, len(apps), nil
+}
+
+// Cluster page.
+
+type appRow struct {
+	Status        *droverv1.ApplicationStatus
+	CommitURL     string
+	Current       string // the application's current release commit
+	Behind        bool
+	ID            string
+	DriftedCount  int
+	ResourceCount int
+}
+
+type clusterData struct {
+	Cluster  *droverv1.Cluster
+	Online   bool
+	Acked    bool
+	Apps     []appRow
+	Events   []*droverv1.Event
+	LastSeen time.Time
+}
+
+func (d *Dashboard) cluster(r *http.Request) (view, error) {
+	ctx := r.Context()
+	name := r.PathValue("name")
+	resp, err := d.cfg.Admin.GetCluster(ctx, &droverv1.GetClusterRequest{Name: name})
+	if err != nil {
+		return view{}, fromAdmin(err)
+	}
+	c := resp.GetCluster()
+	data := &clusterData{Cluster: c, Online: d.online(c)}
+	data.Acked = c.GetAssignmentVersion() != "" && c.GetAssignmentVersion() == c.GetAckedVersion()
+	apps, err := d.cfg.Store.ListApplications(ctx)
+	if err != nil {
+		return view{}, err
+	}
+	repos := make(map[string]string, len(apps))
+	for _, a := range apps {
+		repos[a.GetName()] = a.GetSpec().GetSource().GetRepoUrl()
+	}
+	rels, err := d.cfg.Store.CurrentReleases(ctx)
+	if err != nil {
+		return view{}, err
+	}
+	for i, st := range resp.GetApplications() {
+		row := appRow{Status: st, CommitURL: forgeCommitURL(repos[st.GetApplication()], st.GetCommit()), ID: "app-" + strconv.Itoa(i), ResourceCount: len(st.GetResources())}
+		row.Current = rels[st.GetApplication()].GetCommit()
+		row.Behind = row.Current != "" && st.GetCommit() != row.Current
+		for _, res := range st.GetResources() {
+			if res.GetDrifted() {
+				row.DriftedCount++
+			}
+		}
+		data.Apps = append(data.Apps, row)
+	}
+	evs, err := d.cfg.Admin.ListEvents(ctx, &droverv1.ListEventsRequest{Cluster: c.GetName(), PageSize: clusterEvents})
+	if err != nil {
+		return view{}, fromAdmin(err)
+	}
+	data.Events = evs.GetEvents()
+	return view{Title: "Cluster " + c.GetName(), Nav: "cluster", Data: data}, nil
+}
+
+// Applications list.
+
+type appSummary struct {
+	App       *droverv1.Application
+	Commit    string
+	CommitURL string
+	Counts    []countBadge
+}
+
+func (d *Dashboard) apps(r *http.Request) (view, error) {
+	ctx := r.Context()
+	apps, err := d.cfg.Store.ListApplications(ctx)
+	if err != nil {
+		return view{}, err
+	}
+	counts, err := d.cfg.Store.ApplicationStatusCounts(ctx)
+	if err != nil {
+		return view{}, err
+	}
+	rels, err := d.cfg.Store.CurrentReleases(ctx)
+	if err != nil {
+		return view{}, err
+	}
+	var out []appSummary
+	for _, a := range apps {
+		s := appSummary{App: a, Commit: rels[a.GetName()].GetCommit()}
+		s.CommitURL = forgeCommitURL(a.GetSpec().GetSource().GetRepoUrl(), s.Commit)
+		if c := counts[a.GetName()]; c != nil {
+			for _, h := range []droverv1.Health{droverv1.Health_HEALTH_DEGRADED, droverv1.Health_HEALTH_MISSING, droverv1.Health_HEALTH_PROGRESSING,
+				droverv1.Health_HEALTH_UNKNOWN, droverv1.Health_HEALTH_SUSPENDED, droverv1.Health_HEALTH_HEALTHY} {
+				n := c.Health[h]
+				if h == droverv1.Health_HEALTH_UNKNOWN {
+					n += c.Health[droverv1.Health_HEALTH_UNSPECIFIED]
+				}
+				if n > 0 {
+					s.Counts = append(s.Counts, countBadge{healthState(h), int(n)})
+				}
+			}
+		}
+		out = append(out, s)
+	}
+	return view{Title: "Applications", Nav: "apps", Data: out}, nil
+}
+
+// Application page.
+
+type matrixRow struct {
+	Cluster   string
+	Online    bool
+	Status    *droverv1.ApplicationStatus // nil before the first report
+	CommitURL string
+	Behind    bool
+}
+
+type releaseRow struct {
+	Release   *droverv1.Release
+	CommitURL string
+}
+
+type appData struct {
+	App              *droverv1.Application
+	SourceError      string
+	Current, Prev    *releaseRow
+	Selector         string
+	SelectorErr      string
+	Placed, Matching int
+	Counts           []countBadge
+	Rows             []matrixRow
+	Page, Pages      int
+	PrevURL, NextURL string
+	Events           []*droverv1.Event
+	Refreshed        string
+}
+
+func (d *Dashboard) app(r *http.Request) (view, error) {
+	ctx := r.Context()
+	name := r.PathValue("name")
+	resp, err := d.cfg.Admin.GetApplication(ctx, &droverv1.GetApplicationRequest{Name: name})
+	if err != nil {
+		return view{}, fromAdmin(err)
+	}
+	a := resp.GetApplication()
+	repo := a.GetSpec().GetSource().GetRepoUrl()
+	data := &appData{App: a, SourceError: resp.GetSourceError(), Placed: len(resp.GetPlacedClusters()), Refreshed: r.URL.Query().Get("refreshed")}
+	v := view{Title: "Application " + a.GetName(), Nav: "app", Data: data}
+	rels := resp.GetReleases()
+	if len(rels) > 0 {
+		data.Current = &releaseRow{rels[0], forgeCommitURL(repo, rels[0].GetCommit())}
+	}
+	if len(rels) > 1 {
+		data.Prev = &releaseRow{rels[1], forgeCommitURL(repo, rels[1].GetCommit())}
+	}
+	raw, sel, err := parseSelector(r)
+	data.Selector = raw
+	if err != nil {
+		data.SelectorErr = err.Error()
+		v.Code = http.StatusBadRequest
+		sel = labels.Nothing()
+	}
+
+	placed := make(map[string]bool, len(resp.GetPlacedClusters()))
+	for _, c := range resp.GetPlacedClusters() {
+		placed[c] = true
+	}
+	byCluster := make(map[string]*droverv1.ApplicationStatus, len(resp.GetStatuses()))
+	for _, st := range resp.GetStatuses() {
+		byCluster[st.GetCluster()] = st
+	}
+	var rows []matrixRow
+	healthN := map[state]int{}
+	current := ""
+	if data.Current != nil {
+		current = data.Current.Release.GetCommit()
+	}
+	if len(placed) > 0 {
+		err = d.eachCluster(ctx, sel, func(c *droverv1.Cluster, _ *store.StatusCounts) {
+			if !placed[c.GetName()] {
+				return
+			}
+			row := matrixRow{Cluster: c.GetName(), Online: d.online(c), Status: byCluster[c.GetName()]}
+			if row.Status != nil {
+				row.CommitURL = forgeCommitURL(repo, row.Status.GetCommit())
+				row.Behind = current != "" && row.Status.GetCommit() != current
+				healthN[healthState(row.Status.GetHealth())]++
+			} else {
+				healthN[state{"none", "·", "No status yet"}]++
+			}
+			rows = append(rows, row)
+		})
+		if err != nil {
+			return v, err
+		}
+	}
+	for _, st := range []state{stateDegraded, stateMissing, stateProgressing, stateUnknown, stateSuspended, stateHealthy} {
+		if healthN[st] > 0 {
+			data.Counts = append(data.Counts, countBadge{st, healthN[st]})
+			delete(healthN, st)
+		}
+	}
+	for st, n := range healthN {
+		data.Counts = append(data.Counts, countBadge{st, n})
+	}
+	data.Matching = len(rows)
+	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	data.Pages = max((len(rows)+matrixPerPage-1)/matrixPerPage, 1)
+	data.Page = min(max(page, 1), data.Pages)
+	lo, hi := (data.Page-1)*matrixPerPage, min(data.Page*matrixPerPage, len(rows))
+	data.Rows = rows[lo:hi]
+	pageURL := func(p int) string {
+		u := url.Values{"page": {strconv.Itoa(p)}}
+		if raw != "" {
+			u.Set("selector", raw)
+		}
+		return "/apps/" + url.PathEscape(a.GetName()) + "?" + u.Encode()
+	}
+	if data.Page > 1 {
+		data.PrevURL = pageURL(data.Page - 1)
+	}
+	if data.Page < data.Pages {
+		data.NextURL = pageURL(data.Page + 1)
+	}
+	evs, err := d.cfg.Admin.ListEvents(ctx, &droverv1.ListEventsRequest{Application: a.GetName(), PageSize: clusterEvents})
+	if err != nil {
+		return v, fromAdmin(err)
+	}
+	data.Events = evs.GetEvents()
+	return v, nil
+}
+
+// Events page.
+
+type eventsData struct {
+	Cluster, App, Kind string
+	Events             []*droverv1.Event
+	NextURL            string
+	First              bool
+}
+
+func (d *Dashboard) events(r *http.Request) (view, error) {
+	q := r.URL.Query()
+	data := &eventsData{Cluster: strings.TrimSpace(q.Get("cluster")), App: strings.TrimSpace(q.Get("app")), Kind: strings.TrimSpace(q.Get("kind")), First: q.Get("before") == ""}
+	resp, err := d.cfg.Admin.ListEvents(r.Context(), &droverv1.ListEventsRequest{
+		Cluster: data.Cluster, Application: data.App, Kind: data.Kind, PageSize: eventsPerPage, PageToken: q.Get("before"),
+	})
+	if err != nil {
+		return view{}, fromAdmin(err)
+	}
+	data.Events = resp.GetEvents()
+	if next := resp.GetNextPageToken(); next != "" {
+		u := url.Values{"before": {next}}
+		for k, val := range map[string]string{"cluster": data.Cluster, "app": data.App, "kind": data.Kind} {
+			if val != "" {
+				u.Set(k, val)
+			}
+		}
+		data.NextURL = "/events?" + u.Encode()
+	}
+	return view{Title: "Events", Nav: "events", Data: data}, nil
+}
+
+// search takes the top bar's query to the cluster or application of that
+// name, or to the overview filtered by it.
+func (d *Dashboard) search(w http.ResponseWriter, r *http.Request) {
+	q := strings.TrimSpace(r.URL.Query().Get("q"))
+	ctx := r.Context()
+	if q != "" {
+		if _, err := d.cfg.Admin.GetCluster(ctx, &droverv1.GetClusterRequest{Name: q}); err == nil {
+			http.Redirect(w, r, "/clusters/"+url.PathEscape(q), http.StatusSeeOther)
+			return
+		}
+		if _, err := d.cfg.Admin.GetApplication(ctx, &droverv1.GetApplicationRequest{Name: q}); err == nil {
+			http.Redirect(w, r, "/apps/"+url.PathEscape(q), http.StatusSeeOther)
+			return
+		}
+	}
+	http.Redirect(w, r, "/?"+url.Values{"q": {q}}.Encode(), http.StatusSeeOther)
+}
+
+// refresh resolves an application's ref now (admins only; see action).
+func (d *Dashboard) refresh(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	resp, err := d.cfg.Admin.RefreshApplication(r.Context(), &droverv1.RefreshApplicationRequest{Name: name})
+	if err != nil {
+		err = fromAdmin(err)
+		var pe *pageError
+		if !errors.As(err, &pe) {
+			d.log.Error("dashboard refresh", "app", name, "err", err)
+			pe = &pageError{code: http.StatusServiceUnavailable, msg: "The hub could not refresh the application; it logged why."}
+		}
+		d.renderError(w, r, pe.code, pe.msg)
+		return
+	}
+	http.Redirect(w, r, "/apps/"+url.PathEscape(name)+"?"+url.Values{"refreshed": {resp.GetCommit()}}.Encode(), http.StatusSeeOther)
+}

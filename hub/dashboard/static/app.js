@@ -1,0 +1,68 @@
+// Drover dashboard: keeps the page live without reloading it. The hub
+// sends a "change" event over server-sent events when anything changes;
+// the page then fetches its own main content (?fragment=1) and swaps it
+// in, keeping which <details> are open and never interrupting typing.
+(function () {
+  "use strict";
+  var main = document.getElementById("main");
+  var live = document.getElementById("live");
+  if (!main || !main.dataset.live || !window.EventSource) return;
+
+  var busy = false, again = false;
+
+  function setLive(on) {
+    if (!live) return;
+    live.textContent = on ? "● Live" : "◌ Reconnecting…";
+    live.className = "live " + (on ? "on" : "off");
+  }
+
+  function typing() {
+    var a = document.activeElement;
+    return a && main.contains(a) && (a.tagName === "INPUT" || a.tagName === "SELECT" || a.tagName === "TEXTAREA");
+  }
+
+  function fragmentURL() {
+    var u = new URL(window.location.href);
+    u.searchParams.set("fragment", "1");
+    return u.toString();
+  }
+
+  function refresh() {
+    if (busy) { again = true; return; }
+    if (typing()) { again = true; return; }
+    busy = true;
+    fetch(fragmentURL(), { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (resp) {
+        if (resp.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search)); return null; }
+        return resp.text();
+      })
+      .then(function (html) {
+        if (html === null) return;
+        var open = {};
+        main.querySelectorAll("details[id]").forEach(function (d) { open[d.id] = d.open; });
+        main.innerHTML = html;
+        main.querySelectorAll("details[id]").forEach(function (d) {
+          if (Object.prototype.hasOwnProperty.call(open, d.id)) d.open = open[d.id];
+        });
+        document.dispatchEvent(new CustomEvent("drover:updated"));
+      })
+      .catch(function () { /* the next change or reconnect retries */ })
+      .then(function () {
+        busy = false;
+        if (again) { again = false; setTimeout(refresh, 250); }
+      });
+  }
+
+  main.addEventListener("focusout", function () { if (again && !busy) setTimeout(refresh, 0); });
+
+  var wasDown = false;
+  var es = new EventSource(main.dataset.live);
+  es.onopen = function () {
+    setLive(true);
+    // Changes made while the stream was down were missed: catch up.
+    if (wasDown) refresh();
+    wasDown = false;
+  };
+  es.onerror = function () { setLive(false); wasDown = true; };
+  es.addEventListener("change", refresh);
+})();
