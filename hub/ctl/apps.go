@@ -10,23 +10,10 @@ import (
 )
 
 func runGetApps(ctx context.Context, x *invocation, args []string) error {
-	o := x.outputFlag(true)
-	if _, err := x.parseN(args, 0); err != nil {
-		return err
-	}
-	if err := x.checkOutput(*o, true); err != nil {
-		return err
-	}
-	c, err := x.client()
-	if err != nil {
-		return err
-	}
 	var resp droverv1.ListApplicationsResponse
-	if err := c.call(ctx, "GET", apiPath("applications"), nil, nil, &resp); err != nil {
+	o, printed, err := x.getList(ctx, args, true, apiPath("applications"), &resp)
+	if printed || err != nil {
 		return err
-	}
-	if *o == outJSON || *o == outYAML {
-		return printMessage(x.out(), *o, &resp)
 	}
 	if len(resp.GetApplications()) == 0 {
 		fmt.Fprintln(x.errOut(), "No applications found.")
@@ -34,7 +21,7 @@ func runGetApps(ctx context.Context, x *invocation, args []string) error {
 	}
 	now := x.now()
 	headers := []string{"NAME", "COMMIT", "CLUSTERS", "HEALTHY", "SYNCED", "AGE"}
-	if *o == outWide {
+	if o == outWide {
 		headers = append(headers, "REPO", "REF", "PATH", "GENERATION")
 	}
 	t := newTable(x.out(), headers...)
@@ -48,7 +35,7 @@ func runGetApps(ctx context.Context, x *invocation, args []string) error {
 			fraction(s.GetSyncCounts()["Synced"], s.GetPlacedClusters()),
 			age(now, a.GetCreatedAt()),
 		}
-		if *o == outWide {
+		if o == outWide {
 			src := a.GetSpec().GetSource()
 			row = append(row, src.GetRepoUrl(), src.GetRef(), src.GetPath(), fmt.Sprint(a.GetGeneration()))
 		}

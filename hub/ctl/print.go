@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -282,3 +283,28 @@ func (f *fields) section(title string) {
 func (f *fields) endSection() { f.indent = "" }
 
 func (f *fields) flush() error { return f.tw.Flush() }
+
+// getList is the front every argument-less list command shares: its -o
+// flag, one GET of path into resp, and json/yaml printing. It returns the
+// output format and whether it printed resp already; the caller prints the
+// table (and "wide") forms.
+func (x *invocation) getList(ctx context.Context, args []string, wide bool, path string, resp proto.Message) (format string, printed bool, err error) {
+	o := x.outputFlag(wide)
+	if _, err := x.parseN(args, 0); err != nil {
+		return "", false, err
+	}
+	if err := x.checkOutput(*o, wide); err != nil {
+		return "", false, err
+	}
+	c, err := x.client()
+	if err != nil {
+		return "", false, err
+	}
+	if err := c.call(ctx, "GET", path, nil, nil, resp); err != nil {
+		return "", false, err
+	}
+	if *o == outJSON || *o == outYAML {
+		return *o, true, printMessage(x.out(), *o, resp)
+	}
+	return *o, false, nil
+}

@@ -78,23 +78,10 @@ func readSmallFile(path string) (string, error) {
 }
 
 func runRepoList(ctx context.Context, x *invocation, args []string) error {
-	o := x.outputFlag(false)
-	if _, err := x.parseN(args, 0); err != nil {
-		return err
-	}
-	if err := x.checkOutput(*o, false); err != nil {
-		return err
-	}
-	c, err := x.client()
-	if err != nil {
-		return err
-	}
 	var resp droverv1.ListRepositoriesResponse
-	if err := c.call(ctx, "GET", apiPath("repositories"), nil, nil, &resp); err != nil {
+	_, printed, err := x.getList(ctx, args, false, apiPath("repositories"), &resp)
+	if printed || err != nil {
 		return err
-	}
-	if *o != outTable {
-		return printMessage(x.out(), *o, &resp)
 	}
 	if len(resp.GetRepositories()) == 0 {
 		fmt.Fprintln(x.errOut(), "No repositories with credentials found.")

@@ -65,23 +65,10 @@ func parseLabelList(s string) (map[string]string, error) {
 }
 
 func runTokenList(ctx context.Context, x *invocation, args []string) error {
-	o := x.outputFlag(false)
-	if _, err := x.parseN(args, 0); err != nil {
-		return err
-	}
-	if err := x.checkOutput(*o, false); err != nil {
-		return err
-	}
-	c, err := x.client()
-	if err != nil {
-		return err
-	}
 	var resp droverv1.ListJoinTokensResponse
-	if err := c.call(ctx, "GET", apiPath("join-tokens"), nil, nil, &resp); err != nil {
+	_, printed, err := x.getList(ctx, args, false, apiPath("join-tokens"), &resp)
+	if printed || err != nil {
 		return err
-	}
-	if *o != outTable {
-		return printMessage(x.out(), *o, &resp)
 	}
 	if len(resp.GetJoinTokens()) == 0 {
 		fmt.Fprintln(x.errOut(), "No join tokens found.")
@@ -144,23 +131,10 @@ func runAPITokenCreate(ctx context.Context, x *invocation, args []string) error 
 }
 
 func runAPITokenList(ctx context.Context, x *invocation, args []string) error {
-	o := x.outputFlag(false)
-	if _, err := x.parseN(args, 0); err != nil {
-		return err
-	}
-	if err := x.checkOutput(*o, false); err != nil {
-		return err
-	}
-	c, err := x.client()
-	if err != nil {
-		return err
-	}
 	var resp droverv1.ListAPITokensResponse
-	if err := c.call(ctx, "GET", apiPath("api-tokens"), nil, nil, &resp); err != nil {
+	_, printed, err := x.getList(ctx, args, false, apiPath("api-tokens"), &resp)
+	if printed || err != nil {
 		return err
-	}
-	if *o != outTable {
-		return printMessage(x.out(), *o, &resp)
 	}
 	if len(resp.GetApiTokens()) == 0 {
 		fmt.Fprintln(x.errOut(), "No API tokens found.")
