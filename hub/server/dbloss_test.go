@@ -1,0 +1,97 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/hub/pgserver"
+	"github.com/drover-dev/drover/hub/server"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// TestDatabaseLostWhileRunning stops the hub's PostgreSQL under a
+// connected agent: the stream stays up, the hub reports itself degraded,
+// and a status sent meanwhile is written once the database is back.
+func TestDatabaseLostWhileRunning(t *testing.T) {
+	dir, err := os.MkdirTemp("", "drover-dbloss-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts := pgserver.Options{Dir: filepath.Join(dir, "pg"), Ephemeral: true, Logger: testbed.Logger(t)}
+	pg, err := pgserver.Start(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Stop() })
+	if err := pg.EnsureDatabase(context.Background(), "drover"); err != nil {
+		t.Fatal(err)
+	}
+	opts.Port = pg.Port() // the hub keeps its URL; the server must come back on it
+
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
+	h := startHub(t, func(c *server.Config) { c.DatabaseURL = pg.URL("drover") })
+	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"env": "prod"}})
+	a := h.mustRegister(t, tok, "edge")
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("web", repo.URL, map[string]string{"env": "prod"}), nil)
+	s := a.connect(t, "")
+	eventually(t, "the application assigned", func() bool { return len(s.nextAssignment(t).GetApplications()) == 1 })
+
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the hub to report itself degraded", func() bool {
+		resp, err := http.Get("http://" + h.HTTPAddr() + "/healthz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(body), "database")
+	})
+	// The agent's stream is still served while the database is away.
+	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Heartbeat{Heartbeat: &droverv1.Heartbeat{SentAt: timestamppb.Now()}}})
+	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
+		{Application: "web", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY},
+	}}}})
+	select {
+	case err := <-s.errc:
+		t.Fatalf("the agent stream ended while the database was away: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+
+	pg2, err := pgserver.Start(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg2.Stop() })
+	eventually(t, "the status written after the database returned", func() bool {
+		var app droverv1.GetApplicationResponse
+		if code, _ := h.api(t, h.token, "GET", "/api/v1/applications/web", nil, &app); code != http.StatusOK {
+			return false
+		}
+		return len(app.GetStatuses()) == 1 && app.GetStatuses()[0].GetHealth() == droverv1.Health_HEALTH_HEALTHY
+	})
+	resp, err := http.Get("http://" + h.HTTPAddr() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz after recovery: HTTP %d", resp.StatusCode)
+	}
+}
