@@ -80,7 +80,7 @@ func (d *demo) banner(commit string) banner {
 	row("Hub", "drover-hub, pid %d, with its embedded PostgreSQL (data in %s)", d.hub.pid, d.dataDir())
 	row("  JSON API", "%s/api/v1/   (health: %s/healthz)", d.hubURL(), d.hubURL())
 	row("  agents", "connect to %s (gRPC, mutual TLS)", d.agentAddr)
-	row("  dashboard", "not built yet: use droverctl or the JSON API")
+	row("  dashboard", "%s/   (sign in with the admin token below)", d.hubURL())
 	row("  admin token", "%s", d.token)
 	row("", "(also in %s)", d.tokenFile())
 	fmt.Fprintln(&w)
