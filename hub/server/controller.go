@@ -239,15 +239,30 @@ func (h *Hub) newCommit(ctx context.Context, app, commit string) (bool, error) {
 	if hadErr {
 		h.event(ctx, "application.source_recovered", app, "the source resolves again")
 	}
-	created, err := h.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), false, time.Now())
+	managed := h.rollouts.manages(app)
+	from, noop := "", false
+	if managed {
+		from = h.rollouts.release(app)
+		noop = h.unchanged(ctx, app, spec.GetSource(), from, commit)
+		if noop {
+			// Before the release is stored, so the engine never sees the
+			// release's noop flag without the release it holds against.
+			h.rollouts.noop(app, commit, from)
+		}
+	}
+	created, err := h.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), noop, time.Now())
 	if err != nil {
 		return false, err
 	}
 	if created {
-		h.log.Info("new release", "app", app, "commit", commit)
-		h.event(ctx, "release.created", app, "new release at commit "+commit)
+		h.log.Info("new release", "app", app, "commit", commit, "noop", noop)
+		msg := "new release at commit " + commit
+		if noop {
+			msg += ": nothing changed under the application's paths, so every cluster moves to it at once"
+		}
+		h.event(ctx, "release.created", app, msg)
 	}
-	if h.rollouts.manages(app) {
+	if managed {
 		// The rollout engine moves the release across the clusters.
 		h.rollouts.poke()
 		return created, nil
@@ -256,6 +271,28 @@ func (h *Hub) newCommit(ctx context.Context, app, commit string) (bool, error) {
 		return created, err
 	}
 	return created, nil
+}
+
+// unchanged reports whether commit changes nothing under the paths of
+// src since from, the release of the application's rollout: such a
+// release needs no rollout. Any doubt (no rollout yet, a fetch that
+// fails) means changed, which costs only a rollout.
+func (h *Hub) unchanged(ctx context.Context, app string, src *droverv1.Source, from, commit string) bool {
+	if from == "" || from == commit {
+		return false
+	}
+	creds, err := h.Credentials(ctx, src.GetRepoUrl())
+	if err != nil {
+		h.log.Warn("compare releases: read repository credentials", "app", app, "err", err)
+		return false
+	}
+	paths := append([]string{src.GetPath()}, src.GetExtraPaths()...)
+	changed, err := h.resolver.PathsChanged(ctx, src.GetRepoUrl(), creds, from, commit, paths)
+	if err != nil {
+		h.log.Warn("compare releases", "app", app, "commit", commit, "from", from, "err", err)
+		return false
+	}
+	return !changed
 }
 
 // OnError records that an application's source could not be resolved.

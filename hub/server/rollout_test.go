@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -225,5 +226,123 @@ func TestRolloutBadInput(t *testing.T) {
 	}
 	if code, body := h.api(t, h.token, "POST", "/api/v1/applications/web/rollout/launch", nil, nil); code != http.StatusBadRequest || !strings.Contains(body, "op") {
 		t.Fatalf("unknown op: HTTP %d %s, want 400 naming op", code, body)
+	}
+}
+
+// rolloutFleet starts a hub with the web application's rollout on a
+// canary and two main clusters, and waits for the first release (c1)
+// everywhere. The canary's stream is not drained: the test reads it.
+func rolloutFleet(t *testing.T, app *droverv1.Application, c1 string) (*testHub, []string, map[string]*stream) {
+	t.Helper()
+	h := startHub(t)
+	canaryTok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"app": "web", "ring": "canary"}})
+	mainTok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"app": "web", "ring": "main"}, Reusable: true})
+	names := []string{"canary", "m1", "m2"}
+	streams := map[string]*stream{"canary": h.mustRegister(t, canaryTok, "canary").connect(t, "")}
+	for _, n := range names[1:] {
+		streams[n] = h.mustRegister(t, mainTok, n).connect(t, "")
+		drain(streams[n])
+	}
+	h.mustAPI(t, "POST", "/api/v1/applications", app, nil)
+	eventually(t, "the first release everywhere", func() bool {
+		for _, n := range names {
+			if commitOn(h, n) != c1 {
+				return false
+			}
+		}
+		return true
+	})
+	eventually(t, "the first rollout completed", func() bool { return getRollout(t, h).GetPhase() == "completed" })
+	return h, names, streams
+}
+
+// TestRolloutNoOpRelease moves a commit that changes nothing under the
+// application's paths to every cluster at once, without a rollout; the
+// next commit that does change them is rolled out again.
+func TestRolloutNoOpRelease(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n", "other/b.yaml": "kind: ConfigMap\n"})
+	h, names, streams := rolloutFleet(t, rolloutApp(repo.URL), c1)
+	drain(streams["canary"])
+	first := getRollout(t, h)
+
+	c2 := repo.Commit(t, "another application's change", map[string]string{"other/b.yaml": "kind: ConfigMap\nmetadata: {name: b2}\n"})
+	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
+	// No status report and no approval: nothing to roll out.
+	eventually(t, "the no-op release everywhere", func() bool {
+		for _, n := range names {
+			if commitOn(h, n) != c2 {
+				return false
+			}
+		}
+		return true
+	})
+	r := getRollout(t, h)
+	if r.GetId() != first.GetId() || r.GetPhase() != "completed" || r.GetCommit() != c2 || len(r.GetWaves()) != len(first.GetWaves()) {
+		t.Fatalf("rollout after a no-op release = %v, want rollout %d still completed, at %s", r, first.GetId(), c2)
+	}
+	for i, w := range r.GetWaves() {
+		if w.GetPhase() != first.GetWaves()[i].GetPhase() {
+			t.Fatalf("wave %s is %s after a no-op release, want %s", w.GetName(), w.GetPhase(), first.GetWaves()[i].GetPhase())
+		}
+	}
+
+	// A change under the application's path is rolled out: the canary
+	// first, the main clusters held on the no-op release.
+	c3 := repo.Commit(t, "v3", map[string]string{"web/a.yaml": "kind: ConfigMap\nmetadata: {name: v3}\n"})
+	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
+	eventually(t, "the canary on v3", func() bool { return commitOn(h, "canary") == c3 })
+	for _, n := range names[1:] {
+		if got := commitOn(h, n); got != c2 {
+			t.Fatalf("%s on %s while the canary tries v3, want %s", n, got, c2)
+		}
+	}
+	if r := getRollout(t, h); r.GetId() == first.GetId() || r.GetCommit() != c3 || r.GetPreviousCommit() != c2 {
+		t.Fatalf("rollout of v3 = %v, want a new rollout of %s from %s", r, c3, c2)
+	}
+}
+
+// TestRolloutNack fails a cluster whose agent rejects the release at
+// once, long before the progress deadline, and rolls the release back.
+func TestRolloutNack(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
+	app := rolloutApp(repo.URL)
+	// Far beyond the test's patience: only the NACK can fail the canary.
+	app.Spec.Rollout.ProgressDeadline = "1h"
+	h, names, streams := rolloutFleet(t, app, c1)
+
+	c2 := repo.Commit(t, "v2", map[string]string{"web/a.yaml": "kind: ConfigMap\nmetadata: {name: v2}\n"})
+	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
+	for {
+		a := streams["canary"].nextAssignment(t)
+		if slices.Contains(appNames(a), "web@"+c2) {
+			streams["canary"].ack(t, a, "render web: bad yaml")
+			break
+		}
+	}
+	drain(streams["canary"])
+	eventually(t, "the rollout of v2 rolled back", func() bool {
+		for _, n := range names[1:] {
+			if got := commitOn(h, n); got != c1 {
+				t.Fatalf("%s on %s during the rejected rollout, want %s", n, got, c1)
+			}
+		}
+		return getRollout(t, h).GetPhase() == "rolled-back"
+	})
+	r := getRollout(t, h)
+	var canary *droverv1.RolloutClusterStatus
+	for _, c := range r.GetClusters() {
+		if c.GetName() == "canary" {
+			canary = c
+		}
+	}
+	if canary.GetPhase() != "failed" || !strings.Contains(canary.GetMessage(), "bad yaml") {
+		t.Fatalf("canary in the rollout = %v, want failed naming the agent's error", canary)
+	}
+	if got := commitOn(h, "canary"); got != c1 {
+		t.Fatalf("canary on %s after rollback, want %s", got, c1)
 	}
 }

@@ -49,7 +49,17 @@ type rollouts struct {
 	apps map[string]*fleet.App
 	// states is each application's rollout as last stored.
 	states map[string]rollout.State
+	// noops holds, for each application whose newest release was found
+	// to change nothing under its paths, the release it was compared
+	// with. A release's noop flag holds only against that release: if
+	// the rollout moved on meanwhile, the release is rolled out as any
+	// other. Lost on restart, which costs only a rollout.
+	noops map[string]noopRelease
 }
+
+// noopRelease says that commit changes nothing under its application's
+// paths since from.
+type noopRelease struct{ commit, from string }
 
 type controlRequest struct {
 	app, actor string
@@ -70,6 +80,7 @@ func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTi
 		control: make(chan controlRequest),
 		apps:    map[string]*fleet.App{},
 		states:  states,
+		noops:   map[string]noopRelease{},
 	}, nil
 }
 
@@ -113,6 +124,7 @@ func (e *rollouts) removeApp(name string) {
 	defer e.mu.Unlock()
 	delete(e.apps, name)
 	delete(e.states, name)
+	delete(e.noops, name)
 	e.fleet.RemoveApp(name)
 }
 
@@ -123,6 +135,22 @@ func (e *rollouts) manages(app string) bool {
 	defer e.mu.Unlock()
 	a := e.apps[app]
 	return a != nil && a.Spec.GetRollout() != nil
+}
+
+// release is the release an application's rollout moves (or moved) to
+// its clusters, "" before its first: what a new commit is compared with.
+func (e *rollouts) release(app string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.states[app].Release
+}
+
+// noop records that commit changes nothing under app's paths since from,
+// the rollout's release when they were compared.
+func (e *rollouts) noop(app, commit, from string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.noops[app] = noopRelease{commit: commit, from: from}
 }
 
 // poke wakes the engine without waiting.
@@ -259,6 +287,7 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 	e.mu.Lock()
 	app := e.apps[name]
 	prev := e.states[name]
+	noop := e.noops[name]
 	e.mu.Unlock()
 	if app == nil || app.Spec.GetRollout() == nil {
 		return nil
@@ -274,7 +303,10 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 	}
 	obs := rollout.Observations{Strategy: strategy, Clusters: map[string]rollout.Observation{}}
 	if len(rels) > 0 {
-		obs.Commit, obs.NoOp = rels[0].GetCommit(), rels[0].GetNoop()
+		obs.Commit = rels[0].GetCommit()
+		// The planner compares with its own release; a release found
+		// a no-op against another one is a change to roll out.
+		obs.NoOp = rels[0].GetNoop() && noop == noopRelease{commit: obs.Commit, from: prev.Release}
 	}
 	placed := e.fleet.PlacedClusters(name)
 	for _, c := range placed {
@@ -293,10 +325,30 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 		if s, ok := in.Statuses[c]; ok {
 			o.Status = &rollout.Status{Commit: s.Commit, Sync: s.Sync, Health: s.Health, Message: s.Message, ObservedAt: s.ReceivedAt}
 		}
+		if n, ok := in.Nacks[c]; ok {
+			o.Nack = e.nack(name, c, n)
+		}
 		obs.Clusters[c] = o
 	}
 	next, actions := rollout.Step(prev, obs, in.Now)
 	return e.commit(ctx, name, prev, next, actions, "hub")
+}
+
+// nack maps a cluster's NACK to the application's commit in the NACKed
+// assignment. Only the cluster's current assignment is known; a NACK of an
+// older one is nil: the agent has the current one to answer, and its answer
+// to that decides.
+func (e *rollouts) nack(app, cluster string, n store.Nack) *rollout.Nack {
+	a := e.fleet.Assignment(cluster)
+	if a.GetVersion() != n.Version {
+		return nil
+	}
+	for _, aa := range a.GetApplications() {
+		if aa.GetName() == app {
+			return &rollout.Nack{Commit: aa.GetCommit(), Error: n.Error, At: n.At}
+		}
+	}
+	return nil
 }
 
 // commit stores next (when it differs from prev), then gives the fleet its

@@ -376,15 +376,19 @@ func (s *Store) TouchLastSeen(ctx context.Context, names []string, now time.Time
 
 // RecordAck records a cluster's answer to an assignment: an ACK of version
 // when nackErr is empty, otherwise a NACK, which keeps the last ACKed
-// version and stores the error (cut to 4 KiB).
+// version and stores the error (cut to 4 KiB) with the NACKed version and
+// time; an ACK clears them. The NACK's time is the database's clock, the
+// one the rollout engine compares it with (RolloutInputs.Now).
 func (s *Store) RecordAck(ctx context.Context, name, version, nackErr string, now time.Time) error {
 	op := fmt.Sprintf("record ack of cluster %q", name)
 	if nackErr != "" {
-		return s.execOne(ctx, op, `UPDATE clusters SET nack_error = $2 WHERE name = $1`,
-			name, cleanText(nackErr, maxNackErrorBytes))
+		return s.execOne(ctx, op, `
+			UPDATE clusters SET nack_error = $2, nacked_version = $3, nacked_at = now() WHERE name = $1`,
+			name, cleanText(nackErr, maxNackErrorBytes), cleanText(version, maxShortTextBytes))
 	}
 	return s.execOne(ctx, op, `
-		UPDATE clusters SET acked_version = $2, acked_at = $3, nack_error = '' WHERE name = $1`,
+		UPDATE clusters SET acked_version = $2, acked_at = $3, nack_error = '', nacked_version = '', nacked_at = NULL
+		WHERE name = $1`,
 		name, cleanText(version, maxShortTextBytes), now)
 }
 

@@ -114,10 +114,21 @@ type RolloutInputs struct {
 	Statuses map[string]RolloutStatus
 	// LastSeen by cluster; absent for a cluster never seen.
 	LastSeen map[string]time.Time
+	// Nacks by cluster: its answer to the newest assignment it answered
+	// was a NACK. Absent when that answer was an ACK.
+	Nacks map[string]Nack
 }
 
-// RolloutInputs reads the statuses of app and the last_seen of clusters,
-// with the database's clock.
+// Nack is a cluster's rejection of an assignment version.
+type Nack struct {
+	Version string
+	Error   string
+	// At is on the database's clock.
+	At time.Time
+}
+
+// RolloutInputs reads the statuses of app and the last_seen and NACKs of
+// clusters, with the database's clock.
 func (s *Store) RolloutInputs(ctx context.Context, app string, clusters []string) (RolloutInputs, error) {
 	op := fmt.Sprintf("rollout inputs of application %q", app)
 	if clusters == nil {
@@ -125,20 +136,29 @@ func (s *Store) RolloutInputs(ctx context.Context, app string, clusters []string
 	}
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	in := RolloutInputs{Statuses: map[string]RolloutStatus{}, LastSeen: map[string]time.Time{}}
+	in := RolloutInputs{Statuses: map[string]RolloutStatus{}, LastSeen: map[string]time.Time{}, Nacks: map[string]Nack{}}
 	rows, err := s.pool.Query(ctx, `
-		SELECT name, last_seen, now() FROM clusters WHERE name = ANY($1::text[]) AND last_seen IS NOT NULL`, clusters)
+		SELECT name, last_seen, nacked_version, nack_error, nacked_at, now()
+		FROM clusters WHERE name = ANY($1::text[]) AND last_seen IS NOT NULL`, clusters)
 	if err != nil {
 		return in, classify(op, err)
 	}
 	for rows.Next() {
-		var name string
-		var seen time.Time
-		if err := rows.Scan(&name, &seen, &in.Now); err != nil {
+		var (
+			name     string
+			seen     time.Time
+			n        Nack
+			nackedAt *time.Time
+		)
+		if err := rows.Scan(&name, &seen, &n.Version, &n.Error, &nackedAt, &in.Now); err != nil {
 			rows.Close()
 			return in, classify(op, err)
 		}
 		in.LastSeen[name] = seen
+		if nackedAt != nil && n.Version != "" {
+			n.At = *nackedAt
+			in.Nacks[name] = n
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return in, classify(op, err)
