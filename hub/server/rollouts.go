@@ -20,8 +20,9 @@ import (
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// rolloutInterval is how often the engine steps every rollout: soaks and
-// deadlines end, and status reports and heartbeats arrive, without a wake.
+// rolloutInterval is how often the engine steps every rollout even without
+// a wake: soaks and deadlines end, and clusters go offline, with no event to
+// say so. Status writes, ACKs and NACKs wake it at once (Hub.notify).
 const rolloutInterval = time.Second
 
 // rollouts is the rollout engine: one goroutine that drives hub/rollout's

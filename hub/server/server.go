@@ -295,8 +295,13 @@ func (h *Hub) closeResources() {
 	}
 }
 
-// notify tells open dashboard pages that something changed.
+// notify says that the fleet's state changed (a status written, an ACK or
+// NACK, a connection, an event): the rollout engine steps at once rather than
+// at its next tick, and open dashboard pages refresh. Both coalesce.
 func (h *Hub) notify() {
+	if h.rollouts != nil {
+		h.rollouts.poke()
+	}
 	if h.dash != nil {
 		h.dash.Notify()
 	}
