@@ -106,6 +106,50 @@ func (a *testAgent) waitForApp(app string) string {
 	}
 }
 
+// waitForCommit waits for an assignment that runs app at commit.
+func (a *testAgent) waitForCommit(app, commit string) {
+	a.t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case as := <-a.assignments:
+			for _, x := range as.GetApplications() {
+				if x.GetName() == app && x.GetCommit() == commit {
+					return
+				}
+			}
+		case <-deadline:
+			a.t.Fatalf("%s: no assignment with %s at %s within 60s", a.name, app, commit)
+		}
+	}
+}
+
+// waitRollout waits until the rollout of shop is in phase, flushing the
+// hub's batched status writes so the engine sees the reports.
+func waitRollout(t *testing.T, h *server.Hub, token, phase string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		_ = h.FlushStatuses(context.Background())
+		req, err := http.NewRequest("GET", "http://"+h.HTTPAddr()+"/api/v1/applications/shop/rollout", nil)
+		must(t, err)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		must(t, err)
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var r droverv1.GetRolloutResponse
+		if resp.StatusCode == http.StatusOK && protojson.Unmarshal(raw, &r) == nil {
+			if last = r.GetRollout().GetPhase(); last == phase {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("rollout of shop is %q after 60s, want %s", last, phase)
+}
+
 func (a *testAgent) report(app, commit string, health droverv1.Health, msg string) {
 	a.t.Helper()
 	must(a.t, a.stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{{
@@ -357,6 +401,72 @@ func TestBrowser(t *testing.T) {
 	)
 	if got := text("p.error"); !strings.Contains(got, "does not exist") {
 		t.Errorf("404 page = %q", got)
+	}
+
+	// A rollout: a canary wave, then a main wave behind an approval. The
+	// test agents ACK every assignment; they report Synced and Healthy
+	// when the test says so.
+	c1 := repo.Commit(t, "shop v1", map[string]string{"shop/deploy.yaml": "kind: ConfigMap\n"})
+	canary := startAgent(t, h, join(map[string]string{"app": "shop", "ring": "canary"}), "canary-1")
+	mainA := startAgent(t, h, join(map[string]string{"app": "shop", "ring": "main"}), "main-1")
+	shop := app("shop", repo.URL, "shop", map[string]string{"app": "shop"})
+	shop.Spec.Rollout = &droverv1.RolloutStrategy{Waves: []*droverv1.RolloutWave{
+		{Name: "canary", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}}},
+		{Name: "main", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "main"}}, RequireApproval: true},
+	}}
+	shopJSON, _ := protojson.Marshal(shop)
+	apiPost(t, h, token, "/api/v1/applications", shopJSON)
+	// The first release goes everywhere at once.
+	canary.waitForCommit("shop", c1)
+	mainA.waitForCommit("shop", c1)
+	canary.report("shop", c1, droverv1.Health_HEALTH_HEALTHY, "ready")
+	mainA.report("shop", c1, droverv1.Health_HEALTH_HEALTHY, "ready")
+	waitRollout(t, h, token, "completed")
+	c2 := repo.Commit(t, "shop v2", map[string]string{"shop/deploy.yaml": "kind: ConfigMap\nmetadata: {name: v2}\n"})
+	apiPost(t, h, token, "/api/v1/applications/shop/refresh", nil)
+	canary.waitForCommit("shop", c2)
+	canary.report("shop", c2, droverv1.Health_HEALTH_HEALTHY, "ready")
+	waitRollout(t, h, token, "waiting-approval")
+
+	// The gate is the loudest thing on the overview, and links to the
+	// application.
+	run("overview with a gate",
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.CSS(".banner.gate")),
+		shot("overview-rollout-waiting"),
+	)
+	if got := text(".banner.gate"); !strings.Contains(got, "Approval needed") || !strings.Contains(got, "Waiting for approval of wave main") {
+		t.Errorf("overview banner = %q", got)
+	}
+	run("rollout waiting",
+		chromedp.Click(chromedp.CSS(`.banner.gate a[href="/apps/shop"]`)),
+		chromedp.WaitVisible(chromedp.ID("#promote")),
+		waitJS(`document.getElementById("live").textContent.includes("Live")`),
+		shot("application-rollout-waiting"),
+	)
+	if got := text("#ro-waiting"); !strings.Contains(got, "Waiting for approval of wave main") {
+		t.Fatalf("rollout sentence = %q, want waiting for approval of wave main", got)
+	}
+	eval(`window.droverMarker = "kept"; "ok"`)
+	run("promote",
+		chromedp.Click(chromedp.ID("#promote")),
+		waitJS(`document.querySelector(".gate.approved") !== null && !document.getElementById("ro-waiting").textContent.includes("approval")`),
+		shot("application-rollout-promoted"),
+	)
+	if marker := eval(`String(window.droverMarker)`); marker != "kept" {
+		t.Fatalf("marker after promote = %q: the page reloaded", marker)
+	}
+	// The main wave gets the release; once it is healthy there the page
+	// shows the rollout completed, still without a reload.
+	mainA.waitForCommit("shop", c2)
+	mainA.report("shop", c2, droverv1.Health_HEALTH_HEALTHY, "ready")
+	waitRollout(t, h, token, "completed")
+	run("rollout completed",
+		waitJS(`document.querySelector("#ro-h").textContent.includes("Completed")`),
+		shot("application-rollout-completed"),
+	)
+	if marker := eval(`String(window.droverMarker)`); marker != "kept" {
+		t.Fatalf("marker after the rollout completed = %q: the page reloaded", marker)
 	}
 
 	// A phone-sized window renders the overview too.

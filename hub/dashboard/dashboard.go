@@ -24,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/drover-dev/drover/hub/adminapi"
+	"github.com/drover-dev/drover/hub/rollout"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -41,6 +42,8 @@ type Admin interface {
 	GetApplication(ctx context.Context, req *droverv1.GetApplicationRequest) (*droverv1.GetApplicationResponse, error)
 	ListEvents(ctx context.Context, req *droverv1.ListEventsRequest) (*droverv1.ListEventsResponse, error)
 	RefreshApplication(ctx context.Context, req *droverv1.RefreshApplicationRequest) (*droverv1.RefreshApplicationResponse, error)
+	GetRollout(ctx context.Context, req *droverv1.GetRolloutRequest) (*droverv1.GetRolloutResponse, error)
+	ControlRollout(ctx context.Context, req *droverv1.ControlRolloutRequest) (*droverv1.ControlRolloutResponse, error)
 }
 
 var _ Admin = (*adminapi.Server)(nil)
@@ -51,9 +54,15 @@ type Store interface {
 	adminapi.TokenAuthenticator
 	ListClusters(ctx context.Context, sel labels.Selector, pageSize int, pageToken string) ([]*droverv1.Cluster, string, error)
 	ClusterStatusCounts(ctx context.Context, names []string) (map[string]*store.StatusCounts, error)
+	OverviewClusters(ctx context.Context, sel labels.Selector) ([]store.ClusterOverview, error)
+	ClusterLabelKeys(ctx context.Context) (clusters int, keys []string, err error)
 	ApplicationStatusCounts(ctx context.Context) (map[string]*store.StatusCounts, error)
 	ListApplications(ctx context.Context) ([]*droverv1.Application, error)
 	CurrentReleases(ctx context.Context) (map[string]*droverv1.Release, error)
+	// ListRolloutStates feeds the overview's rollout counts and approval
+	// banners: one query for every application, where GetRollout would be
+	// one call each.
+	ListRolloutStates(ctx context.Context) (map[string]rollout.State, error)
 }
 
 var _ Store = (*store.Store)(nil)
@@ -155,6 +164,7 @@ func (d *Dashboard) routes() {
 	m.Handle("GET /search", d.authed(d.search))
 	m.Handle("GET /live", d.authed(d.stream))
 	m.Handle("POST /apps/{name}/refresh", d.action(adminapi.RoleAdmin, d.refresh))
+	m.Handle("POST /apps/{name}/rollout/{op}", d.action(adminapi.RoleAdmin, d.controlRollout))
 	m.Handle("/", d.page(func(r *http.Request) (view, error) { return view{}, notFound("page %s", r.URL.Path) }))
 	d.mux = m
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,6 +49,12 @@ type fakeHub struct {
 	placed   map[string][]string
 	versions map[string]string
 	refresh  chan string
+
+	mu sync.Mutex // guards the fields below
+	// rollouts are what Rollout reports; none means ErrNotFound.
+	rollouts map[string]*droverv1.RolloutStatus
+	// controls records ControlRollout calls as "app op actor".
+	controls []string
 }
 
 func (h *fakeHub) ApplicationChanged(context.Context, string) {}

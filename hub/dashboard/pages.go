@@ -101,6 +101,7 @@ type overviewData struct {
 	PrevURL, NextURL         string
 	Events                   []*droverv1.Event
 	Shown                    int
+	Rollouts                 rolloutSummary
 }
 
 func (d *Dashboard) overview(r *http.Request) (view, error) {
@@ -125,26 +126,36 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 	var recs []rec
 	keys := map[string]struct{}{}
 	needle := strings.ToLower(data.Query)
-	err = d.eachCluster(ctx, labels.Everything(), func(c *droverv1.Cluster, counts *store.StatusCounts) {
-		data.Fleet++
-		for k := range c.GetLabels() {
-			keys[k] = struct{}{}
-		}
-		if !sel.Matches(labels.Set(c.GetLabels())) || (needle != "" && !strings.Contains(strings.ToLower(c.GetName()), needle)) {
-			return
-		}
-		r := rec{name: c.GetName()}
-		var apps, unhealthy int32
-		if counts != nil {
-			for h, n := range counts.Health {
-				apps += n
-				if h != droverv1.Health_HEALTH_HEALTHY {
-					unhealthy += n
-				}
+	// One query for the tiles, the selector applied in it; the fleet's
+	// size and label keys (the group-by choices) come with it when nothing
+	// is filtered out, and from a small second query when something is.
+	cls, err := d.cfg.Store.OverviewClusters(ctx, sel)
+	if err != nil {
+		return v, err
+	}
+	if sel.Empty() {
+		data.Fleet = len(cls)
+		for _, c := range cls {
+			for k := range c.Labels {
+				keys[k] = struct{}{}
 			}
 		}
-		switch h, ok := worst(countsHealth(counts)); {
-		case !d.online(c):
+	} else {
+		var all []string
+		if data.Fleet, all, err = d.cfg.Store.ClusterLabelKeys(ctx); err != nil {
+			return v, err
+		}
+		for _, k := range all {
+			keys[k] = struct{}{}
+		}
+	}
+	for _, c := range cls {
+		if needle != "" && !strings.Contains(strings.ToLower(c.Name), needle) {
+			continue
+		}
+		r := rec{name: c.Name}
+		switch h, ok := worstReported(c); {
+		case !d.onlineAt(c.Revoked, c.LastSeen):
 			r.st, r.problem = stateOffline, true
 			data.Offline++
 		case !ok:
@@ -156,20 +167,17 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 			data.Online++
 		}
 		if data.GroupBy != "" {
-			if g, ok := c.GetLabels()[data.GroupBy]; ok {
+			if g, ok := c.Labels[data.GroupBy]; ok {
 				r.group = data.GroupBy + "=" + g
 			} else {
 				r.group = "no " + data.GroupBy + " label"
 			}
 		}
-		r.title = c.GetName() + " — " + r.st.Word
-		if apps > 0 {
-			r.title += " — " + strconv.Itoa(int(apps-unhealthy)) + "/" + strconv.Itoa(int(apps)) + " apps healthy"
+		r.title = c.Name + " — " + r.st.Word
+		if c.Apps > 0 {
+			r.title += " — " + strconv.Itoa(c.Healthy) + "/" + strconv.Itoa(c.Apps) + " apps healthy"
 		}
 		recs = append(recs, r)
-	})
-	if err != nil {
-		return v, err
 	}
 	for k := range keys {
 		data.GroupKeys = append(data.GroupKeys, k)
@@ -240,6 +248,9 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 	if data.HealthCounts, data.Apps, err = d.appHealthCounts(ctx); err != nil {
 		return v, err
 	}
+	if data.Rollouts, err = d.rolloutSummary(ctx); err != nil {
+		return v, err
+	}
 	evs, err := d.cfg.Admin.ListEvents(ctx, &droverv1.ListEventsRequest{PageSize: sideEvents})
 	if err != nil {
 		return v, fromAdmin(err)
@@ -249,6 +260,18 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 		v.Code = http.StatusBadRequest
 	}
 	return v, nil
+}
+
+// worstReported is the worst health some application on the cluster
+// reports; ok is false before its first report.
+func worstReported(c store.ClusterOverview) (h droverv1.Health, ok bool) {
+	best := -1
+	for v := range droverv1.Health_name {
+		if hv := droverv1.Health(v); c.Reports(hv) && severity(hv) > best {
+			best, h, ok = severity(hv), hv, true
+		}
+	}
+	return h, ok
 }
 
 func countsHealth(c *store.StatusCounts) map[droverv1.Health]int32 {
@@ -404,6 +427,10 @@ type matrixRow struct {
 	Status    *droverv1.ApplicationStatus // nil before the first report
 	CommitURL string
 	Behind    bool
+	// Wave and WavePhase are the cluster's place in the rollout; empty
+	// without a strategy.
+	Wave      string
+	WavePhase string
 }
 
 type releaseRow struct {
@@ -424,6 +451,9 @@ type appData struct {
 	PrevURL, NextURL string
 	Events           []*droverv1.Event
 	Refreshed        string
+	// Rollout is nil without a strategy (the release goes everywhere at
+	// once).
+	Rollout *rolloutView
 }
 
 func (d *Dashboard) app(r *http.Request) (view, error) {
@@ -456,6 +486,15 @@ func (d *Dashboard) app(r *http.Request) (view, error) {
 	for _, c := range resp.GetPlacedClusters() {
 		placed[c] = true
 	}
+	if data.Rollout, err = d.appRollout(ctx, a); err != nil {
+		return v, err
+	}
+	inWave := map[string]*droverv1.RolloutClusterStatus{}
+	if data.Rollout != nil {
+		for _, c := range data.Rollout.Status.GetClusters() {
+			inWave[c.GetName()] = c
+		}
+	}
 	byCluster := make(map[string]*droverv1.ApplicationStatus, len(resp.GetStatuses()))
 	for _, st := range resp.GetStatuses() {
 		byCluster[st.GetCluster()] = st
@@ -472,6 +511,9 @@ func (d *Dashboard) app(r *http.Request) (view, error) {
 				return
 			}
 			row := matrixRow{Cluster: c.GetName(), Online: d.online(c), Status: byCluster[c.GetName()]}
+			if rc := inWave[c.GetName()]; rc != nil {
+				row.Wave, row.WavePhase = rc.GetWave(), rc.GetPhase()
+			}
 			if row.Status != nil {
 				row.CommitURL = forgeCommitURL(repo, row.Status.GetCommit())
 				row.Behind = current != "" && row.Status.GetCommit() != current

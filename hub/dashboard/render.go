@@ -250,7 +250,15 @@ func worst(counts map[droverv1.Health]int32) (h droverv1.Health, ok bool) {
 }
 
 func (d *Dashboard) online(c *droverv1.Cluster) bool {
-	return !c.GetRevoked() && c.GetLastSeen() != nil && d.now().Sub(c.GetLastSeen().AsTime()) < d.cfg.OfflineTimeout
+	if c.GetLastSeen() == nil {
+		return false
+	}
+	return d.onlineAt(c.GetRevoked(), c.GetLastSeen().AsTime())
+}
+
+// onlineAt is online for a cluster last seen at lastSeen (zero: never).
+func (d *Dashboard) onlineAt(revoked bool, lastSeen time.Time) bool {
+	return !revoked && !lastSeen.IsZero() && d.now().Sub(lastSeen) < d.cfg.OfflineTimeout
 }
 
 // ago says how long before now t was, in words.
@@ -363,8 +371,9 @@ func (d *Dashboard) funcs() template.FuncMap {
 			}
 			return ""
 		},
-		"state": func(class, glyph, word string) state { return state{class, glyph, word} },
-		"int":   func(n int32) int { return int(n) },
+		"state":  func(class, glyph, word string) state { return state{class, glyph, word} },
+		"cphase": clusterPhaseState,
+		"int":    func(n int32) int { return int(n) },
 		"plural": func(n int, one, many string) string {
 			if n == 1 {
 				return one

@@ -41,6 +41,9 @@ type rollouts struct {
 
 	wake    chan struct{}
 	control chan controlRequest
+	// changed, when set, is called after a rollout state is stored (the
+	// dashboard's refresh); it must not wake the engine.
+	changed func()
 
 	// mu serialises what goes into the fleet for an application (its
 	// spec from setApp, its pins from the engine), so neither overwrites
@@ -392,6 +395,9 @@ func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.S
 		}); err != nil {
 			e.log.Warn("record event", "kind", ev.Kind, "err", err)
 		}
+	}
+	if e.changed != nil {
+		e.changed()
 	}
 	return nil
 }

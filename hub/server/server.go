@@ -151,6 +151,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	if h.dash, err = dashboard.New(dashboard.Config{Admin: h.admin, Store: h.store, Logger: logger, OfflineTimeout: cfg.OfflineTimeout}); err != nil {
 		return nil, err
 	}
+	h.rollouts.changed = h.dash.Notify
 
 	h.grpcSrv = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{

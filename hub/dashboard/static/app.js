@@ -53,6 +53,44 @@
       });
   }
 
+  // Rollout buttons post in the background and then refresh the page's
+  // content like any change, so the page is not reloaded; without this
+  // script they are plain forms that redirect back.
+  main.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    if (!form.hasAttribute("data-async")) return;
+    ev.preventDefault();
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    var button = form.querySelector("button");
+    if (button) button.disabled = true;
+    fetch(form.action, { method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)) })
+      .then(function (resp) {
+        if (resp.ok) { refresh(); return; }
+        return resp.text().then(function (html) {
+          var doc = new DOMParser().parseFromString(html, "text/html");
+          var p = doc.querySelector("main p.error");
+          showProblem(p ? p.textContent : "The hub answered " + resp.status + "; reload the page and try again.");
+          if (button) button.disabled = false;
+        });
+      })
+      .catch(function () {
+        showProblem("The hub could not be reached; try again.");
+        if (button) button.disabled = false;
+      });
+  });
+
+  function showProblem(msg) {
+    var p = main.querySelector(".act-problem");
+    if (!p) {
+      p = document.createElement("p");
+      p.className = "error act-problem";
+      p.setAttribute("role", "alert");
+      var at = main.querySelector(".ro") || main.firstChild;
+      main.insertBefore(p, at);
+    }
+    p.textContent = msg;
+  }
+
   main.addEventListener("focusout", function () { if (again && !busy) setTimeout(refresh, 0); });
 
   var wasDown = false;
