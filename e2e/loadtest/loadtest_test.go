@@ -1,0 +1,287 @@
+package loadtest_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/drover-dev/drover/e2e/loadtest"
+	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/hub/server"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+func TestMain(m *testing.M) { testbed.Main(m) }
+
+// patience bounds every wait of these tests, so that a lost assignment
+// fails them instead of hanging. It is not a performance expectation.
+const patience = 3 * time.Minute
+
+// TestFleetGetsEveryVersionOnce runs 500 simulated agents against an
+// in-process hub through one application's creation and one change. Every
+// agent must receive each of its three assignment versions (empty, created,
+// changed) exactly once, and the statuses the hub stores must be exactly
+// the ones the agents sent last, resources included. Some applies fail, so
+// NACKs and failed statuses take the same path.
+func TestFleetGetsEveryVersionOnce(t *testing.T) {
+	const agents = 500
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	commit := repo.Commit(t, "web v1", map[string]string{"web/deploy.yaml": "kind: ConfigMap\n"})
+	h := startHub(t)
+
+	var tok droverv1.CreateJoinTokenResponse
+	h.call(t, "POST", "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Reusable: true, Labels: map[string]string{"env": "load"}}, &tok)
+	ctx := context.Background()
+	fl, err := loadtest.Start(ctx, loadtest.Config{
+		HubAddr: h.AgentAddr(), ServerName: "127.0.0.1", CAPEM: h.CACertPEM(), JoinToken: tok.GetToken(),
+		Agents: agents, NamePrefix: "load", ResourcesPerApp: 5,
+		ApplyLatency: 5 * time.Millisecond, FailRate: 0.1, ConnectRate: 500, Heartbeat: 2 * time.Second,
+	}, testbed.Logger(t))
+	if err != nil {
+		t.Fatalf("start the fleet: %v", err)
+	}
+	t.Cleanup(fl.Close)
+
+	// Round 1: each cluster's first assignment is empty.
+	awaitAnswered(t, h, fl, 1)
+
+	app := &droverv1.Application{Name: "web", Spec: &droverv1.ApplicationSpec{
+		Source:     &droverv1.Source{RepoUrl: repo.URL, Ref: "main", Path: "web"},
+		Placement:  &droverv1.Placement{Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"env": "load"}}},
+		SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true},
+	}}
+	h.call(t, "POST", "/api/v1/applications", app, nil)
+	awaitAnswered(t, h, fl, 2)
+
+	app.Spec.SyncPolicy.Interval = "7m"
+	h.call(t, "PUT", "/api/v1/applications/web", app, nil)
+	awaitAnswered(t, h, fl, 3)
+
+	for _, a := range fl.Agents() {
+		st := a.State()
+		if len(st.Arrivals) != 3 {
+			t.Errorf("agent %s received %d assignments %v, want 3: one per change", a.Name(), len(st.Arrivals), versions(st.Arrivals))
+			continue
+		}
+		seen := make(map[string]bool)
+		for _, arr := range st.Arrivals {
+			if seen[arr.Version] {
+				t.Errorf("agent %s received version %s twice: %v", a.Name(), arr.Version, versions(st.Arrivals))
+			}
+			seen[arr.Version] = true
+			if arr.Session != 1 {
+				t.Errorf("agent %s received version %s on stream %d; it never disconnected", a.Name(), arr.Version, arr.Session)
+			}
+		}
+		if got := []int{st.Arrivals[0].Applications, st.Arrivals[1].Applications, st.Arrivals[2].Applications}; !slices.Equal(got, []int{0, 1, 1}) {
+			t.Errorf("agent %s: applications per assignment %v, want [0 1 1]", a.Name(), got)
+		}
+		as := h.Fleet().Assignment(a.Name())
+		if apps := as.GetApplications(); len(apps) != 1 || apps[0].GetCommit() != commit || apps[0].GetSyncPolicy().GetInterval() != "7m" {
+			t.Errorf("agent %s: hub's assignment %v, want web@%s every 7m", a.Name(), apps, commit)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+
+	// The last report of every agent must be what the store holds. The
+	// hub writes statuses in batches; flush until they are all there.
+	want := make(map[string]*droverv1.ApplicationStatus, agents)
+	for _, a := range fl.Agents() {
+		rep := a.State().Report
+		if len(rep.GetApplications()) != 1 {
+			t.Fatalf("agent %s last reported %v, want one application", a.Name(), rep)
+		}
+		want[a.Name()] = rep.GetApplications()[0]
+	}
+	var diff string
+	deadline := time.Now().Add(patience)
+	for {
+		if err := h.FlushStatuses(ctx); err != nil {
+			t.Fatalf("flush statuses: %v", err)
+		}
+		got, err := h.Store().StatusesForApplication(ctx, "web")
+		if err != nil {
+			t.Fatalf("read statuses: %v", err)
+		}
+		if diff = statusDiff(want, got); diff == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stored statuses differ from the agents' last reports after %v:\n%s", patience, diff)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	sum := loadtest.Summarize(fl.Agents())
+	if sum.Duplicates != 0 || sum.Reconnects != 0 || sum.Connected != agents {
+		t.Errorf("summary %+v: want no duplicates, no reconnects, %d connected", sum, agents)
+	}
+}
+
+// awaitAnswered waits until every agent has answered its round-th
+// assignment and that assignment is the hub's current one for its cluster.
+func awaitAnswered(t *testing.T, h *testHub, fl *loadtest.Fleet, round int) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for {
+		pending := 0
+		var example string
+		for _, a := range fl.Agents() {
+			st := a.State()
+			snap, _ := h.Fleet().Watch(a.Name())
+			if len(st.Arrivals) < round || snap == nil || st.Answered != snap.Version || st.Arrivals[len(st.Arrivals)-1].Version != snap.Version {
+				pending++
+				if example == "" {
+					example = fmt.Sprintf("%s: %d arrivals %v, answered %q, last err %v", a.Name(), len(st.Arrivals), versions(st.Arrivals), st.Answered, st.LastErr)
+				}
+			}
+		}
+		if pending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d agents have not answered assignment #%d after %v; e.g. %s", pending, len(fl.Agents()), round, patience, example)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func versions(arrs []loadtest.Arrival) []string {
+	out := make([]string, len(arrs))
+	for i, a := range arrs {
+		out[i] = a.Version
+	}
+	return out
+}
+
+// statusDiff compares stored statuses with the reports, ignoring what the
+// hub sets itself (cluster) and the timestamp, which PostgreSQL keeps to
+// the microsecond.
+func statusDiff(want map[string]*droverv1.ApplicationStatus, got []*droverv1.ApplicationStatus) string {
+	var b strings.Builder
+	byCluster := make(map[string]*droverv1.ApplicationStatus, len(got))
+	for _, st := range got {
+		byCluster[st.GetCluster()] = st
+	}
+	for cluster, w := range want {
+		g, ok := byCluster[cluster]
+		if !ok {
+			fmt.Fprintf(&b, "%s: no stored status\n", cluster)
+			continue
+		}
+		w2, g2 := proto.Clone(w).(*droverv1.ApplicationStatus), proto.Clone(g).(*droverv1.ApplicationStatus)
+		w2.Cluster, w2.ObservedAt, g2.Cluster, g2.ObservedAt = "", nil, "", nil
+		if !proto.Equal(w2, g2) {
+			fmt.Fprintf(&b, "%s: stored %v, sent %v\n", cluster, g2, w2)
+		}
+		if !g.GetObservedAt().AsTime().Equal(w.GetObservedAt().AsTime().Truncate(time.Microsecond)) {
+			fmt.Fprintf(&b, "%s: observed at %v, sent %v\n", cluster, g.GetObservedAt().AsTime(), w.GetObservedAt().AsTime())
+		}
+	}
+	if len(got) != len(want) {
+		fmt.Fprintf(&b, "%d stored statuses, want %d\n", len(got), len(want))
+	}
+	return b.String()
+}
+
+// testHub is a hub the tests reach: in process (Hub set) or a child
+// process (Hub nil).
+type testHub struct {
+	*server.Hub
+	token    string
+	httpAddr string
+}
+
+// startHub starts an in-process hub on a fresh test bed database. It logs
+// warnings and errors only: at info level 500 agents would bury a failure.
+func startHub(t *testing.T) *testHub {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := server.DefaultConfig()
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.DatabaseURL = testbed.Postgres(t)
+	cfg.AgentAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.Hostnames = []string{"127.0.0.1", "localhost"}
+	cfg.PollInterval = 5 * time.Second
+	logger := slog.New(minLevel{Handler: testbed.Logger(t).Handler(), min: slog.LevelWarn})
+	h, err := server.Start(context.Background(), cfg, logger, io.Discard)
+	if err != nil {
+		t.Fatalf("start hub: %v", err)
+	}
+	t.Cleanup(func() { h.Close() })
+	tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin-token"))
+	if err != nil {
+		t.Fatalf("read admin token: %v", err)
+	}
+	return &testHub{Hub: h, token: strings.TrimSpace(string(tok)), httpAddr: h.HTTPAddr()}
+}
+
+// minLevel drops records below min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{Handler: h.Handler.WithAttrs(attrs), min: h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
+}
+
+// call calls the JSON admin API as the admin, fails t unless the reply is
+// 2xx, and decodes it into out when out is not nil.
+func (h *testHub) call(t testing.TB, method, path string, body, out proto.Message) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		j, err := protojson.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, "http://"+h.httpAddr+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+h.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read reply: %v", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, raw)
+	}
+	if out != nil {
+		if err := protojson.Unmarshal(raw, out); err != nil {
+			t.Fatalf("%s %s: decode %s: %v", method, path, raw, err)
+		}
+	}
+}
