@@ -147,6 +147,19 @@ func TestFleetRollout(t *testing.T) {
 		}
 		stayOnC1()
 
+		// A hub restarted at the gate resumes there: same rollout, same
+		// pins, still waiting, nothing sent to Europe or the US.
+		before := r.GetId()
+		f.stopHub()
+		f.startHub()
+		eventually(t, "the restarted hub back at the gate", 2*time.Minute, func() (bool, string) {
+			stayOnC1()
+			r = f.rollout("web")
+			return r.GetPhase() == "waiting-approval" && r.GetId() == before, fmt.Sprintf("rollout %v", r)
+		})
+		time.Sleep(3 * time.Second) // agents reconnect and report; nothing may move
+		stayOnC1()
+
 		f.api.do("POST", "/api/v1/applications/web/rollout/promote", nil, nil)
 		for _, c := range others {
 			f.waitHealthy("web", c, c2)
