@@ -16,7 +16,7 @@ import (
 func RolloutStrategy(spec *droverv1.ApplicationSpec) (*rollout.Strategy, error) {
 	var errs FieldErrors
 	s := parseRollout(&errs, spec.GetRollout())
-	return s, errs.errOrNil()
+	return s, errs.Err()
 }
 
 func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *rollout.Strategy {
@@ -25,7 +25,7 @@ func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *rollout.Strat
 	}
 	js, err := protojson.Marshal(r)
 	if err != nil {
-		errs.add("spec.rollout", "not encodable: %v", err)
+		errs.Add("spec.rollout", "not encodable: %v", err)
 		return nil
 	}
 	s, err := rollout.ParseStrategy(js)
@@ -33,11 +33,11 @@ func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *rollout.Strat
 	switch {
 	case errors.As(err, &fes):
 		for _, fe := range fes {
-			errs.add("spec."+fe.Field, "%s", fe.Msg)
+			errs.Add("spec."+fe.Field, "%s", fe.Msg)
 		}
 		return nil
 	case err != nil:
-		errs.add("spec.rollout", "%v", err)
+		errs.Add("spec.rollout", "%v", err)
 		return nil
 	case s == nil:
 		// Not reached (protojson writes {} for an empty message), but a

@@ -24,6 +24,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/drover-dev/drover/hub/rollout"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -50,56 +51,18 @@ const (
 	MinSyncInterval = time.Second
 )
 
-// FieldError says which field of an input is wrong and why. Field uses the
-// JSON names of the admin API ("spec.source.repoURL",
-// "spec.placement.selector.matchExpressions[0].operator"), so an operator can
-// find it in the file they wrote.
-type FieldError struct {
-	Field string
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
-
-// FieldErrors is every problem found in one input, in field order. The
-// validators return it (never an empty one) so that a user fixes all
-// problems in one round; errors.As finds both FieldErrors and the first
-// *FieldError in it.
-type FieldErrors []*FieldError
-
-func (es FieldErrors) Error() string {
-	msgs := make([]string, len(es))
-	for i, e := range es {
-		msgs[i] = e.Error()
-	}
-	return strings.Join(msgs, "; ")
-}
-
-// Unwrap lets errors.As reach the individual field errors.
-func (es FieldErrors) Unwrap() []error {
-	errs := make([]error, len(es))
-	for i, e := range es {
-		errs[i] = e
-	}
-	return errs
-}
-
-// errOrNil keeps the typed-nil trap out of callers: a nil FieldErrors in an
-// error interface is not a nil error.
-func (es FieldErrors) errOrNil() error {
-	if len(es) == 0 {
-		return nil
-	}
-	return es
-}
-
-func (es *FieldErrors) add(field, format string, args ...any) {
-	*es = append(*es, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
-}
+// FieldError and FieldErrors name the field of an input that is wrong and
+// why, in the admin API's JSON names ("spec.source.repoURL"); the
+// validators return a FieldErrors listing every problem, in field order.
+// They are rollout's types, so that a strategy's errors need no converting.
+type (
+	FieldError  = rollout.FieldError
+	FieldErrors = rollout.FieldErrors
+)
 
 // addList takes over apimachinery's field errors. ErrorBody echoes the bad
 // value; that is safe because no field validated this way holds a secret.
-func (es *FieldErrors) addList(list field.ErrorList) {
+func addList(es *FieldErrors, list field.ErrorList) {
 	for _, e := range list {
 		*es = append(*es, &FieldError{Field: e.Field, Msg: e.ErrorBody()})
 	}
@@ -112,16 +75,16 @@ func (es *FieldErrors) addList(list field.ErrorList) {
 func ValidateName(name string) error {
 	var errs FieldErrors
 	validateName(&errs, "name", name)
-	return errs.errOrNil()
+	return errs.Err()
 }
 
 func validateName(errs *FieldErrors, fld, name string) {
 	if name == "" {
-		errs.add(fld, "required")
+		errs.Add(fld, "required")
 		return
 	}
 	for _, msg := range utilvalidation.IsDNS1123Label(name) {
-		errs.add(fld, "%q: %s", name, msg)
+		errs.Add(fld, "%q: %s", name, msg)
 	}
 }
 
@@ -130,15 +93,15 @@ func validateName(errs *FieldErrors, fld, name string) {
 func ValidateLabels(lbls map[string]string) error {
 	var errs FieldErrors
 	validateLabels(&errs, field.NewPath("labels"), lbls)
-	return errs.errOrNil()
+	return errs.Err()
 }
 
 func validateLabels(errs *FieldErrors, fld *field.Path, lbls map[string]string) {
 	// Sorted so that the same input always gives the same message.
 	for _, k := range sortedKeys(lbls) {
-		errs.addList(metav1validation.ValidateLabelName(k, fld.Key(k)))
+		addList(errs, metav1validation.ValidateLabelName(k, fld.Key(k)))
 		for _, msg := range utilvalidation.IsValidLabelValue(lbls[k]) {
-			errs.add(fld.Key(k).String(), "%q: %s", lbls[k], msg)
+			errs.Add(fld.Key(k).String(), "%q: %s", lbls[k], msg)
 		}
 	}
 }
@@ -148,13 +111,13 @@ func validateLabels(errs *FieldErrors, fld *field.Path, lbls map[string]string) 
 func ValidateSpec(spec *droverv1.ApplicationSpec) error {
 	var errs FieldErrors
 	if spec == nil {
-		errs.add("spec", "required")
+		errs.Add("spec", "required")
 		return errs
 	}
 	// Checked first and alone: walking a huge spec only to say it is huge
 	// helps nobody.
 	if size := proto.Size(spec); size > MaxSpecSizeBytes {
-		errs.add("spec", "encoded size %d bytes exceeds the limit of %d bytes", size, MaxSpecSizeBytes)
+		errs.Add("spec", "encoded size %d bytes exceeds the limit of %d bytes", size, MaxSpecSizeBytes)
 		return errs
 	}
 	validateSource(&errs, spec.GetSource())
@@ -165,29 +128,29 @@ func ValidateSpec(spec *droverv1.ApplicationSpec) error {
 	}
 	validateOverrides(&errs, spec.GetOverrides())
 	validateRollout(&errs, spec.GetRollout())
-	return errs.errOrNil()
+	return errs.Err()
 }
 
 func validateSource(errs *FieldErrors, src *droverv1.Source) {
 	if msg := checkRepoURL(src.GetRepoUrl()); msg != "" {
-		errs.add("spec.source.repoURL", "%s", msg)
+		errs.Add("spec.source.repoURL", "%s", msg)
 	}
 	if msg := checkRef(src.GetRef()); msg != "" {
-		errs.add("spec.source.ref", "%s", msg)
+		errs.Add("spec.source.ref", "%s", msg)
 	}
 	if msg := checkRepoPath(src.GetPath()); msg != "" {
-		errs.add("spec.source.path", "%s", msg)
+		errs.Add("spec.source.path", "%s", msg)
 	}
 	extra := src.GetExtraPaths()
 	if len(extra) > MaxExtraPaths {
-		errs.add("spec.source.extraPaths", "%d entries exceed the limit of %d", len(extra), MaxExtraPaths)
+		errs.Add("spec.source.extraPaths", "%d entries exceed the limit of %d", len(extra), MaxExtraPaths)
 	} else {
 		for i, p := range extra {
 			fld := fmt.Sprintf("spec.source.extraPaths[%d]", i)
 			if p == "" {
-				errs.add(fld, "must not be empty")
+				errs.Add(fld, "must not be empty")
 			} else if msg := checkRepoPath(p); msg != "" {
-				errs.add(fld, "%s", msg)
+				errs.Add(fld, "%s", msg)
 			}
 		}
 	}
@@ -334,11 +297,11 @@ func checkRepoPath(p string) string {
 func validateInterval(errs *FieldErrors, fld, s string, minimum time.Duration) {
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		errs.add(fld, "%q is not a Go duration such as \"1m\" or \"30s\"", s)
+		errs.Add(fld, "%q is not a Go duration such as \"1m\" or \"30s\"", s)
 		return
 	}
 	if d < minimum {
-		errs.add(fld, "%s is shorter than the minimum of %s", d, minimum)
+		errs.Add(fld, "%s is shorter than the minimum of %s", d, minimum)
 	}
 }
 
@@ -352,11 +315,11 @@ var renderTypes = map[string]droverv1.RenderType{
 
 func validateRender(errs *FieldErrors, r *droverv1.Render) {
 	if _, ok := renderTypes[r.GetType()]; !ok {
-		errs.add("spec.render.type", "%q is not one of \"directory\", \"kustomize\", \"helm\"", r.GetType())
+		errs.Add("spec.render.type", "%q is not one of \"directory\", \"kustomize\", \"helm\"", r.GetType())
 	}
 	if ns := r.GetNamespace(); ns != "" {
 		for _, msg := range utilvalidation.IsDNS1123Label(ns) {
-			errs.add("spec.render.namespace", "%q: %s", ns, msg)
+			errs.Add("spec.render.namespace", "%q: %s", ns, msg)
 		}
 	}
 }
@@ -367,7 +330,7 @@ func validatePlacement(errs *FieldErrors, p *droverv1.Placement) {
 	for i, name := range p.GetClusterNames() {
 		fld := fmt.Sprintf("spec.placement.clusterNames[%d]", i)
 		if seen[name] {
-			errs.add(fld, "%q is listed twice", name)
+			errs.Add(fld, "%q is listed twice", name)
 			continue
 		}
 		seen[name] = true
@@ -385,7 +348,7 @@ func validateSelector(errs *FieldErrors, fld *field.Path, sel *droverv1.LabelSel
 	validateLabels(errs, fld.Child("matchLabels"), sel.GetMatchLabels())
 	ls := toMetaSelector(sel)
 	for i, req := range ls.MatchExpressions {
-		errs.addList(metav1validation.ValidateLabelSelectorRequirement(req, metav1validation.LabelSelectorValidationOptions{}, fld.Child("matchExpressions").Index(i)))
+		addList(errs, metav1validation.ValidateLabelSelectorRequirement(req, metav1validation.LabelSelectorValidationOptions{}, fld.Child("matchExpressions").Index(i)))
 	}
 	if len(*errs) > before {
 		return
@@ -393,13 +356,13 @@ func validateSelector(errs *FieldErrors, fld *field.Path, sel *droverv1.LabelSel
 	// Whatever apimachinery's compiler still refuses (there should be
 	// nothing) must not reach placement.
 	if _, err := compileSelector(sel); err != nil {
-		errs.add(fld.String(), "%v", err)
+		errs.Add(fld.String(), "%v", err)
 	}
 }
 
 func validateOverrides(errs *FieldErrors, overrides []*droverv1.Override) {
 	if len(overrides) > MaxOverrides {
-		errs.add("spec.overrides", "%d entries exceed the limit of %d", len(overrides), MaxOverrides)
+		errs.Add("spec.overrides", "%d entries exceed the limit of %d", len(overrides), MaxOverrides)
 		return
 	}
 	for i, o := range overrides {
@@ -407,18 +370,18 @@ func validateOverrides(errs *FieldErrors, overrides []*droverv1.Override) {
 		if o.GetSelector() == nil {
 			// Kubernetes semantics would make it match nothing, which is
 			// never what someone writing an override means.
-			errs.add(fld.Child("selector").String(), "required; use {} to match every cluster")
+			errs.Add(fld.Child("selector").String(), "required; use {} to match every cluster")
 		}
 		validateSelector(errs, fld.Child("selector"), o.GetSelector())
 		validatePatches(errs, fld.Child("patches"), o.GetPatches())
 		if hv := o.GetHelmValues(); hv != "" {
 			if msg := checkHelmValues(hv); msg != "" {
-				errs.add(fld.Child("helmValues").String(), "%s", msg)
+				errs.Add(fld.Child("helmValues").String(), "%s", msg)
 			}
 		}
 		for _, k := range sortedKeys(o.GetVariables()) {
 			if msg := checkVariableName(k); msg != "" {
-				errs.add(fld.Child("variables").Key(k).String(), "%s", msg)
+				errs.Add(fld.Child("variables").Key(k).String(), "%s", msg)
 			}
 		}
 	}
@@ -426,19 +389,19 @@ func validateOverrides(errs *FieldErrors, overrides []*droverv1.Override) {
 
 func validatePatches(errs *FieldErrors, fld *field.Path, patches []*droverv1.KustomizePatch) {
 	if len(patches) > MaxPatchesPerOverride {
-		errs.add(fld.String(), "%d entries exceed the limit of %d", len(patches), MaxPatchesPerOverride)
+		errs.Add(fld.String(), "%d entries exceed the limit of %d", len(patches), MaxPatchesPerOverride)
 		return
 	}
 	for i, p := range patches {
 		pf := fld.Index(i)
 		if strings.TrimSpace(p.GetPatch()) == "" {
-			errs.add(pf.Child("patch").String(), "required")
+			errs.Add(pf.Child("patch").String(), "required")
 		} else if _, err := yaml.YAMLToJSON([]byte(p.GetPatch())); err != nil {
-			errs.add(pf.Child("patch").String(), "not valid YAML or JSON: %v", err)
+			errs.Add(pf.Child("patch").String(), "not valid YAML or JSON: %v", err)
 		}
 		if ls := p.GetTarget().GetLabelSelector(); ls != "" {
 			if _, err := labels.Parse(ls); err != nil {
-				errs.add(pf.Child("target", "labelSelector").String(), "%v", err)
+				errs.Add(pf.Child("target", "labelSelector").String(), "%v", err)
 			}
 		}
 	}

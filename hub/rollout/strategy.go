@@ -168,9 +168,9 @@ func (v IntOrPercent) floorOf(n int) int {
 	return v.Value * n / 100
 }
 
-// FieldError says which field of a strategy is wrong and why. Field is the
-// path in the application spec's JSON names, rooted at "rollout"
-// ("rollout.waves[1].maxParallel"); fleet's validation prefixes "spec.".
+// FieldError says which field of an input is wrong and why, in the admin
+// API's JSON names: rooted at "rollout" here ("rollout.waves[1].maxParallel"),
+// at "spec" in hub/fleet's validation, which shares these types.
 type FieldError struct {
 	Field string
 	Msg   string
@@ -178,7 +178,7 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
 
-// FieldErrors is every problem found in one strategy, in field order, so
+// FieldErrors is every problem found in one input, in field order, so
 // that a user fixes all of them in one round. errors.As finds both
 // FieldErrors and the first *FieldError in it.
 type FieldErrors []*FieldError
@@ -200,15 +200,17 @@ func (es FieldErrors) Unwrap() []error {
 	return errs
 }
 
-// errOrNil keeps the typed-nil trap out of callers.
-func (es FieldErrors) errOrNil() error {
+// Err returns es as an error, or nil when it is empty: a nil FieldErrors in
+// an error interface would not be a nil error.
+func (es FieldErrors) Err() error {
 	if len(es) == 0 {
 		return nil
 	}
 	return es
 }
 
-func (es *FieldErrors) add(fld, format string, args ...any) {
+// Add records a problem with fld.
+func (es *FieldErrors) Add(fld, format string, args ...any) {
 	*es = append(*es, &FieldError{Field: fld, Msg: fmt.Sprintf(format, args...)})
 }
 
@@ -282,7 +284,7 @@ func decodeStrategy(errs *FieldErrors, js []byte) *Strategy {
 	if raw, ok := obj["waves"]; ok {
 		var list []json.RawMessage
 		if err := json.Unmarshal(raw, &list); err != nil {
-			errs.add(root+".waves", "want a list of waves")
+			errs.Add(root+".waves", "want a list of waves")
 		}
 		for i, w := range list {
 			s.Waves = append(s.Waves, decodeWave(errs, fmt.Sprintf("%s.waves[%d]", root, i), w))
@@ -294,7 +296,7 @@ func decodeStrategy(errs *FieldErrors, js []byte) *Strategy {
 	if raw, ok := obj["onFailure"]; ok {
 		var p string
 		if err := json.Unmarshal(raw, &p); err != nil || p == "" {
-			errs.add(root+".onFailure", `want "pause" or "rollback"`)
+			errs.Add(root+".onFailure", `want "pause" or "rollback"`)
 		}
 		s.OnFailure = FailurePolicy(p)
 	}
@@ -315,20 +317,20 @@ func decodeWave(errs *FieldErrors, fld string, raw json.RawMessage) WaveSpec {
 	}
 	if raw, ok := obj["name"]; ok {
 		if err := json.Unmarshal(raw, &w.Name); err != nil {
-			errs.add(fld+".name", "want a string")
+			errs.Add(fld+".name", "want a string")
 		}
 	}
 	if raw, ok := obj["selector"]; ok {
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&w.Selector); err != nil {
-			errs.add(fld+".selector", "want a label selector with matchLabels and/or matchExpressions: %v", err)
+			errs.Add(fld+".selector", "want a label selector with matchLabels and/or matchExpressions: %v", err)
 		}
 	}
 	if raw, ok := obj["maxParallel"]; ok {
 		w.MaxParallel = decodeIntOrPercent(errs, fld+".maxParallel", raw)
 		if w.MaxParallel == Count(0) {
-			errs.add(fld+".maxParallel", "must be at least 1; omit it to update the whole wave at once")
+			errs.Add(fld+".maxParallel", "must be at least 1; omit it to update the whole wave at once")
 		}
 	}
 	if raw, ok := obj["soak"]; ok {
@@ -336,7 +338,7 @@ func decodeWave(errs *FieldErrors, fld string, raw json.RawMessage) WaveSpec {
 	}
 	if raw, ok := obj["requireApproval"]; ok {
 		if err := json.Unmarshal(raw, &w.RequireApproval); err != nil {
-			errs.add(fld+".requireApproval", "want true or false")
+			errs.Add(fld+".requireApproval", "want true or false")
 		}
 	}
 	return w
@@ -348,12 +350,12 @@ func decodeWave(errs *FieldErrors, fld string, raw json.RawMessage) WaveSpec {
 func decodeObject(errs *FieldErrors, fld string, raw json.RawMessage, known []string) (map[string]json.RawMessage, bool) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		errs.add(fld, "want a mapping with %s", strings.Join(known, ", "))
+		errs.Add(fld, "want a mapping with %s", strings.Join(known, ", "))
 		return nil, false
 	}
 	for _, k := range slices.Sorted(maps.Keys(obj)) {
 		if !slices.Contains(known, k) {
-			errs.add(fld+"."+k, "unknown field (known: %s)", strings.Join(known, ", "))
+			errs.Add(fld+"."+k, "unknown field (known: %s)", strings.Join(known, ", "))
 			continue
 		}
 		if bytes.Equal(bytes.TrimSpace(obj[k]), []byte("null")) {
@@ -366,7 +368,7 @@ func decodeObject(errs *FieldErrors, fld string, raw json.RawMessage, known []st
 func decodeIntOrPercent(errs *FieldErrors, fld string, raw json.RawMessage) IntOrPercent {
 	var v IntOrPercent
 	if err := v.UnmarshalJSON(raw); err != nil {
-		errs.add(fld, "%v", err)
+		errs.Add(fld, "%v", err)
 	}
 	return v
 }
@@ -376,16 +378,16 @@ func decodeIntOrPercent(errs *FieldErrors, fld string, raw json.RawMessage) IntO
 func decodeDuration(errs *FieldErrors, fld string, raw json.RawMessage, hint string) time.Duration {
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		errs.add(fld, `want a Go duration such as "10m" or "90s"`)
+		errs.Add(fld, `want a Go duration such as "10m" or "90s"`)
 		return 0
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		errs.add(fld, `%q is not a Go duration such as "10m" or "90s"`, s)
+		errs.Add(fld, `%q is not a Go duration such as "10m" or "90s"`, s)
 		return 0
 	}
 	if d <= 0 {
-		errs.add(fld, "%s: must be positive; %s", s, hint)
+		errs.Add(fld, "%s: must be positive; %s", s, hint)
 	}
 	return d
 }
@@ -399,7 +401,7 @@ func Validate(s *Strategy) error {
 	}
 	var errs FieldErrors
 	if len(s.Waves) > MaxWaves {
-		errs.add(root+".waves", "%d waves exceed the limit of %d", len(s.Waves), MaxWaves)
+		errs.Add(root+".waves", "%d waves exceed the limit of %d", len(s.Waves), MaxWaves)
 		return errs
 	}
 	seen := make(map[string]int, len(s.Waves))
@@ -408,20 +410,20 @@ func Validate(s *Strategy) error {
 		fld := fmt.Sprintf("%s.waves[%d]", root, i)
 		switch {
 		case w.Name == "":
-			errs.add(fld+".name", "required")
+			errs.Add(fld+".name", "required")
 		case w.Name == ImplicitWave:
-			errs.add(fld+".name", "%q is reserved for the clusters no wave selects", ImplicitWave)
+			errs.Add(fld+".name", "%q is reserved for the clusters no wave selects", ImplicitWave)
 		default:
 			for _, msg := range utilvalidation.IsDNS1123Label(w.Name) {
-				errs.add(fld+".name", "%q: %s", w.Name, msg)
+				errs.Add(fld+".name", "%q: %s", w.Name, msg)
 			}
 			if j, dup := seen[w.Name]; dup {
-				errs.add(fld+".name", "%q is also the name of waves[%d]", w.Name, j)
+				errs.Add(fld+".name", "%q is also the name of waves[%d]", w.Name, j)
 			}
 			seen[w.Name] = i
 		}
 		if catchAll >= 0 {
-			errs.add(fld, "never gets a cluster: waves[%d] has no selector and takes every cluster not in an earlier wave; make that wave the last one", catchAll)
+			errs.Add(fld, "never gets a cluster: waves[%d] has no selector and takes every cluster not in an earlier wave; make that wave the last one", catchAll)
 		}
 		validateSelector(&errs, field.NewPath(root).Child("waves").Index(i).Child("selector"), w.Selector)
 		if catchAll < 0 && isCatchAll(w.Selector) {
@@ -429,30 +431,30 @@ func Validate(s *Strategy) error {
 		}
 		validateIntOrPercent(&errs, fld+".maxParallel", w.MaxParallel)
 		if w.Soak < 0 {
-			errs.add(fld+".soak", "%s: must be positive", w.Soak)
+			errs.Add(fld+".soak", "%s: must be positive", w.Soak)
 		}
 	}
 	validateIntOrPercent(&errs, root+".maxFailures", s.MaxFailures)
 	switch s.OnFailure {
 	case "", FailurePause, FailureRollback:
 	default:
-		errs.add(root+".onFailure", "%q is not one of \"pause\", \"rollback\"", s.OnFailure)
+		errs.Add(root+".onFailure", "%q is not one of \"pause\", \"rollback\"", s.OnFailure)
 	}
 	if s.ProgressDeadline < 0 {
-		errs.add(root+".progressDeadline", "%s: must be positive", s.ProgressDeadline)
+		errs.Add(root+".progressDeadline", "%s: must be positive", s.ProgressDeadline)
 	}
 	if s.OfflineTimeout < 0 {
-		errs.add(root+".offlineTimeout", "%s: must be positive", s.OfflineTimeout)
+		errs.Add(root+".offlineTimeout", "%s: must be positive", s.OfflineTimeout)
 	}
-	return errs.errOrNil()
+	return errs.Err()
 }
 
 func validateIntOrPercent(errs *FieldErrors, fld string, v IntOrPercent) {
 	switch {
 	case v.Percent && (v.Value < 1 || v.Value > 100):
-		errs.add(fld, "%s: a percentage must be from 1%% to 100%%", v)
+		errs.Add(fld, "%s: a percentage must be from 1%% to 100%%", v)
 	case !v.Percent && v.Value < 0:
-		errs.add(fld, "%s: must not be negative", v)
+		errs.Add(fld, "%s: must not be negative", v)
 	}
 }
 
@@ -466,13 +468,13 @@ func validateSelector(errs *FieldErrors, fld *field.Path, sel *metav1.LabelSelec
 	list := metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, fld)
 	for _, e := range list {
 		// ErrorBody echoes the value: label keys and values are no secret.
-		errs.add(e.Field, "%s", e.ErrorBody())
+		errs.Add(e.Field, "%s", e.ErrorBody())
 	}
 	if len(list) > 0 {
 		return
 	}
 	if _, err := metav1.LabelSelectorAsSelector(sel); err != nil {
-		errs.add(fld.String(), "%v", err)
+		errs.Add(fld.String(), "%v", err)
 	}
 }
 
