@@ -28,44 +28,6 @@ import (
 
 func TestMain(m *testing.M) { testbed.Main(m) }
 
-// manifests of the example application, as a Flux or Argo CD walkthrough
-// would have them.
-func webManifests(image string) map[string]string {
-	return map[string]string{
-		"apps/web/namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n",
-		"apps/web/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: nginx
-  namespace: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: nginx}
-  template:
-    metadata:
-      labels: {app: nginx}
-    spec:
-      containers:
-      - name: nginx
-        image: %s
-        ports:
-        - containerPort: 80
-`, image),
-		"apps/web/service.yaml": `apiVersion: v1
-kind: Service
-metadata:
-  name: nginx
-  namespace: web
-spec:
-  selector: {app: nginx}
-  ports:
-  - port: 80
-    targetPort: 80
-`,
-	}
-}
-
 // fleet is a hub with agents on local clusters.
 type fleet struct {
 	t        *testing.T
@@ -258,7 +220,7 @@ func webApplication(repoURL string) *droverv1.Application {
 func TestFleetGitOps(t *testing.T) {
 	git := testbed.GitServer(t)
 	repo := git.CreateRepo(t, "fleet")
-	c1 := repo.Commit(t, "web on nginx 1.23.0", webManifests("nginx:1.23.0"))
+	c1 := repo.Commit(t, "web on nginx 1.23.0", testbed.ExampleApp("nginx:1.23.0"))
 
 	f := newFleet(t, map[string]map[string]string{
 		"prod-1":  {"env": "prod"},
@@ -280,7 +242,7 @@ func TestFleetGitOps(t *testing.T) {
 	}
 
 	t.Run("new image", func(t *testing.T) {
-		c2 := repo.Commit(t, "web on nginx 1.24.0", map[string]string{"apps/web/deployment.yaml": webManifests("nginx:1.24.0")["apps/web/deployment.yaml"]})
+		c2 := repo.Commit(t, "web on nginx 1.24.0", map[string]string{"apps/web/deployment.yaml": testbed.ExampleApp("nginx:1.24.0")["apps/web/deployment.yaml"]})
 		f.refresh("web")
 		for _, c := range []string{"prod-1", "prod-2"} {
 			f.waitHealthy("web", c, c2)

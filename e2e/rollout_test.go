@@ -90,7 +90,7 @@ func (f *fleet) image(cluster string) string {
 func TestFleetRollout(t *testing.T) {
 	git := testbed.GitServer(t)
 	repo := git.CreateRepo(t, "fleet")
-	m1 := webManifests("nginx:1.23.0")
+	m1 := testbed.ExampleApp("nginx:1.23.0")
 	m1["apps/web/deployment.yaml"] = rolloutDeployment("nginx:1.23.0", false)
 	c1 := repo.Commit(t, "web on nginx 1.23.0", m1)
 

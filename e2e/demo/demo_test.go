@@ -108,7 +108,7 @@ func TestDemo(t *testing.T) {
 	d.startHub()
 	d.git = testbed.GitServer(t)
 	d.repo = d.git.CreateRepo(t, "fleet")
-	first := d.repo.Commit(t, "web on "+image, webManifests(image))
+	first := d.repo.Commit(t, "web on "+image, testbed.ExampleApp(image))
 	names := make([]string, len(demoClusters))
 	for i, c := range demoClusters {
 		names[i] = c.name
@@ -562,42 +562,4 @@ func formatLabels(m map[string]string) string {
 		parts = append(parts, k+"="+m[k])
 	}
 	return strings.Join(parts, ",")
-}
-
-// webManifests is the example application, as a Flux or Argo CD
-// walkthrough has it: a namespace, an nginx Deployment and its Service.
-func webManifests(img string) map[string]string {
-	return map[string]string{
-		"apps/web/namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n",
-		"apps/web/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: nginx
-  namespace: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: nginx}
-  template:
-    metadata:
-      labels: {app: nginx}
-    spec:
-      containers:
-      - name: nginx
-        image: %s
-        ports:
-        - containerPort: 80
-`, img),
-		"apps/web/service.yaml": `apiVersion: v1
-kind: Service
-metadata:
-  name: nginx
-  namespace: web
-spec:
-  selector: {app: nginx}
-  ports:
-  - port: 80
-    targetPort: 80
-`,
-	}
 }
