@@ -77,7 +77,7 @@ func (d *demo) banner(commit string) banner {
 	row := func(label, format string, args ...any) {
 		fmt.Fprintf(&w, "%-15s%s\n", label, fmt.Sprintf(format, args...))
 	}
-	row("Hub", "drover-hub, pid %d, with its embedded PostgreSQL (data in %s)", d.hub.pid, d.dataDir())
+	row("Hub", "drover-hub, pid %d, with its embedded PostgreSQL (data in %s)", d.hub.Pid(), d.dataDir())
 	row("  JSON API", "%s/api/v1/   (health: %s/healthz)", d.hubURL(), d.hubURL())
 	row("  agents", "connect to %s (gRPC, mutual TLS)", d.agentAddr)
 	row("  dashboard", "%s/   (sign in with the admin token below)", d.hubURL())
@@ -89,7 +89,7 @@ func (d *demo) banner(commit string) banner {
 	tw := tabwriter.NewWriter(&w, 0, 4, 3, ' ', 0)
 	fmt.Fprintln(tw, "  NAME\tLABELS\tAGENT PID\tKUBECONFIG")
 	for i, c := range d.clusters {
-		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\n", c.Name, demoClusters[i].labels, d.agents[c.Name].pid, c.Kubeconfig)
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\n", c.Name, demoClusters[i].labels, d.agents[c.Name].Pid(), c.Kubeconfig)
 	}
 	tw.Flush()
 	fmt.Fprintln(&w)

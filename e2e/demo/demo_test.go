@@ -79,7 +79,7 @@ type demo struct {
 	bins bins
 	dir  string // the hub's data, the agents' state, droverctl's config, logs
 
-	hub                 *proc
+	hub                 *testbed.Process
 	agentAddr, httpAddr string
 	token               string // the initial admin API token
 	ctlConfig           string // droverctl's config file, written by login
@@ -88,8 +88,8 @@ type demo struct {
 	repo     *testbed.Repo
 	clone    string // a clone of repo for the user to push from
 	clusters []*testbed.Cluster
-	agents   map[string]*proc // by cluster name
-	appFile  string           // the Application's YAML
+	agents   map[string]*testbed.Process // by cluster name
+	appFile  string                      // the Application's YAML
 }
 
 // TestDemo starts the demo and checks it works; see the package comment.
@@ -101,7 +101,7 @@ func TestDemo(t *testing.T) {
 		fmt.Println("Starting drover-hub with its embedded PostgreSQL, three local Kubernetes clusters,\n" +
 			"a Git server and three drover-agents; this takes a minute or two...")
 	}
-	d := &demo{t: t, ctx: ctx, bins: binaries(t), agents: map[string]*proc{}}
+	d := &demo{t: t, ctx: ctx, bins: binaries(t), agents: map[string]*testbed.Process{}}
 	d.dir = demoDir(t, interactive)
 
 	// The hub's first start (initdb) overlaps the clusters' start.
@@ -208,9 +208,9 @@ func (d *demo) waitHub() {
 		if last = d.hubReady(); last == nil {
 			return
 		}
-		if d.hub.exited() {
-			if !d.hub.logContains("address already in use") || starts == hubStarts {
-				t.Fatalf("drover-hub did not start: %v", d.hub.exitError())
+		if d.hub.Exited() {
+			if !d.hub.LogContains("address already in use") || starts == hubStarts {
+				t.Fatalf("drover-hub did not start: %v", d.hub.ExitError())
 			}
 			starts++
 			d.startHub()
@@ -218,7 +218,7 @@ func (d *demo) waitHub() {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for drover-hub to serve on %s: %v\nlast lines of %s:\n%s",
-				convergeTimeout, d.httpAddr, last, d.hub.logPath, d.hub.tail(logTailLines))
+				convergeTimeout, d.httpAddr, last, d.hub.LogPath(), d.hub.Tail(logTailLines))
 		}
 		d.sleep()
 	}
@@ -442,15 +442,15 @@ func (d *demo) waitForInterrupt() {
 // exited returns an error for the first of the demo's processes that has
 // ended, or nil.
 func (d *demo) exited() error {
-	procs := []*proc{d.hub}
+	procs := []*testbed.Process{d.hub}
 	for _, c := range demoClusters {
 		if p := d.agents[c.name]; p != nil {
 			procs = append(procs, p)
 		}
 	}
 	for _, p := range procs {
-		if p.exited() {
-			return p.exitError()
+		if p.Exited() {
+			return p.ExitError()
 		}
 	}
 	return nil

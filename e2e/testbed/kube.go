@@ -93,10 +93,10 @@ type Cluster struct {
 	http  *http.Client // for /readyz, with the admin credentials
 
 	mu                sync.Mutex // guards the fields below and serialises Stop/StartAPIServer
-	apiserver         *process
-	controllerManager *process
-	scheduler         *process
-	kwok              *process
+	apiserver         *Process
+	controllerManager *Process
+	scheduler         *Process
+	kwok              *Process
 }
 
 // kubeBed is what one Clusters call started, and what its cleanup stops.
@@ -109,7 +109,7 @@ type kubeBed struct {
 	freePort func() (int, error) // freePort, but a test can hand out a taken port
 
 	mu      sync.Mutex // guards the fields below
-	etcd    *process
+	etcd    *Process
 	etcdURL string
 	stopped bool // cleanup has begun: children's exits are no longer reported
 }
@@ -316,7 +316,7 @@ func (b *kubeBed) startEtcd(ctx context.Context) error {
 			"--quota-backend-bytes", strconv.Itoa(512 << 20),
 			"--log-level", "warn",
 		}
-		p, err := startProcess("etcd", filepath.Join(b.binDir, "etcd"), args, nil, b.dir, filepath.Join(b.dir, "etcd.log"))
+		p, err := StartProcess("etcd", filepath.Join(b.binDir, "etcd"), args, nil, b.dir, filepath.Join(b.dir, "etcd.log"))
 		if err != nil {
 			return err
 		}
@@ -324,7 +324,7 @@ func (b *kubeBed) startEtcd(ctx context.Context) error {
 		b.etcd, b.etcdURL = p, clientURL
 		b.mu.Unlock()
 
-		err = waitUntil(ctx, "etcd", []*process{p}, func(ctx context.Context) (bool, error) {
+		err = waitUntil(ctx, "etcd", []*Process{p}, func(ctx context.Context) (bool, error) {
 			return httpOK(ctx, http.DefaultClient, clientURL+"/health")
 		})
 		if err == nil {
@@ -337,7 +337,7 @@ func (b *kubeBed) startEtcd(ctx context.Context) error {
 }
 
 // watch reports p's exit as a test failure unless the test bed stopped it.
-func (b *kubeBed) watch(p *process) {
+func (b *kubeBed) watch(p *Process) {
 	go func() {
 		<-p.done
 		if p.stopping.Load() {
@@ -348,7 +348,7 @@ func (b *kubeBed) watch(p *process) {
 		if b.stopped { // the test may have ended: Errorf would panic
 			return
 		}
-		b.t.Errorf("testbed: %v", p.exitError())
+		b.t.Errorf("testbed: %v", p.ExitError())
 	}()
 }
 
@@ -361,7 +361,7 @@ func (b *kubeBed) cleanup() {
 	etcd := b.etcd
 	b.mu.Unlock()
 
-	var kwoks, schedulers, controllerManagers, apiservers []*process
+	var kwoks, schedulers, controllerManagers, apiservers []*Process
 	for _, c := range b.clusters {
 		c.mu.Lock()
 		kwoks = append(kwoks, c.kwok)
@@ -370,7 +370,7 @@ func (b *kubeBed) cleanup() {
 		apiservers = append(apiservers, c.apiserver)
 		c.mu.Unlock()
 	}
-	for _, layer := range [][]*process{kwoks, schedulers, controllerManagers, apiservers, {etcd}} {
+	for _, layer := range [][]*Process{kwoks, schedulers, controllerManagers, apiservers, {etcd}} {
 		stopAll(layer)
 	}
 
@@ -472,7 +472,7 @@ func (c *Cluster) start(ctx context.Context, nodePods int) error {
 	if err := createFakeNode(ctx, client, nodePods); err != nil {
 		return fmt.Errorf("cluster %s: %w", c.Name, err)
 	}
-	err = waitUntil(ctx, "node "+kwokNodeName+" Ready in cluster "+c.Name, []*process{kwok, sched}, func(ctx context.Context) (bool, error) {
+	err = waitUntil(ctx, "node "+kwokNodeName+" Ready in cluster "+c.Name, []*Process{kwok, sched}, func(ctx context.Context) (bool, error) {
 		node, err := client.CoreV1().Nodes().Get(ctx, kwokNodeName, metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -490,7 +490,7 @@ func (c *Cluster) start(ctx context.Context, nodePods int) error {
 	nodeReady := since(started)
 	// The ServiceAccount admission plugin rejects pods until the
 	// controller-manager made the namespace's default ServiceAccount.
-	err = waitUntil(ctx, "ServiceAccount default/default in cluster "+c.Name, []*process{cm}, func(ctx context.Context) (bool, error) {
+	err = waitUntil(ctx, "ServiceAccount default/default in cluster "+c.Name, []*Process{cm}, func(ctx context.Context) (bool, error) {
 		_, err := client.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, err
 	})
@@ -504,14 +504,14 @@ func (c *Cluster) start(ctx context.Context, nodePods int) error {
 
 // run starts one of the cluster's binaries, logging to NAME.log in its
 // directory.
-func (c *Cluster) run(binary string, args ...string) (*process, error) {
+func (c *Cluster) run(binary string, args ...string) (*Process, error) {
 	var env []string
 	if binary == "kwok" {
 		// kwok also reads ~/.kwok/kwok.yaml when there is one; a HOME of
 		// its own keeps a developer's kwok settings out of the tests.
 		env = append(os.Environ(), "HOME="+c.dir)
 	}
-	return startProcess(binary+" "+c.Name, filepath.Join(c.bed.binDir, binary), args, env, c.dir,
+	return StartProcess(binary+" "+c.Name, filepath.Join(c.bed.binDir, binary), args, env, c.dir,
 		filepath.Join(c.dir, binary+".log"))
 }
 
@@ -562,7 +562,7 @@ func (c *Cluster) setPort(port int) error {
 // startAPIServerLocked starts kube-apiserver on c.port and waits for
 // /readyz. It returns the process also on failure, or nil if it did not
 // start.
-func (c *Cluster) startAPIServerLocked(ctx context.Context) (*process, error) {
+func (c *Cluster) startAPIServerLocked(ctx context.Context) (*Process, error) {
 	c.bed.mu.Lock()
 	etcdURL := c.bed.etcdURL
 	c.bed.mu.Unlock()
@@ -592,7 +592,7 @@ func (c *Cluster) startAPIServerLocked(ctx context.Context) (*process, error) {
 		return nil, err
 	}
 	c.apiserver = p
-	err = waitUntil(ctx, "kube-apiserver "+c.Name+" /readyz", []*process{p}, func(ctx context.Context) (bool, error) {
+	err = waitUntil(ctx, "kube-apiserver "+c.Name+" /readyz", []*Process{p}, func(ctx context.Context) (bool, error) {
 		return httpOK(ctx, c.http, c.Config.Host+"/readyz")
 	})
 	if err != nil {
@@ -617,11 +617,11 @@ func (c *Cluster) StopAPIServer(t testing.TB) {
 	t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.apiserver == nil || c.apiserver.exited() {
+	if c.apiserver == nil || c.apiserver.Exited() {
 		t.Fatalf("testbed: StopAPIServer: the kube-apiserver of cluster %s is not running", c.Name)
 	}
 	started := time.Now()
-	c.apiserver.stop(stopGrace)
+	c.apiserver.Stop(stopGrace)
 	t.Logf("testbed: stopped the kube-apiserver of cluster %s in %s", c.Name, since(started))
 }
 
@@ -632,7 +632,7 @@ func (c *Cluster) StartAPIServer(t testing.TB) {
 	t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.apiserver != nil && !c.apiserver.exited() {
+	if c.apiserver != nil && !c.apiserver.Exited() {
 		t.Fatalf("testbed: StartAPIServer: the kube-apiserver of cluster %s is running; call StopAPIServer first", c.Name)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), startTimeout)
@@ -650,11 +650,11 @@ func (c *Cluster) StartAPIServer(t testing.TB) {
 }
 
 // processes returns the cluster's children in the order they started.
-func (c *Cluster) processes() []*process {
+func (c *Cluster) processes() []*Process {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var procs []*process
-	for _, p := range []*process{c.apiserver, c.controllerManager, c.scheduler, c.kwok} {
+	var procs []*Process
+	for _, p := range []*Process{c.apiserver, c.controllerManager, c.scheduler, c.kwok} {
 		if p != nil {
 			procs = append(procs, p)
 		}

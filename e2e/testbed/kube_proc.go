@@ -25,9 +25,10 @@ const (
 	pollInterval = 100 * time.Millisecond
 )
 
-// process is one child of the test bed: a binary running in its own process
-// group, its stdout and stderr appended to a log file.
-type process struct {
+// Process is a program started by the test bed (or by a test through
+// StartProcess): a binary in its own process group, its stdout and stderr
+// appended to a log file, killed if the test binary dies.
+type Process struct {
 	name    string // for messages, e.g. "kube-apiserver testbed-1a2b3c-1"
 	logPath string
 	logFrom int64 // size of the log before this run, so a tail shows only this run
@@ -43,8 +44,8 @@ type process struct {
 
 // startProcess starts bin with args in dir, with env (nil: the test's
 // environment), appending its output to logPath.
-func startProcess(name, bin string, args, env []string, dir, logPath string) (*process, error) {
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+func StartProcess(name, bin string, args, env []string, dir, logPath string) (*Process, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -68,7 +69,7 @@ func startProcess(name, bin string, args, env []string, dir, logPath string) (*p
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 
-	p := &process{
+	p := &Process{
 		name:    name,
 		logPath: logPath,
 		logFrom: info.Size(),
@@ -82,8 +83,8 @@ func startProcess(name, bin string, args, env []string, dir, logPath string) (*p
 	return p, nil
 }
 
-// exited reports whether the process has ended.
-func (p *process) exited() bool {
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -92,40 +93,43 @@ func (p *process) exited() bool {
 	}
 }
 
-// status describes how the process ended; call it only once exited.
-func (p *process) status() string {
+// Status describes how the process ended; call it only once exited.
+func (p *Process) Status() string {
 	if p.err == nil {
 		return "exited with status 0"
 	}
 	return p.err.Error()
 }
 
-// exitError is the error for a process that ended while the test bed
-// needed it, with the end of its log.
-func (p *process) exitError() error {
-	return fmt.Errorf("%s %s; last lines of %s:\n%s", p.name, p.status(), p.logPath, p.tail(logTailLines))
+// ExitError is the error for a process that ended while it was needed,
+// with the end of its log.
+func (p *Process) ExitError() error {
+	return fmt.Errorf("%s %s; last lines of %s:\n%s", p.name, p.Status(), p.logPath, p.Tail(logTailLines))
 }
 
-// stop ends the process and its group: SIGTERM, then SIGKILL after grace.
-// It returns once the process has been reaped.
-func (p *process) stop(grace time.Duration) {
+// Stop ends the process and its group: SIGTERM, then SIGKILL after grace.
+// It returns once the process has been reaped, false if it had to be
+// killed.
+func (p *Process) Stop(grace time.Duration) bool {
 	p.stopping.Store(true)
-	if p.exited() {
-		return
+	if p.Exited() {
+		return true
 	}
 	_ = syscall.Kill(-p.pid, syscall.SIGTERM)
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
 	case <-p.done:
+		return true
 	case <-timer.C:
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL)
 		<-p.done
+		return false
 	}
 }
 
-// tail returns the last n lines this run wrote to the log.
-func (p *process) tail(n int) string {
+// Tail returns the last n lines this run wrote to the log.
+func (p *Process) Tail(n int) string {
 	const maxBytes = 64 << 10
 	f, err := os.Open(p.logPath)
 	if err != nil {
@@ -148,8 +152,8 @@ func (p *process) tail(n int) string {
 	return "\t" + strings.Join(lines, "\n\t")
 }
 
-// logContains reports whether this run's log contains s.
-func (p *process) logContains(s string) bool {
+// LogContains reports whether this run's log contains s.
+func (p *Process) LogContains(s string) bool {
 	b, err := os.ReadFile(p.logPath)
 	if err != nil || int64(len(b)) < p.logFrom {
 		return false
@@ -160,16 +164,22 @@ func (p *process) logContains(s string) bool {
 // bindFailed reports whether the process ended because a port it was given
 // was taken in the meantime (another test binary picked the same free
 // port). The child's log is the only place that says so.
-func (p *process) bindFailed() bool {
-	return p.exited() && p.logContains("address already in use")
+// Pid is the process's id.
+func (p *Process) Pid() int { return p.pid }
+
+// LogPath is the file the process logs to.
+func (p *Process) LogPath() string { return p.logPath }
+
+func (p *Process) bindFailed() bool {
+	return p.Exited() && p.LogContains("address already in use")
 }
 
 // stopAll stops the processes concurrently and waits for all of them.
-func stopAll(procs []*process) {
+func stopAll(procs []*Process) {
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		if p != nil {
-			wg.Go(func() { p.stop(stopGrace) })
+			wg.Go(func() { p.Stop(stopGrace) })
 		}
 	}
 	wg.Wait()
@@ -178,14 +188,14 @@ func stopAll(procs []*process) {
 // waitUntil calls cond every pollInterval until it reports true. It fails
 // when ctx ends or when one of procs exits, with the end of that process's
 // log; a timeout error carries cond's last error and the tails of procs.
-func waitUntil(ctx context.Context, what string, procs []*process, cond func(context.Context) (bool, error)) error {
+func waitUntil(ctx context.Context, what string, procs []*Process, cond func(context.Context) (bool, error)) error {
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
 	var lastErr error
 	for {
 		for _, p := range procs {
-			if p.exited() {
-				return fmt.Errorf("wait for %s: %w", what, p.exitError())
+			if p.Exited() {
+				return fmt.Errorf("wait for %s: %w", what, p.ExitError())
 			}
 		}
 		ok, err := cond(ctx)
@@ -203,7 +213,7 @@ func waitUntil(ctx context.Context, what string, procs []*process, cond func(con
 			}
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				for _, p := range procs {
-					err = fmt.Errorf("%w\nlast lines of %s:\n%s", err, p.logPath, p.tail(logTailLines))
+					err = fmt.Errorf("%w\nlast lines of %s:\n%s", err, p.logPath, p.Tail(logTailLines))
 				}
 			}
 			return err

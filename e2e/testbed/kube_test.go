@@ -525,7 +525,7 @@ func TestProcessExitReported(t *testing.T) {
 	if err := os.WriteFile(logPath, []byte("earlier run\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := startProcess("crasher", "/bin/sh", []string{"-c", "for i in $(seq 1 40); do echo line $i; done; echo bind: address already in use; exit 3"}, nil, dir, logPath)
+	p, err := StartProcess("crasher", "/bin/sh", []string{"-c", "for i in $(seq 1 40); do echo line $i; done; echo bind: address already in use; exit 3"}, nil, dir, logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,34 +554,34 @@ func TestProcessExitReported(t *testing.T) {
 	}
 
 	// Processes the test bed stops, and exits after cleanup began, are not reported.
-	stopped, err := startProcess("stopped", "/bin/sh", []string{"-c", "trap '' TERM; echo ready; sleep 60"}, nil, dir, filepath.Join(dir, "stopped.log"))
+	stopped, err := StartProcess("stopped", "/bin/sh", []string{"-c", "trap '' TERM; echo ready; sleep 60"}, nil, dir, filepath.Join(dir, "stopped.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	b.watch(stopped)
 	// A SIGTERM that arrives before the shell set its trap would end it.
-	for deadline := time.Now().Add(30 * time.Second); !stopped.logContains("ready"); {
+	for deadline := time.Now().Add(30 * time.Second); !stopped.LogContains("ready"); {
 		if time.Now().After(deadline) {
 			t.Fatal("the shell never got ready")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	start := time.Now()
-	stopped.stop(200 * time.Millisecond) // it ignores SIGTERM, so this takes SIGKILL
+	stopped.Stop(200 * time.Millisecond) // it ignores SIGTERM, so this takes SIGKILL
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("stop took %s", took)
 	}
 	// Usually SIGKILL ends it; under load the shell sometimes still takes
 	// the SIGTERM (seen with the trap already set), which is as good an end
 	// for stop. What matters is that stop returned and nothing is reported.
-	if got := stopped.status(); got != "signal: killed" && got != "signal: terminated" {
+	if got := stopped.Status(); got != "signal: killed" && got != "signal: terminated" {
 		t.Errorf("status of a stopped process = %q, want killed or terminated", got)
 	}
 
 	b.mu.Lock()
 	b.stopped = true
 	b.mu.Unlock()
-	late, err := startProcess("late", "/bin/sh", []string{"-c", "exit 1"}, nil, dir, filepath.Join(dir, "late.log"))
+	late, err := StartProcess("late", "/bin/sh", []string{"-c", "exit 1"}, nil, dir, filepath.Join(dir, "late.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -599,7 +599,7 @@ const crashHelperEnv = "DROVER_TESTBED_CRASH_HELPER"
 
 func TestChildDiesWithTestBinary(t *testing.T) {
 	if os.Getenv(crashHelperEnv) != "" {
-		p, err := startProcess("sleeper", "/bin/sh", []string{"-c", "sleep 60"}, nil, t.TempDir(), os.DevNull)
+		p, err := StartProcess("sleeper", "/bin/sh", []string{"-c", "sleep 60"}, nil, t.TempDir(), os.DevNull)
 		if err != nil {
 			fmt.Println("error:", err)
 			os.Exit(1)
