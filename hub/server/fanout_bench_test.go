@@ -21,10 +21,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -37,7 +34,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-dev/drover/e2e/testbed"
-	"github.com/drover-dev/drover/hub/server"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -173,29 +169,7 @@ func raiseOpenFileLimit(b *testing.B, atLeast uint64) {
 // agents registering and connecting would bury the results.
 func startFanoutHub(b *testing.B) *testHub {
 	b.Helper()
-	dir, err := os.MkdirTemp("", "drover-hub-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := server.DefaultConfig()
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.DatabaseURL = testbed.Postgres(b)
-	cfg.AgentAddr = "127.0.0.1:0"
-	cfg.HTTPAddr = "127.0.0.1:0"
-	cfg.Hostnames = []string{"127.0.0.1", "localhost"}
-	cfg.PollInterval = 5 * time.Second
-	logger := slog.New(minLevelHandler{Handler: testbed.Logger(b).Handler(), min: slog.LevelWarn})
-	h, err := server.Start(context.Background(), cfg, logger, io.Discard)
-	if err != nil {
-		b.Fatalf("start hub: %v", err)
-	}
-	b.Cleanup(func() { h.Close() })
-	tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin-token"))
-	if err != nil {
-		b.Fatalf("read admin token: %v", err)
-	}
-	return &testHub{Hub: h, token: strings.TrimSpace(string(tok)), cfg: cfg}
+	return startHubLogging(b, slog.New(minLevelHandler{Handler: testbed.Logger(b).Handler(), min: slog.LevelWarn}))
 }
 
 // minLevelHandler drops records below min.

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -37,7 +38,13 @@ type testHub struct {
 	cfg   server.Config
 }
 
-func startHub(t *testing.T, mutate ...func(*server.Config)) *testHub {
+func startHub(t testing.TB, mutate ...func(*server.Config)) *testHub {
+	t.Helper()
+	return startHubLogging(t, testbed.Logger(t), mutate...)
+}
+
+// startHubLogging is startHub with the hub logging to logger.
+func startHubLogging(t testing.TB, logger *slog.Logger, mutate ...func(*server.Config)) *testHub {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "drover-hub-test-")
 	if err != nil {
@@ -54,7 +61,7 @@ func startHub(t *testing.T, mutate ...func(*server.Config)) *testHub {
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	h, err := server.Start(context.Background(), cfg, testbed.Logger(t), io.Discard)
+	h, err := server.Start(context.Background(), cfg, logger, io.Discard)
 	if err != nil {
 		t.Fatalf("start hub: %v", err)
 	}
