@@ -38,12 +38,14 @@ test: deps testbed
 testbed:
 	e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)' >/dev/null
 
-## deps: the machine packages the tests need (PostgreSQL server binaries, git, chromium)
+## deps: the machine packages the tests need (PostgreSQL server binaries, git, chromium, ip and nft)
 deps:
 	@missing=""; \
 	command -v git >/dev/null || missing="$$missing git"; \
 	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing — install them (Debian: sudo apt-get install$$missing)"; exit 1; fi; \
 		echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
