@@ -180,6 +180,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	mux := http.NewServeMux()
 	mux.Handle("/api/", h.gateway)
 	mux.HandleFunc("/healthz", h.healthz)
+	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, cfg.OfflineTimeout, logger).handler())
 	mux.Handle("/", h.dash)
 	h.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	// Open dashboard pages hold a live stream; end them so shutdown need

@@ -1,0 +1,115 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/drover-dev/drover/hub/store"
+	"github.com/drover-dev/drover/internal/version"
+)
+
+// metricsTimeout bounds the database queries of one scrape; a scrape that
+// cannot reach the database still reports the hub's own figures.
+const metricsTimeout = 5 * time.Second
+
+// hubMetrics reports the hub and its fleet to Prometheus. Everything is read
+// at scrape time — counters the hub keeps anyway and three aggregate
+// queries — so serving agents costs nothing extra between scrapes.
+type hubMetrics struct {
+	streams        func() int
+	statuses       func() store.StatusWriterStats
+	db             fleetReader
+	offlineTimeout time.Duration
+	log            *slog.Logger
+
+	agentStreams, statusBacklog, statusDropped, statusFailures *prometheus.Desc
+	databaseUp, clusters, appHealth, appSync, rollout, build   *prometheus.Desc
+}
+
+// fleetReader is what the metrics read from the store.
+type fleetReader interface {
+	Ping(ctx context.Context) error
+	FleetGauges(ctx context.Context, offlineTimeout time.Duration) (store.FleetGauges, error)
+}
+
+func newHubMetrics(streams func() int, statuses func() store.StatusWriterStats, db fleetReader, offlineTimeout time.Duration, log *slog.Logger) *hubMetrics {
+	d := prometheus.NewDesc
+	return &hubMetrics{
+		streams: streams, statuses: statuses, db: db, offlineTimeout: offlineTimeout, log: log,
+		agentStreams:   d("drover_hub_agent_streams", "Agent streams open on this hub replica.", nil, nil),
+		statusBacklog:  d("drover_hub_status_backlog", "Application statuses received and not yet written to PostgreSQL.", nil, nil),
+		statusDropped:  d("drover_hub_statuses_dropped_total", "Statuses dropped: the backlog was full, or PostgreSQL refused them as data.", nil, nil),
+		statusFailures: d("drover_hub_status_write_failures", "Consecutive failed status writes; 0 after a success.", nil, nil),
+		databaseUp:     d("drover_hub_database_up", "1 if PostgreSQL answered this scrape.", nil, nil),
+		clusters:       d("drover_fleet_clusters", "Registered clusters by connection state.", []string{"state"}, nil),
+		appHealth:      d("drover_application_clusters_by_health", "Clusters reporting an application, by the application's health there.", []string{"application", "health"}, nil),
+		appSync:        d("drover_application_clusters_by_sync", "Clusters reporting an application, by its sync state there.", []string{"application", "sync"}, nil),
+		rollout:        d("drover_rollout_phase", "1 for the phase of each application's current rollout.", []string{"application", "phase"}, nil),
+		build:          d("drover_hub_build_info", "The hub's version.", []string{"version"}, nil),
+	}
+}
+
+// handler serves the hub's metrics with the Go runtime's and the process's.
+func (m *hubMetrics) handler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelWarn)})
+}
+
+// Describe implements prometheus.Collector.
+func (m *hubMetrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.agentStreams, m.statusBacklog, m.statusDropped, m.statusFailures, m.databaseUp, m.clusters, m.appHealth, m.appSync, m.rollout, m.build} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *hubMetrics) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	gauge(m.build, 1, version.Version)
+	gauge(m.agentStreams, float64(m.streams()))
+	st := m.statuses()
+	gauge(m.statusBacklog, float64(st.Pending))
+	gauge(m.statusFailures, float64(st.Failures))
+	ch <- prometheus.MustNewConstMetric(m.statusDropped, prometheus.CounterValue, float64(st.Dropped))
+
+	ctx, cancel := context.WithTimeout(context.Background(), metricsTimeout)
+	defer cancel()
+	g, err := m.db.FleetGauges(ctx, m.offlineTimeout)
+	if err != nil {
+		// The fleet figures are left out rather than reported as zeros,
+		// which would look like a fleet that vanished.
+		m.log.Warn("metrics: read the fleet", "err", err)
+		gauge(m.databaseUp, 0)
+		return
+	}
+	gauge(m.databaseUp, 1)
+	gauge(m.clusters, float64(g.Online), "online")
+	gauge(m.clusters, float64(g.Clusters-g.Online-g.Revoked), "offline")
+	gauge(m.clusters, float64(g.Revoked), "revoked")
+	for app, c := range g.Statuses {
+		for h, n := range c.Health {
+			gauge(m.appHealth, float64(n), app, word(h.String(), "HEALTH_"))
+		}
+		for s, n := range c.Sync {
+			gauge(m.appSync, float64(n), app, word(s.String(), "SYNC_STATE_"))
+		}
+	}
+	for app, phase := range g.Rollouts {
+		gauge(m.rollout, 1, app, phase)
+	}
+}
+
+// word turns an enum name such as HEALTH_PROGRESSING into "progressing".
+func word(name, prefix string) string {
+	return strings.ToLower(strings.TrimPrefix(name, prefix))
+}
