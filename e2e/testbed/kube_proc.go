@@ -8,12 +8,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/drover-dev/drover/internal/spawn"
 )
 
 const (
@@ -63,9 +64,9 @@ func StartProcess(name, bin string, args, env []string, dir, logPath string) (*P
 	cmd.Stderr = logFile
 	// A group of its own keeps a terminal's Ctrl-C away from the child (the
 	// test binary decides when it stops) and lets stop signal all of it;
-	// Pdeathsig kills it if the test binary dies without cleaning up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := onSpawnThread(cmd.Start); err != nil {
+	// spawn.Start kills it if the test binary dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := spawn.Start(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 
@@ -220,30 +221,4 @@ func waitUntil(ctx context.Context, what string, procs []*Process, cond func(con
 		case <-ticker.C:
 		}
 	}
-}
-
-// Children die with the thread that started them, not with the process:
-// Pdeathsig fires when the forking OS thread ends, and the Go runtime ends a
-// thread when a goroutine locked to it returns (network-namespace code does
-// that on purpose). So every child is started from one locked thread that
-// lives as long as the test binary.
-var (
-	spawnOnce     sync.Once
-	spawnRequests chan func()
-)
-
-// onSpawnThread runs start on the spawn thread and returns its error.
-func onSpawnThread(start func() error) error {
-	spawnOnce.Do(func() {
-		spawnRequests = make(chan func())
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread must not be reused or ended
-			for req := range spawnRequests {
-				req()
-			}
-		}()
-	})
-	errc := make(chan error, 1)
-	spawnRequests <- func() { errc <- start() }
-	return <-errc
 }

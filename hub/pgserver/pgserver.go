@@ -52,6 +52,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/drover-dev/drover/internal/spawn"
 )
 
 // Superuser is the PostgreSQL role URL connects as.
@@ -325,10 +327,10 @@ func (s *Server) start(ctx context.Context, postgresBin string, owner *runAs, op
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true, // a terminal's ^C goes to us; we stop postgres in order
-		Pdeathsig:  syscall.SIGKILL,
 		Credential: owner.credential(),
 	}
-	if err := cmd.Start(); err != nil {
+	// spawn.Start: PostgreSQL dies with the hub, even with a kill -9.
+	if err := spawn.Start(cmd); err != nil {
 		logFile.Close()
 		return fmt.Errorf("run %s: %w", postgresBin, err)
 	}
@@ -467,8 +469,12 @@ func ensureCluster(ctx context.Context, bins binaries, dir, dataDir string, owne
 	cmd.Env = serverEnv()
 	cmd.Stdout = io.MultiWriter(&out, logFile)
 	cmd.Stderr = cmd.Stdout
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: owner.credential()}
-	if err := cmd.Run(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: owner.credential()}
+	err = spawn.Start(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if err != nil {
 		os.RemoveAll(scratch)
 		return "", fmt.Errorf("initdb %s: %w\n%s", dataDir, err, tailOf(out.String()))
 	}
