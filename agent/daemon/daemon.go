@@ -159,8 +159,13 @@ func (a *Agent) Command(_ context.Context, c *droverv1.Command) {
 }
 
 // Facts implements hubclient.Handler: what the hub shows about the
-// cluster. An unreachable API server leaves them empty.
+// cluster, asked for the Hello of every new session. An unreachable API
+// server leaves them empty.
 func (a *Agent) Facts(ctx context.Context) *droverv1.ClusterFacts {
+	// A new session: the hub may have lost statuses the last one sent (it
+	// crashed between receiving and writing them) and cannot say which,
+	// so the session's first report sends every status again.
+	a.rec.ResendStatuses()
 	f := &droverv1.ClusterFacts{AgentVersion: version.Version}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -364,7 +364,11 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 	r.mu.Unlock()
 	switch {
 	case err != nil:
-		res = failedResult(name, spec.GetCommit(), err)
+		if res == nil || assessOnly {
+			// A failed Sync's result keeps its per-object statuses; a
+			// failed assessment knows nothing worth keeping.
+			res = failedResult(name, spec.GetCommit(), err)
+		}
 		if retryable(err) {
 			next = now.Add(retry.Next())
 		}
@@ -394,9 +398,11 @@ func (r *Reconciler) sync(ctx context.Context, spec *droverv1.AppAssignment, log
 	if err != nil {
 		if res != nil && res.Message != "" {
 			// The applier's result names the object that failed; keep its
-			// per-object statuses too.
+			// per-object statuses too. The error goes on, so that the run
+			// counts as failed: retried with backoff when transient (an
+			// API server that is down), never recorded as synced.
 			res.Sync = droverv1.SyncState_SYNC_STATE_FAILED
-			return res, nil
+			return res, fmt.Errorf("apply: %w", err)
 		}
 		return nil, fmt.Errorf("apply: %w", err)
 	}
@@ -518,6 +524,19 @@ func (r *Reconciler) StatusSent(rep *droverv1.StatusReport) {
 		if r.statuses[s.GetApplication()] == s {
 			delete(r.unsent, s.GetApplication())
 		}
+	}
+}
+
+// ResendStatuses marks every status unsent, so that the next report lists
+// them all again: for a new session with a hub that may have lost what
+// the last one sent. Unlike a full report it deletes nothing on the hub,
+// so an agent that has not reconciled everything since its start does not
+// blank the statuses it has yet to recompute.
+func (r *Reconciler) ResendStatuses() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for app := range r.statuses {
+		r.unsent[app] = true
 	}
 }
 

@@ -38,11 +38,21 @@ type fakeApplier struct {
 	mu      sync.Mutex
 	synced  map[string]string // app → commit
 	deleted []string
+	// failures makes the next Syncs of an application fail as the real
+	// applier does when the API server is down: a result naming the
+	// cause and a retryable error.
+	failures map[string]int
 }
 
 func (f *fakeApplier) Sync(_ context.Context, app, commit string, _ []*unstructured.Unstructured, _ apply.Policy) (*apply.Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failures[app] > 0 {
+		f.failures[app]--
+		cause := errors.New("read inventory: connection refused")
+		return &apply.Result{Application: app, Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_UNKNOWN, Message: cause.Error()},
+			&apply.RetryableError{Err: cause}
+	}
 	f.synced[app] = commit
 	return &apply.Result{Application: app, Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY}, nil
 }
@@ -82,7 +92,7 @@ func newHarness(t *testing.T, dir string, render Renderer) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{ap: &fakeApplier{synced: map[string]string{}}, st: st, acks: make(chan string, 16)}
+	h := &harness{ap: &fakeApplier{synced: map[string]string{}, failures: map[string]int{}}, st: st, acks: make(chan string, 16)}
 	if render == nil {
 		render = noRender
 	}
@@ -243,5 +253,55 @@ func TestStatusSentOnlyOnce(t *testing.T) {
 	}
 	if full := h.rec.PendingStatus(true); len(full.GetApplications()) != 1 || !full.GetFull() {
 		t.Fatalf("full report %v, want every application", full)
+	}
+}
+
+// A transient apply failure (the API server down) is reported with its
+// cause and retried with the retry backoff (10-50 ms here), not at the
+// sync interval (5 s for an application of unknown health): the
+// application converges once the cause is gone.
+func TestTransientApplyFailureIsRetried(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	h.ap.mu.Lock()
+	h.ap.failures["web"] = 3
+	h.ap.mu.Unlock()
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	if s := h.rec.PendingStatus(true).GetApplications(); len(s) != 1 || !strings.Contains(s[0].GetMessage(), "connection refused") && s[0].GetSync() != droverv1.SyncState_SYNC_STATE_SYNCED {
+		t.Fatalf("status after the first attempt %v, want Failed naming the cause (or Synced after the retries)", s)
+	}
+	deadline := time.Now().Add(4 * time.Second)
+	for h.ap.commitOf("web") != sha1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("web not synced 4 s after 3 transient failures: not retried with the retry backoff")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ResendStatuses, called for a new session with the hub, lists every
+// status again in the next report, without making it a full report
+// (which would delete the hub's statuses of applications not yet
+// reconciled).
+func TestResendStatusesListsEveryStatusAgain(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1), app("db", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	first := h.rec.PendingStatus(false)
+	if len(first.GetApplications()) != 2 {
+		t.Fatalf("first report %v, want both applications", first)
+	}
+	h.rec.StatusSent(first)
+	if again := h.rec.PendingStatus(false); len(again.GetApplications()) != 0 {
+		t.Fatalf("report after sending %v, want nothing new", again)
+	}
+	h.rec.ResendStatuses()
+	resent := h.rec.PendingStatus(false)
+	if len(resent.GetApplications()) != 2 || resent.GetFull() {
+		t.Fatalf("report after ResendStatuses %v, want both applications, not full", resent)
 	}
 }
