@@ -17,6 +17,7 @@ import (
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/rollout"
 	"github.com/drover-dev/drover/hub/store"
+	"github.com/drover-dev/drover/internal/backoff"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -24,6 +25,9 @@ import (
 // a wake: soaks and deadlines end, and clusters go offline, with no event to
 // say so. Status writes, ACKs and NACKs wake it at once (Hub.notify).
 const rolloutInterval = time.Second
+
+// rolloutRetryMax caps the engine's delay between steps while they fail.
+const rolloutRetryMax = 15 * time.Second
 
 // rollouts is the rollout engine: one goroutine that drives hub/rollout's
 // planner for every application with a rollout strategy. It is the only
@@ -168,7 +172,10 @@ func (e *rollouts) poke() {
 // run steps every rollout when woken and every rolloutInterval until ctx
 // ends.
 func (e *rollouts) run(ctx context.Context) error {
-	t := time.NewTicker(rolloutInterval)
+	// While steps fail (the database is away) they are spaced out, so the
+	// engine neither hammers the database nor floods the log.
+	retry := backoff.New(rolloutInterval, rolloutRetryMax)
+	t := time.NewTimer(rolloutInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -179,7 +186,13 @@ func (e *rollouts) run(ctx context.Context) error {
 		case req := <-e.control:
 			req.reply <- e.doControl(ctx, req)
 		}
-		e.stepAll(ctx)
+		next := rolloutInterval
+		if e.stepAll(ctx) {
+			next = retry.Next()
+		} else {
+			retry.Reset()
+		}
+		t.Reset(next)
 	}
 }
 
@@ -228,8 +241,9 @@ func (e *rollouts) doControl(ctx context.Context, req controlRequest) error {
 }
 
 // stepAll steps every application with a strategy, and forgets the
-// rollouts of applications whose strategy was removed.
-func (e *rollouts) stepAll(ctx context.Context) {
+// rollouts of applications whose strategy was removed. It reports whether
+// a step failed.
+func (e *rollouts) stepAll(ctx context.Context) (failed bool) {
 	e.mu.Lock()
 	names := slices.Sorted(maps.Keys(e.apps))
 	var dropped []string
@@ -249,12 +263,14 @@ func (e *rollouts) stepAll(ctx context.Context) {
 	}
 	for _, name := range names {
 		if ctx.Err() != nil {
-			return
+			return failed
 		}
 		if err := e.step(ctx, name, lbls); err != nil && ctx.Err() == nil {
 			e.log.Warn("rollout step", "app", name, "err", err)
+			failed = true
 		}
 	}
+	return failed
 }
 
 func (e *rollouts) stepOne(ctx context.Context, name string) {
