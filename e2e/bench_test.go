@@ -118,7 +118,7 @@ data:
 // garbage collection does not run into the next measurement.
 func waitGone(tb testing.TB, kube kubernetes.Interface, namespaces ...string) {
 	tb.Helper()
-	waitFor(tb, "namespaces "+strings.Join(namespaces, ", ")+" deleted", 3*time.Minute, func() (bool, string) {
+	testbed.Eventually(tb, "namespaces "+strings.Join(namespaces, ", ")+" deleted", 3*time.Minute, func() (bool, string) {
 		for _, ns := range namespaces {
 			_, err := kube.CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{})
 			if !apierrors.IsNotFound(err) {
@@ -334,7 +334,7 @@ spec:
 		"--state-dir", filepath.Join(dir, "agent-state"),
 		"--kubeconfig", c.Kubeconfig,
 	)
-	waitFor(b, fmt.Sprintf("%d applications Synced and Healthy at %.7s on %s", apps, commit, c.Name), 3*time.Minute, func() (bool, string) {
+	testbed.Eventually(b, fmt.Sprintf("%d applications Synced and Healthy at %.7s on %s", apps, commit, c.Name), 3*time.Minute, func() (bool, string) {
 		for _, app := range names {
 			var resp droverv1.GetApplicationResponse
 			api.do("GET", "/api/v1/applications/"+app, nil, &resp)
@@ -543,25 +543,5 @@ func (c *benchAPI) do(method, path string, body, out proto.Message) {
 		if err := protojson.Unmarshal(raw, out); err != nil {
 			c.tb.Fatalf("%s %s: decode: %v", method, path, err)
 		}
-	}
-}
-
-// waitFor is eventually for benchmarks: it polls cond until it holds,
-// failing with cond's last words.
-func waitFor(tb testing.TB, what string, within time.Duration, cond func() (bool, string)) {
-	tb.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s; last: %s", within, what, last)
-		}
-		if tb.Context().Err() != nil {
-			tb.Fatalf("cancelled while waiting for %s; last: %s", what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }

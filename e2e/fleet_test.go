@@ -165,7 +165,7 @@ func (f *fleet) status(app, cluster string) *droverv1.ApplicationStatus {
 
 func (f *fleet) waitHealthy(app, cluster, commit string) {
 	f.t.Helper()
-	eventually(f.t, fmt.Sprintf("%s Synced and Healthy at %.7s on %s", app, commit, cluster), 3*time.Minute, func() (bool, string) {
+	testbed.Eventually(f.t, fmt.Sprintf("%s Synced and Healthy at %.7s on %s", app, commit, cluster), 3*time.Minute, func() (bool, string) {
 		s := f.status(app, cluster)
 		ok := s.GetCommit() == commit && s.GetSync() == droverv1.SyncState_SYNC_STATE_SYNCED && s.GetHealth() == droverv1.Health_HEALTH_HEALTHY
 		return ok, fmt.Sprintf("hub says %v", s)
@@ -178,7 +178,7 @@ func (f *fleet) deployment(cluster string) (*appsv1.Deployment, error) {
 
 func (f *fleet) waitNoDeployment(cluster string) {
 	f.t.Helper()
-	eventually(f.t, "no nginx Deployment on "+cluster, 2*time.Minute, func() (bool, string) {
+	testbed.Eventually(f.t, "no nginx Deployment on "+cluster, 2*time.Minute, func() (bool, string) {
 		_, err := f.deployment(cluster)
 		return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 	})
@@ -194,7 +194,7 @@ func (f *fleet) scale(cluster string, replicas int) {
 
 func (f *fleet) waitReplicas(cluster string, want int32) {
 	f.t.Helper()
-	eventually(f.t, fmt.Sprintf("%d replicas wanted on %s", want, cluster), 2*time.Minute, func() (bool, string) {
+	testbed.Eventually(f.t, fmt.Sprintf("%d replicas wanted on %s", want, cluster), 2*time.Minute, func() (bool, string) {
 		d, err := f.deployment(cluster)
 		if err != nil {
 			return false, err.Error()
@@ -258,7 +258,7 @@ func TestFleetGitOps(t *testing.T) {
 		f.refresh("web")
 		for _, c := range []string{"prod-1", "prod-2"} {
 			f.waitHealthy("web", c, c3)
-			eventually(t, "service pruned on "+c, time.Minute, func() (bool, string) {
+			testbed.Eventually(t, "service pruned on "+c, time.Minute, func() (bool, string) {
 				_, err := f.kube(c).CoreV1().Services("web").Get(context.Background(), "nginx", metav1.GetOptions{})
 				return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 			})
@@ -289,13 +289,13 @@ func TestFleetGitOps(t *testing.T) {
 		f.waitReplicasNoHub("prod-1", 2)
 		before := time.Now()
 		f.startHub()
-		eventually(t, "prod-1's status current on the restarted hub", 2*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "prod-1's status current on the restarted hub", 2*time.Minute, func() (bool, string) {
 			s := f.status("web", "prod-1")
 			ok := s.GetCommit() == head && s.GetHealth() == droverv1.Health_HEALTH_HEALTHY && s.GetObservedAt().AsTime().After(before.Add(-time.Minute))
 			return ok, fmt.Sprintf("hub says %v", s)
 		})
 		var cl droverv1.GetClusterResponse
-		eventually(t, "prod-1 online again", time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "prod-1 online again", time.Minute, func() (bool, string) {
 			f.api.do("GET", "/api/v1/clusters/prod-1", nil, &cl)
 			return cl.GetCluster().GetOnline(), fmt.Sprintf("cluster %v", cl.GetCluster())
 		})
@@ -310,7 +310,7 @@ func TestFleetGitOps(t *testing.T) {
 		}}
 		f.api.do("POST", "/api/v1/applications", app, nil)
 		f.refresh("web")
-		eventually(t, "broken fails on prod-1 naming the file", 2*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "broken fails on prod-1 naming the file", 2*time.Minute, func() (bool, string) {
 			s := f.status("broken", "prod-1")
 			return s.GetSync() == droverv1.SyncState_SYNC_STATE_FAILED && strings.Contains(s.GetMessage(), "bad.yaml"), fmt.Sprintf("hub says %v", s)
 		})
@@ -320,19 +320,3 @@ func TestFleetGitOps(t *testing.T) {
 
 // waitReplicasNoHub waits for the agent to heal on its own.
 func (f *fleet) waitReplicasNoHub(cluster string, want int32) { f.waitReplicas(cluster, want) }
-
-// eventually polls cond until it holds, failing with cond's last words.
-func eventually(t *testing.T, what string, within time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last: %s", within, what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}

@@ -67,7 +67,7 @@ func (f *fleet) rollout(app string) *droverv1.RolloutStatus {
 func (f *fleet) waitRolloutPhase(app, commit, phase string) *droverv1.RolloutStatus {
 	f.t.Helper()
 	var r *droverv1.RolloutStatus
-	eventually(f.t, fmt.Sprintf("rollout of %.7s %s", commit, phase), 3*time.Minute, func() (bool, string) {
+	testbed.Eventually(f.t, fmt.Sprintf("rollout of %.7s %s", commit, phase), 3*time.Minute, func() (bool, string) {
 		r = f.rollout(app)
 		return r.GetCommit() == commit && r.GetPhase() == phase, fmt.Sprintf("rollout %v", r)
 	})
@@ -128,7 +128,7 @@ func TestFleetRollout(t *testing.T) {
 			}
 			return ""
 		}
-		eventually(t, "canary Healthy at c2", 3*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "canary Healthy at c2", 3*time.Minute, func() (bool, string) {
 			stayOnC1()
 			s := f.status("web", "canary")
 			return s.GetCommit() == c2 && s.GetHealth() == droverv1.Health_HEALTH_HEALTHY, fmt.Sprintf("hub says %v", s)
@@ -137,7 +137,7 @@ func TestFleetRollout(t *testing.T) {
 			t.Fatalf("canary runs %s, want nginx:1.24.0", img)
 		}
 		var r *droverv1.RolloutStatus
-		eventually(t, "europe waiting for approval", 2*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "europe waiting for approval", 2*time.Minute, func() (bool, string) {
 			stayOnC1()
 			r = f.rollout("web")
 			return r.GetPhase() == "waiting-approval", fmt.Sprintf("rollout %v", r)
@@ -152,7 +152,7 @@ func TestFleetRollout(t *testing.T) {
 		before := r.GetId()
 		f.stopHub()
 		f.startHub()
-		eventually(t, "the restarted hub back at the gate", 2*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "the restarted hub back at the gate", 2*time.Minute, func() (bool, string) {
 			stayOnC1()
 			r = f.rollout("web")
 			return r.GetPhase() == "waiting-approval" && r.GetId() == before, fmt.Sprintf("rollout %v", r)
@@ -191,7 +191,7 @@ func TestFleetRollout(t *testing.T) {
 				}
 			}
 		}
-		eventually(t, "the canary applies c3", 2*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "the canary applies c3", 2*time.Minute, func() (bool, string) {
 			neverElsewhere()
 			d, err := f.deployment("canary")
 			if err != nil {
@@ -201,7 +201,7 @@ func TestFleetRollout(t *testing.T) {
 			return ok, fmt.Sprintf("canary template %v", d.Spec.Template.Labels)
 		})
 		var r *droverv1.RolloutStatus
-		eventually(t, "the rollout of c3 rolled back", 3*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "the rollout of c3 rolled back", 3*time.Minute, func() (bool, string) {
 			neverElsewhere()
 			if s := f.status("web", "canary"); s.GetCommit() == c3 && s.GetHealth() == droverv1.Health_HEALTH_HEALTHY {
 				t.Fatalf("the canary is Healthy at the never-ready release: %v", s)
@@ -212,7 +212,7 @@ func TestFleetRollout(t *testing.T) {
 		if r.GetPreviousCommit() != c2 {
 			t.Fatalf("rolled back to %.7s, want %.7s", r.GetPreviousCommit(), c2)
 		}
-		eventually(t, "the canary back on c2", 3*time.Minute, func() (bool, string) {
+		testbed.Eventually(t, "the canary back on c2", 3*time.Minute, func() (bool, string) {
 			neverElsewhere()
 			d, err := f.deployment("canary")
 			if err != nil {

@@ -119,27 +119,31 @@ func (s *site) do(method, path string, in, out proto.Message) {
 
 // cluster is the hub's record of a cluster.
 func (s *site) cluster(name string) *droverv1.Cluster {
-	var r droverv1.GetClusterResponse
-	s.do(http.MethodGet, "/api/v1/clusters/"+name, nil, &r)
-	return r.GetCluster()
+	s.t.Helper()
+	c, err := s.hub.Cluster(s.t.Context(), name)
+	if err != nil {
+		s.t.Fatalf("hub API: %v", err)
+	}
+	return c
 }
 
 // status is the hub's status of app on cluster, or nil.
 func (s *site) status(app, cluster string) *droverv1.ApplicationStatus {
-	var r droverv1.GetApplicationResponse
-	s.do(http.MethodGet, "/api/v1/applications/"+app, nil, &r)
-	for _, st := range r.GetStatuses() {
-		if st.GetCluster() == cluster {
-			return st
-		}
+	s.t.Helper()
+	st, err := s.hub.Status(s.t.Context(), app, cluster)
+	if err != nil {
+		s.t.Fatalf("hub API: %v", err)
 	}
-	return nil
+	return st
 }
 
 func (s *site) rollout(app string) *droverv1.RolloutStatus {
-	var r droverv1.GetRolloutResponse
-	s.do(http.MethodGet, "/api/v1/applications/"+app+"/rollout", nil, &r)
-	return r.GetRollout()
+	s.t.Helper()
+	r, err := s.hub.Rollout(s.t.Context(), app)
+	if err != nil {
+		s.t.Fatalf("hub API: %v", err)
+	}
+	return r
 }
 
 // waitHealthy waits until the hub reports app Synced and Healthy at commit
@@ -147,7 +151,7 @@ func (s *site) rollout(app string) *droverv1.RolloutStatus {
 func (s *site) waitHealthy(app, cluster, commit string, since time.Time) *droverv1.ApplicationStatus {
 	s.t.Helper()
 	var st *droverv1.ApplicationStatus
-	eventually(s.t, fmt.Sprintf("%s Synced and Healthy at %.7s on %s", app, commit, cluster), func() (bool, string) {
+	testbed.Eventually(s.t, fmt.Sprintf("%s Synced and Healthy at %.7s on %s", app, commit, cluster), waitLong, func() (bool, string) {
 		st = s.status(app, cluster)
 		ok := st.GetCommit() == commit && st.GetSync() == droverv1.SyncState_SYNC_STATE_SYNCED &&
 			st.GetHealth() == droverv1.Health_HEALTH_HEALTHY && !st.GetObservedAt().AsTime().Before(since)
@@ -228,22 +232,6 @@ func logTime(t *testing.T, p *testbed.Process, s string) time.Time {
 	return time.Time{}
 }
 
-// eventually polls cond until it holds, failing with cond's last words.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last: %s", waitLong, what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // TestNAT: an agent behind masquerade registers, gets its assignment,
 // deploys and reports Healthy; the hub knows it by the router's address
 // and cannot open a connection to it.
@@ -312,7 +300,7 @@ func TestPartition(t *testing.T) {
 	for _, c := range []string{"cut", "steady"} {
 		s.waitHealthy("web", c, c1, start)
 	}
-	eventually(t, "the rollout of c1 completed", func() (bool, string) {
+	testbed.Eventually(t, "the rollout of c1 completed", waitLong, func() (bool, string) {
 		r := s.rollout("web")
 		return r.GetCommit() == c1 && r.GetPhase() == "completed", fmt.Sprintf("rollout %v", r)
 	})
@@ -323,7 +311,7 @@ func TestPartition(t *testing.T) {
 	edge := s.edges["cut"]
 	edge.Partition(t)
 	cutAt := time.Now()
-	eventually(t, "the hub shows cut offline", func() (bool, string) {
+	testbed.Eventually(t, "the hub shows cut offline", waitLong, func() (bool, string) {
 		c := s.cluster("cut")
 		return !c.GetOnline(), fmt.Sprintf("online %v, last seen %v", c.GetOnline(), c.GetLastSeen().AsTime())
 	})
@@ -334,7 +322,7 @@ func TestPartition(t *testing.T) {
 		c2 = s.repo.Commit(t, "web on nginx 1.24.0", testbed.ExampleApp("nginx:1.24.0"))
 		s.do(http.MethodPost, "/api/v1/applications/web/refresh", nil, nil)
 		var r *droverv1.RolloutStatus
-		eventually(t, "the rollout of c2 completed", func() (bool, string) {
+		testbed.Eventually(t, "the rollout of c2 completed", waitLong, func() (bool, string) {
 			r = s.rollout("web")
 			return r.GetCommit() == c2 && r.GetPhase() == "completed", fmt.Sprintf("rollout %v", r)
 		})
@@ -360,7 +348,7 @@ func TestPartition(t *testing.T) {
 		if err != nil {
 			t.Fatalf("scale nginx on cut: %v", err)
 		}
-		eventually(t, "cut's agent to put nginx back to 2 replicas", func() (bool, string) {
+		testbed.Eventually(t, "cut's agent to put nginx back to 2 replicas", waitLong, func() (bool, string) {
 			d, err := s.deployment("cut")
 			if err != nil {
 				return false, err.Error()
@@ -375,7 +363,7 @@ func TestPartition(t *testing.T) {
 	// The agent notices the dead link by its keepalive; only then is the
 	// return a reconnect rather than a stalled connection resuming.
 	var noticedAt time.Time
-	eventually(t, "cut's agent to notice the link is gone", func() (bool, string) {
+	testbed.Eventually(t, "cut's agent to notice the link is gone", waitLong, func() (bool, string) {
 		noticedAt = logTime(t, agent, "hub session ended")
 		return !noticedAt.IsZero(), `no "hub session ended" in the agent's log`
 	})
@@ -386,7 +374,7 @@ func TestPartition(t *testing.T) {
 
 	edge.Heal(t)
 	healedAt := time.Now()
-	eventually(t, "cut online again in a new session", func() (bool, string) {
+	testbed.Eventually(t, "cut online again in a new session", waitLong, func() (bool, string) {
 		c := s.cluster("cut")
 		ok := c.GetOnline() && c.GetConnectedSince().AsTime().After(before.GetConnectedSince().AsTime())
 		return ok, fmt.Sprintf("online %v, connected since %v", c.GetOnline(), c.GetConnectedSince().AsTime())

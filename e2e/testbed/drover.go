@@ -312,6 +312,56 @@ func (h *HubProcess) JoinToken(t testing.TB, labels map[string]string) string {
 	return resp.GetToken()
 }
 
+// Cluster is the hub's record of a cluster.
+func (h *HubProcess) Cluster(ctx context.Context, name string) (*droverv1.Cluster, error) {
+	var resp droverv1.GetClusterResponse
+	if err := h.API(ctx, http.MethodGet, "/api/v1/clusters/"+name, nil, &resp); err != nil {
+		return nil, err
+	}
+	return resp.GetCluster(), nil
+}
+
+// Status is the hub's status of app on cluster; nil when it has none.
+func (h *HubProcess) Status(ctx context.Context, app, cluster string) (*droverv1.ApplicationStatus, error) {
+	var resp droverv1.GetApplicationResponse
+	if err := h.API(ctx, http.MethodGet, "/api/v1/applications/"+app, nil, &resp); err != nil {
+		return nil, err
+	}
+	for _, st := range resp.GetStatuses() {
+		if st.GetCluster() == cluster {
+			return st, nil
+		}
+	}
+	return nil, nil
+}
+
+// Rollout is the current rollout of app.
+func (h *HubProcess) Rollout(ctx context.Context, app string) (*droverv1.RolloutStatus, error) {
+	var resp droverv1.GetRolloutResponse
+	if err := h.API(ctx, http.MethodGet, "/api/v1/applications/"+app+"/rollout", nil, &resp); err != nil {
+		return nil, err
+	}
+	return resp.GetRollout(), nil
+}
+
+// Eventually polls cond every 200 ms until it holds, and fails t with
+// cond's last words if it does not within the given time. Tests assert
+// outcomes; within only bounds how long a broken one takes to say so.
+func Eventually(t testing.TB, what string, within time.Duration, cond func() (ok bool, last string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; last: %s", within, what, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // AgentOptions configure StartAgent.
 type AgentOptions struct {
 	// Name is the cluster's name (--cluster-name).
