@@ -58,6 +58,9 @@ type Fleet struct {
 	// bounded by the names callers ask about, which agentapi takes from
 	// authenticated certificates.
 	pending map[string]chan struct{}
+	// labelView is what ClusterLabels returns until the next change of a
+	// cluster's labels or of the set of clusters; nil when stale.
+	labelView map[string]map[string]string
 }
 
 type appState struct {
@@ -122,6 +125,7 @@ func (f *Fleet) SetCluster(name string, lbls map[string]string) error {
 		f.clusters[name] = cs
 	}
 	cs.target = newTarget(name, lbls)
+	f.labelView = nil
 	for appName, as := range f.apps {
 		if as.ca.placement.matches(name, cs.target.set) {
 			as.placed[name] = struct{}{}
@@ -152,6 +156,7 @@ func (f *Fleet) RemoveCluster(name string) {
 		delete(f.apps[s.app].placed, name)
 	}
 	delete(f.clusters, name)
+	f.labelView = nil
 	if cs.changed != nil {
 		close(cs.changed)
 	}
@@ -405,6 +410,26 @@ func (f *Fleet) Clusters() []Cluster {
 	}
 	slices.SortFunc(out, func(a, b Cluster) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// ClusterLabels returns every cluster's labels by cluster name. Unlike
+// Clusters it copies nothing: the map and the label maps in it are shared
+// by all callers until the next change of the clusters, and must not be
+// modified. It is for readers that look at the whole fleet often (the
+// rollout engine steps on every status write) and would otherwise copy
+// every cluster's labels each time.
+func (f *Fleet) ClusterLabels() map[string]map[string]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.labelView == nil {
+		// A target's label set is replaced, never modified, so sharing
+		// it is safe.
+		f.labelView = make(map[string]map[string]string, len(f.clusters))
+		for name, cs := range f.clusters {
+			f.labelView[name] = cs.target.set
+		}
+	}
+	return f.labelView
 }
 
 // copyApp returns a deep copy of app the Fleet can keep, after checking

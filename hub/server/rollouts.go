@@ -256,11 +256,9 @@ func (e *rollouts) stepAll(ctx context.Context) (failed bool) {
 	for _, name := range dropped {
 		e.drop(ctx, name)
 	}
-	clusters := e.fleet.Clusters()
-	lbls := make(map[string]map[string]string, len(clusters))
-	for _, c := range clusters {
-		lbls[c.Name] = c.Labels
-	}
+	// Shared and read-only: the engine steps on every status write, and
+	// copying every cluster's labels each time was most of its cost.
+	lbls := e.fleet.ClusterLabels()
 	for _, name := range names {
 		if ctx.Err() != nil {
 			return failed
@@ -274,12 +272,7 @@ func (e *rollouts) stepAll(ctx context.Context) (failed bool) {
 }
 
 func (e *rollouts) stepOne(ctx context.Context, name string) {
-	clusters := e.fleet.Clusters()
-	lbls := make(map[string]map[string]string, len(clusters))
-	for _, c := range clusters {
-		lbls[c.Name] = c.Labels
-	}
-	if err := e.step(ctx, name, lbls); err != nil && ctx.Err() == nil {
+	if err := e.step(ctx, name, e.fleet.ClusterLabels()); err != nil && ctx.Err() == nil {
 		e.log.Warn("rollout step", "app", name, "err", err)
 	}
 }
