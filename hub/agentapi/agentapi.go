@@ -10,6 +10,7 @@ package agentapi
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -83,6 +84,15 @@ type Config struct {
 	StatusBurst int
 	// MaxResources bounds resources per application status.
 	MaxResources int
+	// MaxAdmissions bounds the registrations and initial stream syncs
+	// (certificate check, connection record) in progress at once; see
+	// admission.
+	MaxAdmissions int
+	// AdmissionWait is how long an arriving agent queues for an
+	// admission slot before it is refused with ResourceExhausted.
+	AdmissionWait time.Duration
+	// RetryAfter is the delay suggested to refused agents (jittered).
+	RetryAfter time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -110,6 +120,15 @@ func (c *Config) setDefaults() {
 	if c.MaxResources <= 0 {
 		c.MaxResources = 10000
 	}
+	if c.MaxAdmissions <= 0 {
+		c.MaxAdmissions = 32
+	}
+	if c.AdmissionWait <= 0 {
+		c.AdmissionWait = 2 * time.Second
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = 5 * time.Second
+	}
 }
 
 // Server implements droverv1.AgentServiceServer.
@@ -126,6 +145,8 @@ type Server struct {
 
 	sessions *sessions
 	seen     *lastSeen
+	answers  *unrecorded
+	admit    *admission
 }
 
 var _ droverv1.AgentServiceServer = (*Server)(nil)
@@ -144,10 +165,13 @@ func New(cfg Config, st Store, signer Signer, fl Fleet, statuses StatusSink, log
 		now:      time.Now,
 		sessions: newSessions(),
 		seen:     newLastSeen(),
+		answers:  newUnrecorded(),
+		admit:    newAdmission(cfg.MaxAdmissions, cfg.AdmissionWait, cfg.RetryAfter),
 	}
 }
 
-// Run writes batched last-seen times until ctx ends.
+// Run writes batched last-seen times, and the assignment answers the store
+// could not take when they arrived, until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.LastSeenFlush)
 	defer t.Stop()
@@ -156,9 +180,11 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			// One last flush so a clean shutdown loses no heartbeat.
 			s.flushSeen(context.WithoutCancel(ctx))
+			s.flushAnswers(context.WithoutCancel(ctx))
 			return nil
 		case <-t.C:
 			s.flushSeen(ctx)
+			s.flushAnswers(ctx)
 		}
 	}
 }
@@ -177,6 +203,31 @@ func (s *Server) flushSeen(ctx context.Context) {
 		if ctx.Err() == nil {
 			s.log.Warn("record last seen", "clusters", len(names), "err", err)
 		}
+	}
+}
+
+// flushAnswers records the answers held since the store refused them;
+// those it refuses again wait for the next flush.
+func (s *Server) flushAnswers(ctx context.Context) {
+	held := s.answers.take()
+	defer s.answers.done(held)
+	if len(held) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	failed := 0
+	for name, a := range held {
+		err := s.store.RecordAck(ctx, name, a.version, a.nackErr, a.at)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.answers.keep(name, a)
+			failed++
+		}
+	}
+	if failed > 0 && ctx.Err() == nil {
+		s.log.Warn("record held assignment answers", "clusters", failed, "of", len(held))
+	} else if failed == 0 {
+		s.log.Info("recorded held assignment answers", "clusters", len(held))
 	}
 }
 
@@ -221,6 +272,11 @@ func (s *Server) Register(ctx context.Context, req *droverv1.RegisterRequest) (*
 	if len(req.GetCsrPem()) == 0 || len(req.GetCsrPem()) > 16<<10 {
 		return nil, status.Error(codes.InvalidArgument, "csr_pem: required, at most 16 KiB")
 	}
+	release, err := s.admit.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	// Signing first is harmless: a certificate is only handed out once the
 	// token has been accepted, and the serial must be stored with the
 	// cluster in the same transaction that uses the token.
@@ -262,43 +318,60 @@ func (s *Server) audit(ctx context.Context, kind, cluster, msg string) {
 	}
 }
 
-// identify returns the cluster named by the stream's verified client
-// certificate, after checking it is the cluster's current certificate and
-// not revoked.
-func (s *Server) identify(ctx context.Context) (string, error) {
+// peerCertificate returns the stream's verified client certificate (the
+// TLS layer checked it chains to the hub's CA) and the cluster it names.
+func peerCertificate(ctx context.Context) (string, *x509.Certificate, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return "", status.Error(codes.Unauthenticated, "no peer information")
+		return "", nil, status.Error(codes.Unauthenticated, "no peer information")
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
-		return "", status.Error(codes.Unauthenticated, "Connect needs a client certificate issued by this hub (register first)")
+		return "", nil, status.Error(codes.Unauthenticated, "Connect needs a client certificate issued by this hub (register first)")
 	}
 	leaf := ti.State.VerifiedChains[0][0]
 	name, err := pki.ClusterName(leaf)
 	if err != nil {
-		return "", status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
+		return "", nil, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
 	}
+	return name, leaf, nil
+}
+
+// checkCurrent checks that leaf is the cluster's current certificate and
+// not revoked.
+func (s *Server) checkCurrent(ctx context.Context, name string, leaf *x509.Certificate) error {
 	serial, revoked, err := s.store.ClusterCertSerial(ctx, name)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return "", status.Errorf(codes.PermissionDenied, "cluster %q is not registered", name)
+		return status.Errorf(codes.PermissionDenied, "cluster %q is not registered", name)
 	case err != nil:
 		s.log.Error("look up cluster certificate", "cluster", name, "err", err)
-		return "", status.Error(codes.Unavailable, "could not check the certificate; try again")
+		return status.Error(codes.Unavailable, "could not check the certificate; try again")
 	case revoked:
-		return "", status.Errorf(codes.PermissionDenied, "the certificate of cluster %q is revoked", name)
+		return status.Errorf(codes.PermissionDenied, "the certificate of cluster %q is revoked", name)
 	case serial != pki.Serial(leaf):
-		return "", status.Errorf(codes.PermissionDenied, "the certificate of cluster %q has been replaced", name)
+		return status.Errorf(codes.PermissionDenied, "the certificate of cluster %q has been replaced", name)
 	}
-	return name, nil
+	return nil
 }
 
 var errReplaced = errors.New("replaced by a newer stream of the same cluster")
 
 // Connect is one agent session.
 func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage]) error {
-	name, err := s.identify(stream.Context())
+	name, leaf, err := peerCertificate(stream.Context())
+	if err != nil {
+		return err
+	}
+	// The database work of a new stream is admitted in two steps, with the
+	// wait for Hello between them outside admission: an agent slow to send
+	// it holds no slot, and a revoked one is told before it says anything.
+	release, err := s.admit.acquire(stream.Context())
+	if err != nil {
+		return err
+	}
+	err = s.checkCurrent(stream.Context(), name, leaf)
+	release()
 	if err != nil {
 		return err
 	}
@@ -315,18 +388,13 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 	if err != nil {
 		return err
 	}
-	peerAddr := ""
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		peerAddr = p.Addr.String()
+	if release, err = s.admit.acquire(ctx); err != nil {
+		return err
 	}
-	if err := s.store.MarkConnected(ctx, name, s.cfg.Replica, peerAddr, hello.GetFacts(), s.now()); err != nil {
-		// The stream is still useful without the bookkeeping; last-seen
-		// flushes will catch up when the database is back.
-		log.Warn("record connection", "err", err)
-	}
-	log.Info("agent connected", "peer", peerAddr, "agent_version", hello.GetAgentVersion(), "applied", hello.GetAppliedAssignmentVersion())
-
+	s.recordConnection(ctx, name, hello)
+	release()
 	st := &streamState{sentVersion: hello.GetAppliedAssignmentVersion()}
+
 	errc := make(chan error, 1)
 	go func() { errc <- s.recvLoop(ctx, name, stream, st) }()
 
@@ -344,6 +412,23 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 		log.Info("agent stream ended", "err", err)
 	}
 	return err
+}
+
+// recordConnection stores that the cluster's stream is up. The first
+// assignment is sent afterwards, outside admission: a send can wait on an
+// agent that does not read, and must not hold a slot meanwhile.
+func (s *Server) recordConnection(ctx context.Context, name string, hello *droverv1.Hello) {
+	log := s.log.With("cluster", name)
+	peerAddr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		peerAddr = p.Addr.String()
+	}
+	if err := s.store.MarkConnected(ctx, name, s.cfg.Replica, peerAddr, hello.GetFacts(), s.now()); err != nil {
+		// The stream is still useful without the bookkeeping; last-seen
+		// flushes will catch up when the database is back.
+		log.Warn("record connection", "err", err)
+	}
+	log.Info("agent connected", "peer", peerAddr, "agent_version", hello.GetAgentVersion(), "applied", hello.GetAppliedAssignmentVersion())
 }
 
 func (s *Server) recvHello(ctx context.Context, stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage]) (*droverv1.Hello, error) {
@@ -475,10 +560,19 @@ func (s *Server) handleAck(ctx context.Context, name string, ack *droverv1.Assig
 	}
 	st.mu.Unlock()
 	s.seen.touch(name)
-	nackErr := truncate(ack.GetError(), 4096)
-	if err := s.store.RecordAck(ctx, name, ack.GetVersion(), nackErr, s.now()); err != nil {
-		log.Warn("record assignment answer", "err", err)
+	a := answer{version: ack.GetVersion(), nackErr: truncate(ack.GetError(), 4096), at: s.now()}
+	if !s.answers.queue(name, a) {
+		switch err := s.store.RecordAck(ctx, name, a.version, a.nackErr, a.at); {
+		case errors.Is(err, store.ErrNotFound):
+			log.Warn("assignment answer of a cluster deleted meanwhile; dropped")
+		case err != nil:
+			// The agent will not answer this version again: hold the
+			// answer for the next flush rather than lose it.
+			s.answers.keep(name, a)
+			log.Warn("record assignment answer; retrying", "err", err)
+		}
 	}
+	nackErr := a.nackErr
 	if nackErr != "" {
 		log.Warn("agent rejected its assignment", "version", ack.GetVersion(), "reason", nackErr)
 		s.audit(ctx, "cluster.assignment_rejected", name, nackErr)

@@ -86,3 +86,69 @@ func (l *lastSeen) drain() ([]string, time.Time) {
 	clear(l.names)
 	return names, l.at
 }
+
+// answer is an agent's ACK or NACK of an assignment version, as received.
+type answer struct {
+	version, nackErr string
+	at               time.Time
+}
+
+// unrecorded keeps the answers the store could not take (PostgreSQL away),
+// the latest per cluster, until a flush records them: an agent never
+// answers the same version twice, so an answer dropped here would be lost
+// for good and the hub would wait on the cluster forever. Bounded by the
+// number of clusters. While a cluster has an answer held or being flushed,
+// its newer answers queue behind it, so an older answer is never written
+// over a newer one.
+type unrecorded struct {
+	mu       sync.Mutex // guards the fields below
+	answers  map[string]answer
+	flushing map[string]bool
+}
+
+func newUnrecorded() *unrecorded {
+	return &unrecorded{answers: make(map[string]answer), flushing: make(map[string]bool)}
+}
+
+// queue holds a for the next flush if the cluster has an answer held or
+// being flushed, and reports whether it did; otherwise the caller records
+// a itself.
+func (u *unrecorded) queue(cluster string, a answer) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, held := u.answers[cluster]; !held && !u.flushing[cluster] {
+		return false
+	}
+	u.answers[cluster] = a
+	return true
+}
+
+// keep holds a, which the store refused, unless a newer answer is held.
+func (u *unrecorded) keep(cluster string, a answer) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if cur, ok := u.answers[cluster]; !ok || !cur.at.After(a.at) {
+		u.answers[cluster] = a
+	}
+}
+
+// take returns the held answers for a flush; done must follow.
+func (u *unrecorded) take() map[string]answer {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := u.answers
+	u.answers = make(map[string]answer)
+	for name := range out {
+		u.flushing[name] = true
+	}
+	return out
+}
+
+// done ends the flush of taken.
+func (u *unrecorded) done(taken map[string]answer) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for name := range taken {
+		delete(u.flushing, name)
+	}
+}

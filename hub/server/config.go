@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -44,6 +45,14 @@ type Config struct {
 	PingInterval time.Duration
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// MaxAgentAdmissions bounds the agent registrations and new-stream
+	// syncs the hub works on at once; more arriving agents are asked to
+	// retry later, so a reconnect storm queues at the agents rather than
+	// in the hub and PostgreSQL.
+	MaxAgentAdmissions int
+	// DebugAddr, when set, serves net/http/pprof there so a live hub can be
+	// profiled. It has no authentication: bind it to loopback.
+	DebugAddr string
 }
 
 // DefaultConfig returns the defaults.
@@ -63,6 +72,9 @@ func DefaultConfig() Config {
 		PollInterval:   time.Minute,
 		PingInterval:   60 * time.Second,
 		LogLevel:       "info",
+		// A new stream costs two or three queries; with the pool's few
+		// connections, more in flight than this only wait longer.
+		MaxAgentAdmissions: 32,
 	}
 }
 
@@ -86,6 +98,17 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		fs.DurationVar(p, name, *p, usage+" (env "+env+")")
 	}
+	integer := func(p *int, name, env, usage string) {
+		if v, ok := os.LookupEnv(env); ok {
+			if n, err := strconv.Atoi(v); err == nil {
+				*p = n
+			} else {
+				// Reported by Validate through an impossible value.
+				*p = -1
+			}
+		}
+		fs.IntVar(p, name, *p, usage+" (env "+env+")")
+	}
 	str(&c.DataDir, "data-dir", "DROVER_DATA_DIR", "directory for the CA, keys, the initial admin token and the embedded PostgreSQL")
 	str(&c.DatabaseURL, "database-url", "DROVER_DATABASE_URL", "PostgreSQL URL; empty runs a private PostgreSQL in the data directory")
 	str(&c.AgentAddr, "agent-addr", "DROVER_AGENT_ADDR", "listen address of the agent endpoint (gRPC over TLS)")
@@ -105,6 +128,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	dur(&c.PollInterval, "poll-interval", "DROVER_POLL_INTERVAL", "default interval for resolving Git refs")
 	dur(&c.PingInterval, "ping-interval", "DROVER_PING_INTERVAL", "interval of hub pings on idle agent streams")
 	str(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL", "debug, info, warn or error")
+	integer(&c.MaxAgentAdmissions, "max-agent-admissions", "DROVER_MAX_AGENT_ADMISSIONS", "agent registrations and new-stream syncs handled at once; others are told to retry later")
+	str(&c.DebugAddr, "debug-addr", "DROVER_DEBUG_ADDR", "listen address for Go profiling (net/http/pprof under /debug/pprof/), off when empty; it has no authentication, so use loopback such as 127.0.0.1:6060")
 }
 
 func splitList(s string) []string {
@@ -129,6 +154,11 @@ func (c *Config) Validate() error {
 			bad("%s %q: want HOST:PORT or :PORT (%v)", name, addr, err)
 		}
 	}
+	if c.DebugAddr != "" {
+		if _, _, err := net.SplitHostPort(c.DebugAddr); err != nil {
+			bad("--debug-addr %q: want HOST:PORT such as 127.0.0.1:6060, or empty to turn it off (%v)", c.DebugAddr, err)
+		}
+	}
 	if len(c.Hostnames) == 0 {
 		bad("--hostnames: give at least one name or IP agents use to reach the hub")
 	}
@@ -142,6 +172,9 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			bad("%s: must be a positive duration such as 90s or 1m", name)
 		}
+	}
+	if c.MaxAgentAdmissions <= 0 {
+		bad("--max-agent-admissions: must be a positive number such as 32")
 	}
 	if c.PollInterval > 0 && c.PollInterval < 5*time.Second {
 		bad("--poll-interval %v: at least 5s, to spare the Git servers (use webhooks or `droverctl app refresh` for speed)", c.PollInterval)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -63,6 +64,9 @@ type Hub struct {
 	httpSrv  *http.Server
 	agentLis net.Listener
 	httpLis  net.Listener
+	// debugSrv serves net/http/pprof on --debug-addr; nil when that is off.
+	debugSrv *http.Server
+	debugLis net.Listener
 
 	cancel context.CancelFunc
 	group  *errgroup.Group
@@ -146,7 +150,13 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 		return nil, err
 	}
 	h.statuses = store.NewStatusWriter(h.store, logger, 0, 0, store.WithOnWritten(h.notify))
-	h.agents = agentapi.New(agentapi.Config{Replica: cfg.Replica, PingInterval: cfg.PingInterval}, notifyingStore{h.store, h.notify}, h.ca, h.fleet, h.statuses, logger)
+	h.agents = agentapi.New(agentapi.Config{
+		Replica: cfg.Replica, PingInterval: cfg.PingInterval, MaxAdmissions: cfg.MaxAgentAdmissions,
+		// Last-seen times are batched; a batch must reach the database
+		// well within the offline timeout, or connected clusters would
+		// flap offline when the timeout is short.
+		LastSeenFlush: min(5*time.Second, cfg.OfflineTimeout/4),
+	}, notifyingStore{h.store, h.notify}, h.ca, h.fleet, h.statuses, logger)
 	h.admin = adminapi.New(h.store, h, h.box, cfg.OfflineTimeout, logger)
 	if h.dash, err = dashboard.New(dashboard.Config{Admin: h.admin, Store: h.store, Logger: logger, OfflineTimeout: cfg.OfflineTimeout}); err != nil {
 		return nil, err
@@ -163,6 +173,13 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 			MinVersion: tls.VersionTLS13,
 		})),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		// Thousands of mostly idle agent connections: no per-connection
+		// read buffer (the TLS connection under the framer buffers a
+		// whole record already, so a bufio.Reader on top only pinned
+		// 32 KiB per agent), and write buffers borrowed from a pool only
+		// while a connection is writing.
+		grpc.ReadBufferSize(0),
+		grpc.SharedWriteBuffer(true),
 		grpc.ChainUnaryInterceptor(adminapi.UnaryInterceptor(h.store)),
 		// Agents behind NAT ping every 20-30 s to keep their mapping;
 		// allow that, and close streams whose peer stopped answering.
@@ -194,8 +211,24 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 		return nil, fmt.Errorf("listen on --http-addr: %w", err)
 	}
 
+	if cfg.DebugAddr != "" {
+		if h.debugLis, err = net.Listen("tcp", cfg.DebugAddr); err != nil {
+			return nil, fmt.Errorf("listen on --debug-addr: %w", err)
+		}
+		h.debugSrv = &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+	}
+
 	g, gctx := errgroup.WithContext(runCtx)
 	h.group = g
+	if h.debugSrv != nil {
+		g.Go(func() error {
+			if err := h.debugSrv.Serve(h.debugLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		logger.Warn("serving Go profiles without authentication", "debug_addr", h.debugLis.Addr().String())
+	}
 	g.Go(func() error { return h.grpcSrv.Serve(h.agentLis) })
 	g.Go(func() error {
 		if err := h.httpSrv.Serve(h.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -262,6 +295,10 @@ func (h *Hub) Close() error {
 		_ = h.httpSrv.Shutdown(ctx)
 		cancel()
 	}
+	if h.debugSrv != nil {
+		// A CPU profile being taken would hold Shutdown for its duration.
+		_ = h.debugSrv.Close()
+	}
 	if h.cancel != nil {
 		h.cancel()
 	}
@@ -284,6 +321,13 @@ func (h *Hub) Close() error {
 }
 
 func (h *Hub) closeResources() {
+	// Listeners opened before a failed Start; once serving, closing them
+	// again is harmless.
+	for _, l := range []net.Listener{h.agentLis, h.httpLis, h.debugLis} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
 	if h.gateway != nil {
 		h.gateway.Close()
 	}
@@ -345,6 +389,27 @@ func (h *Hub) initialAdminToken(ctx context.Context, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "\nThe initial admin API token (shown once; also in %s, mode 0600):\n\n    %s\n\n", path, tok)
 	return nil
+}
+
+// debugMux serves the runtime's profiles on their own mux: importing
+// net/http/pprof also registers them on http.DefaultServeMux, which the hub
+// never serves, so they cannot leak onto the API listener.
+func debugMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// DebugAddr is the address of the profiling listener, or "" when it is off.
+func (h *Hub) DebugAddr() string {
+	if h.debugLis == nil {
+		return ""
+	}
+	return h.debugLis.Addr().String()
 }
 
 func (h *Hub) healthz(w http.ResponseWriter, r *http.Request) {
