@@ -12,9 +12,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -186,7 +189,7 @@ func (c *Client) Register(ctx context.Context) error {
 			return fmt.Errorf("register with the hub: %s", status.Convert(err).Message())
 		}
 		c.log.Warn("register with the hub; retrying", "err", err)
-		b.Wait(ctx, err)
+		pause(ctx, b, err)
 	}
 }
 
@@ -201,6 +204,14 @@ func (c *Client) Run(ctx context.Context) error {
 			Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13,
 		})),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: c.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// gRPC redials a lost connection on its own backoff, whose default
+		// cap (120 s) would keep agents away long after a restarted hub is
+		// back; cap it like the session loop's. A dial into a dead link
+		// is given up after the same time, or one started during a
+		// partition would hang on for 20 s after the link is back.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{
+			BaseDelay: c.cfg.BackoffBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: c.cfg.BackoffMax,
+		}, MinConnectTimeout: c.cfg.BackoffMax}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
 	)
 	if err != nil {
@@ -210,13 +221,15 @@ func (c *Client) Run(ctx context.Context) error {
 	client := droverv1.NewAgentServiceClient(conn)
 	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
 	for {
-		start := time.Now()
-		err := c.session(ctx, client)
+		var established atomic.Bool
+		err := c.session(ctx, client, &established)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if time.Since(start) > 2*c.cfg.BackoffMax {
-			// A session that lasted counts as healthy: start over.
+		if established.Load() {
+			// The hub admitted the session and answered: the next
+			// reconnect starts over. A dial or a refusal, however long
+			// it took, does not count.
 			b.Reset()
 		}
 		if status.Code(err) == codes.PermissionDenied {
@@ -224,13 +237,45 @@ func (c *Client) Run(ctx context.Context) error {
 		} else {
 			c.log.Warn("hub session ended; reconnecting", "err", err, "failures", b.Failures()+1)
 		}
-		b.Wait(ctx, errors.Join(err, errors.New("session ended")))
+		pause(ctx, b, err)
 	}
 }
 
+// pause waits before the next attempt: the backoff's next delay, or longer
+// when the hub asked for it. A hub busy admitting a reconnect storm refuses
+// with a retry delay (RetryInfo); honouring it, on top of the jitter, is
+// what spreads the fleet's retries out instead of repeating the storm.
+func pause(ctx context.Context, b *backoff.Backoff, err error) {
+	d := b.Next()
+	if hint, ok := retryHint(err); ok {
+		d = max(d, jitter(hint))
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// retryHint returns the delay a hub's refusal asks for, if it has one.
+func retryHint(err error) (time.Duration, bool) {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			// Capped: a broken or hostile hub must not park the agent.
+			return min(ri.GetRetryDelay().AsDuration(), maxRetryHint), true
+		}
+	}
+	return 0, false
+}
+
+// maxRetryHint caps the delay a hub can ask an agent to wait.
+const maxRetryHint = 5 * time.Minute
+
 // session is one Connect stream: Hello, then assignments in and answers,
 // statuses and heartbeats out.
-func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient) error {
+// established is set once the hub's first message arrives.
+func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient, established *atomic.Bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Connect(ctx)
@@ -244,7 +289,7 @@ func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient
 	c.log.Info("connected to the hub", "hub", c.cfg.HubAddr, "applied", hello.GetAppliedAssignmentVersion())
 
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- c.recv(ctx, stream) }()
+	go func() { recvErr <- c.recv(ctx, stream, established) }()
 
 	heartbeat := time.NewTimer(jitter(c.cfg.Heartbeat))
 	defer heartbeat.Stop()
@@ -301,12 +346,13 @@ func (c *Client) sendStatus(stream grpc.BidiStreamingClient[droverv1.AgentMessag
 	return nil
 }
 
-func (c *Client) recv(ctx context.Context, stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage]) error {
+func (c *Client) recv(ctx context.Context, stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], established *atomic.Bool) error {
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
 			return err
 		}
+		established.Store(true)
 		switch k := msg.GetKind().(type) {
 		case *droverv1.HubMessage_Assignment:
 			a := k.Assignment
