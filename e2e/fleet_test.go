@@ -142,6 +142,7 @@ func newFleet(t *testing.T, labels map[string]map[string]string) *fleet {
 		acfg.Kubeconfig = c.Kubeconfig
 		acfg.Heartbeat = 2 * time.Second
 		acfg.BackoffMax = 2 * time.Second
+		acfg.MetricsAddr = freeAddr(t)
 		f.agentCfg[c.Name] = acfg
 		f.clusters[c.Name] = c
 		f.startAgent(c.Name)
@@ -240,6 +241,32 @@ func TestFleetGitOps(t *testing.T) {
 	if _, err := f.deployment("staging"); !apierrors.IsNotFound(err) {
 		t.Fatalf("staging has the application: %v", err)
 	}
+
+	t.Run("agent metrics", func(t *testing.T) {
+		for _, tc := range []struct {
+			cluster string
+			want    map[string]float64 // metric{application="web",...} values
+		}{
+			{"prod-1", map[string]float64{"sync=synced": 1, "health=healthy": 1}},
+			{"staging", nil},
+		} {
+			m := testbed.Metrics(t, "http://"+f.agentCfg[tc.cluster].MetricsAddr+"/metrics")
+			if v, _ := testbed.MetricValue(m, "drover_agent_hub_connected", nil); v != 1 {
+				t.Errorf("%s: drover_agent_hub_connected = %v, want 1", tc.cluster, v)
+			}
+			_, hasSync := testbed.MetricValue(m, "drover_agent_application_sync", map[string]string{"application": "web"})
+			if hasSync != (tc.want != nil) {
+				t.Errorf("%s: web in drover_agent_application_sync = %v, want %v", tc.cluster, hasSync, tc.want != nil)
+			}
+			for label, want := range tc.want {
+				k, v, _ := strings.Cut(label, "=")
+				name := "drover_agent_application_" + k
+				if got, ok := testbed.MetricValue(m, name, map[string]string{"application": "web", k: v}); !ok || got != want {
+					t.Errorf("%s: %s{application=web,%s} = %v (present %v), want %v", tc.cluster, name, label, got, ok, want)
+				}
+			}
+		}
+	})
 
 	t.Run("new image", func(t *testing.T) {
 		c2 := repo.Commit(t, "web on nginx 1.24.0", map[string]string{"apps/web/deployment.yaml": testbed.ExampleApp("nginx:1.24.0")["apps/web/deployment.yaml"]})

@@ -36,6 +36,8 @@ type Config struct {
 	BackoffMax time.Duration
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// MetricsAddr, when set, serves Prometheus metrics on /metrics there.
+	MetricsAddr string
 }
 
 // DefaultConfig returns the defaults.
@@ -67,6 +69,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	str(&c.StateDir, "state-dir", "DROVER_STATE_DIR", "directory for the agent's identity, last assignment and Git cache")
 	str(&c.Kubeconfig, "kubeconfig", "DROVER_KUBECONFIG", "kubeconfig of the cluster to manage; empty means in-cluster")
 	str(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL", "debug, info, warn or error")
+	str(&c.MetricsAddr, "metrics-addr", "DROVER_METRICS_ADDR", "listen address for Prometheus metrics on /metrics, such as :9090; off when empty")
 	fs.IntVar(&c.Concurrency, "concurrency", envInt("DROVER_CONCURRENCY", c.Concurrency), "applications reconciled at once (env DROVER_CONCURRENCY)")
 	fs.Int64Var(&c.CacheMaxBytes, "cache-max-bytes", int64(envInt("DROVER_CACHE_MAX_BYTES", int(c.CacheMaxBytes))), "size bound of the Git cache (env DROVER_CACHE_MAX_BYTES)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", envDuration("DROVER_HEARTBEAT", c.Heartbeat), "heartbeat interval (env DROVER_HEARTBEAT)")
@@ -125,6 +128,11 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("--metrics-addr %q: want HOST:PORT or :PORT, or empty to turn metrics off", c.MetricsAddr)
+		}
 	}
 	return errors.Join(errs...)
 }

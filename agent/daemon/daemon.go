@@ -6,9 +6,11 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"time"
 
@@ -109,6 +111,21 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 		// A damaged stored assignment is replaced by the hub's next one.
 		logger.Warn("stored assignment not resumed", "err", err)
 	}
+	var metrics *http.Server
+	if cfg.MetricsAddr != "" {
+		lis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on --metrics-addr: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", newAgentMetrics(a.hub.Connected, a.rec.AppliedVersion, a.rec.Statuses).handler(logger))
+		metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := metrics.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("metrics listener failed", "err", err)
+			}
+		}()
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
 	go func() {
@@ -118,6 +135,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 		a.err = a.hub.Run(runCtx)
 		cancel()
 		<-recDone
+		if metrics != nil {
+			metrics.Close()
+		}
 	}()
 	go func() {
 		select {

@@ -110,7 +110,12 @@ type Client struct {
 	acks chan *droverv1.AssignmentAck
 	// statusWake asks the sender to send pending statuses now.
 	statusWake chan struct{}
+	// connected is set while a session the hub has answered is up.
+	connected atomic.Bool
 }
+
+// Connected reports whether a session the hub has answered is up.
+func (c *Client) Connected() bool { return c.connected.Load() }
 
 // New returns a Client.
 func New(cfg Config, st *state.Dir, h Handler, logger *slog.Logger) *Client {
@@ -221,12 +226,12 @@ func (c *Client) Run(ctx context.Context) error {
 	client := droverv1.NewAgentServiceClient(conn)
 	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
 	for {
-		var established atomic.Bool
-		err := c.session(ctx, client, &established)
+		err := c.session(ctx, client, &c.connected)
+		established := c.connected.Swap(false)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if established.Load() {
+		if established {
 			// The hub admitted the session and answered: the next
 			// reconnect starts over. A dial or a refusal, however long
 			// it took, does not count.

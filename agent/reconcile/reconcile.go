@@ -512,6 +512,11 @@ func (r *Reconciler) PendingStatus(full bool) *droverv1.StatusReport {
 	return rep
 }
 
+// Statuses returns the current status of every application, by name.
+func (r *Reconciler) Statuses() []*droverv1.ApplicationStatus {
+	return r.PendingStatus(true).GetApplications()
+}
+
 // StatusSent marks the statuses of rep as handed to the hub, unless they
 // changed again meanwhile.
 func (r *Reconciler) StatusSent(rep *droverv1.StatusReport) {

@@ -2,62 +2,26 @@ package server_test
 
 import (
 	"context"
-	"net/http"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// scrape reads the hub's /metrics as Prometheus would.
-func (h *testHub) scrape(t *testing.T) map[string]*dto.MetricFamily {
-	t.Helper()
-	resp, err := http.Get("http://" + h.HTTPAddr() + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: HTTP %d", resp.StatusCode)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("scrape: parse: %v", err)
-	}
-	return families
-}
-
 // value is the metric of family name whose labels include want; -1 when
 // there is none.
 func value(families map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
-	f := families[name]
-	if f == nil {
-		return -1
-	}
-next:
-	for _, m := range f.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue()
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue()
-		}
+	if v, ok := testbed.MetricValue(families, name, want); ok {
+		return v
 	}
 	return -1
+}
+
+// scrape reads the hub's /metrics.
+func (h *testHub) scrape(t *testing.T) map[string]*dto.MetricFamily {
+	return testbed.Metrics(t, "http://"+h.HTTPAddr()+"/metrics")
 }
 
 func TestMetrics(t *testing.T) {
