@@ -77,11 +77,17 @@ $(TOOLS)/protoc-gen-go-grpc:
 $(TOOLS)/protoc-gen-grpc-gateway:
 	GOBIN=$(TOOLS) go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway@$(GRPC_GATEWAY_VERSION)
 
-## bench: Go benchmarks, against the same real parts as the tests
+## bench: Go benchmarks, against the same real parts as the tests, then one table of figures and budgets
+# One package at a time (-p 1): the figures are of two shared cores. The
+# output goes to .cache/bench.txt and drover-benchtable turns it into the
+# table, which is printed even when a benchmark fails; make then fails.
 BENCH ?= .
 bench: deps testbed
-	DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
-		go test -run '^$$' -bench '$(BENCH)' -benchmem -timeout 60m ./...
+	@mkdir -p .cache
+	@status=0; DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
+		go test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem -timeout 60m ./... 2>&1 | tee .cache/bench.txt || status=$$?; \
+	echo; go run ./e2e/cmd/drover-benchtable .cache/bench.txt || status=1; \
+	exit $$status
 
 ## demo: run Drover locally (hub, three clusters, Git, agents) until Ctrl-C
 # The demo is e2e/demo's TestDemo, whose binary runs directly: `go test PKG`

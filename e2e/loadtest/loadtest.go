@@ -6,10 +6,18 @@
 // reports the status of each assigned application with a configurable
 // number of resources, and heartbeats. It records when each assignment
 // version arrived, so callers can compute fan-out latencies and check that
-// nothing was lost or sent twice.
+// nothing was lost or sent twice. A share of the agents can instead play
+// a misbehaving fleet (Mode): oversized and malformed messages, never
+// answering, reconnecting in a tight loop, flooding status.
+//
+// Identities outlive connections: a fleet registered once (Register) can
+// be connected again and again (Connect), to hubs restarted on the same
+// database, which is how BenchmarkHub measures 10,000 agents without
+// registering them for every figure.
 //
 // drover-loadtest (e2e/cmd/drover-loadtest) runs it against a hub by
-// address; tests run it against an in-process hub.
+// address; the tests run it against an in-process hub, the benchmarks
+// against a drover-hub process.
 package loadtest
 
 import (
@@ -27,15 +35,20 @@ import (
 	mathrand "math/rand/v2"
 	"net"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -56,34 +69,90 @@ type Config struct {
 	CAPEM []byte
 	// JoinToken registers every agent, so it must be reusable.
 	JoinToken string
-	// Agents is how many agents to simulate.
+	// Agents is how many agents Start registers and connects.
 	Agents int
 	// NamePrefix starts every cluster name: "<prefix>-00042". Runs against
 	// one hub need different prefixes, since a name registers once.
 	NamePrefix string
+	// ConnectRate bounds new registrations and streams per second across
+	// the fleet, so that starting 10,000 agents measures the hub's steady
+	// state rather than a self-inflicted stampede.
+	ConnectRate float64
+	// Parallel bounds registrations in flight.
+	Parallel int
+	// Behaviour is how the agents act once connected.
+	Behaviour
+}
+
+// Behaviour is how connected agents act. A fleet registered once can
+// connect again with another Behaviour.
+type Behaviour struct {
 	// ResourcesPerApp is how many resources each application status lists.
 	ResourcesPerApp int
-	// Heartbeat is each agent's heartbeat interval (jittered ±10%).
+	// Heartbeat is each agent's heartbeat interval (jittered ±10%). The
+	// first heartbeat of a stream comes at a uniformly random point of the
+	// first interval, so a fleet connected in a burst still spreads its
+	// heartbeats as agents started at random times do.
 	Heartbeat time.Duration
 	// ApplyLatency is how long a simulated apply takes (jittered ±20%).
 	ApplyLatency time.Duration
 	// FailRate is the probability, 0 to 1, that an apply fails: the agent
 	// NACKs the assignment and reports the applications failed.
 	FailRate float64
-	// ConnectRate bounds new registrations and streams per second across
-	// the fleet at start, so that starting 10,000 agents measures the
-	// hub's steady state rather than a self-inflicted stampede.
-	ConnectRate float64
-	// Parallel bounds registrations in flight.
-	Parallel int
+	// StatusInterval, when positive, makes well-behaved agents send a
+	// fresh full status report of their applications this often
+	// (jittered ±10%), numbered in each status message ("report N"), to
+	// load status ingest, unless the fleet's periodic reports are paused
+	// (Fleet.PauseReports). Zero reports only after each apply, as an
+	// idle real agent does.
+	StatusInterval time.Duration
+	// Misbehaving is the share, 0 to 1, of agents that play one of Modes
+	// instead of the protocol. They are spread evenly over the fleet and
+	// take the modes in turn.
+	Misbehaving float64
+	// Modes are the misbehaviours to play; empty means every Mode.
+	Modes []Mode
 }
+
+// Mode is a way a misbehaving agent breaks the protocol.
+type Mode string
+
+// The misbehaviours. Each still registers and holds a valid identity: the
+// hub must contain them without harming the other agents.
+const (
+	// WellBehaved speaks the protocol as a real agent does.
+	WellBehaved Mode = ""
+	// Oversized sends a status report larger than any hub accepts.
+	Oversized Mode = "oversized"
+	// Malformed sends a status for applications it was not assigned, with
+	// unknown enum values, an answer with a wrong nonce, then bytes that
+	// are no protobuf at all.
+	Malformed Mode = "malformed"
+	// NeverAck receives assignments and never answers or reports.
+	NeverAck Mode = "never-ack"
+	// ReconnectLoop opens a new connection, says Hello and drops it, in a
+	// tight loop.
+	ReconnectLoop Mode = "reconnect-loop"
+	// StatusFlood answers assignments and then sends full status reports
+	// as fast as the stream takes them.
+	StatusFlood Mode = "status-flood"
+)
+
+// Modes lists every misbehaviour.
+var Modes = []Mode{Oversized, Malformed, NeverAck, ReconnectLoop, StatusFlood}
+
+// OversizedBytes is the size of an Oversized agent's status: above the
+// hub's 4 MiB receive limit.
+const OversizedBytes = 5 << 20
+
+// reconnectLoopPause is the ReconnectLoop agents' pause between
+// connections: short enough to be a storm, long enough that the load tool
+// does not spend the machine on it.
+const reconnectLoopPause = 100 * time.Millisecond
 
 func (c *Config) setDefaults() {
 	if c.NamePrefix == "" {
 		c.NamePrefix = "load"
-	}
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = 30 * time.Second
 	}
 	if c.ConnectRate <= 0 {
 		c.ConnectRate = 200
@@ -95,6 +164,16 @@ func (c *Config) setDefaults() {
 		if host, _, err := net.SplitHostPort(c.HubAddr); err == nil {
 			c.ServerName = host
 		}
+	}
+	c.Behaviour.setDefaults()
+}
+
+func (b *Behaviour) setDefaults() {
+	if b.Heartbeat <= 0 {
+		b.Heartbeat = 30 * time.Second
+	}
+	if len(b.Modes) == 0 {
+		b.Modes = Modes
 	}
 }
 
@@ -110,97 +189,229 @@ func (c *Config) Validate() error {
 	if c.JoinToken == "" {
 		errs = append(errs, errors.New("join token: required; create a reusable one with droverctl"))
 	}
-	if c.Agents <= 0 {
-		errs = append(errs, fmt.Errorf("agents: %d, want at least 1", c.Agents))
+	if c.Agents < 0 {
+		errs = append(errs, fmt.Errorf("agents: %d, want 0 or more", c.Agents))
 	}
-	if c.ResourcesPerApp < 0 {
-		errs = append(errs, fmt.Errorf("resources per app: %d, want 0 or more", c.ResourcesPerApp))
+	return errors.Join(append(errs, c.Behaviour.Validate())...)
+}
+
+// Validate reports every problem, naming the field.
+func (b *Behaviour) Validate() error {
+	var errs []error
+	if b.ResourcesPerApp < 0 {
+		errs = append(errs, fmt.Errorf("resources per app: %d, want 0 or more", b.ResourcesPerApp))
 	}
-	if c.ApplyLatency < 0 {
-		errs = append(errs, fmt.Errorf("apply latency: %v, want 0 or more", c.ApplyLatency))
+	if b.ApplyLatency < 0 {
+		errs = append(errs, fmt.Errorf("apply latency: %v, want 0 or more", b.ApplyLatency))
 	}
-	if c.FailRate < 0 || c.FailRate > 1 {
-		errs = append(errs, fmt.Errorf("fail rate: %v, want 0 to 1", c.FailRate))
+	if b.FailRate < 0 || b.FailRate > 1 {
+		errs = append(errs, fmt.Errorf("fail rate: %v, want 0 to 1", b.FailRate))
+	}
+	if b.StatusInterval < 0 {
+		errs = append(errs, fmt.Errorf("status interval: %v, want 0 (after applies only) or more", b.StatusInterval))
+	}
+	if b.Misbehaving < 0 || b.Misbehaving > 1 {
+		errs = append(errs, fmt.Errorf("misbehaving: %v, want a share from 0 to 1", b.Misbehaving))
+	}
+	for i, m := range b.Modes {
+		if !slices.Contains(Modes, m) {
+			errs = append(errs, fmt.Errorf("modes[%d]: %q, want one of %v", i, m, Modes))
+		}
 	}
 	return errors.Join(errs...)
 }
 
-// Fleet is a running set of simulated agents.
-type Fleet struct {
-	cfg    Config
-	log    *slog.Logger
-	agents []*Agent
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+// mode is the Mode of the i-th agent: agents whose index carries the
+// running count of misbehaving ones past an integer misbehave, which spreads
+// them evenly over any prefix of the fleet.
+func (b *Behaviour) mode(i int) Mode {
+	if b.Misbehaving <= 0 || len(b.Modes) == 0 {
+		return WellBehaved
+	}
+	before, upTo := int(float64(i)*b.Misbehaving), int(float64(i+1)*b.Misbehaving)
+	if upTo == before {
+		return WellBehaved
+	}
+	return b.Modes[before%len(b.Modes)]
 }
 
-// Start registers cfg.Agents agents and opens their streams, at most
-// cfg.ConnectRate per second, and returns once every agent has registered
-// and sent its first Hello. The agents run, reconnecting as real ones do,
-// until Close.
+// Fleet is a set of simulated agents: registered identities, of which a
+// prefix may be connected.
+type Fleet struct {
+	cfg     Config
+	log     *slog.Logger
+	regConn *grpc.ClientConn
+	// reportsPaused holds back every agent's periodic status reports.
+	reportsPaused atomic.Bool
+
+	mu sync.Mutex // guards the fields below
+	// agents are the registered identities, in name order.
+	agents []*Agent
+	// connected is how many of agents hold connections; cancel ends them
+	// and wg waits for their goroutines.
+	connected int
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// Start registers cfg.Agents agents and connects them with cfg.Behaviour
+// (see Register and Connect). The agents run, reconnecting as real ones
+// do, until Close.
 func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Fleet, error) {
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
+	f, err := New(cfg, logger)
+	if err != nil {
 		return nil, err
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(cfg.CAPEM)
-	regConn, err := grpc.NewClient(cfg.HubAddr, grpc.WithTransportCredentials(credentials.NewTLS(
-		&tls.Config{RootCAs: roots, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13})))
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", cfg.HubAddr, err)
-	}
-	// Registration has no client certificate yet: one connection serves
-	// every agent's.
-	defer regConn.Close()
-	reg := droverv1.NewAgentServiceClient(regConn)
-
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &Fleet{cfg: cfg, log: logger, agents: make([]*Agent, cfg.Agents), cancel: cancel}
-	limit := rate.NewLimiter(rate.Limit(cfg.ConnectRate), 1)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(cfg.Parallel)
-	for i := range f.agents {
-		if err := limit.Wait(gctx); err != nil {
-			break // a registration failed or ctx ended; g.Wait says which
-		}
-		g.Go(func() error {
-			a, err := register(gctx, reg, &cfg, fmt.Sprintf("%s-%05d", cfg.NamePrefix, i))
-			if err != nil {
-				return err
-			}
-			f.agents[i] = a
-			f.wg.Add(1)
-			go func() {
-				defer f.wg.Done()
-				a.run(runCtx, logger.With("cluster", a.name))
-			}()
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	if err := f.Register(ctx, f.cfg.Agents); err != nil {
 		f.Close()
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
+	if err := f.Connect(ctx, f.cfg.Agents, f.cfg.Behaviour); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
 }
 
-// Agents returns the simulated agents, in name order.
-func (f *Fleet) Agents() []*Agent { return f.agents }
+// New returns a fleet with no agents yet; Register adds them.
+func New(cfg Config, logger *slog.Logger) (*Fleet, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(cfg.CAPEM)
+	// Registration has no client certificate yet: one connection serves
+	// every agent's.
+	regConn, err := grpc.NewClient(cfg.HubAddr, grpc.WithTransportCredentials(credentials.NewTLS(
+		&tls.Config{RootCAs: roots, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13})))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", cfg.HubAddr, err)
+	}
+	return &Fleet{cfg: cfg, log: logger, regConn: regConn}, nil
+}
 
-// Close ends every agent's stream and waits for its goroutines.
-func (f *Fleet) Close() {
-	f.cancel()
+// Register registers agents until the fleet has n, at most cfg.ConnectRate
+// per second. Identities outlive connections and hub restarts: a fleet
+// registered once can be connected many times.
+func (f *Fleet) Register(ctx context.Context, n int) error {
+	f.mu.Lock()
+	have := len(f.agents)
+	f.mu.Unlock()
+	if n <= have {
+		return nil
+	}
+	reg := droverv1.NewAgentServiceClient(f.regConn)
+	added := make([]*Agent, n-have)
+	limit := rate.NewLimiter(rate.Limit(f.cfg.ConnectRate), 1)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(f.cfg.Parallel)
+	for i := range added {
+		if err := limit.Wait(gctx); err != nil {
+			break // a registration failed or ctx ended; g.Wait says which
+		}
+		g.Go(func() error {
+			a, err := register(gctx, reg, &f.cfg, fmt.Sprintf("%s-%05d", f.cfg.NamePrefix, have+i))
+			if a != nil {
+				a.reportsPaused = &f.reportsPaused
+			}
+			added[i] = a
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.agents = append(f.agents, added...)
+	return nil
+}
+
+// Connect ends the current connections and connects the first n agents
+// with behaviour b, at most cfg.ConnectRate per second; it returns once
+// every one has started. Each agent starts afresh, as a reinstalled agent
+// with its old identity would: no records, nothing applied.
+func (f *Fleet) Connect(ctx context.Context, n int, b Behaviour) error {
+	b.setDefaults()
+	if err := b.Validate(); err != nil {
+		return err
+	}
+	f.Disconnect()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n > len(f.agents) {
+		return fmt.Errorf("connect %d agents: only %d registered", n, len(f.agents))
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f.cancel = cancel
+	limit := rate.NewLimiter(rate.Limit(f.cfg.ConnectRate), 1)
+	for i, a := range f.agents[:n] {
+		if err := limit.Wait(ctx); err != nil {
+			return err
+		}
+		f.connected = i + 1
+		a.reset(b, b.mode(i))
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			a.run(runCtx, f.log.With("cluster", a.name))
+		}()
+	}
+	return nil
+}
+
+// PauseReports holds back (or, with false, resumes) the periodic status
+// reports of Behaviour.StatusInterval, so that a fleet can connect before
+// it loads status ingest.
+func (f *Fleet) PauseReports(paused bool) { f.reportsPaused.Store(paused) }
+
+// Disconnect ends every agent's connection and waits for its goroutines.
+// The records stay until the next Connect.
+func (f *Fleet) Disconnect() {
+	f.mu.Lock()
+	cancel := f.cancel
+	f.cancel, f.connected = nil, 0
+	f.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 	f.wg.Wait()
-	for _, a := range f.agents {
-		if a != nil {
-			a.conn.Close()
+}
+
+// Agents returns the connected agents, in name order.
+func (f *Fleet) Agents() []*Agent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.agents[:f.connected])
+}
+
+// Registered is how many agents have identities.
+func (f *Fleet) Registered() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.agents)
+}
+
+// Close ends every connection.
+func (f *Fleet) Close() {
+	f.Disconnect()
+	f.regConn.Close()
+}
+
+// WellBehavedOnly returns the agents that speak the protocol, whose
+// records the budgets are about.
+func WellBehavedOnly(agents []*Agent) []*Agent {
+	var out []*Agent
+	for _, a := range agents {
+		if a.Mode() == WellBehaved {
+			out = append(out, a)
 		}
 	}
+	return out
 }
 
 // register creates an agent's key and CSR and registers it, retrying while
@@ -230,7 +441,7 @@ func register(ctx context.Context, reg droverv1.AgentServiceClient, cfg *Config,
 			if b.Failures() >= 10 {
 				return nil, fmt.Errorf("register %s: %w", name, err)
 			}
-			b.Wait(ctx, err)
+			pause(ctx, b, err)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -252,13 +463,10 @@ func register(ctx context.Context, reg droverv1.AgentServiceClient, cfg *Config,
 	if !pool.AppendCertsFromPEM(resp.GetCaPem()) {
 		return nil, fmt.Errorf("agent %s: the hub's CA in the registration reply is not PEM", name)
 	}
-	conn, err := grpc.NewClient(cfg.HubAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+	creds := credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13,
-	})))
-	if err != nil {
-		return nil, fmt.Errorf("agent %s: dial: %w", name, err)
-	}
-	return &Agent{name: name, cfg: cfg, conn: conn}, nil
+	})
+	return &Agent{name: name, hubAddr: cfg.HubAddr, creds: creds}, nil
 }
 
 // Arrival is one assignment as an agent received and answered it.
@@ -277,23 +485,32 @@ type Arrival struct {
 
 // Agent is one simulated agent.
 type Agent struct {
-	name string
-	cfg  *Config
-	conn *grpc.ClientConn
+	name    string
+	hubAddr string
+	creds   credentials.TransportCredentials
+	// reportsPaused is the fleet's.
+	reportsPaused *atomic.Bool
 
-	// open counts agents with a live stream (set after Hello is sent).
+	// open tells that the agent holds a stream (set after Hello is sent).
 	open atomic.Bool
 
 	mu sync.Mutex // guards the fields below
+	// beh and mode are how the agent acts, set by each Connect.
+	beh  Behaviour
+	mode Mode
 	// arrivals is every assignment received, in order.
 	arrivals []Arrival
 	// applied is the version last applied without error; Hello reports it,
 	// as a real agent's does.
 	applied string
-	// answered is the version last ACKed or NACKed.
-	answered string
-	// report is the last status report handed to the stream.
-	report *droverv1.StatusReport
+	// answered is the version last ACKed or NACKed, and assignment its
+	// applications, which periodic reports list.
+	answered   string
+	assignment *droverv1.Assignment
+	// report is the last status report handed to the stream, and reports
+	// how many were.
+	report  *droverv1.StatusReport
+	reports int
 	// sessions counts streams opened.
 	sessions int
 	// lastErr is why the last stream ended.
@@ -303,16 +520,27 @@ type Agent struct {
 // Name is the agent's cluster name.
 func (a *Agent) Name() string { return a.name }
 
+// Mode is how the agent (mis)behaves in its current connection.
+func (a *Agent) Mode() Mode {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.mode
+}
+
 // Connected reports whether the agent holds a stream now.
 func (a *Agent) Connected() bool { return a.open.Load() }
 
 // State is a copy of what an agent has seen and sent.
 type State struct {
 	Arrivals []Arrival
-	// Answered is the version last ACKed or NACKed, and Report the status
-	// report sent after answering it (nil before the first).
+	// Applied is the version last applied without error, which the next
+	// Hello reports.
+	Applied string
+	// Answered is the version last ACKed or NACKed, and Report the last
+	// status report sent (nil before the first); Reports counts them.
 	Answered string
 	Report   *droverv1.StatusReport
+	Reports  int
 	Sessions int
 	LastErr  error
 }
@@ -325,14 +553,64 @@ func (a *Agent) State() State {
 	if a.report != nil {
 		rep = proto.Clone(a.report).(*droverv1.StatusReport)
 	}
-	return State{Arrivals: slices.Clone(a.arrivals), Answered: a.answered, Report: rep, Sessions: a.sessions, LastErr: a.lastErr}
+	return State{
+		Arrivals: slices.Clone(a.arrivals), Applied: a.applied, Answered: a.answered,
+		Report: rep, Reports: a.reports, Sessions: a.sessions, LastErr: a.lastErr,
+	}
+}
+
+// reset clears the records for a new connection with behaviour b.
+func (a *Agent) reset(b Behaviour, m Mode) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.beh, a.mode = b, m
+	a.arrivals, a.applied, a.answered, a.assignment = nil, "", "", nil
+	a.report, a.reports, a.sessions, a.lastErr = nil, 0, 0, nil
+}
+
+// dial opens a connection of its own, with small buffers: 10,000 of them
+// live in this one process, and the hub's memory is what is measured.
+func (a *Agent) dial() (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(a.hubAddr, grpc.WithTransportCredentials(a.creds),
+		grpc.WithReadBufferSize(8<<10), grpc.WithWriteBufferSize(8<<10), grpc.WithSharedWriteBuffer(true),
+		// As drover-agent: gRPC's own redial backoff capped like the
+		// session loop's, not at its default 120 s.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{
+			BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 30 * time.Second,
+		}, MinConnectTimeout: 20 * time.Second}))
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: dial: %w", a.name, err)
+	}
+	return conn, nil
 }
 
 // run holds the agent's stream until ctx ends, reconnecting with backoff.
 func (a *Agent) run(ctx context.Context, log *slog.Logger) {
+	a.mu.Lock()
+	mode := a.mode
+	a.mu.Unlock()
+	if mode == ReconnectLoop {
+		a.reconnectLoop(ctx)
+		return
+	}
+	conn, err := a.dial()
+	if err != nil {
+		a.mu.Lock()
+		a.lastErr = err
+		a.mu.Unlock()
+		return
+	}
+	defer conn.Close()
+	client := droverv1.NewAgentServiceClient(conn)
 	b := backoff.New(500*time.Millisecond, 30*time.Second)
 	for {
-		established, err := a.session(ctx)
+		var established bool
+		switch mode {
+		case Malformed:
+			err = a.malformedSession(ctx, conn)
+		default:
+			established, err = a.session(ctx, client, mode)
+		}
 		a.open.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -346,30 +624,85 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 			// restart is followed by a quick reconnect, still jittered.
 			b.Reset()
 		}
-		b.Wait(ctx, err)
+		pause(ctx, b, err)
+	}
+}
+
+// pause waits before the next attempt as drover-agent does: the backoff's
+// next delay, or longer when the hub's refusal asks for it (RetryInfo).
+func pause(ctx context.Context, b *backoff.Backoff, err error) {
+	d := b.Next()
+	for _, detail := range status.Convert(err).Details() {
+		if ri, ok := detail.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			d = max(d, backoff.Jitter(min(ri.GetRetryDelay().AsDuration(), 5*time.Minute), 0.2))
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// reconnectLoop is a ReconnectLoop agent: a new connection, Hello, and
+// away, again and again without backoff.
+func (a *Agent) reconnectLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		conn, err := a.dial()
+		if err != nil {
+			return
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		if stream, err := droverv1.NewAgentServiceClient(conn).Connect(sctx); err == nil {
+			a.mu.Lock()
+			a.sessions++
+			a.mu.Unlock()
+			_ = stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}})
+		}
+		cancel()
+		conn.Close()
+		t := time.NewTimer(reconnectLoopPause)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (a *Agent) hello(applied string) *droverv1.Hello {
+	return &droverv1.Hello{
+		AgentVersion: "loadtest", AppliedAssignmentVersion: applied,
+		Facts: &droverv1.ClusterFacts{KubernetesVersion: "v1.37.2", NodeCount: 3, AgentVersion: "loadtest"},
 	}
 }
 
 // session is one Connect stream. established reports whether the hub
 // answered it with at least one message.
-func (a *Agent) session(ctx context.Context) (established bool, err error) {
+func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient, mode Mode) (established bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := droverv1.NewAgentServiceClient(a.conn).Connect(ctx)
+	stream, err := client.Connect(ctx)
 	if err != nil {
 		return false, fmt.Errorf("connect: %w", err)
 	}
 	a.mu.Lock()
 	a.sessions++
-	session, applied := a.sessions, a.applied
+	session, applied, beh := a.sessions, a.applied, a.beh
 	a.mu.Unlock()
-	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: &droverv1.Hello{
-		AgentVersion: "loadtest", AppliedAssignmentVersion: applied,
-		Facts: &droverv1.ClusterFacts{KubernetesVersion: "v1.37.2", NodeCount: 3, AgentVersion: "loadtest"},
-	}}}); err != nil {
+	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello(applied)}}); err != nil {
 		return false, fmt.Errorf("hello: %w", err)
 	}
 	a.open.Store(true)
+	if mode == Oversized {
+		big := &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{{
+			Application: "oversized", Message: strings.Repeat("x", OversizedBytes),
+		}}}
+		if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: big}}); err != nil {
+			return false, fmt.Errorf("oversized status: %w", err)
+		}
+	}
 
 	// One goroutine receives; this one is the stream's only sender.
 	assignments := make(chan *droverv1.Assignment, 16)
@@ -394,23 +727,124 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 		}
 	}()
 
-	heartbeat := time.NewTimer(backoff.Jitter(a.cfg.Heartbeat, 0.1))
+	heartbeat := time.NewTimer(time.Duration(mathrand.Int64N(int64(beh.Heartbeat))) + 1)
 	defer heartbeat.Stop()
+	// A nil channel never fires: no periodic reports unless asked for.
+	var report <-chan time.Time
+	if beh.StatusInterval > 0 && mode == WellBehaved {
+		t := time.NewTicker(backoff.Jitter(beh.StatusInterval, 0.1))
+		defer t.Stop()
+		report = t.C
+	}
+	var flood <-chan time.Time
+	if mode == StatusFlood {
+		// Far faster than the hub admits; the stream's flow control then
+		// holds the sender, as it would a real flooding agent.
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		flood = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			return got.Load(), nil
+			return got.Load() && mode == WellBehaved, nil
 		case err := <-recvErr:
-			return got.Load(), fmt.Errorf("receive: %w", err)
+			// Misbehaving agents never count a session as established,
+			// so their reconnects back off to the cap.
+			return got.Load() && mode == WellBehaved, fmt.Errorf("receive: %w", err)
 		case as := <-assignments:
-			if err := a.apply(ctx, stream, as); err != nil {
+			if mode == NeverAck {
+				continue
+			}
+			if err := a.apply(ctx, stream, as, beh); err != nil {
+				return got.Load() && mode == WellBehaved, err
+			}
+		case <-report:
+			if a.reportsPaused.Load() {
+				continue
+			}
+			if err := a.reportAgain(stream); err != nil {
 				return got.Load(), err
 			}
-		case <-heartbeat.C:
-			heartbeat.Reset(backoff.Jitter(a.cfg.Heartbeat, 0.1))
-			if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Heartbeat{Heartbeat: &droverv1.Heartbeat{SentAt: timestamppb.Now()}}}); err != nil {
-				return got.Load(), fmt.Errorf("heartbeat: %w", err)
+		case <-flood:
+			if err := a.reportAgain(stream); err != nil {
+				return false, err
 			}
+		case <-heartbeat.C:
+			heartbeat.Reset(backoff.Jitter(beh.Heartbeat, 0.1))
+			if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Heartbeat{Heartbeat: &droverv1.Heartbeat{SentAt: timestamppb.Now()}}}); err != nil {
+				return got.Load() && mode == WellBehaved, fmt.Errorf("heartbeat: %w", err)
+			}
+		}
+	}
+}
+
+// rawCodec passes []byte through as the message, so a Malformed agent can
+// send what no protobuf encoder would produce.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, ok := v.(*[]byte)
+	if !ok {
+		return nil, fmt.Errorf("raw codec: marshal %T, want *[]byte", v)
+	}
+	return mem.BufferSlice{mem.SliceBuffer(*b)}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	b, ok := v.(*[]byte)
+	if !ok {
+		return fmt.Errorf("raw codec: unmarshal into %T, want *[]byte", v)
+	}
+	*b = data.Materialize()
+	return nil
+}
+
+// Name keeps the content type application/grpc+proto, so the hub decodes
+// the bytes as the protobuf they pretend to be.
+func (rawCodec) Name() string { return "proto" }
+
+// malformedSession is one stream of a Malformed agent: a valid Hello,
+// then messages the hub must refuse one by one, then garbage.
+func (a *Agent) malformedSession(ctx context.Context, conn *grpc.ClientConn) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := conn.NewStream(ctx, &droverv1.AgentService_ServiceDesc.Streams[0],
+		droverv1.AgentService_Connect_FullMethodName, grpc.ForceCodecV2(rawCodec{}))
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	a.mu.Lock()
+	a.sessions++
+	a.mu.Unlock()
+	msgs := []*droverv1.AgentMessage{
+		{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}},
+		{Kind: &droverv1.AgentMessage_Ack{Ack: &droverv1.AssignmentAck{Version: "no-such-version", Nonce: "no-such-nonce"}}},
+		{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Full: true, Applications: []*droverv1.ApplicationStatus{{
+			Application: "not-assigned-" + a.name, Sync: 999, Health: -7,
+			Resources: []*droverv1.ResourceStatus{{Kind: "Deployment", Name: "x", Health: 12345}},
+		}}}}},
+	}
+	for _, m := range msgs {
+		raw, err := proto.Marshal(m)
+		if err != nil {
+			return err
+		}
+		if err := stream.SendMsg(&raw); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
+	a.open.Store(true)
+	// A field 1 of wire type 7, which does not exist, then a length that
+	// runs past the end.
+	garbage := []byte{0x0f, 0xff, 0xff, 0xff, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 'x'}
+	if err := stream.SendMsg(&garbage); err != nil {
+		return fmt.Errorf("send garbage: %w", err)
+	}
+	for {
+		var in []byte
+		if err := stream.RecvMsg(&in); err != nil {
+			return fmt.Errorf("receive: %w", err)
 		}
 	}
 }
@@ -424,8 +858,8 @@ func (a *Agent) arrived(as *droverv1.Assignment, session int) {
 
 // apply simulates applying as, then answers it and reports the status of
 // every assigned application.
-func (a *Agent) apply(ctx context.Context, stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], as *droverv1.Assignment) error {
-	if d := backoff.Jitter(a.cfg.ApplyLatency, 0.2); d > 0 {
+func (a *Agent) apply(ctx context.Context, stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], as *droverv1.Assignment, beh Behaviour) error {
+	if d := backoff.Jitter(beh.ApplyLatency, 0.2); d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -434,7 +868,7 @@ func (a *Agent) apply(ctx context.Context, stream grpc.BidiStreamingClient[drove
 		case <-t.C:
 		}
 	}
-	failed := a.cfg.FailRate > 0 && mathrand.Float64() < a.cfg.FailRate
+	failed := beh.FailRate > 0 && mathrand.Float64() < beh.FailRate
 	ack := &droverv1.AssignmentAck{Version: as.GetVersion(), Nonce: as.GetNonce()}
 	if failed {
 		ack.Error = "simulated apply failure"
@@ -442,39 +876,76 @@ func (a *Agent) apply(ctx context.Context, stream grpc.BidiStreamingClient[drove
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Ack{Ack: ack}}); err != nil {
 		return fmt.Errorf("answer %s: %w", as.GetVersion(), err)
 	}
-	rep := a.statusReport(as, failed)
-	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: rep}}); err != nil {
-		return fmt.Errorf("status for %s: %w", as.GetVersion(), err)
-	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.answered, a.report = as.GetVersion(), rep
+	a.answered, a.assignment = as.GetVersion(), as
 	if a.arrivals[len(a.arrivals)-1].Version == as.GetVersion() && failed {
 		a.arrivals[len(a.arrivals)-1].Failed = true
 	}
 	if !failed {
 		a.applied = as.GetVersion()
 	}
+	a.mu.Unlock()
+	return a.sendReport(stream, as, failed)
+}
+
+// reportAgain sends a fresh full report of the last answered assignment.
+func (a *Agent) reportAgain(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage]) error {
+	a.mu.Lock()
+	as, failed := a.assignment, a.applied != a.answered
+	a.mu.Unlock()
+	if as == nil {
+		return nil
+	}
+	return a.sendReport(stream, as, failed)
+}
+
+// sendReport sends the full report after applying as: every assigned
+// application with ResourcesPerApp resources, numbered in its message.
+func (a *Agent) sendReport(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], as *droverv1.Assignment, failed bool) error {
+	a.mu.Lock()
+	a.reports++
+	n, resources := a.reports, a.beh.ResourcesPerApp
+	a.mu.Unlock()
+	rep := statusReport(as, failed, n, resources)
+	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: rep}}); err != nil {
+		return fmt.Errorf("status for %s: %w", as.GetVersion(), err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.report = rep
 	return nil
 }
 
-// statusReport is the full report after applying as: every assigned
-// application with cfg.ResourcesPerApp resources.
-func (a *Agent) statusReport(as *droverv1.Assignment, failed bool) *droverv1.StatusReport {
+// ReportNumber reads the number a report's status message carries; ok is
+// false for a message without one.
+func ReportNumber(message string) (n int, ok bool) {
+	rest, found := strings.CutPrefix(message, "report ")
+	if !found {
+		return 0, false
+	}
+	num, _, _ := strings.Cut(rest, ":")
+	n, err := strconv.Atoi(num)
+	return n, err == nil
+}
+
+// statusReport is report number n after applying as: every assigned
+// application with the given number of resources.
+func statusReport(as *droverv1.Assignment, failed bool, n, resources int) *droverv1.StatusReport {
 	now := timestamppb.Now()
 	rep := &droverv1.StatusReport{Full: true}
 	for _, app := range as.GetApplications() {
 		st := &droverv1.ApplicationStatus{
 			Application: app.GetName(), Commit: app.GetCommit(),
 			Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY,
-			ObservedAt: now,
+			Message: fmt.Sprintf("report %d", n), ObservedAt: now,
 		}
 		health := droverv1.Health_HEALTH_HEALTHY
 		if failed {
-			st.Sync, st.Health, st.Message = droverv1.SyncState_SYNC_STATE_FAILED, droverv1.Health_HEALTH_DEGRADED, "simulated apply failure"
+			st.Sync, st.Health = droverv1.SyncState_SYNC_STATE_FAILED, droverv1.Health_HEALTH_DEGRADED
+			st.Message = fmt.Sprintf("report %d: simulated apply failure", n)
 			health = droverv1.Health_HEALTH_PROGRESSING
 		}
-		for i := range a.cfg.ResourcesPerApp {
+		for i := range resources {
 			st.Resources = append(st.Resources, &droverv1.ResourceStatus{
 				Group: "apps", Version: "v1", Kind: "Deployment", Namespace: app.GetNamespace(),
 				Name: fmt.Sprintf("%s-%d", app.GetName(), i), Health: health,

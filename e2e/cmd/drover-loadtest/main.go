@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -63,6 +64,14 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.cfg.Heartbeat, "heartbeat", 30*time.Second, "heartbeat interval of each agent (jittered ±10%)")
 	fs.DurationVar(&o.cfg.ApplyLatency, "apply-latency", 100*time.Millisecond, "simulated apply time (jittered ±20%)")
 	fs.Float64Var(&o.cfg.FailRate, "fail-rate", 0, "probability, 0 to 1, that an apply fails and is NACKed")
+	fs.DurationVar(&o.cfg.StatusInterval, "status-interval", 0, "send a fresh full status report this often (jittered ±10%); 0 reports after applies only")
+	fs.Float64Var(&o.cfg.Misbehaving, "misbehaving", 0, "share, 0 to 1, of agents that break the protocol (see --modes)")
+	fs.Func("modes", fmt.Sprintf("comma-separated misbehaviours the misbehaving agents take in turn (default all: %v)", loadtest.Modes), func(v string) error {
+		for m := range strings.SplitSeq(v, ",") {
+			o.cfg.Modes = append(o.cfg.Modes, loadtest.Mode(strings.TrimSpace(m)))
+		}
+		return nil
+	})
 	fs.Float64Var(&o.cfg.ConnectRate, "connect-rate", 200, "new agents per second at start")
 	fs.IntVar(&o.cfg.Parallel, "parallel", 32, "registrations in flight at start")
 	fs.DurationVar(&o.duration, "duration", 0, "how long to run once every agent is connected; 0 runs until interrupted")
@@ -103,11 +112,11 @@ func run(ctx context.Context, o options, logger *slog.Logger, out io.Writer) err
 		case <-done:
 			running = false
 		case <-progress.C:
-			s := loadtest.Summarize(fl.Agents())
+			s := loadtest.Summarize(loadtest.WellBehavedOnly(fl.Agents()))
 			logger.Info("progress", "connected", s.Connected, "rounds", len(s.Rounds), "reconnects", s.Reconnects, "duplicates", s.Duplicates, "nacks", s.NACKs)
 		}
 	}
-	sum := loadtest.Summarize(fl.Agents())
+	sum := loadtest.Summarize(loadtest.WellBehavedOnly(fl.Agents()))
 	if o.jsonOut {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -117,7 +126,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, out io.Writer) err
 }
 
 func printSummary(w io.Writer, s loadtest.Summary) error {
-	_, err := fmt.Fprintf(w, "agents %d  connected %d  reconnects %d  duplicates %d  nacks %d\n",
+	_, err := fmt.Fprintf(w, "agents %d  connected %d  reconnects %d  duplicates %d  nacks %d  (well-behaved agents only)\n",
 		s.Agents, s.Connected, s.Reconnects, s.Duplicates, s.NACKs)
 	if err != nil {
 		return err
