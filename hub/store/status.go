@@ -182,15 +182,26 @@ func writeStatusColumns(ctx context.Context, db execer, c *statusColumns) error 
 // DeleteStatuses deletes the statuses of cluster whose application is not
 // in keep: after a full resync, what the agent no longer reports.
 func (s *Store) DeleteStatuses(ctx context.Context, cluster string, keep []string) error {
-	if keep == nil {
-		keep = []string{}
+	return s.PruneStatuses(ctx, map[string][]string{cluster: keep})
+}
+
+// PruneStatuses is DeleteStatuses for many clusters (cluster → the
+// applications to keep) in one round trip.
+func (s *Store) PruneStatuses(ctx context.Context, keep map[string][]string) error {
+	if len(keep) == 0 {
+		return nil
 	}
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	_, err := s.pool.Exec(ctx, `
-		DELETE FROM app_status WHERE cluster = $1 AND NOT (application = ANY($2::text[]))`, cluster, keep)
-	if err != nil {
-		return classify(fmt.Sprintf("delete statuses of cluster %q", cluster), err)
+	b := &pgx.Batch{}
+	for cluster, apps := range keep {
+		if apps == nil {
+			apps = []string{}
+		}
+		b.Queue(`DELETE FROM app_status WHERE cluster = $1 AND NOT (application = ANY($2::text[]))`, cluster, apps)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return classify(fmt.Sprintf("delete the statuses %d clusters no longer report", len(keep)), err)
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,13 +59,16 @@ type StatusWriter struct {
 	// overwrites a newer one written by a concurrent flush.
 	flushMu sync.Mutex
 
-	mu       sync.Mutex // guards the fields below
-	pending  map[statusKey]pendingStatus
-	prunes   map[string]pendingPrune // by cluster
-	seq      uint64                  // numbers enqueues
-	dropped  uint64
-	failures int
-	lastErr  error
+	mu      sync.Mutex // guards the fields below
+	pending map[statusKey]pendingStatus
+	// pendingApps indexes pending by cluster, so that a full report
+	// touches only its own cluster's backlog, not every cluster's.
+	pendingApps map[string]map[string]struct{}
+	prunes      map[string]pendingPrune // by cluster
+	seq         uint64                  // numbers enqueues
+	dropped     uint64
+	failures    int
+	lastErr     error
 }
 
 type pendingStatus struct {
@@ -111,14 +116,15 @@ func NewStatusWriter(store *Store, logger *slog.Logger, maxBatch int, maxDelay t
 		maxDelay = DefaultStatusDelay
 	}
 	w := &StatusWriter{
-		store:      store,
-		log:        logger,
-		maxBatch:   maxBatch,
-		maxDelay:   maxDelay,
-		maxPending: DefaultMaxPendingStatuses,
-		wake:       make(chan struct{}, 1),
-		pending:    map[statusKey]pendingStatus{},
-		prunes:     map[string]pendingPrune{},
+		store:       store,
+		log:         logger,
+		maxBatch:    maxBatch,
+		maxDelay:    maxDelay,
+		maxPending:  DefaultMaxPendingStatuses,
+		wake:        make(chan struct{}, 1),
+		pending:     map[statusKey]pendingStatus{},
+		pendingApps: map[string]map[string]struct{}{},
+		prunes:      map[string]pendingPrune{},
 	}
 	for _, o := range opts {
 		o(w)
@@ -158,9 +164,9 @@ func (w *StatusWriter) EnqueueFull(cluster string, sts []*droverv1.ApplicationSt
 	w.prunes[cluster] = pendingPrune{keep: keep, seq: w.seq}
 	// What waits for other applications of the cluster is older than this
 	// report; writing it after the prune would bring it back.
-	for k := range w.pending {
-		if _, kept := keep[k.application]; k.cluster == cluster && !kept {
-			delete(w.pending, k)
+	for app := range w.pendingApps[cluster] {
+		if _, kept := keep[app]; !kept {
+			w.unpendLocked(statusKey{cluster, app})
 		}
 	}
 	ok := true
@@ -182,8 +188,29 @@ func (w *StatusWriter) enqueueLocked(st *droverv1.ApplicationStatus) bool {
 		return false
 	}
 	w.seq++
-	w.pending[k] = pendingStatus{st: st, seq: w.seq}
+	w.pendLocked(k, pendingStatus{st: st, seq: w.seq})
 	return true
+}
+
+// pendLocked and unpendLocked change pending and its index together.
+func (w *StatusWriter) pendLocked(k statusKey, p pendingStatus) {
+	w.pending[k] = p
+	apps := w.pendingApps[k.cluster]
+	if apps == nil {
+		apps = map[string]struct{}{}
+		w.pendingApps[k.cluster] = apps
+	}
+	apps[k.application] = struct{}{}
+}
+
+func (w *StatusWriter) unpendLocked(k statusKey) {
+	delete(w.pending, k)
+	if apps := w.pendingApps[k.cluster]; apps != nil {
+		delete(apps, k.application)
+		if len(apps) == 0 {
+			delete(w.pendingApps, k.cluster)
+		}
+	}
 }
 
 func (w *StatusWriter) signalLocked() {
@@ -324,20 +351,19 @@ func (w *StatusWriter) flushOnce(ctx context.Context) error {
 			break
 		}
 		batch = append(batch, statusKeyed{k, p})
-		delete(w.pending, k)
+		w.unpendLocked(k)
 	}
 	w.mu.Unlock()
 
-	for cluster, p := range prunes {
-		keep := make([]string, 0, len(p.keep))
-		for app := range p.keep {
-			keep = append(keep, app)
+	if len(prunes) > 0 {
+		keep := make(map[string][]string, len(prunes))
+		for cluster, p := range prunes {
+			keep[cluster] = slices.Collect(maps.Keys(p.keep))
 		}
-		if err := w.store.DeleteStatuses(ctx, cluster, keep); err != nil {
+		if err := w.store.PruneStatuses(ctx, keep); err != nil {
 			w.requeue(prunes, batch)
 			return w.failed(err)
 		}
-		delete(prunes, cluster)
 	}
 	if len(batch) == 0 {
 		return w.succeeded()
@@ -412,7 +438,7 @@ func (w *StatusWriter) requeue(prunes map[string]pendingPrune, batch []statusKey
 			}
 		}
 		// Accepted once already: the backlog bound does not apply again.
-		w.pending[b.key] = b.pendingStatus
+		w.pendLocked(b.key, b.pendingStatus)
 	}
 }
 
