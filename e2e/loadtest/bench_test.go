@@ -30,7 +30,7 @@ import (
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// The fleet sizes and loads of BenchmarkHub: issue 7's budgets are about
+// The fleet sizes and loads of BenchmarkHub: Drover's scale budgets are about
 // these.
 const (
 	fleetAgents = 10000

@@ -1,6 +1,6 @@
 // Command drover-benchtable reads `go test -bench` output and prints one
-// table: each figure, what was measured, its budget (issue 7's, for the
-// figures that have one) and the command that reproduces it. Figures
+// table: each figure, what was measured, its budget (for the figures that
+// have one) and the command that reproduces it. Figures
 // without a budget follow, so every benchmark that ran appears. Benchmarks
 // and packages that failed are listed after the table, and the command
 // then exits 1: `make bench` tees its benchmark output to a file and runs
@@ -38,7 +38,7 @@ type budget struct {
 	bound  float64
 }
 
-// budgets are issue 7's, on this two-core machine, in the order printed.
+// budgets are Drover's, on a two-core machine, in the order printed.
 var budgets = []budget{
 	{"hub memory per idle agent, 1,000 agents", "e2e/loadtest", "BenchmarkHub/Memory/1000", "KiB/agent", true, 40},
 	{"hub memory per idle agent, 5,000 agents", "e2e/loadtest", "BenchmarkHub/Memory/5000", "KiB/agent", true, 40},
@@ -53,6 +53,13 @@ var budgets = []budget{
 	{"reconnect storm: last statuses not stored", "e2e/loadtest", "BenchmarkHub/ReconnectStorm", "statuses-lost", true, 0},
 	{"hub CPU, 5% misbehaving agents (% of one core)", "e2e/loadtest", "BenchmarkHub/Misbehaving/CPU", "hub-cpu-%", true, 25},
 	{"fan-out p99, well-behaved 95% beside 5% misbehaving", "e2e/loadtest", "BenchmarkHub/Misbehaving/Fanout", "p99-ms", true, 2000},
+	{"status writes into PostgreSQL, in-process (resource entries/s)", "hub/store", "BenchmarkWriteStatuses", "resources/s", false, 20000},
+	{"rollout plan of 10,000 clusters (ns)", "hub/rollout", "BenchmarkPlan10000", "ns/op", true, 100e6},
+	{"dashboard overview, 10,000 clusters (ns)", "hub/dashboard", "BenchmarkOverview10000", "ns/op", true, 300e6},
+	{"dashboard overview, 10,000 clusters (bytes)", "hub/dashboard", "BenchmarkOverview10000", "html-bytes", true, 300000},
+	{"agent first apply of 200 objects, time vs kubectl apply --server-side", "e2e", "BenchmarkAgentVsKubectl", "ratio-first", true, 0.3},
+	{"agent no-op resync, time vs its first apply", "e2e", "BenchmarkAgentVsKubectl", "ratio-noop", true, 0.1},
+	{"agent resident memory, idle with 10 applications (MiB)", "e2e", "BenchmarkAgentIdleMemory", "rss-MiB", true, 60},
 }
 
 func main() {
