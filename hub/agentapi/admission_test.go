@@ -3,11 +3,8 @@ package agentapi_test
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"net"
 	"testing"
@@ -118,15 +115,10 @@ func (e *testEndpoint) client(t *testing.T, cert *tls.Certificate) droverv1.Agen
 
 func (e *testEndpoint) registerReq(t *testing.T, name string) (*droverv1.RegisterRequest, *ecdsa.PrivateKey) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, csr, err := testbed.NewCSR(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 	return &droverv1.RegisterRequest{JoinToken: e.token, ClusterName: name, CsrPem: csr}, key
 }
 

@@ -3,12 +3,8 @@ package dashboard_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -53,13 +49,10 @@ func startAgent(t *testing.T, h *server.Hub, joinToken, name string) *testAgent 
 		t.Cleanup(func() { conn.Close() })
 		return droverv1.NewAgentServiceClient(conn)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	key, csr, err := testbed.NewCSR(name)
 	must(t, err)
 	tc := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}
-	resp, err := dial(tc).Register(ctx, &droverv1.RegisterRequest{JoinToken: joinToken, ClusterName: name,
-		CsrPem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})})
+	resp, err := dial(tc).Register(ctx, &droverv1.RegisterRequest{JoinToken: joinToken, ClusterName: name, CsrPem: csr})
 	must(t, err)
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	must(t, err)

@@ -8,12 +8,8 @@ package server_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -317,18 +313,11 @@ func startFanout(b *testing.B, h *testHub, token string, n int) *fanout {
 // registerFanoutAgent is testHub.register for goroutines that cannot fail
 // the benchmark themselves.
 func registerFanoutAgent(ctx context.Context, h *testHub, reg droverv1.AgentServiceClient, token, name string) (*testAgent, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, csr, err := testbed.NewCSR(name)
 	if err != nil {
 		return nil, err
 	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := reg.Register(ctx, &droverv1.RegisterRequest{
-		JoinToken: token, ClusterName: name,
-		CsrPem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}),
-	})
+	resp, err := reg.Register(ctx, &droverv1.RegisterRequest{JoinToken: token, ClusterName: name, CsrPem: csr})
 	if err != nil {
 		return nil, fmt.Errorf("register %s: %w", name, err)
 	}
