@@ -179,13 +179,8 @@ func (a *Agent) Command(_ context.Context, c *droverv1.Command) {
 }
 
 // Facts implements hubclient.Handler: what the hub shows about the
-// cluster, asked for the Hello of every new session. An unreachable API
-// server leaves them empty.
+// cluster. An unreachable API server leaves them empty.
 func (a *Agent) Facts(ctx context.Context) *droverv1.ClusterFacts {
-	// A new session: the hub may have lost statuses the last one sent (it
-	// crashed between receiving and writing them) and cannot say which,
-	// so the session's first report sends every status again.
-	a.rec.ResendStatuses()
 	f := &droverv1.ClusterFacts{AgentVersion: version.Version}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -197,6 +192,9 @@ func (a *Agent) Facts(ctx context.Context) *droverv1.ClusterFacts {
 	}
 	return f
 }
+
+// SessionStarted implements hubclient.Handler.
+func (a *Agent) SessionStarted() { a.rec.ResendStatuses() }
 
 // PendingStatus implements hubclient.Handler.
 func (a *Agent) PendingStatus(full bool) *droverv1.StatusReport { return a.rec.PendingStatus(full) }

@@ -46,6 +46,11 @@ type Handler interface {
 	Facts(ctx context.Context) *droverv1.ClusterFacts
 	// AppliedVersion is the version of the last assignment applied.
 	AppliedVersion() string
+	// SessionStarted tells the handler a new session with the hub began.
+	// The hub may have lost what earlier sessions sent (it crashed between
+	// receiving statuses and writing them) and cannot say which, so the
+	// handler's next PendingStatus should list every status again.
+	SessionStarted()
 	// PendingStatus returns the statuses to send on a new session and
 	// between heartbeats; full asks for every application.
 	PendingStatus(full bool) *droverv1.StatusReport
@@ -303,7 +308,9 @@ func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient
 	full := time.NewTimer(jitter(c.cfg.FullResync))
 	defer full.Stop()
 
-	// What changed while disconnected goes out first.
+	// Every status goes out first: what changed while disconnected, and
+	// what the hub may have lost.
+	c.handler.SessionStarted()
 	if err := c.sendStatus(stream, false); err != nil {
 		return err
 	}
