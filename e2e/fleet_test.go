@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,16 +36,6 @@ type fleet struct {
 	clusters map[string]*testbed.Cluster
 	agents   map[string]*daemon.Agent
 	agentCfg map[string]daemon.Config
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func (f *fleet) startHub() {
@@ -118,8 +107,8 @@ func newFleet(t *testing.T, labels map[string]map[string]string) *fleet {
 	cfg.DataDir = filepath.Join(dir, "hub")
 	cfg.DatabaseURL = testbed.Postgres(t)
 	// Fixed addresses, so a restarted hub is found again.
-	cfg.AgentAddr = freeAddr(t)
-	cfg.HTTPAddr = freeAddr(t)
+	cfg.AgentAddr = testbed.FreeAddr(t)
+	cfg.HTTPAddr = testbed.FreeAddr(t)
 	cfg.Hostnames = []string{"127.0.0.1"}
 	cfg.PollInterval = 5 * time.Second
 	cfg.OfflineTimeout = 10 * time.Second
@@ -142,7 +131,7 @@ func newFleet(t *testing.T, labels map[string]map[string]string) *fleet {
 		acfg.Kubeconfig = c.Kubeconfig
 		acfg.Heartbeat = 2 * time.Second
 		acfg.BackoffMax = 2 * time.Second
-		acfg.MetricsAddr = freeAddr(t)
+		acfg.MetricsAddr = testbed.FreeAddr(t)
 		f.agentCfg[c.Name] = acfg
 		f.clusters[c.Name] = c
 		f.startAgent(c.Name)

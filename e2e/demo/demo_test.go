@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -186,7 +185,7 @@ func (d *demo) tokenFile() string { return filepath.Join(d.dataDir(), "admin-tok
 // startHub starts drover-hub on new loopback ports, with its embedded
 // PostgreSQL (no --database-url), without waiting for it.
 func (d *demo) startHub() {
-	d.agentAddr, d.httpAddr = freeAddr(d.t), freeAddr(d.t)
+	d.agentAddr, d.httpAddr = testbed.FreeAddr(d.t), testbed.FreeAddr(d.t)
 	d.hub = startProc(d.t, d.dir, "drover-hub", d.bins.hub, []string{
 		"--data-dir", d.dataDir(),
 		"--agent-addr", d.agentAddr,
@@ -542,17 +541,6 @@ func (d *demo) api(path string, out proto.Message) error {
 		return fmt.Errorf("GET %s: decode: %w", path, err)
 	}
 	return nil
-}
-
-// freeAddr returns a loopback address that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // formatLabels is "k=v,k2=v2" in key order, as --labels takes them.

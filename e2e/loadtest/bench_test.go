@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -116,12 +115,12 @@ type benchEnv struct {
 }
 
 func newBenchEnv(b *testing.B) *benchEnv {
-	raiseOpenFileLimit(b, 2*fleetAgents)
+	testbed.RaiseOpenFileLimit(b, 2*fleetAgents)
 	dir := b.TempDir()
 	env := &benchEnv{
 		bin: buildHub(b, dir), dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "hub.log"),
-		dbURL: testbed.Postgres(b), agentAddr: freeAddr(b), httpAddr: freeAddr(b),
-		debugAddr: freeAddr(b), profileDir: os.Getenv("DROVER_BENCH_PROFILES"),
+		dbURL: testbed.Postgres(b), agentAddr: testbed.FreeAddr(b), httpAddr: testbed.FreeAddr(b),
+		debugAddr: testbed.FreeAddr(b), profileDir: os.Getenv("DROVER_BENCH_PROFILES"),
 		git: testbed.GitServer(b),
 	}
 	b.Cleanup(func() {
@@ -719,34 +718,4 @@ func loadAverage(b *testing.B) float64 {
 		b.Fatalf("/proc/loadavg %q: %v", raw, err)
 	}
 	return f
-}
-
-// freeAddr returns a loopback address with a port free a moment ago. The
-// hub takes its addresses from flags, so the port is chosen here.
-func freeAddr(b *testing.B) string {
-	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// raiseOpenFileLimit makes room for one socket per agent, here and in the
-// hub, which inherits the limit.
-func raiseOpenFileLimit(b *testing.B, atLeast uint64) {
-	b.Helper()
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatalf("read the open-file limit: %v", err)
-	}
-	if lim.Cur >= atLeast {
-		return
-	}
-	lim.Cur = atLeast
-	lim.Max = max(lim.Max, atLeast)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatalf("raise the open-file limit to %d (ulimit -n %d before running): %v", atLeast, atLeast, err)
-	}
 }

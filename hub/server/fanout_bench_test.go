@@ -14,12 +14,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
 	"net/url"
 	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +27,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-dev/drover/e2e/loadtest"
 	"github.com/drover-dev/drover/e2e/testbed"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -62,7 +61,7 @@ const (
 // Every agent must receive exactly one new version per change, with the
 // expected content, or the benchmark fails.
 func BenchmarkFanout1000(b *testing.B) {
-	raiseOpenFileLimit(b, 8192)
+	testbed.RaiseOpenFileLimit(b, 8192)
 	git := testbed.GitServer(b)
 	repo := git.CreateRepo(b, "fleet")
 	commit := repo.Commit(b, "web v1", map[string]string{"web/deploy.yaml": "kind: ConfigMap\n"})
@@ -122,7 +121,7 @@ func BenchmarkFanout1000(b *testing.B) {
 		lastTotal += lat[len(lat)-1]
 		b.Logf("change %d (%s): API call %v; per agent first %v, p50 %v, p99 %v; all %d agents %v",
 			changes, what, called.Round(time.Millisecond), lat[0].Round(time.Millisecond),
-			percentile(lat, 0.50).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond),
+			loadtest.Percentile(lat, 0.50).Round(time.Millisecond), loadtest.Percentile(lat, 0.99).Round(time.Millisecond),
 			len(lat), lat[len(lat)-1].Round(time.Millisecond))
 		f.ackAll(b)
 		changes++
@@ -136,28 +135,10 @@ func BenchmarkFanout1000(b *testing.B) {
 	f.check(b, changes+1, nil)
 
 	slices.Sort(latencies)
-	b.ReportMetric(ms(percentile(latencies, 0.50)), "p50-ms")
-	b.ReportMetric(ms(percentile(latencies, 0.99)), "p99-ms")
+	b.ReportMetric(ms(loadtest.Percentile(latencies, 0.50)), "p50-ms")
+	b.ReportMetric(ms(loadtest.Percentile(latencies, 0.99)), "p99-ms")
 	b.ReportMetric(ms(latencies[len(latencies)-1]), "max-ms")
 	b.ReportMetric(ms(lastTotal)/float64(changes), "all-ms")
-}
-
-// raiseOpenFileLimit makes room for the benchmark's sockets: every agent
-// stream is a TCP connection, and both of its ends live in this process.
-func raiseOpenFileLimit(b *testing.B, atLeast uint64) {
-	b.Helper()
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatalf("read the open-file limit: %v", err)
-	}
-	if lim.Cur >= atLeast {
-		return
-	}
-	lim.Cur = atLeast
-	lim.Max = max(lim.Max, atLeast)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatalf("raise the open-file limit to %d (ulimit -n %d before running): %v", atLeast, atLeast, err)
-	}
 }
 
 // startFanoutHub is startHub for a benchmark. The hub logs warnings and
@@ -504,12 +485,6 @@ func (f *fanout) unacked(b *testing.B, want map[string]string) int {
 			return pending
 		}
 	}
-}
-
-// percentile returns the p-quantile of sorted by the nearest-rank method.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	i := int(math.Ceil(p*float64(len(sorted)))) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

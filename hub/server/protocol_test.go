@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -416,7 +415,7 @@ func TestOversizedMessageIsRefused(t *testing.T) {
 func TestUnreachableDatabaseAtStart(t *testing.T) {
 	cfg := server.DefaultConfig()
 	cfg.DataDir = t.TempDir()
-	cfg.DatabaseURL = "postgres://drover:secret@" + freeAddr(t) + "/drover?connect_timeout=2"
+	cfg.DatabaseURL = "postgres://drover:secret@" + testbed.FreeAddr(t) + "/drover?connect_timeout=2"
 	cfg.AgentAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	_, err := server.Start(context.Background(), cfg, testbed.Logger(t), io.Discard)
 	if err == nil {
@@ -425,14 +424,4 @@ func TestUnreachableDatabaseAtStart(t *testing.T) {
 	if !strings.Contains(err.Error(), "database") || strings.Contains(err.Error(), "secret") {
 		t.Fatalf("error %q should say the database is the problem and hide the password", err)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
