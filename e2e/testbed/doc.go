@@ -1,8 +1,9 @@
 // Package testbed starts the real parts that Drover's end-to-end tests run
-// against: a throwaway PostgreSQL, local Kubernetes clusters, and a Git
-// server on loopback. Nothing here is a mock; each part is the program a
-// user would run, started from the machine's binaries, listening on
-// 127.0.0.1 only.
+// against: a throwaway PostgreSQL, local Kubernetes clusters, a Git server
+// on loopback, and network namespaces for NAT and partitions. Nothing here
+// is a mock; each part is the program a user would run, started from the
+// machine's binaries, listening on 127.0.0.1 (or inside the test bed's own
+// namespaces) only.
 //
 // Every test package that uses it calls Main from its TestMain:
 //
@@ -20,6 +21,18 @@
 // Git: GitServer(t) serves repositories made by the test over smart HTTP
 // (git http-backend), optionally behind basic auth; Repo.Commit writes
 // commits with fixed authors and dates, so they are reproducible.
+//
+// Networks: NewNetwork(t) makes a NAT router namespace linked to the root
+// namespace, and AddEdge namespaces behind it (see Network). Their
+// addresses are /30s of 198.18.0.0/15 only, the range RFC 2544 reserves for
+// benchmarking in a lab and which is not routed outside one. A /30 is taken
+// only if no route of the machine but the default one covers it and no
+// address is in it, so the root namespace's uplink address and the edges'
+// blackhole routes never hide a host the machine reaches otherwise; and
+// while they exist they keep what the root namespace sends to the test
+// bed's addresses from reaching the default gateway. No namespace the test
+// bed makes has a default route. The router counts the connections started
+// through it in each direction (Network.Connections).
 //
 // Logs: Logger(t) routes slog records to the test's log.
 //

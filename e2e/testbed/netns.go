@@ -42,10 +42,17 @@ import (
 // drops everything the router forwards to and from one edge; Heal lets it
 // through again.
 //
-// Subnets are /30s in 10.64.0.0/9, drawn at random under a machine-wide
-// file lock and checked against every address and route of the root
-// namespace, where each one in use is visible (the uplink's address, the
-// edges' blackhole routes), so test binaries running at once do not collide.
+// Subnets are /30s in netnsRange (198.18.0.0/15), drawn at random under a
+// machine-wide file lock and checked against every address and route of
+// the root namespace, where each one in use is visible (the uplink's
+// address, the edges' blackhole routes), so test binaries running at once
+// do not collide. Why that range, and why no real host can be hidden by it,
+// is said at netnsRange.
+//
+// The router counts the connections it sees start (nftables counters, see
+// Network.Connections): those from the edges towards the uplink, and those
+// from the uplink into the router or through it towards an edge, which
+// nothing should ever open.
 
 const (
 	// netnsLockFile serialises subnet allocation between test binaries.
@@ -59,6 +66,28 @@ const (
 	uplinkIf = "wan"
 	edgeIf   = "eth0"
 )
+
+// netnsRange is where every subnet of the test bed's networks comes from:
+// 198.18.0.0/15, the block RFC 2544 sets aside for benchmarking network
+// devices in a lab, which RFC 6890 marks not globally reachable. Addresses
+// a site uses are elsewhere: 10/8, 172.16/12 and 192.168/16 are private
+// networks often reached through the default gateway (a VPC, an office
+// network), 100.64/10 is carrier-grade NAT (and Tailscale), 169.254/16
+// holds cloud metadata services reached through the gateway, and even the
+// documentation ranges (192.0.2.0/24 and its siblings) are some machines'
+// real uplink. The root namespace gets an address of the uplink's /30 and a
+// blackhole route for every edge's /30 while a network exists, and those
+// win over the default route for their addresses, so they could hide real
+// hosts the default route leads to. Here they cannot: a /30 is taken only
+// if no route of the root namespace but the default one covers it, in any
+// table, and no address is in it (freeSubnet), so a machine that does use
+// the range (a lab, a proxy's fake-IP block routed to its tunnel) shows it
+// in its routes and the test bed picks around it or fails saying so;
+// through the default gateway the range reaches no host, as it is not
+// routed outside a lab. And while a network exists, what the root
+// namespace sends to its subnets stays on the machine: the uplink's /30 is
+// on the veth pair, and every edge's /30 is a blackhole.
+var netnsRange = netip.MustParsePrefix("198.18.0.0/15")
 
 // Network is a router namespace with edge namespaces behind it. Make it
 // with NewNetwork; it is removed when the test ends.
@@ -144,14 +173,26 @@ func requireNetAdmin() error {
 	return nil
 }
 
-// routerRules is the router's nftables table: masquerade on the uplink, and
-// a set of edge interfaces whose traffic is dropped (partitions).
+// routerRules is the router's nftables table: masquerade on the uplink, a
+// set of edge interfaces whose traffic is dropped (partitions), and
+// counters of the connections that start through the router, counted
+// before a partition drops them so that an attempt counts too.
 const routerRules = `table ip drover {
+	counter ` + counterFromEdges + ` {
+	}
+	counter ` + counterFromUplink + ` {
+	}
 	set cut {
 		type ifname
 	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "` + uplinkIf + `" ct state new counter name "` + counterFromUplink + `"
+	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
+		iifname "` + uplinkIf + `" ct state new counter name "` + counterFromUplink + `"
+		oifname "` + uplinkIf + `" ct state new counter name "` + counterFromEdges + `"
 		iifname @cut drop
 		oifname @cut drop
 	}
@@ -161,6 +202,66 @@ const routerRules = `table ip drover {
 	}
 }
 `
+
+// The router's counters of new connections (conntrack state new: a TCP
+// SYN, the first datagram of a UDP or ICMP flow).
+const (
+	// counterFromEdges: forwarded from an edge out of the uplink.
+	counterFromEdges = "from_edges"
+	// counterFromUplink: from the uplink to the router itself or forwarded
+	// through it towards an edge.
+	counterFromUplink = "from_uplink"
+)
+
+// Connections counts the connections that started through the router.
+type Connections struct {
+	// FromEdges is how many an edge opened towards the uplink (the hub).
+	FromEdges uint64
+	// FromUplink is how many the root namespace's side opened towards the
+	// router or an edge behind it: what a hub dialling a cluster would
+	// open. Blackhole routes and masquerade keep it at 0 unless something
+	// routes around them.
+	FromUplink uint64
+}
+
+// Connections reads the router's counters of new connections since the
+// network was made.
+func (n *Network) Connections(t testing.TB) Connections {
+	t.Helper()
+	var c Connections
+	for name, v := range map[string]*uint64{counterFromEdges: &c.FromEdges, counterFromUplink: &c.FromUplink} {
+		out, err := run("ip", "netns", "exec", n.Router, "nft", "-j", "list", "counter", "ip", "drover", name)
+		if err != nil {
+			t.Fatalf("testbed: network %s: read counter %s: %v", n.id, name, err)
+		}
+		if *v, err = counterPackets(out, name); err != nil {
+			t.Fatalf("testbed: network %s: %v", n.id, err)
+		}
+	}
+	return c
+}
+
+// counterPackets reads the packets of the named counter from `nft -j list
+// counter` output.
+func counterPackets(out, name string) (uint64, error) {
+	var doc struct {
+		Nftables []struct {
+			Counter *struct {
+				Name    string `json:"name"`
+				Packets uint64 `json:"packets"`
+			} `json:"counter"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return 0, fmt.Errorf("parse nft counter %s: %w", name, err)
+	}
+	for _, o := range doc.Nftables {
+		if o.Counter != nil && o.Counter.Name == name {
+			return o.Counter.Packets, nil
+		}
+	}
+	return 0, fmt.Errorf("nft counter %s: not in %q", name, out)
+}
 
 func (n *Network) setUp() error {
 	unlock, err := lockNetns()
@@ -599,17 +700,21 @@ func lockNetns() (func(), error) {
 	return func() { f.Close() }, nil // closing releases the lock
 }
 
-// freeSubnet returns a random /30 of 10.64.0.0/9 that overlaps no address
-// or route of the root namespace. Call it under lockNetns, and reserve the
-// subnet (an address or a route) before unlocking.
+// freeSubnet returns a random /30 of netnsRange that overlaps no address
+// or route of the root namespace but the default route. Call it under
+// lockNetns, and reserve the subnet (an address or a route) before
+// unlocking.
 func freeSubnet() (netip.Prefix, error) {
 	used, err := usedPrefixes()
 	if err != nil {
 		return netip.Prefix{}, err
 	}
+	base := netnsRange.Addr().As4()
+	start := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	subnets := uint32(1) << (30 - netnsRange.Bits()) // /30s in the range
 	for range 100 {
-		a := netip.AddrFrom4([4]byte{10, byte(64 + rand.IntN(128)), byte(rand.IntN(256)), byte(rand.IntN(64) * 4)})
-		p := netip.PrefixFrom(a, 30)
+		a := start + rand.Uint32N(subnets)*4
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}), 30)
 		free := true
 		for _, u := range used {
 			if u.Overlaps(p) {
@@ -621,11 +726,13 @@ func freeSubnet() (netip.Prefix, error) {
 			return p, nil
 		}
 	}
-	return netip.Prefix{}, errors.New("no free /30 in 10.64.0.0/9 after 100 tries")
+	return netip.Prefix{}, fmt.Errorf("no free /30 in %s after 100 tries: the machine's routes or addresses cover it (ip route show table all)", netnsRange)
 }
 
 // usedPrefixes lists the root namespace's IPv4 addresses' subnets and its
-// routes in every table, the default route left out.
+// routes in every table, default routes left out: "default", and routes
+// wider than a /8, which are a default route split in parts (a VPN's
+// 0.0.0.0/1 and 128.0.0.0/1) rather than a way to a site's own hosts.
 func usedPrefixes() ([]netip.Prefix, error) {
 	out, err := run("ip", "-j", "-4", "route", "show", "table", "all")
 	if err != nil {
@@ -649,6 +756,9 @@ func usedPrefixes() ([]netip.Prefix, error) {
 				return nil, fmt.Errorf("parse ip route: destination %q", r.Dst)
 			}
 			p = netip.PrefixFrom(a, 32)
+		}
+		if p.Bits() < 8 {
+			continue
 		}
 		used = append(used, p)
 	}

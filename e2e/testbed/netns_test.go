@@ -3,6 +3,7 @@ package testbed
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -109,16 +111,60 @@ func TestNetnsMasquerade(t *testing.T) {
 		}
 	}
 
-	// No route out: a dial anywhere but the uplink fails in the edge's
-	// own stack, with nothing sent.
-	for _, addr := range []string{"192.0.2.1:80", "8.8.8.8:53", edges[1].IP.String() + ":80"} {
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		_, err := edges[0].DialTCP(ctx, addr)
-		cancel()
-		if !errors.Is(err, syscall.ENETUNREACH) {
-			t.Errorf("dial %s from edge %s: %v, want %v", addr, edges[0].Namespace, err, syscall.ENETUNREACH)
+	// No route out, checked without sending anything anywhere. Neither the
+	// edge nor the router has a default route, so a route lookup (netlink
+	// only, no packet) finds no way to any address off the test bed: not
+	// the root namespace's own addresses or gateways, nor any other. The
+	// addresses asked for are only looked up, never dialled.
+	outside := append(rootAddresses(t), "192.0.2.1", "198.51.100.1", "203.0.113.1", "10.0.0.1", "172.16.0.1", "192.168.0.1")
+	for _, ns := range []string{edges[0].Namespace, n.Router} {
+		if out, err := run("ip", "-n", ns, "-4", "route", "show", "default"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("namespace %s: default route %q (%v), want none", ns, out, err)
+		}
+		for _, addr := range outside {
+			out, err := run("ip", "-n", ns, "route", "get", addr)
+			if err == nil || !strings.Contains(out, "Network is unreachable") {
+				t.Errorf("ip -n %s route get %s: %q (%v), want Network is unreachable", ns, addr, strings.TrimSpace(out), err)
+			}
 		}
 	}
+	// A real dial, to an address no packet can leave for: the other edge,
+	// which the root namespace blackholes too. It fails in the edge's own
+	// stack.
+	addr := net.JoinHostPort(edges[1].IP.String(), "80")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	_, err := edges[0].DialTCP(ctx, addr)
+	cancel()
+	if !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("dial %s from edge %s: %v, want %v", addr, edges[0].Namespace, err, syscall.ENETUNREACH)
+	}
+}
+
+// rootAddresses are the root namespace's IPv4 addresses and gateways, but
+// for loopback and the test bed's own.
+func rootAddresses(t *testing.T) []string {
+	t.Helper()
+	out, err := run("ip", "-j", "-4", "route", "show", "table", "all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var routes []struct {
+		Gateway string `json:"gateway"`
+		PrefSrc string `json:"prefsrc"`
+	}
+	if err := json.Unmarshal([]byte(out), &routes); err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, r := range routes {
+		for _, s := range []string{r.Gateway, r.PrefSrc} {
+			a, err := netip.ParseAddr(s)
+			if err == nil && !a.IsLoopback() && !netnsRange.Contains(a) && !slices.Contains(addrs, s) {
+				addrs = append(addrs, s)
+			}
+		}
+	}
+	return addrs
 }
 
 // TestNetnsBlackhole: the root namespace cannot open a connection to an
@@ -149,6 +195,114 @@ func TestNetnsBlackhole(t *testing.T) {
 	if err != nil || !strings.Contains(out, e.subnet.String()) {
 		t.Fatalf("ip route show type blackhole %s: %q, %v: want the edge's subnet", e.subnet, out, err)
 	}
+}
+
+// TestNetnsRange: a network's subnets come from RFC 2544's benchmarking
+// range, no route of the
+// root namespace but the default one and the test bed's own covers them,
+// and the root namespace's route lookups for them (netlink only, nothing
+// sent) end on the uplink or in a blackhole, never at the default gateway.
+func TestNetnsRange(t *testing.T) {
+	before, err := usedPrefixes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := NewNetwork(t)
+	e := n.AddEdge(t)
+	for _, p := range []netip.Prefix{n.uplink, e.subnet} {
+		// The range the package documents, spelt out: a change of
+		// netnsRange must be a deliberate one.
+		if benchmarking := netip.MustParsePrefix("198.18.0.0/15"); !benchmarking.Contains(p.Addr()) || p.Bits() != 30 {
+			t.Errorf("subnet %s: want a /30 in %s", p, benchmarking)
+		}
+		for _, u := range before {
+			if u.Overlaps(p) {
+				t.Errorf("subnet %s overlaps %s, a route or address of the machine's", p, u)
+			}
+		}
+	}
+	for a := e.subnet.Addr(); e.subnet.Contains(a); a = a.Next() {
+		out, err := run("ip", "route", "get", a.String())
+		if err == nil || !strings.Contains(out, "Invalid argument") {
+			t.Errorf("ip route get %s: %q (%v), want the blackhole's Invalid argument", a, strings.TrimSpace(out), err)
+		}
+	}
+	for _, a := range []netip.Addr{n.RouterIP, n.HubIP} {
+		out, err := run("ip", "route", "get", a.String())
+		if err != nil || !strings.Contains(out, " dev "+n.rootIf+" ") && !strings.Contains(out, " dev lo ") || strings.Contains(out, " via ") {
+			t.Errorf("ip route get %s: %q (%v), want it on the uplink %s or local", a, strings.TrimSpace(out), err, n.rootIf)
+		}
+	}
+}
+
+// TestNetnsConnections: the router counts the connections edges open
+// towards the uplink, and those opened from the uplink towards the router
+// or, past the blackhole route, towards an edge.
+func TestNetnsConnections(t *testing.T) {
+	n := NewNetwork(t)
+	e := n.AddEdge(t)
+	if c := n.Connections(t); c != (Connections{}) {
+		t.Fatalf("counters of a new network: %+v, want zero", c)
+	}
+	l := echoServer(t, net.JoinHostPort(n.HubIP.String(), "0"))
+	for range 2 {
+		c := dialEdge(t, e, l.Addr().String())
+		if _, err := roundTrip(c, 10*time.Second); err != nil {
+			t.Fatalf("echo from edge %s: %v", e.Namespace, err)
+		}
+	}
+	if c := n.Connections(t); c != (Connections{FromEdges: 2}) {
+		t.Fatalf("after two connections from the edge: %+v, want FromEdges 2 only", c)
+	}
+
+	// To the router itself: nothing listens, it answers with a reset.
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.RouterIP.String(), "1")); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial the router from the root namespace: %v, want %v", err, syscall.ECONNREFUSED)
+	}
+	// Through the router to the edge, with the blackhole route replaced by
+	// one via the router for the length of the dial.
+	inEdge := acceptorIn(t, e, net.JoinHostPort(e.IP.String(), "0"))
+	if _, err := run("ip", "route", "replace", e.subnet.String(), "via", n.RouterIP.String()); err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.DialContext(ctx, "tcp", inEdge)
+	if _, rerr := run("ip", "route", "replace", "blackhole", e.subnet.String()); rerr != nil {
+		t.Fatalf("restore the blackhole route: %v", rerr)
+	}
+	if err != nil {
+		t.Fatalf("dial the edge through the router: %v", err)
+	}
+	c.Close()
+	if c := n.Connections(t); c != (Connections{FromEdges: 2, FromUplink: 2}) {
+		t.Fatalf("after a connection to the router and one to the edge: %+v, want FromEdges 2, FromUplink 2", c)
+	}
+}
+
+// acceptorIn listens at addr inside e and closes every connection it accepts.
+func acceptorIn(t *testing.T, e *Edge, addr string) string {
+	t.Helper()
+	var l net.Listener
+	if err := inNamespace(e.Namespace, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return l.Addr().String()
 }
 
 // TestNetnsPartition: a partition drops new and established connections
