@@ -183,7 +183,7 @@ var (
 	stateDegraded    = state{"bad", "✕", "Degraded"}
 	stateMissing     = state{"warn", "!", "Missing"}
 	stateUnknown     = state{"unk", "?", "Unknown"}
-	stateSuspended   = state{"susp", "⏸\ufe0e", "Suspended"}
+	stateSuspended   = state{"susp", "‖", "Suspended"}
 	stateOffline     = state{"off", "○", "Offline"}
 	stateOnline      = state{"ok", "●", "Online"}
 	stateEmpty       = state{"none", "·", "No applications"}

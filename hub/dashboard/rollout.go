@@ -59,8 +59,8 @@ type rolloutOp struct {
 // Rollout phases as badges; never colour alone.
 var rolloutPhases = map[string]state{
 	string(rollout.PhaseRunning):         {"prog", "◐", "Running"},
-	string(rollout.PhaseWaitingApproval): {"warn", "⏸\ufe0e", "Waiting for approval"},
-	string(rollout.PhasePaused):          {"susp", "⏸\ufe0e", "Paused"},
+	string(rollout.PhaseWaitingApproval): {"warn", "‖", "Waiting for approval"},
+	string(rollout.PhasePaused):          {"susp", "‖", "Paused"},
 	string(rollout.PhaseFailed):          {"bad", "✕", "Failed"},
 	string(rollout.PhaseCompleted):       {"ok", "✓", "Completed"},
 	string(rollout.PhaseRolledBack):      {"warn", "↶", "Rolled back"},
@@ -70,7 +70,7 @@ var rolloutPhases = map[string]state{
 
 var wavePhases = map[string]state{
 	string(rollout.WavePending):         {"none", "·", "Pending"},
-	string(rollout.WaveWaitingApproval): {"warn", "⏸\ufe0e", "Waiting for approval"},
+	string(rollout.WaveWaitingApproval): {"warn", "‖", "Waiting for approval"},
 	string(rollout.WaveRunning):         {"prog", "◐", "Updating"},
 	string(rollout.WaveSoaking):         {"prog", "◔", "Soaking"},
 	string(rollout.WaveDone):            {"ok", "✓", "Done"},
@@ -175,7 +175,7 @@ func rolloutOps(phase rollout.Phase, hasGood bool) []rolloutOp {
 	var ops []rolloutOp
 	switch phase {
 	case rollout.PhaseWaitingApproval, rollout.PhaseRunning:
-		ops = append(ops, rolloutOp{Op: string(rollout.OpPause), Label: "⏸\ufe0e Pause"})
+		ops = append(ops, rolloutOp{Op: string(rollout.OpPause), Label: "‖ Pause"})
 	case rollout.PhasePaused:
 		ops = append(ops, rolloutOp{Op: string(rollout.OpResume), Label: "▶ Resume", Primary: true})
 	case rollout.PhaseFailed:

@@ -134,11 +134,11 @@ func TestRolloutPages(t *testing.T) {
 		lacks    []string
 	}{
 		{"app-rollout-admin", admin, "/apps/shop?fragment=1",
-			[]string{"Waiting for approval of wave europe", "⏸︎ Needs approval", `action="/apps/shop/rollout/promote"`, "✓ 1 done", "· 1 pending",
+			[]string{"Waiting for approval of wave europe", "‖ Needs approval", `action="/apps/shop/rollout/promote"`, "✓ 1 done", "· 1 pending",
 				`action="/apps/shop/rollout/pause"`, `action="/apps/shop/rollout/rollback"`, `action="/apps/shop/rollout/abort"`, "europe <span class=\"b none\">· pending</span>"},
 			[]string{"all at once", `action="/apps/shop/rollout/resume"`}},
 		{"app-rollout-viewer", viewer, "/apps/shop?fragment=1",
-			[]string{"Waiting for approval of wave europe", "⏸︎ Needs approval", "admins promote, pause and roll back"},
+			[]string{"Waiting for approval of wave europe", "‖ Needs approval", "admins promote, pause and roll back"},
 			[]string{"/rollout/", "<form class=\"act\""}},
 		{"overview-rollout", viewer, "/?fragment=1",
 			[]string{"Approval needed", `<a href="/apps/shop">shop</a> — Waiting for approval of wave europe`, `<span class="n">1</span> waiting for approval`},
