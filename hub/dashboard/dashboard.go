@@ -4,7 +4,8 @@
 // assets (no front-end build). Pages stay live through server-sent events:
 // the hub calls Notify when anything changes, the dashboard sends every
 // open page a coalesced "changed" tick, and the page's small script
-// re-fetches its own main content and swaps it in.
+// re-fetches its own main content and morphs the page into it, changing
+// only what changed (elements keep their identity by id or data-key).
 //
 // People sign in with an API token; the browser holds only an opaque
 // session id. Every POST needs the session's CSRF token, and actions need

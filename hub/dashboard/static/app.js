@@ -1,7 +1,10 @@
 // Drover dashboard: keeps the page live without reloading it. The hub
 // sends a "change" event over server-sent events when anything changes;
-// the page then fetches its own main content (?fragment=1) and swaps it
-// in, keeping which <details> are open and never interrupting typing.
+// the page then fetches its own main content (?fragment=1) and morphs the
+// page into it: only what changed changes, and every element that is still
+// there stays the same node, so a link under the pointer or a button with
+// the keyboard focus is never swapped out from under the user. Open
+// <details> stay open, and typing is never interrupted.
 (function () {
   "use strict";
   var main = document.getElementById("main");
@@ -27,6 +30,98 @@
     return u.toString();
   }
 
+  // keyOf names an element across renders: its id, or the data-key the
+  // templates give items of a list (tiles, rows, banners, events).
+  function keyOf(n) {
+    return n.nodeType === 1 ? n.id || n.getAttribute("data-key") || "" : "";
+  }
+
+  // kind is what a node is: its tag and key, and its first class (the
+  // classes after the first say its state, which may change).
+  function kind(n) {
+    if (n.nodeType !== 1) return "#" + n.nodeType;
+    return n.tagName + "#" + keyOf(n) + "." + (n.getAttribute("class") || "").split(" ")[0];
+  }
+
+  // morphChildren makes parent's children look like next's. A keyed child
+  // is kept wherever it is, any other while one of its kind is ahead of
+  // the cursor; nodes with no counterpart are added or dropped. Kept nodes
+  // stay where they are (moving a node takes the focus from it) unless
+  // keyed nodes change order.
+  function morphChildren(parent, next) {
+    var wanted = {}, keyed = {}, n, c, following;
+    for (n = next.firstChild; n; n = n.nextSibling) {
+      if (keyOf(n)) wanted[keyOf(n)] = true;
+    }
+    for (c = parent.firstChild; c; c = following) {
+      following = c.nextSibling;
+      if (!keyOf(c)) continue;
+      if (wanted[keyOf(c)]) keyed[keyOf(c)] = c;
+      else parent.removeChild(c);
+    }
+    var cursor = parent.firstChild;
+    for (n = next.firstChild; n; n = following) {
+      following = n.nextSibling; // n itself may move into the page
+      var k = keyOf(n), match = null;
+      if (k) {
+        if (keyed[k] && kind(keyed[k]) === kind(n)) match = keyed[k];
+        delete keyed[k];
+      } else {
+        for (c = cursor; c && !keyOf(c) && !match; c = c.nextSibling) {
+          if (kind(c) === kind(n)) match = c;
+        }
+      }
+      if (!match) {
+        parent.insertBefore(n, cursor);
+        continue;
+      }
+      if (match !== cursor) place(parent, match, cursor);
+      cursor = match.nextSibling;
+      morph(match, n);
+    }
+    while (cursor) {
+      c = cursor;
+      cursor = cursor.nextSibling;
+      parent.removeChild(c);
+    }
+  }
+
+  // place brings match, a node after cursor, to the cursor: it drops the
+  // unkeyed nodes in between, which have no counterpart, or when a keyed
+  // node is in between (a new order), moves match.
+  function place(parent, match, cursor) {
+    for (var c = cursor; c !== match; c = c.nextSibling) {
+      if (keyOf(c)) {
+        parent.insertBefore(match, cursor);
+        return;
+      }
+    }
+    while (cursor !== match) {
+      c = cursor;
+      cursor = cursor.nextSibling;
+      parent.removeChild(c);
+    }
+  }
+
+  // morph updates node in place to look like next, a node of the same kind.
+  function morph(node, next) {
+    if (node.nodeType !== 1) {
+      if (node.nodeValue !== next.nodeValue) node.nodeValue = next.nodeValue;
+      return;
+    }
+    // Whether a <details> is open is the user's choice once it is shown.
+    var keep = node.tagName === "DETAILS" ? "open" : "";
+    for (var i = node.attributes.length - 1; i >= 0; i--) {
+      var name = node.attributes[i].name;
+      if (name !== keep && !next.hasAttribute(name)) node.removeAttribute(name);
+    }
+    for (var j = 0; j < next.attributes.length; j++) {
+      var a = next.attributes[j];
+      if (a.name !== keep && node.getAttribute(a.name) !== a.value) node.setAttribute(a.name, a.value);
+    }
+    morphChildren(node, next);
+  }
+
   function refresh() {
     if (busy) { again = true; return; }
     if (typing()) { again = true; return; }
@@ -38,12 +133,9 @@
       })
       .then(function (html) {
         if (html === null) return;
-        var open = {};
-        main.querySelectorAll("details[id]").forEach(function (d) { open[d.id] = d.open; });
-        main.innerHTML = html;
-        main.querySelectorAll("details[id]").forEach(function (d) {
-          if (Object.prototype.hasOwnProperty.call(open, d.id)) d.open = open[d.id];
-        });
+        var next = document.createElement("template");
+        next.innerHTML = html;
+        morphChildren(main, next.content);
         document.dispatchEvent(new CustomEvent("drover:updated"));
       })
       .catch(function () { /* the next change or reconnect retries */ })
