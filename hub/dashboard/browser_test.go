@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -252,9 +253,11 @@ func TestBrowser(t *testing.T) {
 			return chromedp.Void{}, err
 		}
 	}
+	// text reads an element's text in one evaluation, so no live update
+	// can come between finding the element and reading it.
 	text := func(sel string) string {
 		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(function (e) { return e ? e.innerText : "(no element " + `+strconv.Quote(sel)+` + ")"; })(document.querySelector(`+strconv.Quote(sel)+`))`))
 		if err != nil {
 			t.Fatalf("read %s: %v", sel, err)
 		}
@@ -426,14 +429,41 @@ func TestBrowser(t *testing.T) {
 	run("overview with a gate",
 		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(chromedp.CSS(".banner.gate")),
+		waitJS(`document.getElementById("live").textContent.includes("Live")`),
 		shot("overview-rollout-waiting"),
 	)
 	if got := text(".banner.gate"); !strings.Contains(got, "Approval needed") || !strings.Contains(got, "Waiting for approval of wave main") {
 		t.Errorf("overview banner = %q", got)
 	}
+
+	// A live update changes only what changed: the link the user points
+	// at and has focused, and the tile whose state changes, stay the same
+	// elements, so a click or a key press lands where the user meant.
+	const bannerLink = `document.querySelector('.banner.gate a[href="/apps/shop"]')`
+	const euTile = `document.querySelector('a.t[href="/clusters/eu-1"]')`
+	eval(`window.__kept = ` + bannerLink + `; window.__kept.focus(); window.__tile = ` + euTile + `; "ok"`)
+	eu.report("web", commit, droverv1.Health_HEALTH_DEGRADED, "OOMKilled")
+	run("live update beside the focused link",
+		waitJS(euTile+`.title.includes("Degraded")`),
+	)
+	kept := eval(`[
+		"link connected " + window.__kept.isConnected,
+		"link same " + (window.__kept === ` + bannerLink + `),
+		"link focused " + (document.activeElement === window.__kept),
+		"tile same " + (window.__tile === ` + euTile + `),
+	].join(", ")`)
+	if want := "link connected true, link same true, link focused true, tile same true"; kept != want {
+		t.Fatalf("after a live update: %s; want %s (the update replaced elements instead of changing them)", kept, want)
+	}
+
+	// Following the banner's link opens the application, whatever live
+	// updates arrive meanwhile.
 	run("rollout waiting",
+		markBefore(),
 		chromedp.Click(chromedp.CSS(`.banner.gate a[href="/apps/shop"]`)),
-		chromedp.WaitVisible(chromedp.ID("#promote")),
+	)
+	afterNavigation("rollout waiting", `location.pathname === "/apps/shop" && document.getElementById("promote") !== null`)
+	run("application with a gate",
 		waitJS(`document.getElementById("live").textContent.includes("Live")`),
 		shot("application-rollout-waiting"),
 	)
