@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -334,6 +335,12 @@ func TestCheckoutErrors(t *testing.T) {
 		return v.String()
 	}
 	creds := &droverv1.RepoCredentials{Username: user, Password: password}
+	// Every Git session go-git opens from here on, to check that the
+	// inputs validation refuses are refused before any.
+	dials := testbed.WatchGitDials(t)
+	// Hosts that fail validation are on loopback all the same, at a port
+	// that closes every connection, in case validation lets one through.
+	closer := closingListener(t)
 
 	// The right credentials work, from the assignment or in the URL.
 	for _, tc := range []struct {
@@ -372,9 +379,9 @@ func TestCheckoutErrors(t *testing.T) {
 		{"zero SHA", repo.URL, creds, strings.Repeat("0", 40), ErrInvalid, password},
 		{"local path", "/etc", nil, sha, ErrInvalid, ""},
 		{"file URL", "file:///etc", nil, sha, ErrInvalid, ""},
-		{"unsupported scheme", "ftp://user:ftp-secret-99@example.com/x", nil, sha, ErrInvalid, "ftp-secret-99"},
-		{"ssh without key", "git@example.com:org/repo.git", nil, sha, ErrInvalid, ""},
-		{"ssh without known hosts", "ssh://git@example.com/org/repo.git", &droverv1.RepoCredentials{SshPrivateKey: "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-key-material\n-----END OPENSSH PRIVATE KEY-----\n"}, sha, ErrInvalid, "secret-key-material"},
+		{"unsupported scheme", "ftp://user:ftp-secret-99@" + closer + "/x", nil, sha, ErrInvalid, "ftp-secret-99"},
+		{"ssh without key", "git@127.0.0.1:org/repo.git", nil, sha, ErrInvalid, ""},
+		{"ssh without known hosts", "ssh://git@" + closer + "/org/repo.git", &droverv1.RepoCredentials{SshPrivateKey: "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret-key-material\n-----END OPENSSH PRIVATE KEY-----\n"}, sha, ErrInvalid, "secret-key-material"},
 		{"key for https", repo.URL, &droverv1.RepoCredentials{SshPrivateKey: "secret-key-material"}, sha, ErrInvalid, "secret-key-material"},
 		{"repository not found", srv.URL + "/missing.git", creds, sha, nil, password},
 	}
@@ -389,6 +396,7 @@ func TestCheckoutErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			dialled := len(dials.To(tt.url))
 			_, release, err := c.Checkout(t.Context(), tt.url, tt.creds, tt.commit)
 			if err == nil {
 				release()
@@ -404,6 +412,12 @@ func TestCheckoutErrors(t *testing.T) {
 			}
 			if tt.is != nil && !errors.Is(err, tt.is) {
 				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
+			}
+			// Nothing invalid is worth a connection.
+			if tt.is == ErrInvalid {
+				if d := dials.To(tt.url)[dialled:]; len(d) > 0 {
+					t.Errorf("refused as invalid after go-git was asked to connect to %v", d)
+				}
 			}
 			if tt.secret != "" && strings.Contains(err.Error(), tt.secret) {
 				t.Errorf("error contains the secret: %v", err)
@@ -438,6 +452,27 @@ func TestCheckoutErrors(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !IsRetryable(err) {
 		t.Errorf("cancelled: err %v, retryable %v", err, IsRetryable(err))
 	}
+}
+
+// closingListener listens on a loopback port, closes every connection it
+// accepts, and returns its address.
+func closingListener(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return l.Addr().String()
 }
 
 // TestCheckoutWithoutSHAWants checks the fallback for servers that do not
