@@ -257,25 +257,6 @@ func (s *stream) nextAssignment(t *testing.T) *droverv1.Assignment {
 	}
 }
 
-// noAssignment asserts no assignment arrives within a grace period. The
-// period bounds the test's patience, not the hub's speed.
-func (s *stream) noAssignment(t *testing.T, within time.Duration) {
-	t.Helper()
-	deadline := time.After(within)
-	for {
-		select {
-		case m := <-s.msgs:
-			if a := m.GetAssignment(); a != nil {
-				t.Fatalf("unexpected assignment %s", a.GetVersion())
-			}
-		case err := <-s.errc:
-			t.Fatalf("stream ended: %v", err)
-		case <-deadline:
-			return
-		}
-	}
-}
-
 func (s *stream) send(t *testing.T, m *droverv1.AgentMessage) {
 	t.Helper()
 	if err := s.s.Send(m); err != nil {

@@ -12,12 +12,14 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/drover-dev/drover/e2e/testbed"
@@ -116,15 +118,18 @@ func TestAssignmentProtocol(t *testing.T) {
 	}
 	s.ack(t, a2, "")
 
-	// A reconnect that says it has the current version gets nothing.
+	// A reconnect that says it has the current version gets nothing:
+	// the first assignment on the new stream is the next change's.
 	s.cancel()
 	s2 := east.connect(t, a2.GetVersion())
-	s2.noAssignment(t, 2*time.Second)
 
 	// Relabelling the cluster away from the placement removes the
 	// application from its next assignment.
 	h.mustAPI(t, "PATCH", "/api/v1/clusters/east/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "staging"}}, nil)
 	a3 := s2.nextAssignment(t)
+	if a3.GetVersion() == a2.GetVersion() {
+		t.Fatalf("the reconnect was sent version %s, which it said it had", a2.GetVersion())
+	}
 	if len(a3.GetApplications()) != 0 {
 		t.Fatalf("assignment after relabel = %v, want empty", appNames(a3))
 	}
@@ -143,7 +148,15 @@ func TestAssignmentProtocol(t *testing.T) {
 		h.mustAPI(t, "GET", "/api/v1/clusters/east", nil, &c)
 		return c.GetCluster().GetNackError() == "cannot parse the assignment"
 	})
-	s2.noAssignment(t, time.Second)
+	// The next assignment the agent gets is the next change's.
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("web", repo.URL, map[string]string{"env": "prod"}), nil)
+	a5 := s2.nextAssignment(t)
+	if a5.GetVersion() == a4.GetVersion() {
+		t.Fatalf("the rejected version %s was sent again", a4.GetVersion())
+	}
+	if got := appNames(a5); len(got) != 1 || got[0] != "web@"+c2 {
+		t.Fatalf("assignment after the NACK = %v, want [web@%s]", got, c2)
+	}
 }
 
 // TestSecondStreamReplacesFirst checks that a cluster has one live stream.
@@ -164,40 +177,64 @@ func TestSecondStreamReplacesFirst(t *testing.T) {
 	}
 }
 
+// TestRegistrationRefusals refuses registrations with a spent, expired,
+// unknown or wrong token, and malformed ones, and audits each refusal that
+// got as far as checking the token or the CSR: exactly one entry each,
+// without the token.
 func TestRegistrationRefusals(t *testing.T) {
 	h := startHub(t)
 	single := h.joinToken(t, &droverv1.CreateJoinTokenRequest{})
 	h.mustRegister(t, single, "first")
-	expired := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Ttl: "1s"})
-	time.Sleep(1100 * time.Millisecond) // let the token expire
+	var expiring droverv1.CreateJoinTokenResponse
+	h.mustAPI(t, "POST", "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Ttl: "1ms"}, &expiring)
+	// The hub holds a token expired once its clock, which is this
+	// process's, reaches the stored expiry (microseconds in PostgreSQL, so
+	// up to half a microsecond later than the one returned).
+	expiresAt := expiring.GetJoinToken().GetExpiresAt().AsTime().Add(time.Microsecond)
+	for now := time.Now(); now.Before(expiresAt); now = time.Now() {
+		time.Sleep(expiresAt.Sub(now))
+	}
 	id := strings.SplitN(single, ".", 2)[0]
 
+	refusals := func(t *testing.T) []*droverv1.Event {
+		t.Helper()
+		var evs droverv1.ListEventsResponse
+		h.mustAPI(t, "GET", "/api/v1/events?kind=cluster.register_refused", nil, &evs)
+		return evs.GetEvents()
+	}
+	// audited says what the refusal's audit entry tells; empty for a
+	// request refused as malformed before any token or CSR is looked at.
 	for _, tc := range []struct {
 		name, token, cluster string
 		code                 codes.Code
+		audited              string
 	}{
-		{"used single-use token", single, "second", codes.PermissionDenied},
-		{"expired token", expired, "second", codes.PermissionDenied},
-		{"unknown token", "abcdefgh.ijklmnopqrstuvwxyzabcdefghijklmn", "second", codes.PermissionDenied},
-		{"wrong secret", id + ".ijklmnopqrstuvwxyzabcdefghijklmn", "second", codes.PermissionDenied},
-		{"malformed token", "not a token", "second", codes.PermissionDenied},
-		{"empty token", "", "second", codes.InvalidArgument},
-		{"invalid cluster name", single, "Not_A_Name", codes.InvalidArgument},
+		{"used single-use token", single, "second", codes.PermissionDenied, "join token refused"},
+		{"expired token", expiring.GetToken(), "second", codes.PermissionDenied, "join token refused"},
+		{"unknown token", "abcdefgh.ijklmnopqrstuvwxyzabcdefghijklmn", "second", codes.PermissionDenied, "join token refused"},
+		{"wrong secret", id + ".ijklmnopqrstuvwxyzabcdefghijklmn", "second", codes.PermissionDenied, "join token refused"},
+		{"malformed token", "not a token", "second", codes.PermissionDenied, "join token refused"},
+		{"empty token", "", "second", codes.InvalidArgument, ""},
+		{"invalid cluster name", single, "Not_A_Name", codes.InvalidArgument, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			before := len(refusals(t))
 			_, err := h.register(t, tc.token, tc.cluster)
 			if status.Code(err) != tc.code {
 				t.Fatalf("register = %v, want %v", err, tc.code)
 			}
+			checkRefusalAudit(t, refusals(t), before, tc.cluster, tc.audited)
 		})
 	}
 	t.Run("CSR names another cluster", func(t *testing.T) {
 		tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Reusable: true})
 		_, csr := newCSR(t, "someone-else")
+		before := len(refusals(t))
 		_, err := h.agentConn(t, h.serverTLS()).Register(context.Background(), &droverv1.RegisterRequest{JoinToken: tok, ClusterName: "second", CsrPem: csr})
 		if status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("register = %v, want InvalidArgument", err)
 		}
+		checkRefusalAudit(t, refusals(t), before, "second", "certificate request refused")
 	})
 
 	var list droverv1.ListClustersResponse
@@ -205,15 +242,40 @@ func TestRegistrationRefusals(t *testing.T) {
 	if n := len(list.GetClusters()); n != 1 {
 		t.Fatalf("%d clusters registered, want only the first", n)
 	}
-	var evs droverv1.ListEventsResponse
-	h.mustAPI(t, "GET", "/api/v1/events?kind=cluster.register_refused", nil, &evs)
-	if len(evs.GetEvents()) < 6 {
-		t.Fatalf("%d refusal audit entries, want one per refusal", len(evs.GetEvents()))
+	evs := refusals(t)
+	if len(evs) != 6 {
+		t.Fatalf("%d refusal audit entries, want 6: one per refused token or CSR", len(evs))
 	}
-	for _, e := range evs.GetEvents() {
-		if strings.Contains(e.GetMessage(), single) {
+	for _, e := range evs {
+		if strings.Contains(e.GetMessage(), single) || strings.Contains(e.GetMessage(), expiring.GetToken()) {
 			t.Fatalf("an audit entry holds the token: %q", e.GetMessage())
 		}
+	}
+}
+
+// checkRefusalAudit fails t unless the refusal just made added exactly one
+// audit entry for cluster saying what, or none when what is empty. evs are
+// the refusal entries now, before their number before the refusal.
+func checkRefusalAudit(t *testing.T, evs []*droverv1.Event, before int, cluster, what string) {
+	t.Helper()
+	want := 1
+	if what == "" {
+		want = 0
+	}
+	if got := len(evs) - before; got != want {
+		t.Fatalf("the refusal added %d audit entries, want %d", got, want)
+	}
+	if want == 0 {
+		return
+	}
+	var latest *droverv1.Event
+	for _, e := range evs {
+		if latest == nil || e.GetTime().AsTime().After(latest.GetTime().AsTime()) {
+			latest = e
+		}
+	}
+	if latest.GetCluster() != cluster || !strings.Contains(latest.GetMessage(), what) {
+		t.Fatalf("audit entry = cluster %q %q, want cluster %q saying %q", latest.GetCluster(), latest.GetMessage(), cluster, what)
 	}
 }
 
@@ -290,42 +352,132 @@ func foreignCert(t *testing.T, name string) tls.Certificate {
 	return c
 }
 
-// TestStatusIsBoundToTheCertificate checks that a cluster cannot write
-// another cluster's status.
+// TestStatusIsBoundToTheCertificate checks that a cluster's stored
+// statuses are exactly what its own agent sent: another cluster's agent
+// cannot write them, whatever cluster its report names, and a status with
+// an enum value from a newer agent is refused rather than stored.
 func TestStatusIsBoundToTheCertificate(t *testing.T) {
 	git := testbed.GitServer(t)
 	repo := git.CreateRepo(t, "fleet")
 	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
 	h := startHub(t)
-	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Reusable: true})
+	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Reusable: true, Labels: map[string]string{"fleet": "all"}})
 	a := h.mustRegister(t, tok, "a")
 	b := h.mustRegister(t, tok, "b")
 	h.mustAPI(t, "PATCH", "/api/v1/clusters/b/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"team": "b"}}, nil)
+	// "shared" runs on both clusters, so a's reports about it pass the
+	// assignment check and only the certificate binds them to a.
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("shared", repo.URL, map[string]string{"fleet": "all"}), nil)
 	h.mustAPI(t, "POST", "/api/v1/applications", webApp("only-b", repo.URL, map[string]string{"team": "b"}), nil)
-	sb := b.connect(t, "")
-	eventually(t, "b's assignment", func() bool { return len(sb.nextAssignment(t).GetApplications()) == 1 })
 	sa := a.connect(t, "")
-	sa.nextAssignment(t)
-	sa.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
-		{Cluster: "b", Application: "only-b", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_DEGRADED},
-	}}}})
-	// A status with an enum value from the future is refused too.
-	sb.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
-		{Application: "only-b", Commit: c1, Sync: droverv1.SyncState(42), Health: droverv1.Health_HEALTH_HEALTHY},
-	}}}})
-	sb.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
-		{Application: "only-b", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY},
-	}}}})
-	eventually(t, "b's own status", func() bool {
-		_ = h.FlushStatuses(context.Background())
-		var cl droverv1.GetClusterResponse
-		h.mustAPI(t, "GET", "/api/v1/clusters/b", nil, &cl)
-		return len(cl.GetApplications()) == 1 && cl.GetApplications()[0].GetHealth() == droverv1.Health_HEALTH_HEALTHY
+	sa.awaitApplications(t, "shared@"+c1)
+	sb := b.connect(t, "")
+	sb.awaitApplications(t, "only-b@"+c1, "shared@"+c1)
+
+	observed := timestamppb.New(time.Now().Truncate(time.Microsecond))
+	appStatus := func(cluster, app string, sync droverv1.SyncState, health droverv1.Health, msg string) *droverv1.ApplicationStatus {
+		return &droverv1.ApplicationStatus{Cluster: cluster, Application: app, Commit: c1, Sync: sync, Health: health, Message: msg,
+			Resources:  []*droverv1.ResourceStatus{{Kind: "ConfigMap", Namespace: "default", Name: app, Health: health}},
+			ObservedAt: observed}
+	}
+	synced, healthy := droverv1.SyncState_SYNC_STATE_SYNCED, droverv1.Health_HEALTH_HEALTHY
+	bOnly := appStatus("", "only-b", synced, healthy, "b: only-b")
+	bShared := appStatus("", "shared", synced, healthy, "b: shared")
+	sb.sendStatuses(t, bOnly, bShared)
+	h.awaitStatus(t, "b", "shared", "b: shared")
+
+	// A newer agent's enum values are refused status by status; the
+	// report's last status, valid, is stored.
+	futureHealth := appStatus("", "only-b", synced, droverv1.Health(42), "b: health from the future")
+	futureHealth.Resources[0].Health = healthy // only the status's own health is new
+	futureResource := appStatus("", "only-b", synced, healthy, "b: resource health from the future")
+	futureResource.Resources[0].Health = droverv1.Health(42)
+	bShared = appStatus("", "shared", synced, droverv1.Health_HEALTH_PROGRESSING, "b: shared, after the future")
+	sb.sendStatuses(t,
+		appStatus("", "only-b", droverv1.SyncState(42), healthy, "b: sync from the future"),
+		futureHealth,
+		futureResource,
+		bShared)
+	h.awaitStatus(t, "b", "shared", "b: shared, after the future")
+	h.checkStatuses(t, "b", bOnly, bShared)
+
+	// b is silent from here on: whatever its statuses are now, it did not
+	// send. a's report names b; the hub ignores that and takes a's
+	// certificate's name, so only-b, which a does not run, is dropped,
+	// and shared is a's own.
+	sa.sendStatuses(t,
+		appStatus("b", "only-b", droverv1.SyncState_SYNC_STATE_FAILED, droverv1.Health_HEALTH_DEGRADED, "a: forged only-b"),
+		appStatus("b", "shared", droverv1.SyncState_SYNC_STATE_FAILED, droverv1.Health_HEALTH_DEGRADED, "a: forged shared"))
+	// a's next report is handled after that one on the same stream.
+	aShared := appStatus("", "shared", synced, healthy, "a: shared")
+	sa.sendStatuses(t, aShared)
+	h.awaitStatus(t, "a", "shared", "a: shared")
+	h.checkStatuses(t, "b", bOnly, bShared)
+	h.checkStatuses(t, "a", aShared)
+}
+
+// awaitApplications ACKs assignments until one holds exactly apps
+// (name@commit, sorted).
+func (s *stream) awaitApplications(t *testing.T, apps ...string) {
+	t.Helper()
+	for {
+		a := s.nextAssignment(t)
+		s.ack(t, a, "")
+		got := appNames(a)
+		slices.Sort(got)
+		if slices.Equal(got, apps) {
+			return
+		}
+	}
+}
+
+func (s *stream) sendStatuses(t *testing.T, sts ...*droverv1.ApplicationStatus) {
+	t.Helper()
+	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: sts}}})
+}
+
+// clusterStatuses returns the statuses the hub has stored for cluster, by
+// application, after writing what it holds.
+func (h *testHub) clusterStatuses(t *testing.T, cluster string) []*droverv1.ApplicationStatus {
+	t.Helper()
+	if err := h.FlushStatuses(context.Background()); err != nil {
+		t.Fatalf("flush statuses: %v", err)
+	}
+	var cl droverv1.GetClusterResponse
+	h.mustAPI(t, "GET", "/api/v1/clusters/"+cluster, nil, &cl)
+	sts := cl.GetApplications()
+	slices.SortFunc(sts, func(x, y *droverv1.ApplicationStatus) int {
+		return strings.Compare(x.GetApplication(), y.GetApplication())
 	})
-	var ca droverv1.GetClusterResponse
-	h.mustAPI(t, "GET", "/api/v1/clusters/a", nil, &ca)
-	if len(ca.GetApplications()) != 0 {
-		t.Fatalf("cluster a has statuses %v; it runs nothing", ca.GetApplications())
+	return sts
+}
+
+// awaitStatus waits until cluster's stored status of app has message msg.
+func (h *testHub) awaitStatus(t *testing.T, cluster, app, msg string) {
+	t.Helper()
+	eventually(t, cluster+"'s status of "+app+" saying "+msg, func() bool {
+		for _, st := range h.clusterStatuses(t, cluster) {
+			if st.GetApplication() == app {
+				return st.GetMessage() == msg
+			}
+		}
+		return false
+	})
+}
+
+// checkStatuses fails t unless cluster's stored statuses are exactly
+// want, sorted by application, with the cluster named by the hub.
+func (h *testHub) checkStatuses(t *testing.T, cluster string, want ...*droverv1.ApplicationStatus) {
+	t.Helper()
+	got := h.clusterStatuses(t, cluster)
+	ok := len(got) == len(want)
+	for i := 0; ok && i < len(want); i++ {
+		w := proto.CloneOf(want[i])
+		w.Cluster = cluster
+		ok = proto.Equal(got[i], w)
+	}
+	if !ok {
+		t.Fatalf("cluster %s's stored statuses:\n%v\nwant exactly (what its own agent sent about its own applications):\n%v", cluster, got, want)
 	}
 }
 
@@ -356,8 +508,12 @@ func TestAdminAPIAuth(t *testing.T) {
 }
 
 func TestApplicationValidation(t *testing.T) {
+	// The hub resolves a new application's ref at once: the repository is
+	// the test bed's, on loopback.
+	repo := testbed.GitServer(t).CreateRepo(t, "fleet")
+	repo.Commit(t, "web", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
 	h := startHub(t)
-	good := webApp("web", "https://git.example.test/fleet.git", map[string]string{"env": "prod"})
+	good := webApp("web", repo.URL, map[string]string{"env": "prod"})
 	h.mustAPI(t, "POST", "/api/v1/applications", good, nil)
 
 	for _, tc := range []struct {

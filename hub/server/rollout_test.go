@@ -215,7 +215,9 @@ func TestRollout(t *testing.T) {
 // changes nothing.
 func TestRolloutBadInput(t *testing.T) {
 	h := startHub(t)
-	a := rolloutApp("https://example.com/fleet.git")
+	// Refused before any resolution; were it not, the hub would dial a
+	// loopback port nobody listens on.
+	a := rolloutApp("http://" + testbed.FreeAddr(t) + "/fleet.git")
 	a.Spec.Rollout.Waves[1].MaxParallel = structpb.NewStringValue("150%")
 	code, body := h.api(t, h.token, "POST", "/api/v1/applications", a, nil)
 	if code != http.StatusBadRequest || !strings.Contains(body, "spec.rollout.waves[1].maxParallel") {
