@@ -157,9 +157,15 @@ func TestResolveRemoteErrors(t *testing.T) {
 		{name: "local path", url: "/etc", wantErr: ErrInvalid},
 	}
 	r := NewResolver("", testbed.Logger(t))
+	dials := testbed.WatchGitDials(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			dialled := len(dials.To(tt.url))
 			got, err := r.Resolve(context.Background(), tt.url, tt.creds, []string{"main"})
+			// Nothing invalid is worth a connection.
+			if d := dials.To(tt.url)[dialled:]; tt.wantErr == ErrInvalid && len(d) > 0 {
+				t.Errorf("refused as invalid after go-git was asked to connect to %v", d)
+			}
 			if tt.wantErr == nil {
 				if err != nil || got["main"] != want {
 					t.Fatalf("Resolve = %v, %v; want main = %s", got, err, want)

@@ -368,7 +368,8 @@ func TestJitter(t *testing.T) {
 }
 
 func TestWatcherRepoInterval(t *testing.T) {
-	const url = "https://git.example.com/org/apps.git"
+	// Never polled here; on loopback all the same.
+	const url = "http://127.0.0.1:9/org/apps.git"
 	tests := []struct {
 		name      string
 		intervals []time.Duration // one application each, all on url
