@@ -4,7 +4,9 @@
 // CSR, holds its own mutually authenticated gRPC connection, says Hello,
 // answers every assignment with an ACK or a NACK after a simulated apply,
 // reports the status of each assigned application with a configurable
-// number of resources, and heartbeats. It records when each assignment
+// number of resources, resends every status it holds at the start of each
+// new stream (as drover-agent does, so a hub that lost them gets them
+// back), and heartbeats. It records when each assignment
 // version arrived, so callers can compute fan-out latencies and check that
 // nothing was lost or sent twice. A share of the agents can instead play
 // a misbehaving fleet (Mode): oversized and malformed messages, never
@@ -31,7 +33,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	mathrand "math/rand/v2"
 	"net"
 	"slices"
@@ -130,11 +134,13 @@ const (
 	Malformed Mode = "malformed"
 	// NeverAck receives assignments and never answers or reports.
 	NeverAck Mode = "never-ack"
-	// ReconnectLoop opens a new connection, says Hello and drops it, in a
-	// tight loop.
+	// ReconnectLoop opens a new connection, says Hello, waits for the
+	// hub's first answer (its assignment, or a refusal) and drops it, in a
+	// tight loop that nothing ends but the fleet's Disconnect: a failed
+	// dial is counted and tried again.
 	ReconnectLoop Mode = "reconnect-loop"
-	// StatusFlood answers assignments and then sends full status reports
-	// as fast as the stream takes them.
+	// StatusFlood answers assignments and then, once it has applications,
+	// sends full status reports of them as fast as the stream takes them.
 	StatusFlood Mode = "status-flood"
 )
 
@@ -508,13 +514,21 @@ type Agent struct {
 	answered   string
 	assignment *droverv1.Assignment
 	// report is the last status report handed to the stream, and reports
-	// how many were.
+	// how many were; resent counts those sent at the start of a stream.
 	report  *droverv1.StatusReport
 	reports int
-	// sessions counts streams opened.
+	resent  int
+	// sessions counts streams opened, and started is when this Connect
+	// started the agent.
 	sessions int
-	// lastErr is why the last stream ended.
-	lastErr error
+	started  time.Time
+	// lastErr is why the last stream ended; ends counts the ends by gRPC
+	// code, but for refusals that ask for a later retry, which deferred
+	// counts; dialErrors counts connections that could not be made.
+	lastErr    error
+	ends       map[codes.Code]int
+	deferred   int
+	dialErrors int
 }
 
 // Name is the agent's cluster name.
@@ -541,8 +555,22 @@ type State struct {
 	Answered string
 	Report   *droverv1.StatusReport
 	Reports  int
+	// Resent counts the reports sent at the start of a stream, each
+	// listing every status the agent holds.
+	Resent int
+	// Sessions counts the streams opened since Started, when the fleet's
+	// Connect started this agent.
 	Sessions int
+	Started  time.Time
 	LastErr  error
+	// Ends counts the streams that ended with an error, by its gRPC code
+	// (codes.Unknown for an error that carries none), except refusals
+	// that ask the agent to retry later (RetryInfo, as admission control
+	// sends), which Deferred counts.
+	Ends     map[codes.Code]int
+	Deferred int
+	// DialErrors counts connections that could not be made.
+	DialErrors int
 }
 
 // State returns a copy of the agent's records.
@@ -555,7 +583,8 @@ func (a *Agent) State() State {
 	}
 	return State{
 		Arrivals: slices.Clone(a.arrivals), Applied: a.applied, Answered: a.answered,
-		Report: rep, Reports: a.reports, Sessions: a.sessions, LastErr: a.lastErr,
+		Report: rep, Reports: a.reports, Resent: a.resent, Sessions: a.sessions, Started: a.started,
+		LastErr: a.lastErr, Ends: maps.Clone(a.ends), Deferred: a.deferred, DialErrors: a.dialErrors,
 	}
 }
 
@@ -565,7 +594,31 @@ func (a *Agent) reset(b Behaviour, m Mode) {
 	defer a.mu.Unlock()
 	a.beh, a.mode = b, m
 	a.arrivals, a.applied, a.answered, a.assignment = nil, "", "", nil
-	a.report, a.reports, a.sessions, a.lastErr = nil, 0, 0, nil
+	a.report, a.reports, a.resent, a.sessions, a.started = nil, 0, 0, 0, time.Now()
+	a.lastErr, a.ends, a.deferred, a.dialErrors = nil, make(map[codes.Code]int), 0, 0
+}
+
+// ended records why a stream ended (or could not start).
+func (a *Agent) ended(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.lastErr = err
+	if err == nil {
+		return
+	}
+	if retryDelay(err) > 0 {
+		a.deferred++
+		return
+	}
+	a.ends[status.Code(err)]++
+}
+
+// dialFailed records a connection that could not be made.
+func (a *Agent) dialFailed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.lastErr = err
+	a.dialErrors++
 }
 
 // dial opens a connection of its own, with small buffers: 10,000 of them
@@ -593,17 +646,26 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 		a.reconnectLoop(ctx)
 		return
 	}
-	conn, err := a.dial()
-	if err != nil {
-		a.mu.Lock()
-		a.lastErr = err
-		a.mu.Unlock()
-		return
+	b := backoff.New(500*time.Millisecond, 30*time.Second)
+	var conn *grpc.ClientConn
+	for {
+		// grpc.NewClient fails only on a target it cannot parse; it is
+		// tried again like any failure rather than ending the agent.
+		var err error
+		if conn, err = a.dial(); err == nil {
+			break
+		}
+		a.dialFailed(err)
+		log.Warn("agent dial failed", "err", err)
+		pause(ctx, b, err)
+		if ctx.Err() != nil {
+			return
+		}
 	}
 	defer conn.Close()
 	client := droverv1.NewAgentServiceClient(conn)
-	b := backoff.New(500*time.Millisecond, 30*time.Second)
 	for {
+		var err error
 		var established bool
 		switch mode {
 		case Malformed:
@@ -615,9 +677,7 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 		if ctx.Err() != nil {
 			return
 		}
-		a.mu.Lock()
-		a.lastErr = err
-		a.mu.Unlock()
+		a.ended(err)
 		log.Debug("agent stream ended", "err", err)
 		if established {
 			// A session that worked starts the backoff over, so a hub
@@ -632,10 +692,8 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 // next delay, or longer when the hub's refusal asks for it (RetryInfo).
 func pause(ctx context.Context, b *backoff.Backoff, err error) {
 	d := b.Next()
-	for _, detail := range status.Convert(err).Details() {
-		if ri, ok := detail.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
-			d = max(d, backoff.Jitter(min(ri.GetRetryDelay().AsDuration(), 5*time.Minute), 0.2))
-		}
+	if r := retryDelay(err); r > 0 {
+		d = max(d, backoff.Jitter(min(r, 5*time.Minute), 0.2))
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -645,29 +703,68 @@ func pause(ctx context.Context, b *backoff.Backoff, err error) {
 	}
 }
 
-// reconnectLoop is a ReconnectLoop agent: a new connection, Hello, and
-// away, again and again without backoff.
+// retryDelay is the delay a refusal asks for (RetryInfo), 0 if none.
+func retryDelay(err error) time.Duration {
+	for _, detail := range status.Convert(err).Details() {
+		if ri, ok := detail.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
+}
+
+// reconnectLoop is a ReconnectLoop agent: a new connection, Hello, the
+// hub's first answer, and away, again and again without backoff until ctx
+// ends. Nothing else stops it: a failed dial or stream is counted and the
+// loop goes on.
 func (a *Agent) reconnectLoop(ctx context.Context) {
 	for ctx.Err() == nil {
-		conn, err := a.dial()
-		if err != nil {
-			return
-		}
-		sctx, cancel := context.WithCancel(ctx)
-		if stream, err := droverv1.NewAgentServiceClient(conn).Connect(sctx); err == nil {
-			a.mu.Lock()
-			a.sessions++
-			a.mu.Unlock()
-			_ = stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}})
-		}
-		cancel()
-		conn.Close()
+		a.reconnectOnce(ctx)
 		t := time.NewTimer(reconnectLoopPause)
 		select {
 		case <-ctx.Done():
 		case <-t.C:
 		}
 		t.Stop()
+	}
+}
+
+// reconnectOnce is one round of reconnectLoop.
+func (a *Agent) reconnectOnce(ctx context.Context) {
+	conn, err := a.dial()
+	if err != nil {
+		a.dialFailed(err)
+		return
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := droverv1.NewAgentServiceClient(conn).Connect(sctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.ended(err)
+		}
+		return
+	}
+	a.mu.Lock()
+	a.sessions++
+	session := a.sessions
+	a.mu.Unlock()
+	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}}); err != nil {
+		// The stream's status says why it could not be sent to.
+		_, err = stream.Recv()
+		if ctx.Err() == nil {
+			a.ended(err)
+		}
+		return
+	}
+	m, err := stream.Recv()
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		a.ended(err)
+	case m.GetAssignment() != nil:
+		a.arrived(m.GetAssignment(), session)
 	}
 }
 
@@ -691,8 +788,17 @@ func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient,
 	a.sessions++
 	session, applied, beh := a.sessions, a.applied, a.beh
 	a.mu.Unlock()
+	// Until the receiving goroutine starts, a failed Send's status is
+	// read here (gRPC's Send reports only io.EOF when the hub ended the
+	// stream).
+	status0 := func(what string, err error) error {
+		if errors.Is(err, io.EOF) {
+			_, err = stream.Recv()
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello(applied)}}); err != nil {
-		return false, fmt.Errorf("hello: %w", err)
+		return false, status0("hello", err)
 	}
 	a.open.Store(true)
 	if mode == Oversized {
@@ -700,7 +806,14 @@ func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient,
 			Application: "oversized", Message: strings.Repeat("x", OversizedBytes),
 		}}}
 		if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: big}}); err != nil {
-			return false, fmt.Errorf("oversized status: %w", err)
+			return false, status0("oversized status", err)
+		}
+	}
+	// As drover-agent does on every new stream: every status again, for a
+	// hub that may have lost them (a restarted one, say).
+	if mode == WellBehaved {
+		if err := a.resendStatuses(stream); err != nil {
+			return false, status0("resend", err)
 		}
 	}
 
@@ -726,6 +839,22 @@ func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient,
 			}
 		}
 	}()
+
+	// From here a failed Send's status comes through the receiving
+	// goroutine.
+	sendFailed := func(err error) error {
+		for errors.Is(err, io.EOF) {
+			select {
+			case rerr := <-recvErr:
+				return fmt.Errorf("%w; receive: %w", err, rerr)
+			case <-assignments:
+				// Too late to answer; keeps the receiver from blocking.
+			case <-ctx.Done():
+				return err
+			}
+		}
+		return err
+	}
 
 	heartbeat := time.NewTimer(time.Duration(mathrand.Int64N(int64(beh.Heartbeat))) + 1)
 	defer heartbeat.Stop()
@@ -757,23 +886,28 @@ func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient,
 				continue
 			}
 			if err := a.apply(ctx, stream, as, beh); err != nil {
-				return got.Load() && mode == WellBehaved, err
+				return got.Load() && mode == WellBehaved, sendFailed(err)
 			}
 		case <-report:
 			if a.reportsPaused.Load() {
 				continue
 			}
 			if err := a.reportAgain(stream); err != nil {
-				return got.Load(), err
+				return got.Load(), sendFailed(err)
 			}
 		case <-flood:
+			// A flood of statuses needs statuses: an agent assigned
+			// nothing has none to send.
+			if !a.holdsApplications() {
+				continue
+			}
 			if err := a.reportAgain(stream); err != nil {
-				return false, err
+				return false, sendFailed(err)
 			}
 		case <-heartbeat.C:
 			heartbeat.Reset(backoff.Jitter(beh.Heartbeat, 0.1))
 			if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Heartbeat{Heartbeat: &droverv1.Heartbeat{SentAt: timestamppb.Now()}}}); err != nil {
-				return got.Load() && mode == WellBehaved, fmt.Errorf("heartbeat: %w", err)
+				return got.Load() && mode == WellBehaved, sendFailed(fmt.Errorf("heartbeat: %w", err))
 			}
 		}
 	}
@@ -885,7 +1019,7 @@ func (a *Agent) apply(ctx context.Context, stream grpc.BidiStreamingClient[drove
 		a.applied = as.GetVersion()
 	}
 	a.mu.Unlock()
-	return a.sendReport(stream, as, failed)
+	return a.sendReport(stream, as, failed, true)
 }
 
 // reportAgain sends a fresh full report of the last answered assignment.
@@ -896,17 +1030,47 @@ func (a *Agent) reportAgain(stream grpc.BidiStreamingClient[droverv1.AgentMessag
 	if as == nil {
 		return nil
 	}
-	return a.sendReport(stream, as, failed)
+	return a.sendReport(stream, as, failed, true)
 }
 
-// sendReport sends the full report after applying as: every assigned
-// application with ResourcesPerApp resources, numbered in its message.
-func (a *Agent) sendReport(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], as *droverv1.Assignment, failed bool) error {
+// holdsApplications tells whether the last answered assignment has any.
+func (a *Agent) holdsApplications() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.assignment.GetApplications()) > 0
+}
+
+// resendStatuses sends, at the start of a stream, the status of every
+// application of the last answered assignment, if any, in a report that
+// is not full, as drover-agent's does (a resend deletes nothing on the
+// hub). It is numbered afresh like every report, so that what the hub
+// stored afterwards tells whether the resend arrived.
+func (a *Agent) resendStatuses(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage]) error {
+	a.mu.Lock()
+	as, failed := a.assignment, a.applied != a.answered
+	a.mu.Unlock()
+	if len(as.GetApplications()) == 0 {
+		return nil
+	}
+	if err := a.sendReport(stream, as, failed, false); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.resent++
+	a.mu.Unlock()
+	return nil
+}
+
+// sendReport sends a report of every application of as with
+// ResourcesPerApp resources, numbered in its message; full tells the hub
+// to delete the statuses of applications not listed.
+func (a *Agent) sendReport(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], as *droverv1.Assignment, failed, full bool) error {
 	a.mu.Lock()
 	a.reports++
 	n, resources := a.reports, a.beh.ResourcesPerApp
 	a.mu.Unlock()
 	rep := statusReport(as, failed, n, resources)
+	rep.Full = full
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: rep}}); err != nil {
 		return fmt.Errorf("status for %s: %w", as.GetVersion(), err)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -46,15 +47,19 @@ func TestFleetGetsEveryVersionOnce(t *testing.T) {
 // malformed messages, never answering, reconnecting in a tight loop,
 // flooding status). The well-behaved 95% must still get every version
 // exactly once without losing their streams, and their statuses must be
-// stored as sent.
+// stored as sent. And each misbehaviour must have happened and met the
+// hub's answer to it (checkMisbehaved), or the 95% proved nothing.
 func TestMisbehavingAgentsDoNotHarmTheOthers(t *testing.T) {
-	checkFleetGetsEveryVersionOnce(t, loadtest.Behaviour{
+	fl, h := checkFleetGetsEveryVersionOnce(t, loadtest.Behaviour{
 		ResourcesPerApp: 5, ApplyLatency: 5 * time.Millisecond, FailRate: 0.1, Heartbeat: 2 * time.Second,
 		Misbehaving: 0.05,
 	})
+	if !t.Failed() {
+		checkMisbehaved(t, h, fl)
+	}
 }
 
-func checkFleetGetsEveryVersionOnce(t *testing.T, beh loadtest.Behaviour) {
+func checkFleetGetsEveryVersionOnce(t *testing.T, beh loadtest.Behaviour) (*loadtest.Fleet, *testHub) {
 	const agents = 500
 	git := testbed.GitServer(t)
 	repo := git.CreateRepo(t, "fleet")
@@ -119,7 +124,7 @@ func checkFleetGetsEveryVersionOnce(t *testing.T, beh loadtest.Behaviour) {
 		}
 	}
 	if t.Failed() {
-		return
+		return fl, h
 	}
 
 	// The last report of every well-behaved agent must be what the store
@@ -156,6 +161,184 @@ func checkFleetGetsEveryVersionOnce(t *testing.T, beh loadtest.Behaviour) {
 	if sum.Duplicates != 0 || sum.Connected != len(good) {
 		t.Errorf("summary %+v: want no duplicates, %d connected", sum, len(good))
 	}
+	return fl, h
+}
+
+// The hub's per-stream status admission (agentapi's defaults, which the
+// in-process hub keeps): a burst, then a steady rate per second.
+const (
+	hubStatusBurst = 50
+	hubStatusRate  = 20
+)
+
+// checkMisbehaved checks, once the well-behaved agents have settled, that
+// every misbehaving agent did what its mode says and met the hub's
+// answer: the oversized were refused for size, the malformed were cut off
+// and nothing they claimed was recorded, the never-answering stay
+// unacknowledged in the hub's records, the reconnect loops keep being
+// served, and the flooders were slowed to the hub's status rate on a
+// stream that stayed up.
+func checkMisbehaved(t *testing.T, h *testHub, fl *loadtest.Fleet) {
+	t.Helper()
+	ctx := context.Background()
+	settled := time.Now()
+	byMode := make(map[loadtest.Mode][]*loadtest.Agent)
+	for _, a := range fl.Agents() {
+		if m := a.Mode(); m != loadtest.WellBehaved {
+			byMode[m] = append(byMode[m], a)
+		}
+	}
+	for _, m := range loadtest.Modes {
+		if len(byMode[m]) == 0 {
+			t.Errorf("no agent played %s", m)
+		}
+	}
+	cluster := func(name string) *droverv1.Cluster {
+		c, err := h.Store().GetCluster(ctx, name)
+		if err != nil {
+			t.Fatalf("read cluster %s: %v", name, err)
+		}
+		return c
+	}
+	onlyEnds := func(a *loadtest.Agent, st loadtest.State, want codes.Code) {
+		for c, n := range st.Ends {
+			if c != want {
+				t.Errorf("%s agent %s: %d streams ended with %v (last error %v), want only %v", a.Mode(), a.Name(), n, c, st.LastErr, want)
+			}
+		}
+		if st.DialErrors != 0 {
+			t.Errorf("%s agent %s: %d failed dials (last error %v)", a.Mode(), a.Name(), st.DialErrors, st.LastErr)
+		}
+	}
+
+	// Oversized: every stream refused for its size, ResourceExhausted
+	// without a retry delay (admission's refusals carry one).
+	awaitAgents(t, byMode[loadtest.Oversized], "refused for an oversized message", func(_ *loadtest.Agent, st loadtest.State) bool {
+		return st.Ends[codes.ResourceExhausted] > 0
+	})
+	for _, a := range byMode[loadtest.Oversized] {
+		onlyEnds(a, a.State(), codes.ResourceExhausted)
+	}
+
+	// Malformed: every stream cut off at the bytes that are no protobuf;
+	// the status of an application not assigned and the answer with a
+	// wrong nonce before them were not recorded.
+	awaitAgents(t, byMode[loadtest.Malformed], "cut off for an undecodable message", func(_ *loadtest.Agent, st loadtest.State) bool {
+		return st.Ends[codes.Internal] > 0
+	})
+	for _, a := range byMode[loadtest.Malformed] {
+		onlyEnds(a, a.State(), codes.Internal)
+		if sts, err := h.Store().GetStatuses(ctx, a.Name()); err != nil || len(sts) != 0 {
+			t.Errorf("malformed agent %s: stored statuses %v (%v), want none", a.Name(), sts, err)
+		}
+		if c := cluster(a.Name()); c.GetAckedVersion() != "" {
+			t.Errorf("malformed agent %s: hub recorded an ACK of %q, want none", a.Name(), c.GetAckedVersion())
+		}
+	}
+
+	// Never-ACK: the hub sent every change (the last arrival is its
+	// current version), and its records show the cluster as not having
+	// acknowledged it.
+	for _, a := range byMode[loadtest.NeverAck] {
+		st, current := a.State(), h.AssignmentVersion(a.Name())
+		if n := len(st.Arrivals); n == 0 || st.Arrivals[n-1].Version != current || current == "" {
+			t.Errorf("never-ack agent %s: received %v, want the hub's current version %q last", a.Name(), versions(st.Arrivals), current)
+		}
+		if st.Answered != "" {
+			t.Errorf("never-ack agent %s answered %q", a.Name(), st.Answered)
+		}
+		if acked := cluster(a.Name()).GetAckedVersion(); acked == current {
+			t.Errorf("never-ack agent %s: hub recorded an ACK of its current version %q", a.Name(), acked)
+		}
+	}
+
+	// Reconnect loop: still going after everything else happened, each
+	// new stream recorded by the hub and answered with the cluster's
+	// current assignment (the loop's Hello claims nothing applied). A loop
+	// that stopped, on a failed dial or otherwise, stays where it was.
+	loops := byMode[loadtest.ReconnectLoop]
+	before := make(map[string]int, len(loops))
+	for _, a := range loops {
+		before[a.Name()] = len(a.State().Arrivals)
+	}
+	awaitAgents(t, loops, "answered on two more streams after the fleet settled", func(a *loadtest.Agent, st loadtest.State) bool {
+		return len(st.Arrivals) >= before[a.Name()]+2
+	})
+	for _, a := range loops {
+		st, current := a.State(), h.AssignmentVersion(a.Name())
+		for _, arr := range st.Arrivals[before[a.Name()]:] {
+			if arr.Version != current {
+				t.Errorf("reconnect-loop agent %s: stream %d brought %s, want the current %s", a.Name(), arr.Session, arr.Version, current)
+			}
+		}
+		if since := cluster(a.Name()).GetConnectedSince(); !since.AsTime().After(settled) {
+			t.Errorf("reconnect-loop agent %s: hub's last connection record %v, want one after %v", a.Name(), since.AsTime(), settled)
+		}
+		onlyEnds(a, st, codes.OK) // refusals asking for a later retry aside
+	}
+
+	// Status flood: slowed, not dropped. The hub reads at most the burst
+	// plus the rate times the time since the agent started; the number of
+	// the report it stored last counts every report read before it. Wait
+	// until each flooder has one stored.
+	flooders := byMode[loadtest.StatusFlood]
+	storedN := make(map[string]int)
+	deadline := time.Now().Add(patience)
+	for {
+		if err := h.FlushStatuses(ctx); err != nil {
+			t.Fatalf("flush statuses: %v", err)
+		}
+		stored, err := h.Store().StatusesForApplication(ctx, "web")
+		if err != nil {
+			t.Fatalf("read statuses: %v", err)
+		}
+		for _, st := range stored {
+			if n, ok := loadtest.ReportNumber(st.GetMessage()); ok {
+				storedN[st.GetCluster()] = n
+			}
+		}
+		missing := ""
+		for _, a := range flooders {
+			if storedN[a.Name()] == 0 {
+				missing = a.Name()
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status-flood agent %s: no numbered status stored after %v; %d reports sent", missing, patience, flooderState(flooders, missing).Reports)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, a := range flooders {
+		st := a.State()
+		bound := hubStatusBurst + hubStatusRate*time.Since(st.Started).Seconds()
+		if n := storedN[a.Name()]; float64(n) > bound {
+			t.Errorf("status-flood agent %s: the hub read report %d within %v, want at most %.0f (burst %d + %d/s): not throttled",
+				a.Name(), n, time.Since(st.Started).Round(time.Millisecond), bound, hubStatusBurst, hubStatusRate)
+		}
+		if len(st.Arrivals) == 0 || st.Arrivals[len(st.Arrivals)-1].Session != st.Sessions || st.Sessions != st.Arrivals[0].Session {
+			t.Errorf("status-flood agent %s: arrivals %v over %d streams (last error %v): its stream was dropped, want it slowed", a.Name(), st.Arrivals, st.Sessions, st.LastErr)
+		}
+		t.Logf("status-flood agent %s: %d reports handed to its stream, the hub read up to report %d within %v (at most %.0f)",
+			a.Name(), st.Reports, storedN[a.Name()], time.Since(st.Started).Round(time.Millisecond), bound)
+	}
+	for _, m := range []loadtest.Mode{loadtest.Oversized, loadtest.Malformed, loadtest.ReconnectLoop} {
+		for _, a := range byMode[m] {
+			st := a.State()
+			t.Logf("%s agent %s: %d streams, %d answered with an assignment, ends %v, %d refusals to retry later", m, a.Name(), st.Sessions, len(st.Arrivals), st.Ends, st.Deferred)
+		}
+	}
+}
+
+func flooderState(agents []*loadtest.Agent, name string) loadtest.State {
+	for _, a := range agents {
+		if a.Name() == name {
+			return a.State()
+		}
+	}
+	return loadtest.State{}
 }
 
 // awaitAnswered waits until every agent has answered its round-th
