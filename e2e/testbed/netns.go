@@ -203,8 +203,10 @@ const routerRules = `table ip drover {
 }
 `
 
-// The router's counters of new connections (conntrack state new: a TCP
-// SYN, the first datagram of a UDP or ICMP flow).
+// The router's counters of new connections: packets in conntrack state
+// new, which are a connection's first (a TCP SYN, the first datagram of a
+// UDP or ICMP flow) and its retransmissions. A count is therefore at least
+// the number of connections attempted, and 0 only if there was none.
 const (
 	// counterFromEdges: forwarded from an edge out of the uplink.
 	counterFromEdges = "from_edges"

@@ -251,8 +251,10 @@ func TestNetnsConnections(t *testing.T) {
 			t.Fatalf("echo from edge %s: %v", e.Namespace, err)
 		}
 	}
-	if c := n.Connections(t); c != (Connections{FromEdges: 2}) {
-		t.Fatalf("after two connections from the edge: %+v, want FromEdges 2 only", c)
+	// At least: a retransmitted SYN counts again.
+	afterEdge := n.Connections(t)
+	if afterEdge.FromEdges < 2 || afterEdge.FromUplink != 0 {
+		t.Fatalf("after two connections from the edge: %+v, want FromEdges 2 or more, FromUplink 0", afterEdge)
 	}
 
 	// To the router itself: nothing listens, it answers with a reset.
@@ -261,6 +263,10 @@ func TestNetnsConnections(t *testing.T) {
 	defer cancel()
 	if _, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.RouterIP.String(), "1")); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial the router from the root namespace: %v, want %v", err, syscall.ECONNREFUSED)
+	}
+	afterRouter := n.Connections(t)
+	if afterRouter.FromUplink == 0 || afterRouter.FromEdges != afterEdge.FromEdges {
+		t.Fatalf("after a connection to the router: %+v, want FromUplink counted and FromEdges still %d", afterRouter, afterEdge.FromEdges)
 	}
 	// Through the router to the edge, with the blackhole route replaced by
 	// one via the router for the length of the dial.
@@ -276,8 +282,8 @@ func TestNetnsConnections(t *testing.T) {
 		t.Fatalf("dial the edge through the router: %v", err)
 	}
 	c.Close()
-	if c := n.Connections(t); c != (Connections{FromEdges: 2, FromUplink: 2}) {
-		t.Fatalf("after a connection to the router and one to the edge: %+v, want FromEdges 2, FromUplink 2", c)
+	if c := n.Connections(t); c.FromUplink <= afterRouter.FromUplink || c.FromEdges != afterEdge.FromEdges {
+		t.Fatalf("after a connection through the router to the edge: %+v, want FromUplink above %d and FromEdges still %d", c, afterRouter.FromUplink, afterEdge.FromEdges)
 	}
 }
 
