@@ -6,169 +6,196 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
+	"net/http"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/drover-dev/drover/agent/daemon"
 	"github.com/drover-dev/drover/e2e/testbed"
-	"github.com/drover-dev/drover/hub/server"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
 func TestMain(m *testing.M) { testbed.Main(m) }
 
-// fleet is a hub with agents on local clusters.
+const (
+	// waitConverge bounds every wait for a cluster to reach a state the
+	// test asked for (and is the rollouts' progress deadline, so a rollout
+	// gives a slow cluster as long as the test does). Outcomes are
+	// asserted, never how long they took.
+	waitConverge = 3 * time.Minute
+	// agentHeartbeat is how often agents beat; their reconnect backoff is
+	// capped at the same.
+	agentHeartbeat = 2 * time.Second
+	// hubOfflineTimeout is how long a cluster goes without a heartbeat
+	// before the hub shows it offline: fifteen beats missed in a row is an
+	// agent gone, not a busy machine. A test that waits for a cluster to
+	// go offline adds it to its wait.
+	hubOfflineTimeout = 15 * agentHeartbeat
+)
+
+// fleet is a drover-hub process with drover-agent processes on local
+// clusters, so that a test can kill any of them as a crash would.
 type fleet struct {
 	t        *testing.T
-	hubCfg   server.Config
-	hub      *server.Hub
+	hub      *testbed.HubProcess
 	api      *apiClient
 	clusters map[string]*testbed.Cluster
-	agents   map[string]*daemon.Agent
-	agentCfg map[string]daemon.Config
+	agents   map[string]*testbed.AgentProcess
+	// metricsAddrs are the agents' --metrics-addr, for those given one.
+	metricsAddrs map[string]string
 }
 
-func (f *fleet) startHub() {
-	t := f.t
-	t.Helper()
-	h, err := server.Start(context.Background(), f.hubCfg, testbed.Logger(t).With("component", "hub"), io.Discard)
-	if err != nil {
-		t.Fatalf("start hub: %v", err)
-	}
-	f.hub = h
-	t.Cleanup(func() {
-		if f.hub == h {
-			h.Close()
-		}
-	})
-	if f.api == nil {
-		tok, err := os.ReadFile(filepath.Join(f.hubCfg.DataDir, "admin-token"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.api = &apiClient{t: t, base: "http://" + h.HTTPAddr(), token: strings.TrimSpace(string(tok))}
-	}
+// with returns f for the subtest t: failures go to t, the test that runs
+// the caller.
+func (f *fleet) with(t *testing.T) *fleet {
+	c := *f
+	c.t = t
+	return &c
 }
 
-func (f *fleet) stopHub() {
+// killHub kills the hub with SIGKILL, as a crash does.
+func (f *fleet) killHub() {
 	f.t.Helper()
-	if err := f.hub.Close(); err != nil {
-		f.t.Logf("hub close: %v", err)
-	}
-	f.hub = nil
+	f.t.Logf("killing drover-hub (pid %d)", f.hub.Process().Pid())
+	f.hub.Kill(f.t)
 }
 
-func (f *fleet) startAgent(name string) {
-	t := f.t
+// restartHub starts the killed hub again on the same database, data
+// directory and addresses.
+func (f *fleet) restartHub() {
+	f.t.Helper()
+	f.hub.Restart(f.t)
+}
+
+// newFleet starts a hub, one cluster per entry of labels and an agent on
+// each, registered with those labels. The agents named in withMetrics
+// serve their metrics; they are never restarted, since a port chosen free
+// for them is not theirs once they stop.
+func newFleet(t *testing.T, labels map[string]map[string]string, withMetrics ...string) *fleet {
 	t.Helper()
-	a, err := daemon.Start(context.Background(), f.agentCfg[name], testbed.Logger(t).With("component", "agent", "cluster", name))
-	if err != nil {
-		t.Fatalf("start agent %s: %v", name, err)
-	}
-	f.agents[name] = a
-	t.Cleanup(func() {
-		if f.agents[name] == a {
-			a.Stop()
-		}
-	})
-}
-
-func (f *fleet) stopAgent(name string) {
-	f.agents[name].Stop()
-	f.agents[name] = nil
-}
-
-func newFleet(t *testing.T, labels map[string]map[string]string) *fleet {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "drover-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fleet{t: t, clusters: map[string]*testbed.Cluster{}, agents: map[string]*daemon.Agent{}, agentCfg: map[string]daemon.Config{}}
-
 	names := make([]string, 0, len(labels))
 	for n := range labels {
 		names = append(names, n)
 	}
-	clusters := testbed.ClustersWithOptions(t, testbed.Options{Names: names})
-
-	cfg := server.DefaultConfig()
-	cfg.DataDir = filepath.Join(dir, "hub")
-	cfg.DatabaseURL = testbed.Postgres(t)
-	// Fixed addresses, so a restarted hub is found again.
-	cfg.AgentAddr = testbed.FreeAddr(t)
-	cfg.HTTPAddr = testbed.FreeAddr(t)
-	cfg.Hostnames = []string{"127.0.0.1"}
-	cfg.PollInterval = 5 * time.Second
-	cfg.OfflineTimeout = 10 * time.Second
-	f.hubCfg = cfg
-	f.startHub()
-	caFile := filepath.Join(dir, "hub-ca.crt")
-	if err := os.WriteFile(caFile, f.hub.CACertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	for _, c := range clusters {
-		var tok droverv1.CreateJoinTokenResponse
-		f.api.do("POST", "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Labels: labels[c.Name]}, &tok)
-		acfg := daemon.DefaultConfig()
-		acfg.HubAddr = cfg.AgentAddr
-		acfg.HubCAFile = caFile
-		acfg.JoinToken = tok.GetToken()
-		acfg.ClusterName = c.Name
-		acfg.StateDir = filepath.Join(dir, "agent-"+c.Name)
-		acfg.Kubeconfig = c.Kubeconfig
-		acfg.Heartbeat = 2 * time.Second
-		acfg.BackoffMax = 2 * time.Second
-		acfg.MetricsAddr = testbed.FreeAddr(t)
-		f.agentCfg[c.Name] = acfg
+	sort.Strings(names)
+	f := &fleet{t: t, clusters: map[string]*testbed.Cluster{}, agents: map[string]*testbed.AgentProcess{}, metricsAddrs: map[string]string{}}
+	f.hub = testbed.StartHub(t, testbed.HubOptions{
+		DatabaseURL: testbed.Postgres(t),
+		Hostnames:   []string{"127.0.0.1"},
+		Args:        []string{"--poll-interval", "5s", "--offline-timeout", hubOfflineTimeout.String()},
+	})
+	f.api = &apiClient{base: "http://" + f.hub.HTTPAddr, token: f.hub.AdminToken}
+	for _, c := range testbed.ClustersWithOptions(t, testbed.Options{Names: names}) {
+		args := []string{"--heartbeat", agentHeartbeat.String(), "--backoff-max", agentHeartbeat.String()}
+		if slices.Contains(withMetrics, c.Name) {
+			f.metricsAddrs[c.Name] = testbed.FreeAddr(t)
+			args = append(args, "--metrics-addr", f.metricsAddrs[c.Name])
+		}
 		f.clusters[c.Name] = c
-		f.startAgent(c.Name)
+		f.agents[c.Name] = testbed.StartAgent(t, testbed.AgentOptions{
+			Name:       c.Name,
+			Kubeconfig: c.Kubeconfig,
+			HubAddr:    f.hub.AgentAddr,
+			HubCAFile:  f.hub.CAFile,
+			JoinToken:  f.hub.JoinToken(t, labels[c.Name]),
+			Args:       args,
+		})
 	}
 	return f
 }
 
+// do calls the hub's admin API; an error fails the test.
+func (f *fleet) do(method, path string, in, out proto.Message) {
+	f.t.Helper()
+	f.api.do(f.t, method, path, in, out)
+}
+
 func (f *fleet) kube(name string) kubernetes.Interface { return f.clusters[name].Client(f.t) }
 
-// status returns the hub's status of app on cluster, or nil.
-func (f *fleet) status(app, cluster string) *droverv1.ApplicationStatus {
+// status returns the hub's status of app on cluster, nil when it has none.
+// Polls take an error as "not yet": the hub may be starting.
+func (f *fleet) status(app, cluster string) (*droverv1.ApplicationStatus, error) {
 	var resp droverv1.GetApplicationResponse
-	f.api.do("GET", "/api/v1/applications/"+app, nil, &resp)
+	if err := f.api.call(f.t.Context(), http.MethodGet, "/api/v1/applications/"+app, nil, &resp); err != nil {
+		return nil, err
+	}
 	for _, s := range resp.GetStatuses() {
 		if s.GetCluster() == cluster {
-			return s
+			return s, nil
 		}
 	}
-	return nil
+	return nil, nil
+}
+
+// cluster is the hub's record of a cluster.
+func (f *fleet) cluster(name string) (*droverv1.Cluster, error) {
+	var resp droverv1.GetClusterResponse
+	if err := f.api.call(f.t.Context(), http.MethodGet, "/api/v1/clusters/"+name, nil, &resp); err != nil {
+		return nil, err
+	}
+	return resp.GetCluster(), nil
+}
+
+func isSyncedAt(s *droverv1.ApplicationStatus, commit string) bool {
+	return s.GetCommit() == commit && s.GetSync() == droverv1.SyncState_SYNC_STATE_SYNCED && s.GetHealth() == droverv1.Health_HEALTH_HEALTHY
 }
 
 func (f *fleet) waitHealthy(app, cluster, commit string) {
 	f.t.Helper()
-	testbed.Eventually(f.t, fmt.Sprintf("%s Synced and Healthy at %.7s on %s", app, commit, cluster), 3*time.Minute, func() (bool, string) {
-		s := f.status(app, cluster)
-		ok := s.GetCommit() == commit && s.GetSync() == droverv1.SyncState_SYNC_STATE_SYNCED && s.GetHealth() == droverv1.Health_HEALTH_HEALTHY
-		return ok, fmt.Sprintf("hub says %v", s)
+	f.waitHealthyAfter(app, cluster, commit, time.Time{})
+}
+
+// waitHealthyAfter waits until the hub says app is Synced and Healthy at
+// commit on cluster, as the agent observed it after after.
+func (f *fleet) waitHealthyAfter(app, cluster, commit string, after time.Time) {
+	f.t.Helper()
+	what := fmt.Sprintf("%s Synced and Healthy at %.7s on %s", app, commit, cluster)
+	if !after.IsZero() {
+		what += " observed after " + after.Format(time.StampMilli)
+	}
+	testbed.Eventually(f.t, what, waitConverge, func() (bool, string) {
+		s, err := f.status(app, cluster)
+		if err != nil {
+			return false, err.Error()
+		}
+		return isSyncedAt(s, commit) && s.GetObservedAt().AsTime().After(after), fmt.Sprintf("hub says %v", s)
+	})
+}
+
+// waitConnectedAfter waits until the cluster's agent holds a session with
+// the hub that started after since, and has acknowledged the assignment
+// the hub wants it to run.
+func (f *fleet) waitConnectedAfter(name string, since time.Time) {
+	f.t.Helper()
+	testbed.Eventually(f.t, fmt.Sprintf("%s connected since %s and its assignment acknowledged", name, since.Format(time.StampMilli)), waitConverge, func() (bool, string) {
+		c, err := f.cluster(name)
+		if err != nil {
+			return false, err.Error()
+		}
+		ok := c.GetOnline() && c.GetConnectedSince().AsTime().After(since) &&
+			c.GetAckedVersion() != "" && c.GetAckedVersion() == c.GetAssignmentVersion()
+		return ok, fmt.Sprintf("cluster %v", c)
 	})
 }
 
 func (f *fleet) deployment(cluster string) (*appsv1.Deployment, error) {
-	return f.kube(cluster).AppsV1().Deployments("web").Get(context.Background(), "nginx", metav1.GetOptions{})
+	ctx, cancel := context.WithTimeout(f.t.Context(), apiRequestTimeout)
+	defer cancel()
+	return f.kube(cluster).AppsV1().Deployments("web").Get(ctx, "nginx", metav1.GetOptions{})
 }
 
 func (f *fleet) waitNoDeployment(cluster string) {
 	f.t.Helper()
-	testbed.Eventually(f.t, "no nginx Deployment on "+cluster, 2*time.Minute, func() (bool, string) {
+	testbed.Eventually(f.t, "no nginx Deployment on "+cluster, waitConverge, func() (bool, string) {
 		_, err := f.deployment(cluster)
 		return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 	})
@@ -177,14 +204,18 @@ func (f *fleet) waitNoDeployment(cluster string) {
 func (f *fleet) scale(cluster string, replicas int) {
 	f.t.Helper()
 	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas)
-	if _, err := f.kube(cluster).AppsV1().Deployments("web").Patch(context.Background(), "nginx", types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "kubectl"}); err != nil {
+	ctx, cancel := context.WithTimeout(f.t.Context(), apiRequestTimeout)
+	defer cancel()
+	if _, err := f.kube(cluster).AppsV1().Deployments("web").Patch(ctx, "nginx", types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "kubectl"}); err != nil {
 		f.t.Fatalf("scale on %s: %v", cluster, err)
 	}
 }
 
+// waitReplicas waits until the cluster's web Deployment asks for want
+// replicas: the agent put back what a hand-made change altered.
 func (f *fleet) waitReplicas(cluster string, want int32) {
 	f.t.Helper()
-	testbed.Eventually(f.t, fmt.Sprintf("%d replicas wanted on %s", want, cluster), 2*time.Minute, func() (bool, string) {
+	testbed.Eventually(f.t, fmt.Sprintf("%d replicas wanted on %s", want, cluster), waitConverge, func() (bool, string) {
 		d, err := f.deployment(cluster)
 		if err != nil {
 			return false, err.Error()
@@ -194,7 +225,8 @@ func (f *fleet) waitReplicas(cluster string, want int32) {
 }
 
 func (f *fleet) refresh(app string) {
-	f.api.do("POST", "/api/v1/applications/"+app+"/refresh", nil, nil)
+	f.t.Helper()
+	f.do(http.MethodPost, "/api/v1/applications/"+app+"/refresh", nil, nil)
 }
 
 func webApplication(repoURL string) *droverv1.Application {
@@ -212,34 +244,35 @@ func TestFleetGitOps(t *testing.T) {
 	repo := git.CreateRepo(t, "fleet")
 	c1 := repo.Commit(t, "web on nginx 1.23.0", testbed.ExampleApp("nginx:1.23.0"))
 
-	f := newFleet(t, map[string]map[string]string{
+	fl := newFleet(t, map[string]map[string]string{
 		"prod-1":  {"env": "prod"},
 		"prod-2":  {"env": "prod"},
 		"staging": {"env": "staging"},
-	})
-	f.api.do("POST", "/api/v1/applications", webApplication(repo.URL), nil)
+	}, "prod-2", "staging")
+	fl.do(http.MethodPost, "/api/v1/applications", webApplication(repo.URL), nil)
 
 	// Both prod clusters run it; staging has nothing.
 	for _, c := range []string{"prod-1", "prod-2"} {
-		f.waitHealthy("web", c, c1)
-		d, err := f.deployment(c)
+		fl.waitHealthy("web", c, c1)
+		d, err := fl.deployment(c)
 		if err != nil || d.Status.AvailableReplicas != 2 {
 			t.Fatalf("%s: deployment %v, err %v; want 2 available replicas", c, d.Status, err)
 		}
 	}
-	if _, err := f.deployment("staging"); !apierrors.IsNotFound(err) {
+	if _, err := fl.deployment("staging"); !apierrors.IsNotFound(err) {
 		t.Fatalf("staging has the application: %v", err)
 	}
 
 	t.Run("agent metrics", func(t *testing.T) {
+		f := fl.with(t)
 		for _, tc := range []struct {
 			cluster string
 			want    map[string]float64 // metric{application="web",...} values
 		}{
-			{"prod-1", map[string]float64{"sync=synced": 1, "health=healthy": 1}},
+			{"prod-2", map[string]float64{"sync=synced": 1, "health=healthy": 1}},
 			{"staging", nil},
 		} {
-			m := testbed.Metrics(t, "http://"+f.agentCfg[tc.cluster].MetricsAddr+"/metrics")
+			m := testbed.Metrics(t, "http://"+f.metricsAddrs[tc.cluster]+"/metrics")
 			if v, _ := testbed.MetricValue(m, "drover_agent_hub_connected", nil); v != 1 {
 				t.Errorf("%s: drover_agent_hub_connected = %v, want 1", tc.cluster, v)
 			}
@@ -258,6 +291,7 @@ func TestFleetGitOps(t *testing.T) {
 	})
 
 	t.Run("new image", func(t *testing.T) {
+		f := fl.with(t)
 		c2 := repo.Commit(t, "web on nginx 1.24.0", map[string]string{"apps/web/deployment.yaml": testbed.ExampleApp("nginx:1.24.0")["apps/web/deployment.yaml"]})
 		f.refresh("web")
 		for _, c := range []string{"prod-1", "prod-2"} {
@@ -270,69 +304,71 @@ func TestFleetGitOps(t *testing.T) {
 	})
 
 	t.Run("removed manifest is pruned", func(t *testing.T) {
+		f := fl.with(t)
 		c3 := repo.Remove(t, "drop the service", "apps/web/service.yaml")
 		f.refresh("web")
 		for _, c := range []string{"prod-1", "prod-2"} {
 			f.waitHealthy("web", c, c3)
-			testbed.Eventually(t, "service pruned on "+c, time.Minute, func() (bool, string) {
-				_, err := f.kube(c).CoreV1().Services("web").Get(context.Background(), "nginx", metav1.GetOptions{})
+			testbed.Eventually(t, "service pruned on "+c, waitConverge, func() (bool, string) {
+				_, err := f.kube(c).CoreV1().Services("web").Get(t.Context(), "nginx", metav1.GetOptions{})
 				return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 			})
 		}
 	})
 
 	t.Run("hand-made change is reverted", func(t *testing.T) {
+		f := fl.with(t)
 		f.scale("prod-1", 5)
 		f.waitReplicas("prod-1", 2)
 	})
 
 	t.Run("relabel", func(t *testing.T) {
+		f := fl.with(t)
 		head := repo.Head(t)
-		f.api.do("PATCH", "/api/v1/clusters/staging/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "prod"}}, nil)
+		f.do(http.MethodPatch, "/api/v1/clusters/staging/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "prod"}}, nil)
 		f.waitHealthy("web", "staging", head)
-		f.api.do("PATCH", "/api/v1/clusters/prod-2/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "dev"}}, nil)
+		f.do(http.MethodPatch, "/api/v1/clusters/prod-2/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "dev"}}, nil)
 		f.waitNoDeployment("prod-2")
 	})
 
 	t.Run("offline autonomy", func(t *testing.T) {
+		f := fl.with(t)
 		head := repo.Head(t)
-		f.stopHub()
+		f.killHub()
+		// An agent that crashes while the hub is down starts again from
+		// its stored assignment and heals on its own what changed while
+		// it was down.
+		f.agents["prod-1"].Kill(t)
 		f.scale("prod-1", 4)
-		// An agent restarted while the hub is away works from its stored
-		// assignment.
-		f.stopAgent("prod-1")
-		f.startAgent("prod-1")
-		f.waitReplicasNoHub("prod-1", 2)
-		before := time.Now()
-		f.startHub()
-		testbed.Eventually(t, "prod-1's status current on the restarted hub", 2*time.Minute, func() (bool, string) {
-			s := f.status("web", "prod-1")
-			ok := s.GetCommit() == head && s.GetHealth() == droverv1.Health_HEALTH_HEALTHY && s.GetObservedAt().AsTime().After(before.Add(-time.Minute))
-			return ok, fmt.Sprintf("hub says %v", s)
-		})
-		var cl droverv1.GetClusterResponse
-		testbed.Eventually(t, "prod-1 online again", time.Minute, func() (bool, string) {
-			f.api.do("GET", "/api/v1/clusters/prod-1", nil, &cl)
-			return cl.GetCluster().GetOnline(), fmt.Sprintf("cluster %v", cl.GetCluster())
-		})
+		agentRestarted := time.Now()
+		f.agents["prod-1"].Start(t)
+		f.waitReplicas("prod-1", 2)
+		hubRestarted := time.Now()
+		f.restartHub()
+		// The restarted hub shows what the restarted agent observed: a
+		// status the hub cannot have had before it died, since that agent
+		// started after.
+		f.waitHealthyAfter("web", "prod-1", head, agentRestarted)
+		f.waitConnectedAfter("prod-1", hubRestarted)
 	})
 
 	t.Run("a broken application fails alone", func(t *testing.T) {
+		f := fl.with(t)
 		bad := repo.Commit(t, "a broken app", map[string]string{"apps/broken/bad.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: [not a map\n"})
 		app := &droverv1.Application{Name: "broken", Spec: &droverv1.ApplicationSpec{
 			Source:     &droverv1.Source{RepoUrl: repo.URL, Ref: "main", Path: "apps/broken"},
 			Placement:  &droverv1.Placement{Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}},
 			SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true, SelfHeal: true, Interval: "3s"},
 		}}
-		f.api.do("POST", "/api/v1/applications", app, nil)
+		f.do(http.MethodPost, "/api/v1/applications", app, nil)
 		f.refresh("web")
-		testbed.Eventually(t, "broken fails on prod-1 naming the file", 2*time.Minute, func() (bool, string) {
-			s := f.status("broken", "prod-1")
+		testbed.Eventually(t, "broken fails on prod-1 naming the file", waitConverge, func() (bool, string) {
+			s, err := f.status("broken", "prod-1")
+			if err != nil {
+				return false, err.Error()
+			}
 			return s.GetSync() == droverv1.SyncState_SYNC_STATE_FAILED && strings.Contains(s.GetMessage(), "bad.yaml"), fmt.Sprintf("hub says %v", s)
 		})
 		f.waitHealthy("web", "prod-1", bad)
 	})
 }
-
-// waitReplicasNoHub waits for the agent to heal on its own.
-func (f *fleet) waitReplicasNoHub(cluster string, want int32) { f.waitReplicas(cluster, want) }
