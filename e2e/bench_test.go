@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -50,13 +48,12 @@ func kubectlPath(tb testing.TB) string {
 	return p
 }
 
-// writeApp200 writes the 200 objects of BenchmarkAgentVsKubectl, all in
-// namespace ns, to dir, one object per file: a Namespace, 60 Deployments
-// of one replica, 60 Services and 79 ConfigMaps. The Namespace's file
-// sorts first, since kubectl applies files in name order and does not put
+// app200 is the 200 objects of BenchmarkAgentVsKubectl, all in namespace
+// ns, by file name, one object per file: a Namespace, 60 Deployments of
+// one replica, 60 Services and 79 ConfigMaps. The Namespace's file sorts
+// first, since kubectl applies files in name order and does not put
 // Namespaces first as Drover does.
-func writeApp200(tb testing.TB, dir, ns string) {
-	tb.Helper()
+func app200(ns string) map[string]string {
 	files := map[string]string{
 		"00-namespace.yaml": fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n", ns),
 	}
@@ -104,14 +101,29 @@ data:
   value: "value %d"
 `, name, ns, i)
 	}
+	return files
+}
+
+// writeApp200 writes the files of app200(ns) to dir.
+func writeApp200(tb testing.TB, dir, ns string) {
+	tb.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-	for name, content := range files {
+	for name, content := range app200(ns) {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			tb.Fatal(err)
 		}
 	}
+}
+
+// app200InRepo is app200(ns) as the files of a repository under apps/ns.
+func app200InRepo(ns string) map[string]string {
+	out := map[string]string{}
+	for name, content := range app200(ns) {
+		out["apps/"+ns+"/"+name] = content
+	}
+	return out
 }
 
 // waitGone waits until the namespaces are deleted, so that the cluster's
@@ -120,7 +132,7 @@ func waitGone(tb testing.TB, kube kubernetes.Interface, namespaces ...string) {
 	tb.Helper()
 	testbed.Eventually(tb, "namespaces "+strings.Join(namespaces, ", ")+" deleted", 3*time.Minute, func() (bool, string) {
 		for _, ns := range namespaces {
-			_, err := kube.CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{})
+			_, err := kube.CoreV1().Namespaces().Get(tb.Context(), ns, metav1.GetOptions{})
 			if !apierrors.IsNotFound(err) {
 				return false, fmt.Sprintf("namespace %s: get: %v", ns, err)
 			}
@@ -129,18 +141,26 @@ func waitGone(tb testing.TB, kube kubernetes.Interface, namespaces ...string) {
 	})
 }
 
-// BenchmarkAgentVsKubectl compares the agent's reconcile path (render a
-// directory, then apply it with prune, which keeps the inventory) with
-// kubectl apply --server-side of the same 200 objects, each into a fresh
-// namespace of one cluster. It reports Drover's first apply, Drover's
-// no-op resync of the same directory, kubectl's apply, and the ratios
-// drover/kubectl (target ≤ 0.3) and no-op/first (target ≤ 0.1), with the
-// API requests of each of Drover's operations, which its time follows.
+// BenchmarkAgentVsKubectl compares Drover with kubectl apply --server-side
+// on the same 200 objects, each into a fresh namespace of one cluster, and
+// says in its metric names what each figure times:
 //
-// Both sides start warm, as they would be in use: the Applier has
-// discovered the API and created its inventory namespace, and kubectl's
-// discovery cache (its own, in a temporary directory) is filled. kubectl's
-// time includes starting the process, as a user or a CI job pays it.
+//   - agent-start-to-synced-ms: from starting the drover-agent process to
+//     the instant the agent observed the new application Synced (the
+//     status it reports to the hub carries that instant): the process
+//     starts, discovers the API, connects to the hub, gets an assignment
+//     waiting for it, fetches the pinned commit from the Git server,
+//     renders and applies. The agent was registered before, and has the
+//     repository in its Git cache, as an agent that restarts has.
+//   - kubectl-ms: from starting the kubectl process to its exit, its
+//     discovery cache filled before.
+//   - ratio-agent-kubectl: the first over the second (target ≤ 0.3).
+//   - sync-first-ms and sync-noop-ms: the agent's render and apply of a
+//     directory already on disk, in this process, with no process start,
+//     no hub and no fetch: the first sync, then the no-op resync of the
+//     same directory; with the API requests of each (sync-first-requests,
+//     sync-noop-requests), which their time follows, and
+//     ratio-sync-noop, the second over the first (target ≤ 0.1).
 func BenchmarkAgentVsKubectl(b *testing.B) {
 	kubectl := kubectlPath(b)
 	c := testbed.ClustersWithOptions(b, testbed.Options{N: 1, NodePods: 500})[0]
@@ -173,7 +193,20 @@ func BenchmarkAgentVsKubectl(b *testing.B) {
 		}
 	}
 
-	// Warm up both sides with the same kinds in a namespace of their own.
+	// The agent's side: a hub, a Git server, and the agent registered.
+	git := testbed.GitServer(b)
+	repo := git.CreateRepo(b, "bench")
+	hub, api := startBenchHub(b, dir)
+	caFile := filepath.Join(dir, "hub-ca.crt")
+	if err := os.WriteFile(caFile, hub.CACertPEM(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	labels := map[string]string{"bench": "agent-vs-kubectl"}
+	var tok droverv1.CreateJoinTokenResponse
+	api.do(b, http.MethodPost, "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Labels: labels}, &tok)
+	e2e := benchAgent{b: b, api: api, repo: repo, labels: labels, cluster: c.Name, kube: kube}
+
+	// Warm up every side with the same kinds in a namespace of its own.
 	warm := filepath.Join(dir, "warm-up")
 	writeApp200(b, warm, "warm-up")
 	if _, err := syncDir("warm-up", warm); err != nil {
@@ -184,35 +217,53 @@ func BenchmarkAgentVsKubectl(b *testing.B) {
 	}
 	waitGone(b, kube, "warm-up")
 	runKubectl("api-resources")
+	e2e.prepare("agent-warm-up")
+	e2e.agent = testbed.StartAgent(b, testbed.AgentOptions{
+		Name:       c.Name,
+		Kubeconfig: c.Kubeconfig,
+		HubAddr:    hub.AgentAddr(),
+		HubCAFile:  caFile,
+		JoinToken:  tok.GetToken(),
+	})
+	e2e.waitSynced("agent-warm-up", time.Time{})
+	e2e.remove("agent-warm-up")
 
-	var first, noop, kc time.Duration
+	var first, noop, agentToSynced, kc time.Duration
 	var firstRequests, noopRequests int64
 	var i int
 	for b.Loop() {
 		i++
-		app := fmt.Sprintf("drover-%d", i)
+		lib := fmt.Sprintf("sync-%d", i)
+		app := fmt.Sprintf("agent-%d", i)
 		kns := fmt.Sprintf("kubectl-%d", i)
-		appDir, kDir := filepath.Join(dir, app), filepath.Join(dir, kns)
-		writeApp200(b, appDir, app)
+		libDir, kDir := filepath.Join(dir, lib), filepath.Join(dir, kns)
+		b.StopTimer()
+		writeApp200(b, libDir, lib)
 		writeApp200(b, kDir, kns)
+		e2e.prepare(app)
+		b.StartTimer()
 
 		requests.Store(0)
 		start := time.Now()
-		res, err := syncDir(app, appDir)
+		res, err := syncDir(lib, libDir)
 		first += time.Since(start)
 		firstRequests += requests.Load()
 		if err != nil || res.Applied != 200 {
-			b.Fatalf("first apply: %v, %+v", err, res)
+			b.Fatalf("first sync: %v, %+v", err, res)
 		}
 
 		requests.Store(0)
 		start = time.Now()
-		res, err = syncDir(app, appDir)
+		res, err = syncDir(lib, libDir)
 		noop += time.Since(start)
 		noopRequests += requests.Load()
 		if err != nil || res.Skipped != 200 || res.Sync != droverv1.SyncState_SYNC_STATE_SYNCED {
 			b.Fatalf("no-op resync: %v, %+v", err, res)
 		}
+
+		start = time.Now()
+		e2e.agent.Start(b)
+		agentToSynced += e2e.waitSynced(app, start).Sub(start)
 
 		start = time.Now()
 		runKubectl("apply", "--server-side", "-f", kDir)
@@ -223,23 +274,95 @@ func BenchmarkAgentVsKubectl(b *testing.B) {
 		}
 
 		b.StopTimer()
-		if err := applier.Delete(ctx, app); err != nil {
+		if err := applier.Delete(ctx, lib); err != nil {
 			b.Fatal(err)
 		}
 		if err := kube.CoreV1().Namespaces().Delete(ctx, kns, metav1.DeleteOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		waitGone(b, kube, app, kns)
+		e2e.remove(app)
+		waitGone(b, kube, lib, kns)
 		b.StartTimer()
 	}
 	n := float64(b.N)
-	b.ReportMetric(ms(first)/n, "drover-first-ms")
-	b.ReportMetric(ms(noop)/n, "drover-noop-ms")
+	b.ReportMetric(ms(agentToSynced)/n, "agent-start-to-synced-ms")
 	b.ReportMetric(ms(kc)/n, "kubectl-ms")
-	b.ReportMetric(float64(firstRequests)/n, "drover-first-requests")
-	b.ReportMetric(float64(noopRequests)/n, "drover-noop-requests")
-	b.ReportMetric(float64(first)/float64(kc), "ratio-first")
-	b.ReportMetric(float64(noop)/float64(first), "ratio-noop")
+	b.ReportMetric(float64(agentToSynced)/float64(kc), "ratio-agent-kubectl")
+	b.ReportMetric(ms(first)/n, "sync-first-ms")
+	b.ReportMetric(ms(noop)/n, "sync-noop-ms")
+	b.ReportMetric(float64(firstRequests)/n, "sync-first-requests")
+	b.ReportMetric(float64(noopRequests)/n, "sync-noop-requests")
+	b.ReportMetric(float64(noop)/float64(first), "ratio-sync-noop")
+}
+
+// benchAgent is the drover-agent side of BenchmarkAgentVsKubectl: an
+// application per measurement, placed on the cluster while its agent is
+// down, so that the agent finds it waiting when it starts.
+type benchAgent struct {
+	b       *testing.B
+	api     *apiClient
+	repo    *testbed.Repo
+	labels  map[string]string
+	cluster string
+	kube    kubernetes.Interface
+	agent   *testbed.AgentProcess
+	commit  string
+}
+
+// prepare commits the 200 objects in namespace app under apps/app and
+// creates the application app, and returns once the hub has resolved its
+// release.
+func (e *benchAgent) prepare(app string) {
+	e.b.Helper()
+	e.commit = e.repo.Commit(e.b, "the 200 objects of "+app, app200InRepo(app))
+	e.api.do(e.b, http.MethodPost, "/api/v1/applications", &droverv1.Application{Name: app, Spec: &droverv1.ApplicationSpec{
+		Source:     &droverv1.Source{RepoUrl: e.repo.URL, Ref: "main", Path: "apps/" + app},
+		Placement:  &droverv1.Placement{Selector: &droverv1.LabelSelector{MatchLabels: e.labels}},
+		SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true, SelfHeal: true},
+	}}, nil)
+	e.api.do(e.b, http.MethodPost, "/api/v1/applications/"+app+"/refresh", nil, nil)
+	testbed.Eventually(e.b, fmt.Sprintf("the release of %s at %.7s", app, e.commit), 3*time.Minute, func() (bool, string) {
+		var resp droverv1.GetApplicationResponse
+		if err := e.api.call(e.b.Context(), http.MethodGet, "/api/v1/applications/"+app, nil, &resp); err != nil {
+			return false, err.Error()
+		}
+		rels := resp.GetReleases()
+		return len(rels) > 0 && rels[0].GetCommit() == e.commit, fmt.Sprintf("releases %v, source error %q", rels, resp.GetSourceError())
+	})
+}
+
+// waitSynced waits until the hub has the agent's report of app Synced at
+// its commit, observed after after, and returns when the agent observed it.
+func (e *benchAgent) waitSynced(app string, after time.Time) time.Time {
+	e.b.Helper()
+	var at time.Time
+	testbed.Eventually(e.b, fmt.Sprintf("%s Synced at %.7s on %s", app, e.commit, e.cluster), 3*time.Minute, func() (bool, string) {
+		var resp droverv1.GetApplicationResponse
+		if err := e.api.call(e.b.Context(), http.MethodGet, "/api/v1/applications/"+app, nil, &resp); err != nil {
+			return false, err.Error()
+		}
+		for _, s := range resp.GetStatuses() {
+			if s.GetCluster() == e.cluster && s.GetCommit() == e.commit && s.GetSync() == droverv1.SyncState_SYNC_STATE_SYNCED {
+				at = s.GetObservedAt().AsTime()
+				return at.After(after), fmt.Sprintf("hub says %v", s)
+			}
+		}
+		return false, fmt.Sprintf("statuses %v", resp.GetStatuses())
+	})
+	deps, err := e.kube.AppsV1().Deployments(app).List(e.b.Context(), metav1.ListOptions{})
+	if err != nil || len(deps.Items) != 60 {
+		e.b.Fatalf("the agent says %s is Synced, and the cluster has %d Deployments in it (err %v); want 60", app, len(deps.Items), err)
+	}
+	return at
+}
+
+// remove deletes the application, waits until the agent has pruned its
+// objects, and stops the agent.
+func (e *benchAgent) remove(app string) {
+	e.b.Helper()
+	e.api.do(e.b, http.MethodDelete, "/api/v1/applications/"+app, nil, nil)
+	waitGone(e.b, e.kube, app)
+	e.agent.Stop(e.b)
 }
 
 func ms(d time.Duration) float64 { return d.Seconds() * 1000 }
@@ -315,11 +438,11 @@ spec:
 	}
 	labels := map[string]string{"bench": "idle"}
 	var tok droverv1.CreateJoinTokenResponse
-	api.do("POST", "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Labels: labels}, &tok)
+	api.do(b, http.MethodPost, "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Labels: labels}, &tok)
 	names := make([]string, apps)
 	for i := range apps {
 		names[i] = fmt.Sprintf("idle-%02d", i)
-		api.do("POST", "/api/v1/applications", &droverv1.Application{Name: names[i], Spec: &droverv1.ApplicationSpec{
+		api.do(b, http.MethodPost, "/api/v1/applications", &droverv1.Application{Name: names[i], Spec: &droverv1.ApplicationSpec{
 			Source:     &droverv1.Source{RepoUrl: repo.URL, Ref: "main", Path: "apps/" + names[i]},
 			Placement:  &droverv1.Placement{Selector: &droverv1.LabelSelector{MatchLabels: labels}},
 			SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true, SelfHeal: true},
@@ -337,7 +460,9 @@ spec:
 	testbed.Eventually(b, fmt.Sprintf("%d applications Synced and Healthy at %.7s on %s", apps, commit, c.Name), 3*time.Minute, func() (bool, string) {
 		for _, app := range names {
 			var resp droverv1.GetApplicationResponse
-			api.do("GET", "/api/v1/applications/"+app, nil, &resp)
+			if err := api.call(b.Context(), http.MethodGet, "/api/v1/applications/"+app, nil, &resp); err != nil {
+				return false, err.Error()
+			}
 			var s *droverv1.ApplicationStatus
 			for _, st := range resp.GetStatuses() {
 				if st.GetCluster() == c.Name {
@@ -480,7 +605,7 @@ func readProcStatus(pid int) (map[string]int64, error) {
 
 // startBenchHub starts a hub in-process, as newFleet does, on ports of
 // its own choosing, and returns it with an admin API client.
-func startBenchHub(tb testing.TB, dir string) (*server.Hub, *benchAPI) {
+func startBenchHub(tb testing.TB, dir string) (*server.Hub, *apiClient) {
 	tb.Helper()
 	cfg := server.DefaultConfig()
 	cfg.DataDir = filepath.Join(dir, "hub")
@@ -502,46 +627,5 @@ func startBenchHub(tb testing.TB, dir string) (*server.Hub, *benchAPI) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return h, &benchAPI{tb: tb, base: "http://" + h.HTTPAddr(), token: strings.TrimSpace(string(tok))}
-}
-
-// benchAPI is apiClient for benchmarks: it calls the hub's JSON admin API.
-type benchAPI struct {
-	tb    testing.TB
-	base  string
-	token string
-}
-
-func (c *benchAPI) do(method, path string, body, out proto.Message) {
-	c.tb.Helper()
-	var rd io.Reader
-	if body != nil {
-		raw, err := protojson.Marshal(body)
-		if err != nil {
-			c.tb.Fatal(err)
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequestWithContext(c.tb.Context(), method, c.base+path, rd)
-	if err != nil {
-		c.tb.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		c.tb.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		c.tb.Fatalf("%s %s: read: %v", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		c.tb.Fatalf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, raw)
-	}
-	if out != nil {
-		if err := protojson.Unmarshal(raw, out); err != nil {
-			c.tb.Fatalf("%s %s: decode: %v", method, path, err)
-		}
-	}
+	return h, &apiClient{base: "http://" + h.HTTPAddr(), token: strings.TrimSpace(string(tok))}
 }
