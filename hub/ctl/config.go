@@ -73,19 +73,16 @@ func loadConfig(path string) (config, error) {
 	return cfg, nil
 }
 
-// saveConfig writes cfg to path, readable by its owner alone, in a
-// directory only the owner can enter. It writes a temporary file and
-// renames it, so a crash never leaves half a config (or a token in a file
-// with looser permissions).
+// saveConfig writes cfg to path, readable by its owner alone. Directories
+// it has to create are the owner's alone; an existing directory is left as
+// it is, because others may share it (the file's own mode keeps the token
+// private there). It writes a temporary file and renames it, so a crash
+// never leaves half a config (or a token in a file with looser
+// permissions).
 func saveConfig(path string, cfg config) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create config directory: %w", err)
-	}
-	// MkdirAll leaves an existing directory as it was; the token must not
-	// sit in one others can list.
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("config directory: %w", err)
 	}
 	b, err := yaml.Marshal(cfg)
 	if err != nil {

@@ -61,6 +61,26 @@ func TestLogin(t *testing.T) {
 		t.Errorf("saved server %q and a token of %d bytes, want %q and the admin token", saved.Server, len(saved.Token), h.url)
 	}
 
+	// A config file in a directory others share: the directory keeps its
+	// mode, the file alone is private.
+	shared := t.TempDir()
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inShared := newSession(t, h)
+	inShared.env["DROVER_CONFIG"] = filepath.Join(shared, "c.yaml")
+	inShared.must(h.admin+"\n", "login", "--server", h.url)
+	if di, err := os.Stat(shared); err != nil {
+		t.Fatal(err)
+	} else if di.Mode().Perm() != 0o755 {
+		t.Errorf("login changed the shared directory's mode to %v, want 0755 as it was", di.Mode().Perm())
+	}
+	if fi, err := os.Stat(filepath.Join(shared, "c.yaml")); err != nil {
+		t.Fatalf("config file in a shared directory: %v", err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("config file in a shared directory has mode %v, want 0600", fi.Mode().Perm())
+	}
+
 	// The saved login is used from now on.
 	s.must("", "status")
 	// The flag wins over the saved token.
