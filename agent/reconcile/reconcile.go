@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"sort"
 	"sync"
 	"time"
@@ -29,6 +28,7 @@ import (
 	"github.com/drover-dev/drover/agent/source"
 	"github.com/drover-dev/drover/agent/state"
 	"github.com/drover-dev/drover/internal/backoff"
+	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -221,8 +221,9 @@ func Validate(a *droverv1.Assignment) error {
 		if aa.GetRepoUrl() == "" {
 			return fmt.Errorf("%s.repo_url: empty", field)
 		}
-		if !commitRE.MatchString(aa.GetCommit()) {
-			return fmt.Errorf("%s.commit: %q is not a full commit SHA", field, aa.GetCommit())
+		// The hub sends commits lower-cased; anything else is not its.
+		if sha, err := gitremote.CheckCommit(aa.GetCommit()); err != nil || sha != aa.GetCommit() {
+			return fmt.Errorf("%s.commit: %q is not a full lower-case commit SHA", field, aa.GetCommit())
 		}
 		if _, ok := droverv1.RenderType_name[int32(aa.GetRender())]; !ok || aa.GetRender() == droverv1.RenderType_RENDER_TYPE_UNSPECIFIED {
 			return fmt.Errorf("%s.render: unknown render type %d", field, aa.GetRender())
@@ -235,8 +236,6 @@ func Validate(a *droverv1.Assignment) error {
 	}
 	return nil
 }
-
-var commitRE = regexp.MustCompile(`^[0-9a-f]{40}$`)
 
 func specHash(aa *droverv1.AppAssignment) string {
 	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(aa)

@@ -165,7 +165,7 @@ func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.Re
 		SSHKnownHosts: creds.GetSshKnownHosts(),
 	}
 	scrubbed := r.Secrets(gc)
-	sha, err := checkCommit(commit)
+	sha, err := gitremote.CheckCommit(commit)
 	if err != nil {
 		return "", nil, newError("checkout", r, repoURL, err, scrubbed)
 	}
@@ -666,25 +666,4 @@ func touch(paths ...string) {
 func cacheKey(normalized string) string {
 	sum := sha256.Sum256([]byte(normalized))
 	return hex.EncodeToString(sum[:])
-}
-
-// checkCommit validates a full commit SHA and returns it lower-cased.
-func checkCommit(commit string) (string, error) {
-	if len(commit) != 40 || !isHex(commit) {
-		return "", invalidf("commit %q: must be a full 40-character hexadecimal SHA", commit)
-	}
-	sha := strings.ToLower(commit)
-	if sha == plumbing.ZeroHash.String() {
-		return "", invalidf("commit: the zero SHA is not a commit")
-	}
-	return sha, nil
-}
-
-func isHex(s string) bool {
-	for _, c := range s {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-			return false
-		}
-	}
-	return s != ""
 }

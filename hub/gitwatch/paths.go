@@ -101,10 +101,11 @@ func (r *Resolver) PathsChanged(ctx context.Context, repoURL string, auth Creden
 }
 
 func commitArg(field, sha string) (plumbing.Hash, error) {
-	if len(sha) != 40 || !isHex(sha) {
-		return plumbing.ZeroHash, invalidf("%s %q: must be a full 40-character commit SHA", field, sha)
+	commit, err := gitremote.CheckCommit(sha)
+	if err != nil {
+		return plumbing.ZeroHash, fmt.Errorf("%s: %w", field, err)
 	}
-	return plumbing.NewHash(strings.ToLower(sha)), nil
+	return plumbing.NewHash(commit), nil
 }
 
 // cleanPath makes p relative to the repository root: "/apps/web/", "./apps/web"

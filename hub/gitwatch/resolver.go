@@ -149,12 +149,8 @@ func checkRef(ref string) (string, error) {
 	switch {
 	case ref == "" || ref == "HEAD":
 		return "", nil
-	case isHex(ref) && len(ref) == 40:
-		sha := strings.ToLower(ref)
-		if sha == plumbing.ZeroHash.String() {
-			return "", invalidf("the zero SHA is not a commit")
-		}
-		return sha, nil
+	case len(ref) == gitremote.CommitLength && isHex(ref):
+		return gitremote.CheckCommit(ref)
 	}
 	full := ref
 	if !strings.HasPrefix(ref, "refs/") {
@@ -199,8 +195,8 @@ func (t refTable) resolve(ref string) (string, error) {
 	case isTag:
 		return tag, nil
 	}
-	if len(ref) >= 4 && len(ref) < 40 && isHex(ref) {
-		return "", fmt.Errorf("%w: an abbreviated SHA cannot be looked up remotely; use the full 40-character SHA", ErrRefNotFound)
+	if len(ref) >= 4 && len(ref) < gitremote.CommitLength && isHex(ref) {
+		return "", fmt.Errorf("%w: an abbreviated SHA cannot be looked up remotely; use the full SHA", ErrRefNotFound)
 	}
 	return "", ErrRefNotFound
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -191,17 +192,11 @@ func (s *Store) DeleteApplication(ctx context.Context, name, actor string) error
 
 // Releases.
 
-// validateCommit accepts full SHA-1 or SHA-256 object names in lower-case
-// hex: releases pin commits, never refs or abbreviations.
+// validateCommit accepts what every agent accepts (gitremote.CheckCommit),
+// in lower case: releases pin commits, never refs or abbreviations.
 func validateCommit(commit string) error {
-	if len(commit) != 40 && len(commit) != 64 {
-		return invalid("commit", "%q is not a full commit SHA", commit)
-	}
-	for i := 0; i < len(commit); i++ {
-		c := commit[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return invalid("commit", "%q is not a full commit SHA in lower-case hex", commit)
-		}
+	if sha, err := gitremote.CheckCommit(commit); err != nil || sha != commit {
+		return invalid("commit", "%q is not a full commit SHA in lower-case hex", commit)
 	}
 	return nil
 }
