@@ -6,16 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"path"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/go-git/go-git/v5/plumbing"
-	"github.com/go-git/go-git/v5/plumbing/transport"
 	"google.golang.org/protobuf/proto"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/labels"
@@ -25,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/drover-dev/drover/hub/rollout"
+	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -159,99 +157,28 @@ func validateSource(errs *FieldErrors, src *droverv1.Source) {
 	}
 }
 
-// scpHost is what we accept as the host of user@host:path: a DNS name or an
-// IPv4 address, never something Git could read as an option or a
-// transport. (IPv6 hosts need the ssh:// form.)
-var (
-	scpUser = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
-	scpHost = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
-)
-
 // checkRepoURL returns why raw is not an acceptable repository URL, or "".
-// Only network transports are accepted: file://, ext:: and friends would
-// let an application read the hub's or an agent's own disk or run commands.
-// Credentials in the URL are refused because URLs are shown and logged;
-// they belong in SetRepositoryCredentials. Messages never echo the URL.
+// What a repository URL is, the hub and every agent take from one place
+// (gitremote.Parse), so the hub never accepts one the fleet cannot fetch.
+// The hub also refuses credentials in the URL, because URLs are shown and
+// logged; they belong in SetRepositoryCredentials. Messages never echo the
+// URL.
 func checkRepoURL(raw string) string {
 	switch {
 	case raw == "":
 		return "required"
 	case len(raw) > MaxRepoURLLength:
 		return fmt.Sprintf("longer than %d characters", MaxRepoURLLength)
-	case strings.IndexFunc(raw, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
-		return "must not contain whitespace or control characters"
 	}
-	if strings.Contains(raw, "://") {
-		if msg := checkNetworkURL(raw); msg != "" {
-			return msg
+	if _, err := gitremote.Parse(raw); err != nil {
+		var ue *gitremote.URLError
+		if errors.As(err, &ue) {
+			return ue.Reason
 		}
-	} else if msg := checkSCPURL(raw); msg != "" {
-		return msg
-	}
-	// go-git is what fetches the URL, on the hub and on agents; make sure it
-	// reads it as the same network endpoint we just checked.
-	ep, err := transport.NewEndpoint(raw)
-	if err != nil {
 		return "not a valid repository URL"
 	}
-	switch ep.Protocol {
-	case "https", "http", "ssh":
-	default:
-		return "not a network repository URL; use https://, http://, ssh:// or user@host:path"
-	}
-	if ep.Host == "" {
-		return "has no host"
-	}
-	return ""
-}
-
-func checkNetworkURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		// err repeats the URL, which may hold a password; say less.
-		return "not a valid URL"
-	}
-	scheme := strings.ToLower(u.Scheme)
-	switch scheme {
-	case "https", "http", "ssh":
-	default:
-		return fmt.Sprintf("scheme %q is not supported; use https://, http://, ssh:// or user@host:path", u.Scheme)
-	}
-	host := u.Hostname()
-	if host == "" {
-		return "has no host"
-	}
-	if strings.HasPrefix(host, "-") {
-		return "host must not start with '-'"
-	}
-	if u.User != nil {
-		if _, hasPassword := u.User.Password(); hasPassword || scheme != "ssh" {
-			return "must not contain credentials; store them with SetRepositoryCredentials (droverctl repo set-credentials)"
-		}
-	}
-	return ""
-}
-
-func checkSCPURL(raw string) string {
-	const hint = "use https://, http://, ssh:// or user@host:path"
-	hostPart, repoPath, ok := strings.Cut(raw, ":")
-	if !ok || strings.Contains(hostPart, "/") {
-		return "not a network repository URL; local paths are not allowed; " + hint
-	}
-	user, host, hasUser := strings.Cut(hostPart, "@")
-	if !hasUser {
-		host, user = user, ""
-	}
-	switch {
-	case hasUser && !scpUser.MatchString(user):
-		return "user in user@host:path may contain only letters, digits, '.', '_' and '-'"
-	case !scpHost.MatchString(host):
-		return "host in user@host:path is not a valid host name; " + hint
-	case repoPath == "" || strings.HasPrefix(repoPath, ":"):
-		// "ext::cmd" and friends are Git's remote-helper syntax.
-		return "not a supported repository URL; " + hint
-	case strings.HasPrefix(repoPath, "-"):
-		return "path in user@host:path must not start with '-'"
+	if gitremote.HasCredentials(raw) {
+		return "must not contain credentials; store them with droverctl repo set"
 	}
 	return ""
 }

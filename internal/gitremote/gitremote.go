@@ -1,6 +1,6 @@
 // Package gitremote is what the hub and the agent both need to talk to a Git
 // repository safely: it validates a repository URL (network transports only,
-// never a local path), turns it and the repository's credentials into what
+// never a local path) and a commit name, turns it and the repository's credentials into what
 // go-git dials with, redacts credentials from URLs and from go-git's error
 // text, normalises URLs into cache and deduplication keys, and classifies
 // go-git's permanent errors. Both sides import it, so a repository is named,
@@ -8,15 +8,19 @@
 package gitremote
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 
+	"github.com/go-git/go-git/v5/plumbing/protocol/packp"
 	"github.com/go-git/go-git/v5/plumbing/transport"
 	githttp "github.com/go-git/go-git/v5/plumbing/transport/http"
 	gitssh "github.com/go-git/go-git/v5/plumbing/transport/ssh"
@@ -40,6 +44,11 @@ var (
 	// ErrRepoNotFound: the repository does not exist (or the credentials
 	// may not see it; servers answer both with 404).
 	ErrRepoNotFound = errors.New("repository not found")
+	// ErrObjectFormat: the repository uses Git's SHA-256 object format.
+	// The Git library both sides fetch with reads SHA-1 repositories only,
+	// so the hub refuses such a repository when it resolves it, before any
+	// release could send agents a commit they cannot fetch.
+	ErrObjectFormat = errors.New("the repository uses Git's SHA-256 object format; Drover fetches SHA-1 repositories only")
 )
 
 // RedactURL returns u without anything that may be a credential: the
@@ -86,7 +95,7 @@ func RedactURL(u string) string {
 
 // defaultPorts are dropped by NormalizeURL, so "https://host:443/r" and
 // "https://host/r" are one repository.
-var defaultPorts = map[string]string{"http": "80", "https": "443", "ssh": "22", "git": "9418"}
+var defaultPorts = map[string]string{"http": "80", "https": "443", "ssh": "22"}
 
 // NormalizeURL returns the key under which a repository is cached and
 // deduplicated: credentials, query and fragment dropped, scheme and host
@@ -141,8 +150,6 @@ type Remote struct {
 	// SSH is true for ssh:// URLs and scp-style addresses.
 	SSH bool
 
-	// anonymous is true for git://, which has no authentication.
-	anonymous bool
 	// host and port are the SSH server, for host key lookup.
 	host, port string
 	// user and password came from the URL's userinfo (HTTP only for the
@@ -152,30 +159,50 @@ type Remote struct {
 
 func (r Remote) String() string { return r.Redacted }
 
-// Parse validates rawURL. Only network transports are accepted: a file://
-// URL or a local path would let whoever configures an application read the
-// disk of the process that fetches it. Errors wrap ErrInvalid and name the
-// URL redacted.
+// URLError says why a repository URL is refused. Reason never repeats the
+// URL; Error names it redacted. It wraps ErrInvalid.
+type URLError struct {
+	Redacted string // the URL as RedactURL shows it
+	Reason   string
+}
+
+func (e *URLError) Error() string { return fmt.Sprintf("repoURL %q: %s", e.Redacted, e.Reason) }
+func (e *URLError) Unwrap() error { return ErrInvalid }
+
+// The user and host of user@host:path: a DNS name or an IPv4 address, never
+// something Git or SSH could read as an option or a transport. (IPv6 hosts
+// need the ssh:// form.)
+var (
+	scpUser = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+	scpHost = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
+)
+
+const urlHint = "use https://, http://, ssh:// or user@host:path"
+
+// Parse validates rawURL: it is the one definition of a repository URL that
+// the hub accepts and every agent can fetch. Only network transports with
+// authentication are accepted: a file:// URL or a local path would let
+// whoever configures an application read the disk of the process that
+// fetches it, ext:: would run commands, and git:// has no transport
+// security at all. Errors are *URLError.
 func Parse(rawURL string) (Remote, error) {
 	red := RedactURL(rawURL)
+	bad := func(format string, args ...any) (Remote, error) {
+		return Remote{}, &URLError{Redacted: red, Reason: fmt.Sprintf(format, args...)}
+	}
 	switch {
 	case rawURL == "":
-		return Remote{}, invalidf("repoURL: must not be empty")
-	case strings.TrimSpace(rawURL) != rawURL || strings.ContainsAny(rawURL, " \t\r\n\x00"):
-		return Remote{}, invalidf("repoURL %q: must not contain spaces or control characters", red)
+		return bad("must not be empty")
+	case strings.IndexFunc(rawURL, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return bad("must not contain whitespace or control characters")
 	}
 	if !strings.Contains(rawURL, "://") {
 		return parseSCP(rawURL, red)
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		// The *url.Error quotes the raw URL, password and all; keep only its
-		// cause.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return Remote{}, invalidf("repoURL %q: %v", red, err)
+		// err quotes the raw URL, password and all: say less.
+		return bad("not a valid URL")
 	}
 	r := Remote{Redacted: red, Key: NormalizeURL(rawURL)}
 	switch strings.ToLower(u.Scheme) {
@@ -189,7 +216,7 @@ func Parse(rawURL string) (Remote, error) {
 		r.SSH = true
 		if u.User != nil {
 			if _, has := u.User.Password(); has {
-				return Remote{}, invalidf("repoURL %q: must not carry a password; use an SSH key as the repository's credentials", red)
+				return bad("must not carry a password; use an SSH key as the repository's credentials")
 			}
 			r.user = u.User.Username()
 		}
@@ -197,30 +224,66 @@ func Parse(rawURL string) (Remote, error) {
 		if r.port == "" {
 			r.port = "22"
 		}
-	case "git":
-		r.anonymous = true
 	default:
-		return Remote{}, invalidf("repoURL %q: scheme %q is not supported; use https, http, ssh or git", red, u.Scheme)
+		return bad("scheme %q is not supported; %s", u.Scheme, urlHint)
 	}
-	if u.Host == "" {
-		return Remote{}, invalidf("repoURL %q: has no host", red)
+	switch {
+	case u.Hostname() == "":
+		return bad("has no host")
+	case strings.HasPrefix(u.Hostname(), "-"):
+		return bad("host must not start with '-'")
 	}
 	r.Dial = u.String()
 	return r, nil
 }
 
+// HasCredentials reports whether rawURL carries a user or password of its
+// own (https://user:token@host/..., ssh://user:password@...). The hub
+// refuses such URLs because URLs are shown and logged; credentials are
+// stored apart. The user of an ssh:// or scp-style URL is not a secret.
+func HasCredentials(rawURL string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.User == nil || !strings.Contains(rawURL, "://") {
+		return false
+	}
+	_, hasPassword := u.User.Password()
+	return hasPassword || !strings.EqualFold(u.Scheme, "ssh")
+}
+
 // parseSCP accepts what go-git dials as scp-style SSH ([user@]host:path),
-// and nothing it would take for a local path. Asking go-git rather than
-// splitting by hand keeps the host checked against known_hosts the one
-// go-git connects to.
+// and nothing it would take for a local path, an option or a remote helper.
+// Asking go-git rather than splitting by hand keeps the host checked
+// against known_hosts the one go-git connects to.
 func parseSCP(rawURL, red string) (Remote, error) {
+	bad := func(reason string) (Remote, error) {
+		return Remote{}, &URLError{Redacted: red, Reason: reason}
+	}
 	ep, err := transport.NewEndpoint(rawURL)
 	// err quotes rawURL; it is not passed on.
-	if err != nil || ep.Protocol != "ssh" || ep.Host == "" {
-		return Remote{}, invalidf("repoURL %q: not a URL; use https://, ssh:// or user@host:path (local paths are not allowed)", red)
+	if err == nil && strings.Contains(ep.User, ":") {
+		return bad("must not carry a password; use an SSH key as the repository's credentials")
 	}
-	if strings.Contains(ep.User, ":") {
-		return Remote{}, invalidf("repoURL %q: must not carry a password; use an SSH key as the repository's credentials", red)
+	hostPart, repoPath, ok := strings.Cut(rawURL, ":")
+	if !ok || strings.Contains(hostPart, "/") {
+		return bad("not a network repository URL; local paths are not allowed; " + urlHint)
+	}
+	user, host, hasUser := strings.Cut(hostPart, "@")
+	if !hasUser {
+		host, user = user, ""
+	}
+	switch {
+	case hasUser && !scpUser.MatchString(user):
+		return bad("user in user@host:path may contain only letters, digits, '.', '_' and '-'")
+	case !scpHost.MatchString(host):
+		return bad("host in user@host:path is not a valid host name; " + urlHint)
+	case repoPath == "" || strings.HasPrefix(repoPath, ":"):
+		// "ext::cmd" and friends are Git's remote-helper syntax.
+		return bad("not a supported repository URL; " + urlHint)
+	case strings.HasPrefix(repoPath, "-"):
+		return bad("path in user@host:path must not start with '-'")
+	}
+	if err != nil || ep.Protocol != "ssh" || ep.Host == "" || ep.Host != host {
+		return bad("not a URL; " + urlHint + " (local paths are not allowed)")
 	}
 	return Remote{
 		Dial: rawURL, Redacted: red, Key: NormalizeURL(rawURL), SSH: true,
@@ -251,7 +314,7 @@ func (r Remote) Auth(c Credentials) (transport.AuthMethod, error) {
 		if user == "" && pass == "" {
 			user, pass = r.user, r.password
 		}
-		if r.anonymous || user == "" && pass == "" {
+		if user == "" && pass == "" {
 			return nil, nil
 		}
 		if user == "" {
@@ -352,12 +415,14 @@ func Scrub(msg, rawURL, redacted string, secrets []string) string {
 	return strings.TrimRight(strings.TrimSpace(msg), ": \t\r\n")
 }
 
-// Classify returns ErrAuth, ErrHostKey or ErrRepoNotFound if err from go-git
-// says retrying cannot help until credentials, known hosts or the URL
-// change, and nil otherwise (network, server errors, cancellation).
+// Classify returns ErrAuth, ErrHostKey, ErrRepoNotFound or ErrObjectFormat
+// if err from go-git says retrying cannot help until credentials, known
+// hosts, the URL or the repository change, and nil otherwise (network,
+// server errors, cancellation).
 func Classify(err error) error {
 	var keyErr *knownhosts.KeyError
 	var revoked *knownhosts.RevokedError
+	var unexpected *packp.ErrUnexpectedData
 	switch {
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return nil
@@ -369,6 +434,11 @@ func Classify(err error) error {
 		return ErrHostKey
 	case errors.Is(err, transport.ErrRepositoryNotFound):
 		return ErrRepoNotFound
+	case errors.As(err, &unexpected) && bytes.Contains(unexpected.Data, []byte("object-format=sha256")):
+		// go-git read the first 40 of a 64-character object name and then
+		// stumbled over the rest of the line: the server's capabilities,
+		// which it left in the error, name the object format.
+		return ErrObjectFormat
 	}
 	return nil
 }
