@@ -185,6 +185,18 @@ var repoName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za
 // "org/apps"; no ".git" suffix) whose default branch is main.
 func (g *Git) CreateRepo(t testing.TB, name string) *Repo {
 	t.Helper()
+	return g.createRepo(t, name, "sha1")
+}
+
+// CreateRepoSHA256 makes a repository like CreateRepo, in Git's SHA-256
+// object format: its commits are named by 64 hexadecimal characters.
+func (g *Git) CreateRepoSHA256(t testing.TB, name string) *Repo {
+	t.Helper()
+	return g.createRepo(t, name, "sha256")
+}
+
+func (g *Git) createRepo(t testing.TB, name, objectFormat string) *Repo {
+	t.Helper()
 	if !repoName.MatchString(name) || strings.HasSuffix(name, ".git") || strings.Contains(name, "..") {
 		t.Fatalf("testbed: bad repository name %q: use letters, digits, '.', '_', '-' and '/', without .git", name)
 	}
@@ -205,8 +217,8 @@ func (g *Git) CreateRepo(t testing.TB, name string) *Repo {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.git(t, "", "init", "-q", "--bare", "-b", "main", r.bare)
-	r.git(t, "", "init", "-q", "-b", "main", r.work)
+	r.git(t, "", "init", "-q", "--bare", "--object-format="+objectFormat, "-b", "main", r.bare)
+	r.git(t, "", "init", "-q", "--object-format="+objectFormat, "-b", "main", r.work)
 	r.git(t, r.work, "remote", "add", "origin", r.bare)
 	return r
 }

@@ -41,7 +41,7 @@ func Retryable(err error) bool {
 	if err == nil {
 		return false
 	}
-	for _, permanent := range []error{ErrAuth, ErrHostKey, ErrNotFound, ErrInvalid, ErrRefNotFound, ErrAmbiguousRef, ErrCommitNotFound} {
+	for _, permanent := range []error{ErrAuth, ErrHostKey, ErrNotFound, gitremote.ErrObjectFormat, ErrInvalid, ErrRefNotFound, ErrAmbiguousRef, ErrCommitNotFound} {
 		if errors.Is(err, permanent) {
 			return false
 		}
@@ -128,6 +128,11 @@ func wrapRemote(op string, r gitremote.Remote, rawURL string, err error, secrets
 	if err == nil {
 		return nil
 	}
+	kind := gitremote.Classify(err)
 	clean := gitremote.Scrub(err.Error(), rawURL, r.Redacted, secrets)
-	return &remoteError{op: op, repo: r.Redacted, kind: gitremote.Classify(err), err: err, clean: clean}
+	if kind == gitremote.ErrObjectFormat {
+		// go-git's own text is about a malformed line; say what it means.
+		clean = kind.Error()
+	}
+	return &remoteError{op: op, repo: r.Redacted, kind: kind, err: err, clean: clean}
 }
