@@ -29,10 +29,16 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 40m
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./hub/cmd/drover-hub ./hub/cmd/droverctl ./agent/cmd/drover-agent
 
+# Tests and benchmarks run in a network namespace with nothing but loopback
+# (e2e/testbed/offline.sh): no test can send a packet off the machine. The
+# modules they build with are downloaded first, outside it.
+OFFLINE := e2e/testbed/offline.sh
+
 ## test: every test, unit and end to end, against real PostgreSQL, Kubernetes and Git
 test: deps testbed
+	go mod download
 	DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
-		go test $(GO_TEST_FLAGS) ./...
+		$(OFFLINE) go test $(GO_TEST_FLAGS) ./...
 
 ## testbed: build the local Kubernetes binaries of the test bed (once, ~6 min)
 testbed:
@@ -84,8 +90,9 @@ $(TOOLS)/protoc-gen-grpc-gateway:
 BENCH ?= .
 bench: deps testbed
 	@mkdir -p .cache
+	@go mod download
 	@status=0; DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
-		go test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem -timeout 60m ./... 2>&1 | tee .cache/bench.txt || status=$$?; \
+		$(OFFLINE) go test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem -timeout 60m ./... 2>&1 | tee .cache/bench.txt || status=$$?; \
 	echo; go run ./e2e/cmd/drover-benchtable .cache/bench.txt || status=1; \
 	exit $$status
 
