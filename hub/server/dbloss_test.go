@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -68,11 +67,6 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
 		{Application: "web", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY},
 	}}}})
-	select {
-	case err := <-s.errc:
-		t.Fatalf("the agent stream ended while the database was away: %v", err)
-	case <-time.After(2 * time.Second):
-	}
 
 	pg2, err := pgserver.Start(context.Background(), opts)
 	if err != nil {
@@ -80,12 +74,26 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 	}
 	t.Cleanup(func() { pg2.Stop() })
 	eventually(t, "the status written after the database returned", func() bool {
+		s.checkOpen(t)
 		var app droverv1.GetApplicationResponse
 		if code, _ := h.api(t, h.token, "GET", "/api/v1/applications/web", nil, &app); code != http.StatusOK {
 			return false
 		}
 		return len(app.GetStatuses()) == 1 && app.GetStatuses()[0].GetHealth() == droverv1.Health_HEALTH_HEALTHY
 	})
+	// The stream that carried it is the one from before the outage, and
+	// it is still served: the next status on it is stored too.
+	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
+		{Application: "web", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_DEGRADED},
+	}}}})
+	eventually(t, "the next status on the same stream written", func() bool {
+		s.checkOpen(t)
+		_ = h.FlushStatuses(context.Background())
+		var app droverv1.GetApplicationResponse
+		h.mustAPI(t, "GET", "/api/v1/applications/web", nil, &app)
+		return len(app.GetStatuses()) == 1 && app.GetStatuses()[0].GetHealth() == droverv1.Health_HEALTH_DEGRADED
+	})
+	s.checkOpen(t)
 	resp, err := http.Get("http://" + h.HTTPAddr() + "/healthz")
 	if err != nil {
 		t.Fatal(err)
@@ -93,5 +101,15 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("healthz after recovery: HTTP %d", resp.StatusCode)
+	}
+}
+
+// checkOpen fails t if the stream has ended.
+func (s *stream) checkOpen(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-s.errc:
+		t.Fatalf("the agent stream ended: %v", err)
+	default:
 	}
 }
