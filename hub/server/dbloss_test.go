@@ -48,7 +48,7 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 	a := h.mustRegister(t, tok, "edge")
 	h.mustAPI(t, "POST", "/api/v1/applications", webApp("web", repo.URL, map[string]string{"env": "prod"}), nil)
 	s := a.connect(t, "")
-	eventually(t, "the application assigned", func() bool { return len(s.nextAssignment(t).GetApplications()) == 1 })
+	s.awaitApplications(t, "web@"+c1)
 
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)

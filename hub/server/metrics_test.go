@@ -35,7 +35,7 @@ func TestMetrics(t *testing.T) {
 	h.mustAPI(t, "POST", "/api/v1/applications", webApp("web", repo.URL, map[string]string{"env": "prod"}), nil)
 
 	s := a.connect(t, "")
-	eventually(t, "a's assignment", func() bool { return len(s.nextAssignment(t).GetApplications()) == 1 })
+	s.awaitApplications(t, "web@"+c1)
 	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
 		{Application: "web", Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY},
 	}}}})
