@@ -30,10 +30,14 @@
     return u.toString();
   }
 
-  // keyOf names an element across renders: its id, or the data-key the
-  // templates give items of a list (tiles, rows, banners, events).
+  // keyOf names an element across renders: its id, the data-key the
+  // templates give items of a list (rows, banners, events), or the
+  // attribute its list names in data-key-by (the tiles' href: a page of
+  // thousands of tiles need not carry a key for each).
   function keyOf(n) {
-    return n.nodeType === 1 ? n.id || n.getAttribute("data-key") || "" : "";
+    if (n.nodeType !== 1) return "";
+    var list = n.parentNode, by = list && list.nodeType === 1 && list.getAttribute("data-key-by");
+    return n.id || n.getAttribute("data-key") || (by && n.getAttribute(by)) || "";
   }
 
   // kind is what a node is: its tag and key, and its first class (the
