@@ -231,7 +231,7 @@ var retryInRE = regexp.MustCompile(`retry_in=(\S+)`)
 func kubeAPIDown(t *testing.T, b *bed) {
 	cluster := b.clusters["edge-1"]
 	agent := b.agents["edge-1"]
-	failuresBefore := logCount(agent.Process(), `msg="reconcile failed" app=many`)
+	failuresBefore := logCount(t, agent.Process(), `msg="reconcile failed" app=many`)
 
 	cluster.StopAPIServer(t)
 	stopped := time.Now()

@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/drover-dev/drover/e2e/testbed"
@@ -39,7 +38,11 @@ const (
 	waitLong = 4 * time.Minute
 )
 
-// hubArgs make the hub quick to notice what the tests do.
+// hubArgs make the hub quick to notice what the tests do. No test waits
+// for a cluster to go offline: the offline timeout is ten of the agents'
+// heartbeats (agentArgs), so that a loaded machine delaying a few of them
+// does not take a connected agent for gone (rollouts hold offline clusters
+// in place, which would stall the rollout tests rather than break them).
 var hubArgs = []string{"--poll-interval", "5s", "--offline-timeout", "20s", "--ping-interval", "5s"}
 
 // agentArgs make agents reconnect quickly; their statuses flush every
@@ -50,11 +53,14 @@ var agentArgs = []string{"--heartbeat", "2s", "--backoff-max", "2s"}
 // clusters.
 type bed struct {
 	t        *testing.T
+	dbURL    string
 	hub      *testbed.HubProcess
 	git      *testbed.Git
 	repo     *testbed.Repo
 	clusters map[string]*testbed.Cluster
 	agents   map[string]*testbed.AgentProcess
+	// agentMetrics are the agents' --metrics-addr, by cluster.
+	agentMetrics map[string]string
 }
 
 // newBed starts a hub on dbURL and one cluster with an agent for each
@@ -66,19 +72,20 @@ func newBed(t *testing.T, dbURL string, labels map[string]map[string]string) *be
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	b := &bed{t: t, clusters: map[string]*testbed.Cluster{}, agents: map[string]*testbed.AgentProcess{}}
+	b := &bed{t: t, dbURL: dbURL, clusters: map[string]*testbed.Cluster{}, agents: map[string]*testbed.AgentProcess{}, agentMetrics: map[string]string{}}
 	b.git = testbed.GitServer(t)
 	b.repo = b.git.CreateRepo(t, "fleet")
 	b.hub = testbed.StartHub(t, testbed.HubOptions{DatabaseURL: dbURL, Args: hubArgs})
 	for _, c := range testbed.ClustersWithOptions(t, testbed.Options{Names: names}) {
 		b.clusters[c.Name] = c
+		b.agentMetrics[c.Name] = testbed.FreeAddr(t)
 		b.agents[c.Name] = testbed.StartAgent(t, testbed.AgentOptions{
 			Name:       c.Name,
 			Kubeconfig: c.Kubeconfig,
 			HubAddr:    b.hub.AgentAddr,
 			HubCAFile:  b.hub.CAFile,
 			JoinToken:  b.hub.JoinToken(t, labels[c.Name]),
-			Args:       agentArgs,
+			Args:       append([]string{"--metrics-addr", b.agentMetrics[c.Name]}, agentArgs...),
 		})
 	}
 	return b
@@ -249,21 +256,29 @@ func (b *bed) waitConnectedAfter(since time.Time) {
 // sessions counts the sessions agent name opened with the hub, over all
 // its runs (its log is appended to across restarts).
 func (b *bed) sessions(name string) int {
-	return logCount(b.agents[name].Process(), "connected to the hub")
+	b.t.Helper()
+	return logCount(b.t, b.agents[name].Process(), "connected to the hub")
 }
 
-// deployment is the web Deployment on cluster.
-func (b *bed) deployment(cluster string) (*appsv1.Deployment, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return b.clusters[cluster].Client(b.t).AppsV1().Deployments("web").Get(ctx, "nginx", metav1.GetOptions{})
+// connectedSince is when the hub says cluster's current session started.
+func (b *bed) connectedSince(cluster string) time.Time {
+	b.t.Helper()
+	c, err := b.cluster(cluster)
+	if err != nil {
+		b.t.Fatalf("%s: %v", cluster, err)
+	}
+	if c.GetConnectedSince() == nil {
+		b.t.Fatalf("%s has never connected: %v", cluster, c)
+	}
+	return c.GetConnectedSince().AsTime()
 }
 
 // logCount counts the lines of p's log (all runs) that contain s.
-func logCount(p *testbed.Process, s string) int {
+func logCount(t *testing.T, p *testbed.Process, s string) int {
+	t.Helper()
 	data, err := os.ReadFile(p.LogPath())
 	if err != nil {
-		return 0
+		t.Fatalf("count %q in the log: %v", s, err)
 	}
 	n := 0
 	for _, line := range strings.Split(string(data), "\n") {
@@ -272,6 +287,20 @@ func logCount(p *testbed.Process, s string) int {
 		}
 	}
 	return n
+}
+
+// hubMetric is the hub's metric name (a gauge or counter without labels)
+// as /metrics says now.
+func (b *bed) hubMetric(name string) (float64, error) {
+	fams, err := testbed.ScrapeMetrics("http://" + b.hub.HTTPAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	v, ok := testbed.MetricValue(fams, name, nil)
+	if !ok {
+		return 0, fmt.Errorf("the hub's /metrics has no %s", name)
+	}
+	return v, nil
 }
 
 // figure logs one figure of the closing note.

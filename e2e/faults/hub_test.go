@@ -2,7 +2,10 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"testing"
@@ -13,157 +16,307 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/hub/rollout"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// TestHubCrash kills the hub process with SIGKILL in the middle of a
-// rollout and in the middle of a burst of status reports, and restarts it
-// on the same database.
+// TestHubCrash kills the hub process with SIGKILL in the middle of a burst
+// of status reports, while a rollout waits at an approval gate, and while a
+// rollout's wave soaks, and each time restarts it on the same database.
 func TestHubCrash(t *testing.T) {
 	t.Parallel()
-	dbURL := testbed.Postgres(t)
-	b := newBed(t, dbURL, map[string]map[string]string{
+	b := newBed(t, testbed.Postgres(t), map[string]map[string]string{
 		"canary": {"env": "prod", "ring": "canary"},
 		"main-1": {"env": "prod", "ring": "main"},
 		"main-2": {"env": "prod", "ring": "main"},
 		"main-3": {"env": "prod", "ring": "main"},
 	})
-	t.Run("during a rollout", func(t *testing.T) { hubCrashDuringRollout(t, b.with(t)) })
-	t.Run("during a burst of status reports", func(t *testing.T) { hubCrashDuringStatusBurst(t, b.with(t), dbURL) })
+	// The burst goes first: its figure counts every status the hub holds,
+	// so no other application may be reporting meanwhile.
+	t.Run("during a burst of status reports", func(t *testing.T) { hubCrashDuringStatusBurst(t, b.with(t)) })
+	t.Run("at an approval gate", func(t *testing.T) { hubCrashAtApprovalGate(t, b.with(t)) })
+	t.Run("during a soak", func(t *testing.T) { hubCrashDuringSoak(t, b.with(t)) })
 }
 
-// hubCrashDuringRollout: the hub dies while the second wave is under way.
-// After its restart every agent reconnects; the same rollout carries on
-// (clusters that had succeeded are not updated again, the canary's gate is
-// not skipped); the statuses on the hub equal the clusters' state; and each
-// cluster's Deployment went through the releases in order, each once.
-func hubCrashDuringRollout(t *testing.T, b *bed) {
-	v1, v2 := "nginx:1.23.0", "nginx:1.24.0"
-	c1 := b.repo.Commit(t, "web on "+v1, testbed.ExampleApp(v1))
-	app := b.app("web", "apps/web")
-	app.Spec.Rollout = &droverv1.RolloutStrategy{
-		OnFailure:        "pause",
-		ProgressDeadline: "3m",
-		OfflineTimeout:   "5m",
-		Waves: []*droverv1.RolloutWave{
-			{Name: "canary", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}}, MaxParallel: structpb.NewNumberValue(1), Soak: "3s"},
-			// One at a time, so the crash lands with some of the wave done.
-			{Name: "main", MaxParallel: structpb.NewNumberValue(1)},
-		},
-	}
-	b.createApp(app)
-	for _, c := range b.names() {
-		b.waitSynced("web", c, c1)
-	}
-	b.waitRollout("web", c1, "completed")
+// mainClusters are the clusters of the bed's second wave.
+var mainClusters = []string{"main-1", "main-2", "main-3"}
 
-	c2 := b.repo.Commit(t, "web on "+v2, map[string]string{"apps/web/deployment.yaml": testbed.ExampleApp(v2)["apps/web/deployment.yaml"]})
-	b.refresh("web")
-	// Kill once the canary passed its gate and the main wave is part way.
-	var before *droverv1.RolloutStatus
-	testbed.Eventually(t, "the main wave part way", waitLong, func() (bool, string) {
-		r, err := b.rollout("web")
+// canaryWave is the first wave of the rollout tests: the canary alone.
+func canaryWave(soak string) *droverv1.RolloutWave {
+	return &droverv1.RolloutWave{
+		Name:        "canary",
+		Selector:    &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}},
+		MaxParallel: structpb.NewNumberValue(1),
+		Soak:        soak,
+	}
+}
+
+// hubCrashAtApprovalGate: the hub dies while a rollout waits for approval
+// of its second wave. After its restart the gate still holds: the
+// restarted hub takes in the canary's reports and gives the other clusters
+// their assignments, and none of them gets the release. Once approved, the
+// same rollout carries on, and every cluster's ReplicaSet history shows
+// the release arrived only after its wave was released: the canary's after
+// it was pinned, the others' after the approval.
+func hubCrashAtApprovalGate(t *testing.T, b *bed) {
+	const app = "gate"
+	v1, v2 := "nginx:1.23.0", "nginx:1.24.0"
+	c1 := b.createRolloutApp(app, v1, canaryWave(""), &droverv1.RolloutWave{Name: "main", RequireApproval: true})
+
+	c2 := b.repo.Commit(t, app+" on "+v2, deploymentApp(app, v2))
+	b.refresh(app)
+	before := b.waitRollout(app, c2, string(rollout.PhaseWaitingApproval))
+	stBefore := b.storedRollout(app)
+	if c := stBefore.Clusters["canary"]; c.Phase != rollout.ClusterSucceeded {
+		t.Fatalf("the rollout waits for approval with the canary %s: want succeeded", c.Phase)
+	}
+
+	killed, serving := b.crashHub()
+	b.waitConnectedAfter(killed)
+	// The restarted hub has stepped the rollout with what it heard since
+	// the crash: the canary's status, resent in its new session, is taken
+	// in (the stored state records when) ...
+	testbed.Eventually(t, "the restarted hub taking in the canary's resent status", waitLong, func() (bool, string) {
+		st, err := b.tryStoredRollout(app)
 		if err != nil {
 			return false, err.Error()
 		}
-		phases := clusterPhases(r)
-		done := 0
-		for _, c := range []string{"main-1", "main-2", "main-3"} {
-			if phases[c] == "succeeded" {
-				done++
-			}
-		}
-		if r.GetCommit() == c2 && r.GetPhase() == "completed" {
-			t.Fatalf("the rollout of %.7s completed before the test could kill the hub mid-way: %v", c2, r)
-		}
-		before = r
-		return r.GetCommit() == c2 && phases["canary"] == "succeeded" && done >= 1 && done < 3, fmt.Sprintf("rollout %v", r)
+		c := st.Clusters["canary"]
+		return c.Observed.After(killed), fmt.Sprintf("canary's newest status taken in at %v, the hub was killed at %v", c.Observed, killed)
 	})
-	succeededBefore := map[string]bool{}
-	for c, p := range clusterPhases(before) {
-		succeededBefore[c] = p == "succeeded"
+	// It holds the gate: the same rollout waits for approval, the gated
+	// wave's clusters are pinned to what they ran, and they run it.
+	r, err := b.rollout(app)
+	if err != nil {
+		t.Fatal(err)
 	}
-	sessionsBefore := map[string]int{}
-	for _, c := range b.names() {
-		sessionsBefore[c] = b.sessions(c)
+	if r.GetId() != before.GetId() || r.GetPhase() != string(rollout.PhaseWaitingApproval) {
+		t.Fatalf("after the restart the hub runs rollout %d in phase %s: want rollout %d still waiting for approval", r.GetId(), r.GetPhase(), before.GetId())
 	}
-	t.Logf("killing the hub (pid %d) with the rollout at %v", b.hub.Process().Pid(), clusterPhases(before))
-	b.hub.Kill(t)
-	restarted := time.Now()
-	b.hub.Start(t)
-	b.waitConnectedAfter(restarted)
-	after := b.waitRollout("web", c2, "completed")
-	figure(t, "hub crash mid-rollout: restart to rollout completed: %v", time.Since(restarted).Round(time.Millisecond))
-	for _, c := range b.names() {
-		figure(t, "hub crash mid-rollout: %s reconnects: %d", c, b.sessions(c)-sessionsBefore[c])
-		if b.sessions(c) <= sessionsBefore[c] {
-			t.Errorf("%s: no new session with the restarted hub", c)
+	held := b.storedRollout(app)
+	for _, c := range mainClusters {
+		if cs := held.Clusters[c]; cs.Phase != rollout.ClusterPending || cs.Commit != c1 {
+			t.Errorf("after the restart %s is %s at %.7s: want pending at %.7s", c, cs.Phase, cs.Commit, c1)
+		}
+		if hist := b.revisions(app, c); len(hist) != 1 || hist[0].image != v1 {
+			t.Errorf("%s went through %v before the gate was approved: want only %s", c, hist, v1)
 		}
 	}
 
+	promoted := time.Now()
+	b.api(http.MethodPost, "/api/v1/applications/"+app+"/rollout/promote", nil, nil)
+	after := b.waitRollout(app, c2, string(rollout.PhaseCompleted))
+	figure(t, "hub crash at an approval gate: kill to serving again: %v; promote to rollout completed: %v",
+		serving.Sub(killed).Round(time.Millisecond), time.Since(promoted).Round(time.Millisecond))
 	if after.GetId() != before.GetId() {
 		t.Errorf("the restarted hub ran rollout %d, want the one under way (%d) carried on", after.GetId(), before.GetId())
 	}
+	st := b.storedRollout(app)
+	if got, was := st.Clusters["canary"].StartedAt, stBefore.Clusters["canary"].StartedAt; !got.Equal(was) {
+		t.Errorf("the canary, done before the crash, was started again at %v (first at %v)", got, was)
+	}
+	approved := st.Waves[1].ApprovedAt
+	if approved.Before(promoted) {
+		t.Errorf("the hub records the gate approved at %v, before the test promoted it at %v", approved, promoted)
+	}
+	released := map[string]time.Time{"canary": stBefore.Clusters["canary"].StartedAt}
+	for _, c := range mainClusters {
+		released[c] = promoted
+	}
+	b.checkReleaseHistory(app, []string{v1, v2}, released, st)
+}
+
+// hubCrashDuringSoak: the hub dies while the canary's wave soaks, and is
+// back before the soak ends. The soak is not cut short: the next wave's
+// clusters were pinned to the release (in the stored rollout) and created
+// its ReplicaSet (in their clusters) no earlier than the soak's end as the
+// hub had it before the crash.
+func hubCrashDuringSoak(t *testing.T, b *bed) {
+	const app = "soak"
+	// Long enough for the hub to be killed and serve again well inside it:
+	// a restart takes seconds (the figure below). When a busy machine
+	// makes it longer than the soak, the kill is tried again with a new
+	// release, as agentCrashMidApply does.
+	const soak = 15 * time.Second
+	const attempts = 3
+	images := []string{"nginx:1.23.0"}
+	b.createRolloutApp(app, images[0], canaryWave(soak.String()), &droverv1.RolloutWave{Name: "main"})
+
+	var (
+		release         string
+		before          *droverv1.RolloutStatus
+		stBefore        rollout.State
+		soakUntil       time.Time
+		killed, serving time.Time
+	)
+	for attempt := 1; ; attempt++ {
+		img := fmt.Sprintf("nginx:1.%d.0", 23+attempt)
+		images = append(images, img)
+		release = b.repo.Commit(t, app+" on "+img, deploymentApp(app, img))
+		b.refresh(app)
+		testbed.Eventually(t, "the canary's wave soaking", waitLong, func() (bool, string) {
+			var err error
+			if before, err = b.rollout(app); err != nil {
+				return false, err.Error()
+			}
+			w := before.GetWaves()
+			ok := before.GetCommit() == release && len(w) == 2 && w[0].GetPhase() == string(rollout.WaveSoaking) && w[0].GetSoakUntil() != nil
+			return ok, fmt.Sprintf("rollout %v", before)
+		})
+		soakUntil = before.GetWaves()[0].GetSoakUntil().AsTime()
+		stBefore = b.storedRollout(app)
+		killed, serving = b.crashHub()
+		if serving.Before(soakUntil) {
+			break
+		}
+		t.Logf("attempt %d: the restarted hub served at %v, after the soak ended at %v", attempt, serving, soakUntil)
+		b.waitConnectedAfter(killed)
+		b.waitRollout(app, release, string(rollout.PhaseCompleted))
+		if attempt == attempts {
+			t.Fatalf("%d times the hub took longer to serve again than the %v soak: the test could not kill it mid-soak", attempt, soak)
+		}
+	}
+	b.waitConnectedAfter(killed)
+	after := b.waitRollout(app, release, string(rollout.PhaseCompleted))
+	figure(t, "hub crash mid-soak: kill to serving again: %v, %v before the soak's end", serving.Sub(killed).Round(time.Millisecond), soakUntil.Sub(serving).Round(time.Millisecond))
+	if after.GetId() != before.GetId() {
+		t.Errorf("the restarted hub ran rollout %d, want the one under way (%d) carried on", after.GetId(), before.GetId())
+	}
+	st := b.storedRollout(app)
+	if got, was := st.Clusters["canary"].StartedAt, stBefore.Clusters["canary"].StartedAt; !got.Equal(was) {
+		t.Errorf("the canary, done before the crash, was started again at %v (first at %v)", got, was)
+	}
+	if done := st.Waves[0].DoneAt; done.Before(soakUntil) {
+		t.Errorf("the hub records the canary's wave done at %v, before its soak ended at %v", done, soakUntil)
+	}
+	released := map[string]time.Time{"canary": stBefore.Clusters["canary"].StartedAt}
+	for _, c := range mainClusters {
+		released[c] = soakUntil
+	}
+	b.checkReleaseHistory(app, images, released, st)
+}
+
+// checkReleaseHistory checks, from what the clusters and the hub recorded,
+// that every cluster went through images in order, each once, and got the
+// last one no earlier than released says: in the stored rollout (st) the
+// hub pinned it then or later, and its Deployment's ReplicaSet of the last
+// image was created then or later. ReplicaSets' creation times have whole
+// seconds, so they are compared with released's second.
+func (b *bed) checkReleaseHistory(app string, images []string, released map[string]time.Time, st rollout.State) {
+	b.t.Helper()
+	last := images[len(images)-1]
 	for _, c := range b.names() {
-		s := b.waitSynced("web", c, c2)
-		d, err := b.deployment(c)
-		if err != nil {
-			t.Fatalf("%s: %v", c, err)
+		hist := b.revisions(app, c)
+		var got []string
+		for _, r := range hist {
+			got = append(got, r.image)
 		}
-		if img := d.Spec.Template.Spec.Containers[0].Image; img != v2 {
-			t.Errorf("%s runs %s while the hub says %v: want %s", c, img, s, v2)
+		if !slices.Equal(got, images) {
+			b.t.Errorf("%s went through %v: want %v, each once and in order", c, hist, images)
 		}
-		// Each cluster got v1, then v2, each once: its Deployment's
-		// revisions (one ReplicaSet per template) are exactly that.
-		hist := b.revisions(c)
-		if len(hist) != 2 || hist[0].image != v1 || hist[1].image != v2 {
-			t.Errorf("%s went through %v: want %s then %s", c, hist, v1, v2)
+		at, ok := released[c]
+		if !ok {
+			b.t.Fatalf("no release time for %s", c)
 		}
-	}
-	// The gate held across the crash: no main cluster got v2 before the
-	// canary had it, and what had succeeded stayed so.
-	canaryV2 := b.revisions("canary")[1].created
-	for _, c := range []string{"main-1", "main-2", "main-3"} {
-		if hist := b.revisions(c); len(hist) == 2 && hist[1].created.Before(canaryV2) {
-			t.Errorf("%s got %s at %v, before the canary (%v)", c, v2, hist[1].created, canaryV2)
+		if pinned := st.Clusters[c].StartedAt; pinned.Before(at) {
+			b.t.Errorf("the hub pinned %s to the release at %v, before its wave was released at %v", c, pinned, at)
+		}
+		for _, r := range hist {
+			if r.image == last && r.created.Before(at.Truncate(time.Second)) {
+				b.t.Errorf("%s created its ReplicaSet of %s at %v, before its wave was released at %v", c, last, r.created, at)
+			}
 		}
 	}
-	for c, p := range clusterPhases(after) {
-		if succeededBefore[c] && p != "succeeded" {
-			t.Errorf("%s had succeeded before the crash and is %s after it", c, p)
-		}
+}
+
+// crashHub kills the hub with SIGKILL and starts it again with the same
+// database, data directory and addresses; it returns when the kill had
+// landed and when the new process served.
+func (b *bed) crashHub() (killed, serving time.Time) {
+	b.t.Helper()
+	b.t.Logf("killing the hub (pid %d)", b.hub.Process().Pid())
+	b.hub.Kill(b.t)
+	killed = time.Now()
+	b.hub.Start(b.t)
+	return killed, time.Now()
+}
+
+// createRolloutApp creates application app, the nginx Deployment of
+// deploymentApp, with a rollout of the given waves (pausing on failure),
+// and waits until its first release, on image, completed everywhere; it
+// returns that release.
+func (b *bed) createRolloutApp(app, image string, waves ...*droverv1.RolloutWave) string {
+	b.t.Helper()
+	c1 := b.repo.Commit(b.t, app+" on "+image, deploymentApp(app, image))
+	a := b.app(app, "apps/"+app)
+	a.Spec.Rollout = &droverv1.RolloutStrategy{
+		OnFailure:        "pause",
+		ProgressDeadline: "3m",
+		OfflineTimeout:   "5m",
+		Waves:            waves,
+	}
+	b.createApp(a)
+	for _, c := range b.names() {
+		b.waitSynced(app, c, c1)
+	}
+	b.waitRollout(app, c1, string(rollout.PhaseCompleted))
+	return c1
+}
+
+// deploymentApp is application ns under apps/NS: namespace ns and in it
+// an nginx Deployment of two replicas running image.
+func deploymentApp(ns, image string) map[string]string {
+	return map[string]string{
+		"apps/" + ns + "/namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: " + ns + "\n",
+		"apps/" + ns + "/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx
+  namespace: %s
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: nginx}
+  template:
+    metadata:
+      labels: {app: nginx}
+    spec:
+      containers:
+      - name: nginx
+        image: %s
+`, ns, image),
 	}
 }
 
 // hubCrashDuringStatusBurst: many applications change at once on every
 // cluster and the hub dies holding their statuses: received from the
-// agents, not written yet. To have it die at exactly that point, the test
-// holds a lock on the status table, so the hub's writes wait; it kills the
-// hub once the agents have applied and reported the release, ends the dead
-// hub's database sessions (as PostgreSQL does for a client that is gone)
-// and releases the lock. After the restart every status in PostgreSQL is
+// agents, not written yet. To have it die at exactly that point, the
+// test has PostgreSQL refuse every write to the status table (a trigger
+// failing with lock_not_available, as a write that cannot get its lock in
+// time does), so the hub keeps what it received in its backlog and retries.
+// It kills the hub once its drover_hub_status_backlog metric says it holds
+// a status of every application on every cluster, lets the writes through
+// again and restarts it. After the restart every status in PostgreSQL is
 // the clusters' real state: none is lost with the dead hub's memory.
-func hubCrashDuringStatusBurst(t *testing.T, b *bed, dbURL string) {
+func hubCrashDuringStatusBurst(t *testing.T, b *bed) {
 	const apps = 16
 	commit := b.repo.Commit(t, "burst generation 1", configMapApps("burst", apps, 1))
 	b.createConfigMapApps("burst", apps)
 	total := apps * len(b.clusters)
-	db := connectDB(t, dbURL)
+	db := connectDB(t, b.dbURL)
 	testbed.Eventually(t, "every burst status at generation 1", waitLong, func() (bool, string) {
 		n := countStatuses(t, db, commit)
 		return n == total, fmt.Sprintf("%d of %d", n, total)
 	})
+	// From here on the backlog holds only what the new release makes the
+	// agents report: one status per application and cluster (a ConfigMap
+	// is healthy once applied).
+	testbed.Eventually(t, "the hub's status backlog empty", waitLong, func() (bool, string) {
+		v, err := b.hubMetric("drover_hub_status_backlog")
+		return err == nil && v == 0, fmt.Sprintf("backlog %v, err %v", v, err)
+	})
 
-	ctx := context.Background()
-	locker := connectDB(t, dbURL)
-	lock, err := locker.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// SHARE: readers go on, the hub's status writes wait.
-	if _, err := lock.Exec(ctx, "LOCK TABLE app_status IN SHARE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	allow := refuseStatusWrites(t, db)
 	commit = b.repo.Commit(t, "burst generation 2", configMapApps("burst", apps, 2))
 	b.refreshConfigMapApps("burst", apps)
 	for _, c := range b.names() {
@@ -177,25 +330,21 @@ func hubCrashDuringStatusBurst(t *testing.T, b *bed, dbURL string) {
 			return n == apps && acked, fmt.Sprintf("%d of %d ConfigMaps at generation 2; cluster %v", n, apps, cl)
 		})
 	}
-	testbed.Eventually(t, "the hub's status write waiting for the lock", waitLong, func() (bool, string) {
-		var n int
-		err := db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '%app_status%'`).Scan(&n)
-		return err == nil && n > 0, fmt.Sprintf("%d waiting, err %v", n, err)
+	var held, failures float64
+	testbed.Eventually(t, "the hub holding every status of generation 2", waitLong, func() (bool, string) {
+		var err error
+		if held, err = b.hubMetric("drover_hub_status_backlog"); err != nil {
+			return false, err.Error()
+		}
+		if failures, err = b.hubMetric("drover_hub_status_write_failures"); err != nil {
+			return false, err.Error()
+		}
+		return held == float64(total) && failures > 0, fmt.Sprintf("backlog %v of %d, %v failed writes", held, total, failures)
 	})
-	// Agents send changed statuses every second: two rounds and the
-	// statuses of the release are with the hub.
-	time.Sleep(2 * time.Second)
 	b.hub.Kill(t)
-	if _, err := db.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> $1`, int32(locker.PgConn().PID())); err != nil {
-		t.Fatalf("end the dead hub's sessions: %v", err)
-	}
-	if err := lock.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	allow()
 	if n := countStatuses(t, db, commit); n != 0 {
-		t.Fatalf("%d statuses of generation 2 were written past the lock: the test did not catch the hub holding them", n)
+		t.Fatalf("%d statuses of generation 2 were written despite the refusal: the test did not catch the hub holding them", n)
 	}
 
 	sessionsBefore := map[string]int{}
@@ -204,14 +353,19 @@ func hubCrashDuringStatusBurst(t *testing.T, b *bed, dbURL string) {
 	}
 	restarted := time.Now()
 	b.hub.Start(t)
+	var recovered int
 	testbed.Eventually(t, "every burst status at generation 2", waitLong, func() (bool, string) {
-		n := countStatuses(t, db, commit)
-		return n == total, fmt.Sprintf("%d of %d written", n, total)
+		recovered = countStatuses(t, db, commit)
+		return recovered == total, fmt.Sprintf("%d of %d written", recovered, total)
 	})
-	figure(t, "hub crash mid-burst: %d statuses lost with the hub's memory; restart to all %d current in PostgreSQL: %v",
-		total, total, time.Since(restarted).Round(time.Millisecond))
+	figure(t, "hub crash mid-burst: %.0f statuses lost with the hub's memory (its backlog at the kill, %.0f failed writes); %d of %d current in PostgreSQL %v after the restart",
+		held, failures, recovered, total, time.Since(restarted).Round(time.Millisecond))
 	for _, c := range b.names() {
-		figure(t, "hub crash mid-burst: %s reconnects: %d", c, b.sessions(c)-sessionsBefore[c])
+		n := b.sessions(c) - sessionsBefore[c]
+		figure(t, "hub crash mid-burst: %s reconnects: %d", c, n)
+		if n < 1 {
+			t.Errorf("%s: no new session with the restarted hub", c)
+		}
 	}
 	// What PostgreSQL says is what the clusters run.
 	for _, c := range b.names() {
@@ -219,6 +373,40 @@ func hubCrashDuringStatusBurst(t *testing.T, b *bed, dbURL string) {
 			t.Errorf("%s runs %d of %d burst ConfigMaps at generation 2 while PostgreSQL says all", c, got, apps)
 		}
 	}
+}
+
+// refuseStatusWrites makes PostgreSQL refuse every write to app_status
+// with a transient error until the returned function (or t's end) lets
+// them through again.
+func refuseStatusWrites(t *testing.T, db *pgx.Conn) (allow func()) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := db.Exec(ctx, `
+		CREATE FUNCTION faults_refuse_status_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			RAISE EXCEPTION 'status writes refused by the fault test' USING ERRCODE = 'lock_not_available';
+		END $$`); err != nil {
+		t.Fatalf("refuse status writes: %v", err)
+	}
+	if _, err := db.Exec(ctx, `
+		CREATE TRIGGER faults_refuse_status_writes BEFORE INSERT OR UPDATE OR DELETE ON app_status
+		FOR EACH STATEMENT EXECUTE FUNCTION faults_refuse_status_writes()`); err != nil {
+		t.Fatalf("refuse status writes: %v", err)
+	}
+	allowed := false
+	allow = func() {
+		if allowed {
+			return
+		}
+		allowed = true
+		if _, err := db.Exec(ctx, `
+			DROP TRIGGER faults_refuse_status_writes ON app_status;
+			DROP FUNCTION faults_refuse_status_writes()`); err != nil {
+			t.Errorf("let status writes through again: %v", err)
+		}
+	}
+	t.Cleanup(allow)
+	return allow
 }
 
 // waitRollout waits until the rollout of app's commit reaches phase.
@@ -241,31 +429,56 @@ func (b *bed) rollout(app string) (*droverv1.RolloutStatus, error) {
 	return b.hub.Rollout(ctx, app)
 }
 
-// clusterPhases maps the rollout's clusters to their phases.
-func clusterPhases(r *droverv1.RolloutStatus) map[string]string {
-	m := map[string]string{}
-	for _, c := range r.GetClusters() {
-		m[c.GetName()] = c.GetPhase()
+// storedRollout is app's rollout as the hub stored it in PostgreSQL, with
+// the times it recorded: when each wave started, was approved, soaked and
+// completed, and when each cluster was pinned and last reported.
+func (b *bed) storedRollout(app string) rollout.State {
+	b.t.Helper()
+	st, err := b.tryStoredRollout(app)
+	if err != nil {
+		b.t.Fatal(err)
 	}
-	return m
+	return st
 }
 
-// revision is one template the web Deployment ran.
+func (b *bed) tryStoredRollout(app string) (rollout.State, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, b.dbURL)
+	if err != nil {
+		return rollout.State{}, fmt.Errorf("read the stored rollout of %s: %w", app, err)
+	}
+	defer conn.Close(context.Background())
+	var raw []byte
+	if err := conn.QueryRow(ctx, "SELECT state FROM rollouts WHERE application = $1", app).Scan(&raw); err != nil {
+		return rollout.State{}, fmt.Errorf("read the stored rollout of %s: %w", app, err)
+	}
+	var st rollout.State
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return rollout.State{}, fmt.Errorf("read the stored rollout of %s: %w", app, err)
+	}
+	return st, nil
+}
+
+// revision is one template the nginx Deployment ran.
 type revision struct {
 	number  int
 	image   string
 	created time.Time
 }
 
-func (r revision) String() string { return fmt.Sprintf("#%d %s", r.number, r.image) }
+func (r revision) String() string {
+	return fmt.Sprintf("#%d %s at %s", r.number, r.image, r.created.Format(time.TimeOnly))
+}
 
-// revisions is the web Deployment's history on cluster, oldest first: one
-// ReplicaSet per template, numbered by the Deployment controller in the
-// order the templates were applied (a template applied again is
-// renumbered, so going back shows as a release out of order).
-func (b *bed) revisions(cluster string) []revision {
+// revisions is the history of the nginx Deployment in namespace ns on
+// cluster, oldest first: one ReplicaSet per template, numbered by the
+// Deployment controller in the order the templates were applied (a
+// template applied again is renumbered, so going back shows as a release
+// out of order).
+func (b *bed) revisions(ns, cluster string) []revision {
 	b.t.Helper()
-	rss, err := b.clusters[cluster].Client(b.t).AppsV1().ReplicaSets("web").List(context.Background(), metav1.ListOptions{LabelSelector: "app=nginx"})
+	rss, err := b.clusters[cluster].Client(b.t).AppsV1().ReplicaSets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=nginx"})
 	if err != nil {
 		b.t.Fatalf("%s: list ReplicaSets: %v", cluster, err)
 	}
