@@ -52,7 +52,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sys/unix"
 
+	"github.com/drover-dev/drover/internal/atomicfile"
 	"github.com/drover-dev/drover/internal/spawn"
 )
 
@@ -154,6 +156,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	dataDir := filepath.Join(dir, "data")
 	// First, so a server already running on Dir is left untouched.
 	if err := clearStaleLock(dataDir, log); err != nil {
+		return nil, fmt.Errorf("pgserver: %w", err)
+	}
+	if err := waitForOldBackends(ctx, dataDir, log); err != nil {
 		return nil, fmt.Errorf("pgserver: %w", err)
 	}
 	logPath := filepath.Join(dir, "postgres.log")
@@ -479,7 +484,7 @@ func ensureCluster(ctx context.Context, bins binaries, dir, dataDir string, owne
 		return "", fmt.Errorf("initdb %s: %w\n%s", dataDir, err, tailOf(out.String()))
 	}
 	// The password file before the cluster: a cluster is never without it.
-	if err := writeFileAtomic(pwPath, []byte(password+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(pwPath, []byte(password+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write password file: %w", err)
 	}
 	if err := os.Remove(dataDir); err != nil && !errors.Is(err, fs.ErrNotExist) { // an empty one, checked above
@@ -500,7 +505,7 @@ func writeHBA(dataDir string, owner *runAs) error {
 host all all 127.0.0.1/32 scram-sha-256
 `
 	path := filepath.Join(dataDir, "pg_hba.conf")
-	if err := writeFileAtomic(path, []byte(hba), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(hba), 0o600); err != nil {
 		return fmt.Errorf("write pg_hba.conf: %w", err)
 	}
 	return owner.chown(path)
@@ -541,6 +546,53 @@ func clearStaleLock(dataDir string, log *slog.Logger) error {
 	return nil
 }
 
+// oldBackendsWait bounds how long Start waits for the processes of a server
+// that died to let go of its shared memory. They notice their postmaster's
+// death within a second or so, and exit.
+const oldBackendsWait = 30 * time.Second
+
+// waitForOldBackends waits until no process of a server that died (a hub
+// killed with kill -9 takes its postmaster along, not at once its
+// backends) is attached to that server's shared memory: PostgreSQL refuses
+// to start beside one ("pre-existing shared memory block is still in
+// use"). postmaster.pid names the segment; a segment that is gone or that
+// nobody is attached to is fine.
+func waitForOldBackends(ctx context.Context, dataDir string, log *slog.Logger) error {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return nil // no lock file: no server ever ran, or it stopped cleanly
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 7 {
+		return nil
+	}
+	shm := strings.Fields(lines[6]) // "KEY ID"
+	if len(shm) != 2 {
+		return nil
+	}
+	id, err := strconv.Atoi(shm[1])
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, oldBackendsWait)
+	defer cancel()
+	for logged := false; ; {
+		var desc unix.SysvShmDesc
+		if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &desc); err != nil || desc.Nattch == 0 {
+			return nil
+		}
+		if !logged {
+			log.Info("waiting for the processes of the previous PostgreSQL server to exit", "dir", dataDir, "attached", desc.Nattch)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d processes of the previous PostgreSQL server on %s still hold its shared memory (segment %d) after %s: stop them first", desc.Nattch, dataDir, id, oldBackendsWait)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // openLog starts a new log for this run and keeps the previous one.
 func openLog(path string) (*os.File, error) {
 	if err := os.Rename(path, path+".1"); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -572,22 +624,6 @@ func newPassword() (string, error) {
 		return "", fmt.Errorf("generate password: %w", err)
 	}
 	return base64.RawURLEncoding.EncodeToString(b), nil
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, perm); err != nil { // WriteFile keeps an old file's mode
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }
 
 func freePort() (int, error) {
