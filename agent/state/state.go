@@ -22,6 +22,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-dev/drover/internal/atomicfile"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -152,27 +153,7 @@ func (d *Dir) AppliedVersion() string {
 // write replaces a file atomically with mode 0600: a crash leaves the old
 // content or the new, never half of it.
 func (d *Dir) write(name string, data []byte) error {
-	f, err := os.CreateTemp(d.path, "."+name+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(f.Name(), filepath.Join(d.path, name)); err != nil {
+	if err := atomicfile.Write(filepath.Join(d.path, name), data, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return nil

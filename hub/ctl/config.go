@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/drover-dev/drover/internal/atomicfile"
 )
 
 // globals are the flags every command accepts. Each starts from its
@@ -88,24 +90,7 @@ func saveConfig(path string, cfg config) error {
 	if err != nil {
 		return fmt.Errorf("encode config: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".config-*.yaml") // mode 0600
-	if err != nil {
-		return fmt.Errorf("write config: %w", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename there is nothing to remove
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write config: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write config: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write config: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	return nil

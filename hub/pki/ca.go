@@ -43,6 +43,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/drover-dev/drover/internal/atomicfile"
 )
 
 // File names of the hub's own CA inside the directory given to
@@ -135,10 +137,10 @@ func LoadOrCreateCA(dir string, logger *slog.Logger) (*CA, error) {
 	// The key goes first: a crash between the two writes leaves a key
 	// without a certificate, which the next start reports, rather than a
 	// certificate whose key is lost.
-	if err := writeFileAtomic(keyFile, keyPEM, 0o600, false); err != nil {
+	if err := atomicfile.Create(keyFile, keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("agent CA: write key: %w", err)
 	}
-	if err := writeFileAtomic(certFile, ca.certPEM, 0o644, false); err != nil {
+	if err := atomicfile.Create(certFile, ca.certPEM, 0o644); err != nil {
 		return nil, fmt.Errorf("agent CA: write certificate: %w", err)
 	}
 	logger.Info("created agent CA", "dir", dir,

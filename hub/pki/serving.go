@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/drover-dev/drover/internal/atomicfile"
 )
 
 // File names of the agent endpoint's serving certificate inside the
@@ -146,11 +148,11 @@ func (ca *CA) LoadOrCreateServingCert(dir string, hosts []string, logger *slog.L
 	// A crash between the two writes leaves a key that does not match the
 	// certificate, which the next call notices and replaces.
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	if err := writeFileAtomic(keyFile, keyPEM, 0o600, true); err != nil {
+	if err := atomicfile.Write(keyFile, keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, fmt.Errorf("serving certificate: write key: %w", err)
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Leaf.Raw})
-	if err := writeFileAtomic(certFile, certPEM, 0o644, true); err != nil {
+	if err := atomicfile.Write(certFile, certPEM, 0o644); err != nil {
 		return tls.Certificate{}, fmt.Errorf("serving certificate: write certificate: %w", err)
 	}
 	logger.Info("issued serving certificate", "file", certFile, "reason", reason,

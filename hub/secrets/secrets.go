@@ -36,6 +36,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/drover-dev/drover/internal/atomicfile"
 )
 
 // KeySize is the length of a Box's key in bytes.
@@ -169,7 +171,7 @@ func LoadOrCreateKey(path string) (*Box, error) {
 	}
 	content := base64.StdEncoding.AppendEncode(nil, key)
 	content = append(content, '\n')
-	err = writeFileExclusive(path, content, 0o600)
+	err = atomicfile.Create(path, content, 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		// Another process created it between our read and our write:
 		// its key is the one everybody must use.
@@ -201,41 +203,4 @@ func loadKey(path string) (*Box, error) {
 		return nil, fmt.Errorf("secrets key file %s: %w", path, err)
 	}
 	return box, nil
-}
-
-// writeFileExclusive creates path with data and mode perm, or fails with an
-// error matching fs.ErrExist. Readers never see a partial file: it is
-// written under a temporary name and then linked into place.
-func writeFileExclusive(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
