@@ -33,8 +33,9 @@ func init() {
 
 // gitGuard holds the records of the tests that watch.
 var gitGuard struct {
-	mu   sync.Mutex // guards the field below
-	logs map[*GitDials]struct{}
+	mu      sync.Mutex // guards the fields below
+	logs    map[*GitDials]struct{}
+	refused []string // every refused endpoint, for Main to fail the binary
 }
 
 // GitDials records the Git sessions go-git was asked to open while a test
@@ -43,6 +44,14 @@ type GitDials struct {
 	mu         sync.Mutex // guards the fields below
 	endpoints  []transport.Endpoint
 	offMachine []string
+}
+
+// refusedGitDials returns the endpoints off the machine that any test of
+// this binary had go-git try to reach.
+func refusedGitDials() []string {
+	gitGuard.mu.Lock()
+	defer gitGuard.mu.Unlock()
+	return append([]string(nil), gitGuard.refused...)
 }
 
 // WatchGitDials records every session go-git is asked to open until t
@@ -127,6 +136,7 @@ func screenGitDial(ep *transport.Endpoint) error {
 	if local {
 		return nil
 	}
+	gitGuard.refused = append(gitGuard.refused, rec.String())
 	fmt.Fprintf(os.Stderr, "testbed: refused a Git connection to %s: tests reach loopback only\n", rec.String())
 	return fmt.Errorf("testbed: Git connection to %s refused: tests reach loopback only", rec.String())
 }

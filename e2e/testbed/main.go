@@ -45,6 +45,15 @@ func Main(m *testing.M) {
 	code := m.Run()
 	signal.Stop(sigs)
 	runAtExit()
+	// A test that had go-git try a host off the machine fails the binary,
+	// whether or not it watched: the connection was refused, but the test
+	// tried it.
+	if refused := refusedGitDials(); len(refused) > 0 {
+		fmt.Fprintf(os.Stderr, "testbed: FAIL: tests had go-git try to connect off this machine (refused): %v\n", refused)
+		if code == 0 {
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 
