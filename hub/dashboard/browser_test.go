@@ -361,15 +361,15 @@ func TestBrowser(t *testing.T) {
 	// the expanded row stays open.
 	run("cluster page",
 		chromedp.Navigate(base+"/clusters/eu-1"),
-		chromedp.WaitVisible(chromedp.CSS("#app-0 summary")),
-		chromedp.Click(chromedp.CSS("#app-0 summary")),
-		chromedp.WaitVisible(chromedp.CSS("#app-0 table")),
+		chromedp.WaitVisible(chromedp.CSS("#res-web summary")),
+		chromedp.Click(chromedp.CSS("#res-web summary")),
+		chromedp.WaitVisible(chromedp.CSS("#res-web table")),
 		waitJS(`document.getElementById("live").textContent.includes("Live")`),
 	)
 	eu.report("web", commit, droverv1.Health_HEALTH_HEALTHY, "recovered")
 	run("cluster page update",
 		waitJS(`document.querySelector("main").textContent.includes("recovered")`),
-		waitJS(`document.getElementById("app-0").open === true`),
+		waitJS(`document.getElementById("res-web").open === true`),
 		shot("cluster"),
 	)
 

@@ -356,8 +356,8 @@ func (d *Dashboard) cluster(r *http.Request) (view, error) {
 	if err != nil {
 		return view{}, err
 	}
-	for i, st := range resp.GetApplications() {
-		row := appRow{Status: st, CommitURL: forgeCommitURL(repos[st.GetApplication()], st.GetCommit()), ID: "app-" + strconv.Itoa(i), ResourceCount: len(st.GetResources())}
+	for _, st := range resp.GetApplications() {
+		row := appRow{Status: st, CommitURL: forgeCommitURL(repos[st.GetApplication()], st.GetCommit()), ID: "res-" + st.GetApplication(), ResourceCount: len(st.GetResources())}
 		row.Current = rels[st.GetApplication()].GetCommit()
 		row.Behind = row.Current != "" && st.GetCommit() != row.Current
 		for _, res := range st.GetResources() {
