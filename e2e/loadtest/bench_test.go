@@ -8,10 +8,14 @@ package loadtest_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +36,8 @@ import (
 // The fleet sizes and loads of BenchmarkHub: Drover's scale budgets are about
 // these.
 const (
+	// fleetAgents is the fleet of every figure but Memory's smaller ones,
+	// unless DROVER_BENCH_AGENTS asks for fewer (see benchAgents).
 	fleetAgents = 10000
 	// connectRate is new streams per second while a fleet connects: fast
 	// enough to start 10,000 agents in half a minute, slow enough that
@@ -41,8 +47,8 @@ const (
 	cpuWindow = 60 * time.Second
 	// Status ingest: every agent reports ingestResources resources every
 	// ingestInterval, offering fleetAgents*ingestResources/ingestInterval
-	// = 40,000 resource rows/s, twice the budget, so the figure is what
-	// the hub and PostgreSQL manage, not what was offered.
+	// = 40,000 resource statuses/s, twice the budget, so the figure is
+	// what the hub and PostgreSQL manage, not what was offered.
 	ingestResources = 20
 	ingestInterval  = 5 * time.Second
 	ingestWindow    = 60 * time.Second
@@ -74,18 +80,31 @@ const (
 //	Fanout          a new release of an all-at-once application placed on
 //	                all 10,000 agents: time from the change until each
 //	                agent received the new version, p50/p99/max
-//	Ingest          resource status rows written to PostgreSQL per second
-//	                while 10,000 agents report 20 resources every 5 s
-//	ReconnectStorm  the hub SIGKILLed and restarted under 10,000 agents:
-//	                time until every agent is reconnected, authenticated
-//	                and current; assignments and statuses lost or repeated
+//	Ingest          while 10,000 agents report 20 resources every 5 s:
+//	                resource statuses per second of the reports PostgreSQL
+//	                came to hold over 60 s, by the report numbers it
+//	                stored, beside those the agents sent
+//	ReconnectStorm  the hub SIGKILLed and restarted under 10,000 agents,
+//	                each resending its statuses on its new stream as
+//	                drover-agent does: time until every agent is
+//	                reconnected, authenticated and current; assignments
+//	                sent again or changed; agents whose ACKed version is
+//	                the hub's current one by its API; resent statuses
+//	                PostgreSQL holds out of those sent
 //	Misbehaving/*   CPU and Fanout with 5% of the agents breaking the
 //	                protocol; fan-out figures are the other 95%'s
+//
+// DROVER_BENCH_AGENTS=N runs every figure with N agents instead of
+// 10,000 (and Memory only at sizes up to N): a quick check on a small
+// machine, whose figures are not the budgets'. The table names the fleet
+// size of the figures that depend on it.
 func BenchmarkHub(b *testing.B) {
 	env := newBenchEnv(b)
 	b.Run("Memory", func(b *testing.B) {
 		for _, n := range []int{1000, 5000, 10000} {
-			b.Run(strconv.Itoa(n), func(b *testing.B) { env.memory(b, n) })
+			if n <= env.agents {
+				b.Run(strconv.Itoa(n), func(b *testing.B) { env.memory(b, n) })
+			}
 		}
 	})
 	b.Run("CPU", func(b *testing.B) { env.cpu(b, 0) })
@@ -102,25 +121,31 @@ func BenchmarkHub(b *testing.B) {
 // binary, data directory, database and addresses, the join token, and the
 // registered fleet. Only one sub-benchmark runs at a time.
 type benchEnv struct {
+	// agents is the fleet size: fleetAgents or DROVER_BENCH_AGENTS.
+	agents                       int
 	bin, dataDir, logPath, dbURL string
-	agentAddr, httpAddr          string
-	// debugAddr serves the hub's pprof; profileDir, from
-	// DROVER_BENCH_PROFILES, is where profiles are saved (none if empty).
-	debugAddr, profileDir string
-	git                   *testbed.Git
-	token                 string
-	fleet                 *loadtest.Fleet
+	// agentAddr is where every hub process serves agents: the fleet's
+	// agents dial it, across restarts. httpAddr and debugAddr (pprof) are
+	// the running hub's, new at each start (see startHub).
+	agentAddr, httpAddr, debugAddr string
+	// profileDir, from DROVER_BENCH_PROFILES, is where profiles are saved
+	// (none if empty).
+	profileDir string
+	git        *testbed.Git
+	token      string
+	fleet      *loadtest.Fleet
 	// hub is the running hub process, nil between sub-benchmarks.
 	hub *hubProcess
 }
 
 func newBenchEnv(b *testing.B) *benchEnv {
-	testbed.RaiseOpenFileLimit(b, 2*fleetAgents)
+	agents := benchAgents(b)
+	testbed.RaiseOpenFileLimit(b, uint64(2*agents))
 	dir := b.TempDir()
 	env := &benchEnv{
-		bin: buildHub(b, dir), dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "hub.log"),
-		dbURL: testbed.Postgres(b), agentAddr: testbed.FreeAddr(b), httpAddr: testbed.FreeAddr(b),
-		debugAddr: testbed.FreeAddr(b), profileDir: os.Getenv("DROVER_BENCH_PROFILES"),
+		agents: agents,
+		bin:    buildHub(b, dir), dataDir: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "hub.log"),
+		dbURL: testbed.Postgres(b), agentAddr: testbed.FreeAddr(b), profileDir: os.Getenv("DROVER_BENCH_PROFILES"),
 		git: testbed.GitServer(b),
 	}
 	b.Cleanup(func() {
@@ -147,6 +172,21 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	}
 	env.token, env.fleet = tok.GetToken(), fl
 	return env
+}
+
+// benchAgents is the fleet size: fleetAgents, or fewer from
+// DROVER_BENCH_AGENTS.
+func benchAgents(b *testing.B) int {
+	v := os.Getenv("DROVER_BENCH_AGENTS")
+	if v == "" {
+		return fleetAgents
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > fleetAgents {
+		b.Fatalf("DROVER_BENCH_AGENTS=%q: want a number of agents from 1 to %d", v, fleetAgents)
+	}
+	b.Logf("DROVER_BENCH_AGENTS: %d agents instead of %d; the figures are not the budgets'", n, fleetAgents)
+	return n
 }
 
 // ready makes sure n agents are registered and starts a fresh hub. The
@@ -210,11 +250,11 @@ func (e *benchEnv) memory(b *testing.B, n int) {
 }
 
 func (e *benchEnv) cpu(b *testing.B, share float64) {
-	h := e.ready(b, fleetAgents)
+	h := e.ready(b, e.agents)
 	defer e.stopHub(b)
 	defer e.fleet.Disconnect()
 	for b.Loop() {
-		e.connect(b, fleetAgents, loadtest.Behaviour{Heartbeat: 30 * time.Second, Misbehaving: share}, 0)
+		e.connect(b, e.agents, loadtest.Behaviour{Heartbeat: 30 * time.Second, Misbehaving: share}, 0)
 		// The agents' first heartbeats are spread over one interval from
 		// their connection; after it every agent is in its steady rhythm.
 		time.Sleep(30 * time.Second)
@@ -237,6 +277,7 @@ func (e *benchEnv) cpu(b *testing.B, share float64) {
 				connected++
 			}
 		}
+		b.ReportMetric(float64(e.agents), "agents")
 		b.ReportMetric(float64(connected), "well-behaved-connected")
 		b.Logf("hub CPU %.1f%% of one core over %v; load tool %.1f%%", pct(hub1-hub0), wall.Round(time.Second), pct(self1-self0))
 	}
@@ -258,12 +299,12 @@ func (e *benchEnv) createApp(b *testing.B, h *hubProcess, name string) *testbed.
 }
 
 func (e *benchEnv) fanout(b *testing.B, share float64) {
-	h := e.ready(b, fleetAgents)
+	h := e.ready(b, e.agents)
 	defer e.stopHub(b)
 	defer e.fleet.Disconnect()
 	repo := e.createApp(b, h, "fanout")
 	defer h.call(b, "DELETE", "/api/v1/applications/fanout", nil, nil)
-	good := e.connect(b, fleetAgents, loadtest.Behaviour{Heartbeat: 30 * time.Second, ApplyLatency: 100 * time.Millisecond, Misbehaving: share}, 1)
+	good := e.connect(b, e.agents, loadtest.Behaviour{Heartbeat: 30 * time.Second, ApplyLatency: 100 * time.Millisecond, Misbehaving: share}, 1)
 	before := make(map[string]int, len(good))
 	for _, a := range good {
 		before[a.Name()] = len(a.State().Arrivals)
@@ -312,7 +353,7 @@ func (e *benchEnv) fanout(b *testing.B, share float64) {
 }
 
 func (e *benchEnv) ingest(b *testing.B) {
-	h := e.ready(b, fleetAgents)
+	h := e.ready(b, e.agents)
 	defer e.stopHub(b)
 	defer e.fleet.Disconnect()
 	e.createApp(b, h, "ingest")
@@ -322,40 +363,88 @@ func (e *benchEnv) ingest(b *testing.B) {
 	// slow the connection of the last.
 	e.fleet.PauseReports(true)
 	defer e.fleet.PauseReports(false)
-	good := e.connect(b, fleetAgents, loadtest.Behaviour{
+	good := e.connect(b, e.agents, loadtest.Behaviour{
 		Heartbeat: 30 * time.Second, ResourcesPerApp: ingestResources, StatusInterval: ingestInterval,
 	}, 1)
 	e.fleet.PauseReports(false)
 	for b.Loop() {
-		// Written rows, by PostgreSQL's own count: every insert or
-		// update of a status row stores all its resources.
-		written := func() int64 {
-			var n int64
-			if err := db.QueryRow(context.Background(),
-				`SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables WHERE relname = 'app_status'`).Scan(&n); err != nil {
-				b.Fatalf("read app_status statistics: %v", err)
-			}
-			return n
-		}
 		// Let every agent's report rhythm start.
 		time.Sleep(ingestInterval)
-		rows0, t0 := written(), time.Now()
+		// What PostgreSQL holds at each end of the window, by the numbers
+		// of the reports stored: every report an agent sent between the
+		// two it holds was made current in between. A report the hub's
+		// backlog replaced with the agent's next one before writing it is
+		// counted too (its successor stands for it); one not yet written
+		// when the window ends is not.
+		t0 := time.Now()
+		stored0 := storedReports(b, db, "ingest")
+		sent0 := reportsSent(good)
 		time.Sleep(ingestWindow)
-		rows1, window := written(), time.Since(t0)
-		rate := float64(rows1-rows0) * ingestResources / window.Seconds()
-		offered := float64(len(good)) * ingestResources / ingestInterval.Seconds()
-		b.Logf("status ingest: %.0f resource rows/s written, %.0f offered", rate, offered)
+		window := time.Since(t0)
+		stored1 := storedReports(b, db, "ingest")
+		sent1 := reportsSent(good)
+		var storedRes, sentRes, reports int64
+		for _, a := range good {
+			s0, s1 := stored0[a.Name()], stored1[a.Name()]
+			if s1.number > s0.number {
+				reports += int64(s1.number - s0.number)
+				storedRes += int64(s1.number-s0.number) * int64(s1.resources)
+			}
+			sentRes += int64(sent1[a.Name()]-sent0[a.Name()]) * ingestResources
+		}
+		rate, sentRate := float64(storedRes)/window.Seconds(), float64(sentRes)/window.Seconds()
+		b.Logf("status ingest over %v: %d reports made current in PostgreSQL, %.0f resource statuses/s; agents sent %.0f/s",
+			window.Round(time.Millisecond), reports, rate, sentRate)
 
 		// Nothing lost: once the agents stop reporting, the hub catches
 		// up until what PostgreSQL holds is every agent's last report.
 		e.fleet.PauseReports(true)
 		stopped := time.Now()
 		lost := awaitStored(b, db, "ingest", good)
-		b.ReportMetric(rate, "resource-rows/s")
-		b.ReportMetric(offered, "offered-rows/s")
+		b.ReportMetric(float64(len(good)), "agents")
+		b.ReportMetric(rate, "resources-stored/s")
+		b.ReportMetric(sentRate, "resources-sent/s")
 		b.ReportMetric(float64(lost), "statuses-lost")
 		b.ReportMetric(time.Since(stopped).Seconds(), "catch-up-s")
 	}
+}
+
+// storedReport is what PostgreSQL holds of one agent's status: the number
+// of the report and how many resources it stored.
+type storedReport struct{ number, resources int }
+
+// storedReports reads the stored status of app on every cluster.
+func storedReports(b *testing.B, db *pgx.Conn, app string) map[string]storedReport {
+	b.Helper()
+	rows, err := db.Query(context.Background(),
+		`SELECT cluster, message, jsonb_array_length(resources) FROM app_status WHERE application = $1`, app)
+	if err != nil {
+		b.Fatalf("read statuses: %v", err)
+	}
+	out := make(map[string]storedReport)
+	for rows.Next() {
+		var cluster, msg string
+		var resources int
+		if err := rows.Scan(&cluster, &msg, &resources); err != nil {
+			b.Fatalf("read statuses: %v", err)
+		}
+		if n, ok := loadtest.ReportNumber(msg); ok {
+			out[cluster] = storedReport{n, resources}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatalf("read statuses: %v", err)
+	}
+	return out
+}
+
+// reportsSent is how many reports each agent has handed to its stream.
+func reportsSent(agents []*loadtest.Agent) map[string]int {
+	out := make(map[string]int, len(agents))
+	for _, a := range agents {
+		out[a.Name()] = a.State().Reports
+	}
+	return out
 }
 
 // awaitStored waits until the stored status of app on every agent carries
@@ -413,24 +502,24 @@ func awaitStored(b *testing.B, db *pgx.Conn, app string, agents []*loadtest.Agen
 }
 
 func (e *benchEnv) reconnectStorm(b *testing.B) {
-	h := e.ready(b, fleetAgents)
+	h := e.ready(b, e.agents)
 	defer e.stopHub(b)
 	defer e.fleet.Disconnect()
 	e.createApp(b, h, "storm")
 	defer func() { e.hub.call(b, "DELETE", "/api/v1/applications/storm", nil, nil) }()
 	db := e.db(b)
-	good := e.connect(b, fleetAgents, loadtest.Behaviour{Heartbeat: 30 * time.Second, ResourcesPerApp: 10}, 1)
+	good := e.connect(b, e.agents, loadtest.Behaviour{Heartbeat: 30 * time.Second, ResourcesPerApp: 10}, 1)
 	if lost := awaitStored(b, db, "storm", good); lost != 0 {
 		b.Fatalf("%d agents' statuses not stored before the storm", lost)
 	}
 	type agentBefore struct {
-		sessions, arrivals int
-		applied            string
+		sessions, arrivals, resent int
+		applied                    string
 	}
 	before := make(map[string]agentBefore, len(good))
 	for _, a := range good {
 		st := a.State()
-		before[a.Name()] = agentBefore{st.Sessions, len(st.Arrivals), st.Applied}
+		before[a.Name()] = agentBefore{st.Sessions, len(st.Arrivals), st.Resent, st.Applied}
 	}
 	for b.Loop() {
 		killed := time.Now()
@@ -439,17 +528,17 @@ func (e *benchEnv) reconnectStorm(b *testing.B) {
 		started := time.Since(killed)
 		// Resynced: the agent holds a new stream that the new hub process
 		// authenticated and recorded (connected_since after the kill), and
-		// it still runs the version it had, which the hub did not send
-		// again.
+		// on which it resent its statuses.
 		var since map[string]time.Time
 		awaitAgents(b, good, "reconnected to the restarted hub", func(a *loadtest.Agent, st loadtest.State) bool {
 			if since == nil || a == good[0] {
 				since = connectedSince(b, db)
 			}
-			return a.Connected() && st.Sessions > before[a.Name()].sessions && since[a.Name()].After(killed)
+			bf := before[a.Name()]
+			return a.Connected() && st.Sessions > bf.sessions && st.Resent > bf.resent && since[a.Name()].After(killed)
 		})
 		lat := make([]time.Duration, 0, len(good))
-		resent, changed := 0, 0
+		resent, changed, resends := 0, 0, 0
 		for _, a := range good {
 			st := a.State()
 			lat = append(lat, since[a.Name()].Sub(killed))
@@ -460,6 +549,7 @@ func (e *benchEnv) reconnectStorm(b *testing.B) {
 					changed++
 				}
 			}
+			resends += st.Resent - before[a.Name()].resent
 		}
 		slices.Sort(lat)
 		b.ReportMetric(started.Seconds(), "hub-restart-s")
@@ -470,9 +560,60 @@ func (e *benchEnv) reconnectStorm(b *testing.B) {
 		if resent != 0 || changed != 0 {
 			b.Errorf("after the restart %d agents were sent the version they held and %d a different one; want none", resent, changed)
 		}
-		// Statuses: the stored ones are still each agent's last.
-		b.ReportMetric(float64(awaitStored(b, db, "storm", good)), "statuses-lost")
-		b.Logf("hub up %v after SIGKILL; all %d agents resynced %v after it (p50 %v)", started.Round(time.Millisecond), len(good), lat[len(lat)-1].Round(time.Millisecond), loadtest.Percentile(lat, 0.5).Round(time.Millisecond))
+
+		// Assignments: every agent runs, and the hub records it ACKed,
+		// the version the restarted hub holds for its cluster.
+		vers := clusterVersions(b, e.hub)
+		current, example := 0, ""
+		for _, a := range good {
+			st, v := a.State(), vers[a.Name()]
+			if v.current != "" && st.Applied == v.current && v.acked == v.current {
+				current++
+			} else if example == "" {
+				example = fmt.Sprintf("%s: agent applied %q, hub's current %q, hub's record of its ACK %q", a.Name(), st.Applied, v.current, v.acked)
+			}
+		}
+		b.ReportMetric(float64(len(good)), "agents")
+		b.ReportMetric(float64(current), "acked-current")
+		if current != len(good) {
+			b.Errorf("%d of %d agents' ACKed version is not the restarted hub's current one; e.g. %s", len(good)-current, len(good), example)
+		}
+
+		// Statuses: each agent resent its statuses on its new stream
+		// (more than once if a stream was refused); the last resend of
+		// every agent must be what PostgreSQL holds.
+		lost := awaitStored(b, db, "storm", good)
+		b.ReportMetric(float64(len(good)), "statuses-sent")
+		b.ReportMetric(float64(len(good)-lost), "statuses-stored")
+		b.ReportMetric(float64(resends), "resends")
+		if lost != 0 {
+			b.Errorf("%d of %d agents' statuses resent after the restart are not stored", lost, len(good))
+		}
+		b.Logf("hub up %v after SIGKILL; all %d agents resynced %v after it (p50 %v); %d ACKed the hub's current version; %d of %d resent statuses stored (%d resends)",
+			started.Round(time.Millisecond), len(good), lat[len(lat)-1].Round(time.Millisecond), loadtest.Percentile(lat, 0.5).Round(time.Millisecond),
+			current, len(good)-lost, len(good), resends)
+	}
+}
+
+// clusterVersion is what the hub's admin API says of a cluster's
+// assignment: the version the hub holds for it now, and the version its
+// store records the agent ACKed.
+type clusterVersion struct{ current, acked string }
+
+// clusterVersions lists every cluster through the admin API.
+func clusterVersions(b *testing.B, h *hubProcess) map[string]clusterVersion {
+	b.Helper()
+	out := make(map[string]clusterVersion)
+	token := ""
+	for {
+		var page droverv1.ListClustersResponse
+		h.call(b, "GET", "/api/v1/clusters?page_size=1000&page_token="+url.QueryEscape(token), nil, &page)
+		for _, c := range page.GetClusters() {
+			out[c.GetName()] = clusterVersion{current: c.GetAssignmentVersion(), acked: c.GetAckedVersion()}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return out
+		}
 	}
 }
 
@@ -555,8 +696,18 @@ func buildHub(b *testing.B, dir string) string {
 }
 
 // startHub starts drover-hub on the environment's data directory, database
-// and addresses, logging warnings and errors only, and waits until it is
-// healthy.
+// and agent address, logging warnings and errors only, and waits until it
+// is healthy.
+//
+// The agent address stays the same across restarts, since the fleet dials
+// it; the HTTP and profiling addresses are new at each start. Any of them
+// can have been taken since it was picked (FreeAddr closes its probe), and
+// the hub then exits at start: startHub tells that case from others by
+// binding the addresses itself (EADDRINUSE), picks new HTTP and profiling
+// addresses or waits until the agent address is free again, and tries
+// once more. Healthy means the hub process itself listens on all three
+// and answers /healthz, so a stranger on one of the ports is never taken
+// for the hub.
 func (e *benchEnv) startHub(b *testing.B) *hubProcess {
 	b.Helper()
 	if e.hub != nil {
@@ -565,6 +716,27 @@ func (e *benchEnv) startHub(b *testing.B) *hubProcess {
 	// Kept-alive connections to an earlier hub on the same address are
 	// dead; a non-idempotent request on one would fail with EOF.
 	http.DefaultClient.CloseIdleConnections()
+	const attempts = 5
+	for attempt := 1; ; attempt++ {
+		e.httpAddr, e.debugAddr = testbed.FreeAddr(b), testbed.FreeAddr(b)
+		if h, ok := e.tryStartHub(b); ok {
+			return h
+		}
+		taken := addrsInUse(b, e.agentAddr, e.httpAddr, e.debugAddr)
+		if len(taken) == 0 || attempt == attempts {
+			b.Fatalf("drover-hub exited at start (attempt %d; addresses taken by others: %v); its log is %s:\n%s", attempt, taken, e.logPath, hubLog(e.logPath))
+		}
+		b.Logf("drover-hub could not bind %v, taken meanwhile; trying again", taken)
+		if slices.Contains(taken, e.agentAddr) {
+			awaitFree(b, e.agentAddr)
+		}
+	}
+}
+
+// tryStartHub starts one hub process and waits until it is healthy (true)
+// or has exited (false).
+func (e *benchEnv) tryStartHub(b *testing.B) (*hubProcess, bool) {
+	b.Helper()
 	logFile, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		b.Fatal(err)
@@ -588,17 +760,20 @@ func (e *benchEnv) startHub(b *testing.B) *hubProcess {
 	for {
 		select {
 		case <-h.exited:
-			b.Fatalf("drover-hub exited at start; its log is %s", e.logPath)
+			e.hub = nil
+			return nil, false
 		default:
 		}
-		if resp, err := http.Get("http://" + e.httpAddr + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
+		if listensOn(cmd.Process.Pid, e.agentAddr, e.httpAddr, e.debugAddr) {
+			if resp, err := http.Get("http://" + e.httpAddr + "/healthz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
 			}
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("drover-hub not healthy after %v", patience)
+			b.Fatalf("drover-hub not healthy after %v; its log is %s", patience, e.logPath)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -610,7 +785,83 @@ func (e *benchEnv) startHub(b *testing.B) *hubProcess {
 		b.Fatalf("read the hub's CA: %v", err)
 	}
 	h.testHub = testHub{token: strings.TrimSpace(string(tok)), httpAddr: e.httpAddr}
-	return h
+	return h, true
+}
+
+// addrsInUse returns those of addrs that another socket listens on now.
+func addrsInUse(b *testing.B, addrs ...string) []string {
+	b.Helper()
+	var taken []string
+	for _, addr := range addrs {
+		l, err := net.Listen("tcp", addr)
+		switch {
+		case err == nil:
+			l.Close()
+		case errors.Is(err, syscall.EADDRINUSE):
+			taken = append(taken, addr)
+		default:
+			b.Fatalf("check whether %s is free: %v", addr, err)
+		}
+	}
+	return taken
+}
+
+// awaitFree waits until nothing listens on addr, at most patience.
+func awaitFree(b *testing.B, addr string) {
+	b.Helper()
+	deadline := time.Now().Add(patience)
+	for len(addrsInUse(b, addr)) != 0 {
+		if time.Now().After(deadline) {
+			b.Fatalf("%s, the agents' hub address, still taken by another process after %v", addr, patience)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// listensOn tells whether process pid holds a listening TCP socket on each
+// of addrs (IPv4 host:port), from /proc: the socket inodes of its file
+// descriptors against the listeners of /proc/net/tcp.
+func listensOn(pid int, addrs ...string) bool {
+	raw, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return false
+	}
+	// local_address is hex: the IPv4 address in host byte order (little
+	// endian on every Linux machine Go's amd64 and arm64 builds run on),
+	// then the port.
+	want := make(map[string]string, len(addrs)) // local_address → addr
+	for _, addr := range addrs {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || !ap.Addr().Is4() {
+			return false
+		}
+		ip := ap.Addr().As4()
+		want[fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())] = addr
+	}
+	inodes := make(map[string]string) // socket inode → addr
+	for line := range strings.Lines(string(raw)) {
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "0A" { // 0A: TCP_LISTEN
+			continue
+		}
+		if addr, ok := want[f[1]]; ok {
+			inodes["socket:["+f[9]+"]"] = addr
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false
+	}
+	held := make(map[string]bool)
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil {
+			if addr, ok := inodes[target]; ok {
+				held[addr] = true
+			}
+		}
+	}
+	return len(held) == len(want)
 }
 
 // hubLog returns the log records of the hub's log file: not the initial

@@ -518,13 +518,12 @@ type Agent struct {
 	report  *droverv1.StatusReport
 	reports int
 	resent  int
-	// sessions counts streams opened, and started is when this Connect
-	// started the agent.
+	// sessions counts streams opened.
 	sessions int
-	started  time.Time
 	// lastErr is why the last stream ended; ends counts the ends by gRPC
 	// code, but for refusals that ask for a later retry, which deferred
-	// counts; dialErrors counts connections that could not be made.
+	// counts; dialErrors counts connections and streams that could not be
+	// made.
 	lastErr    error
 	ends       map[codes.Code]int
 	deferred   int
@@ -558,10 +557,8 @@ type State struct {
 	// Resent counts the reports sent at the start of a stream, each
 	// listing every status the agent holds.
 	Resent int
-	// Sessions counts the streams opened since Started, when the fleet's
-	// Connect started this agent.
+	// Sessions counts the streams opened since the fleet's Connect.
 	Sessions int
-	Started  time.Time
 	LastErr  error
 	// Ends counts the streams that ended with an error, by its gRPC code
 	// (codes.Unknown for an error that carries none), except refusals
@@ -569,7 +566,8 @@ type State struct {
 	// sends), which Deferred counts.
 	Ends     map[codes.Code]int
 	Deferred int
-	// DialErrors counts connections that could not be made.
+	// DialErrors counts connections, and streams on them, that could not
+	// be made: the hub answered nothing.
 	DialErrors int
 }
 
@@ -583,7 +581,7 @@ func (a *Agent) State() State {
 	}
 	return State{
 		Arrivals: slices.Clone(a.arrivals), Applied: a.applied, Answered: a.answered,
-		Report: rep, Reports: a.reports, Resent: a.resent, Sessions: a.sessions, Started: a.started,
+		Report: rep, Reports: a.reports, Resent: a.resent, Sessions: a.sessions,
 		LastErr: a.lastErr, Ends: maps.Clone(a.ends), Deferred: a.deferred, DialErrors: a.dialErrors,
 	}
 }
@@ -594,7 +592,7 @@ func (a *Agent) reset(b Behaviour, m Mode) {
 	defer a.mu.Unlock()
 	a.beh, a.mode = b, m
 	a.arrivals, a.applied, a.answered, a.assignment = nil, "", "", nil
-	a.report, a.reports, a.resent, a.sessions, a.started = nil, 0, 0, 0, time.Now()
+	a.report, a.reports, a.resent, a.sessions = nil, 0, 0, 0
 	a.lastErr, a.ends, a.deferred, a.dialErrors = nil, make(map[codes.Code]int), 0, 0
 }
 
@@ -612,6 +610,13 @@ func (a *Agent) ended(err error) {
 	}
 	a.ends[status.Code(err)]++
 }
+
+// connectError is a stream that could not be opened: no connection to
+// the hub was made (in time), so the hub answered nothing.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return "connect: " + e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
 
 // dialFailed records a connection that could not be made.
 func (a *Agent) dialFailed(err error) {
@@ -677,7 +682,11 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 		if ctx.Err() != nil {
 			return
 		}
-		a.ended(err)
+		if ce := (*connectError)(nil); errors.As(err, &ce) {
+			a.dialFailed(err)
+		} else {
+			a.ended(err)
+		}
 		log.Debug("agent stream ended", "err", err)
 		if established {
 			// A session that worked starts the backoff over, so a hub
@@ -742,7 +751,7 @@ func (a *Agent) reconnectOnce(ctx context.Context) {
 	stream, err := droverv1.NewAgentServiceClient(conn).Connect(sctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			a.ended(err)
+			a.dialFailed(&connectError{err})
 		}
 		return
 	}
@@ -782,7 +791,7 @@ func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient,
 	defer cancel()
 	stream, err := client.Connect(ctx)
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return false, &connectError{err}
 	}
 	a.mu.Lock()
 	a.sessions++
@@ -946,7 +955,7 @@ func (a *Agent) malformedSession(ctx context.Context, conn *grpc.ClientConn) err
 	stream, err := conn.NewStream(ctx, &droverv1.AgentService_ServiceDesc.Streams[0],
 		droverv1.AgentService_Connect_FullMethodName, grpc.ForceCodecV2(rawCodec{}))
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return &connectError{err}
 	}
 	a.mu.Lock()
 	a.sessions++

@@ -200,14 +200,15 @@ func checkMisbehaved(t *testing.T, h *testHub, fl *loadtest.Fleet) {
 		}
 		return c
 	}
+	// onlyEnds checks that every stream of a that the hub ended, it ended
+	// with want. Unavailable, a connection lost or not made in time (on a
+	// loaded machine, say), is no answer of the hub's to anything, and
+	// failed dials are only counted: the agents keep trying.
 	onlyEnds := func(a *loadtest.Agent, st loadtest.State, want codes.Code) {
 		for c, n := range st.Ends {
-			if c != want {
+			if c != want && c != codes.Unavailable {
 				t.Errorf("%s agent %s: %d streams ended with %v (last error %v), want only %v", a.Mode(), a.Name(), n, c, st.LastErr, want)
 			}
-		}
-		if st.DialErrors != 0 {
-			t.Errorf("%s agent %s: %d failed dials (last error %v)", a.Mode(), a.Name(), st.DialErrors, st.LastErr)
 		}
 	}
 
@@ -277,10 +278,12 @@ func checkMisbehaved(t *testing.T, h *testHub, fl *loadtest.Fleet) {
 		onlyEnds(a, st, codes.OK) // refusals asking for a later retry aside
 	}
 
-	// Status flood: slowed, not dropped. The hub reads at most the burst
-	// plus the rate times the time since the agent started; the number of
-	// the report it stored last counts every report read before it. Wait
-	// until each flooder has one stored.
+	// Status flood: slowed, not dropped. A flooder floods from the
+	// arrival of its first application on; before it, it sent one report
+	// per assignment answered. The number of the report the hub stored
+	// last counts every report it read before it, and since that arrival
+	// the hub reads at most its burst plus its rate per second. Wait until
+	// each flooder has one stored.
 	flooders := byMode[loadtest.StatusFlood]
 	storedN := make(map[string]int)
 	deadline := time.Now().Add(patience)
@@ -313,21 +316,28 @@ func checkMisbehaved(t *testing.T, h *testHub, fl *loadtest.Fleet) {
 	}
 	for _, a := range flooders {
 		st := a.State()
-		bound := hubStatusBurst + hubStatusRate*time.Since(st.Started).Seconds()
+		first := slices.IndexFunc(st.Arrivals, func(arr loadtest.Arrival) bool { return arr.Applications > 0 })
+		if first < 0 {
+			t.Errorf("status-flood agent %s: never assigned an application; arrivals %v", a.Name(), st.Arrivals)
+			continue
+		}
+		flooding := time.Since(st.Arrivals[first].At)
+		bound := float64(first+hubStatusBurst) + hubStatusRate*flooding.Seconds()
 		if n := storedN[a.Name()]; float64(n) > bound {
-			t.Errorf("status-flood agent %s: the hub read report %d within %v, want at most %.0f (burst %d + %d/s): not throttled",
-				a.Name(), n, time.Since(st.Started).Round(time.Millisecond), bound, hubStatusBurst, hubStatusRate)
+			t.Errorf("status-flood agent %s: the hub read report %d, %v after its first application, want at most %.0f (%d reports before, burst %d, %d/s): not throttled",
+				a.Name(), n, flooding.Round(time.Millisecond), bound, first, hubStatusBurst, hubStatusRate)
 		}
 		if len(st.Arrivals) == 0 || st.Arrivals[len(st.Arrivals)-1].Session != st.Sessions || st.Sessions != st.Arrivals[0].Session {
 			t.Errorf("status-flood agent %s: arrivals %v over %d streams (last error %v): its stream was dropped, want it slowed", a.Name(), st.Arrivals, st.Sessions, st.LastErr)
 		}
-		t.Logf("status-flood agent %s: %d reports handed to its stream, the hub read up to report %d within %v (at most %.0f)",
-			a.Name(), st.Reports, storedN[a.Name()], time.Since(st.Started).Round(time.Millisecond), bound)
+		t.Logf("status-flood agent %s: %d reports handed to its stream, the hub read up to report %d within %v of its first application (at most %.0f)",
+			a.Name(), st.Reports, storedN[a.Name()], flooding.Round(time.Millisecond), bound)
 	}
 	for _, m := range []loadtest.Mode{loadtest.Oversized, loadtest.Malformed, loadtest.ReconnectLoop} {
 		for _, a := range byMode[m] {
 			st := a.State()
-			t.Logf("%s agent %s: %d streams, %d answered with an assignment, ends %v, %d refusals to retry later", m, a.Name(), st.Sessions, len(st.Arrivals), st.Ends, st.Deferred)
+			t.Logf("%s agent %s: %d streams, %d answered with an assignment, ends %v, %d refusals to retry later, %d failed dials",
+				m, a.Name(), st.Sessions, len(st.Arrivals), st.Ends, st.Deferred, st.DialErrors)
 		}
 	}
 }
