@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -78,8 +79,7 @@ func (f *fleet) restartHub() {
 
 // newFleet starts a hub, one cluster per entry of labels and an agent on
 // each, registered with those labels. The agents named in withMetrics
-// serve their metrics; they are never restarted, since a port chosen free
-// for them is not theirs once they stop.
+// serve their metrics.
 func newFleet(t *testing.T, labels map[string]map[string]string, withMetrics ...string) *fleet {
 	t.Helper()
 	names := make([]string, 0, len(labels))
@@ -111,6 +111,23 @@ func newFleet(t *testing.T, labels map[string]map[string]string, withMetrics ...
 		})
 	}
 	return f
+}
+
+// restartAgent starts the stopped or killed agent of cluster name again,
+// with the same state directory and addresses.
+func (f *fleet) restartAgent(name string) {
+	f.t.Helper()
+	var ports []string
+	if addr, ok := f.metricsAddrs[name]; ok {
+		ports = append(ports, addr)
+	}
+	f.agents[name].Restart(f.t, ports...)
+}
+
+// agentMetrics scrapes the metrics of cluster name's agent.
+func (f *fleet) agentMetrics(name string) map[string]*dto.MetricFamily {
+	f.t.Helper()
+	return testbed.Metrics(f.t, "http://"+f.metricsAddrs[name]+"/metrics")
 }
 
 // do calls the hub's admin API; an error fails the test.
@@ -248,7 +265,7 @@ func TestFleetGitOps(t *testing.T) {
 		"prod-1":  {"env": "prod"},
 		"prod-2":  {"env": "prod"},
 		"staging": {"env": "staging"},
-	}, "prod-2", "staging")
+	}, "prod-1", "staging")
 	fl.do(http.MethodPost, "/api/v1/applications", webApplication(repo.URL), nil)
 
 	// Both prod clusters run it; staging has nothing.
@@ -269,10 +286,10 @@ func TestFleetGitOps(t *testing.T) {
 			cluster string
 			want    map[string]float64 // metric{application="web",...} values
 		}{
-			{"prod-2", map[string]float64{"sync=synced": 1, "health=healthy": 1}},
+			{"prod-1", map[string]float64{"sync=synced": 1, "health=healthy": 1}},
 			{"staging", nil},
 		} {
-			m := testbed.Metrics(t, "http://"+f.metricsAddrs[tc.cluster]+"/metrics")
+			m := f.agentMetrics(tc.cluster)
 			if v, _ := testbed.MetricValue(m, "drover_agent_hub_connected", nil); v != 1 {
 				t.Errorf("%s: drover_agent_hub_connected = %v, want 1", tc.cluster, v)
 			}
@@ -341,8 +358,17 @@ func TestFleetGitOps(t *testing.T) {
 		f.agents["prod-1"].Kill(t)
 		f.scale("prod-1", 4)
 		agentRestarted := time.Now()
-		f.agents["prod-1"].Start(t)
+		f.restartAgent("prod-1")
 		f.waitReplicas("prod-1", 2)
+		// It says so itself, for the cluster's own monitoring, before the
+		// hub is back: its status has settled and is for the hub to learn.
+		testbed.Eventually(t, "prod-1's agent reporting web Synced and Healthy with no hub", waitConverge, func() (bool, string) {
+			m := f.agentMetrics("prod-1")
+			conn, _ := testbed.MetricValue(m, "drover_agent_hub_connected", nil)
+			synced, _ := testbed.MetricValue(m, "drover_agent_application_sync", map[string]string{"application": "web", "sync": "synced"})
+			healthy, _ := testbed.MetricValue(m, "drover_agent_application_health", map[string]string{"application": "web", "health": "healthy"})
+			return conn == 0 && synced == 1 && healthy == 1, fmt.Sprintf("hub connected %v, web synced %v, healthy %v", conn, synced, healthy)
+		})
 		hubRestarted := time.Now()
 		f.restartHub()
 		// The restarted hub shows what the restarted agent observed: a

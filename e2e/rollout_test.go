@@ -386,7 +386,7 @@ func TestFleetRollout(t *testing.T) {
 		if img := f.image("eu-2"); img != "nginx:1.24.0" {
 			t.Fatalf("eu-2 runs %s while its agent is down, want nginx:1.24.0", img)
 		}
-		f.agents["eu-2"].Start(t)
+		f.restartAgent("eu-2")
 		f.waitHealthy("web", "eu-2", c4)
 		if img := f.image("eu-2"); img != "nginx:1.26.0" {
 			t.Fatalf("eu-2 runs %s after catching up, want nginx:1.26.0", img)

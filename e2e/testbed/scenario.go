@@ -51,3 +51,39 @@ func portsFree(addrs ...string) (bool, error) {
 	}
 	return true, nil
 }
+
+// Restart starts a stopped or killed agent again with the same state
+// directory and flags, as Start does, and waits until it runs. When one
+// of ports (addresses it listens on, such as its --metrics-addr) was taken
+// while it was down, Restart waits until it is free and retries.
+func (a *AgentProcess) Restart(t testing.TB, ports ...string) {
+	t.Helper()
+	if p := a.Process(); p != nil && !p.Exited() {
+		t.Fatalf("testbed: drover-agent %s (pid %d) still runs: stop or kill it first", a.Name, p.Pid())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), droverStartTimeout)
+	defer cancel()
+	for attempt := 1; ; attempt++ {
+		p, err := a.run()
+		if err != nil {
+			t.Fatalf("testbed: %v", err)
+		}
+		// daemon.Start logs this once registered and resumed.
+		err = waitUntil(ctx, "drover-agent "+a.Name+" to start", []*Process{p}, func(context.Context) (bool, error) {
+			return p.LogContains("agent started"), nil
+		})
+		if err == nil {
+			return
+		}
+		if !p.bindFailed() || len(ports) == 0 || attempt == hubStartAttempts {
+			t.Fatalf("testbed: restart: %v", err)
+		}
+		t.Logf("testbed: a port of drover-agent %s (%s) was taken while it was down; waiting for it to be free", a.Name, strings.Join(ports, ", "))
+		err = waitUntil(ctx, "the ports "+strings.Join(ports, ", ")+" free", nil, func(context.Context) (bool, error) {
+			return portsFree(ports...)
+		})
+		if err != nil {
+			t.Fatalf("testbed: restart: %v", err)
+		}
+	}
+}
