@@ -81,9 +81,9 @@ const (
 //	                all 10,000 agents: time from the change until each
 //	                agent received the new version, p50/p99/max
 //	Ingest          while 10,000 agents report 20 resources every 5 s:
-//	                resource statuses per second of the reports PostgreSQL
-//	                came to hold over 60 s, by the report numbers it
-//	                stored, beside those the agents sent
+//	                resource statuses per second of the reports sent in
+//	                60 s that PostgreSQL came to hold in them, by the
+//	                report numbers it stores, beside those sent
 //	ReconnectStorm  the hub SIGKILLed and restarted under 10,000 agents,
 //	                each resending its statuses on its new stream as
 //	                drover-agent does: time until every agent is
@@ -371,11 +371,12 @@ func (e *benchEnv) ingest(b *testing.B) {
 		// Let every agent's report rhythm start.
 		time.Sleep(ingestInterval)
 		// What PostgreSQL holds at each end of the window, by the numbers
-		// of the reports stored: every report an agent sent between the
-		// two it holds was made current in between. A report the hub's
-		// backlog replaced with the agent's next one before writing it is
-		// counted too (its successor stands for it); one not yet written
-		// when the window ends is not.
+		// of the reports stored: the reports an agent sent within the
+		// window up to the one PostgreSQL holds at its end were made
+		// current in it. One the hub's backlog replaced with the agent's
+		// next before writing it is counted too (its successor stands for
+		// it); one sent before the window, or not yet written when it
+		// ends, is not, so the figure never exceeds what was sent.
 		t0 := time.Now()
 		stored0 := storedReports(b, db, "ingest")
 		sent0 := reportsSent(good)
@@ -385,15 +386,15 @@ func (e *benchEnv) ingest(b *testing.B) {
 		sent1 := reportsSent(good)
 		var storedRes, sentRes, reports int64
 		for _, a := range good {
-			s0, s1 := stored0[a.Name()], stored1[a.Name()]
-			if s1.number > s0.number {
-				reports += int64(s1.number - s0.number)
-				storedRes += int64(s1.number-s0.number) * int64(s1.resources)
+			s1 := stored1[a.Name()]
+			if from := max(stored0[a.Name()].number, sent0[a.Name()]); s1.number > from {
+				reports += int64(s1.number - from)
+				storedRes += int64(s1.number-from) * int64(s1.resources)
 			}
 			sentRes += int64(sent1[a.Name()]-sent0[a.Name()]) * ingestResources
 		}
 		rate, sentRate := float64(storedRes)/window.Seconds(), float64(sentRes)/window.Seconds()
-		b.Logf("status ingest over %v: %d reports made current in PostgreSQL, %.0f resource statuses/s; agents sent %.0f/s",
+		b.Logf("status ingest over %v: %d reports sent in it made current in PostgreSQL, %.0f resource statuses/s; agents sent %.0f/s",
 			window.Round(time.Millisecond), reports, rate, sentRate)
 
 		// Nothing lost: once the agents stop reporting, the hub catches

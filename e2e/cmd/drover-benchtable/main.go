@@ -54,7 +54,7 @@ var budgets = []budget{
 	{figure: "hub memory per idle agent, 10,000 agents", pkg: "e2e/loadtest", bench: "BenchmarkHub/Memory/10000", unit: "KiB/agent", atMost: true, bound: 40},
 	{figure: "hub CPU, {agents} agents, 30 s heartbeats (% of one core)", pkg: "e2e/loadtest", bench: "BenchmarkHub/CPU", unit: "hub-cpu-%", atMost: true, bound: 25},
 	{figure: "fan-out to {agents} agents, p99", pkg: "e2e/loadtest", bench: "BenchmarkHub/Fanout", unit: "p99-ms", atMost: true, bound: 2000},
-	{figure: "status ingest, {agents} agents: resource statuses of the reports PostgreSQL came to hold, per s", pkg: "e2e/loadtest", bench: "BenchmarkHub/Ingest", unit: "resources-stored/s", bound: 20000},
+	{figure: "status ingest, {agents} agents: resource statuses sent and made current in PostgreSQL, per s", pkg: "e2e/loadtest", bench: "BenchmarkHub/Ingest", unit: "resources-stored/s", bound: 20000},
 	{figure: "status ingest: agents whose last report is never stored", pkg: "e2e/loadtest", bench: "BenchmarkHub/Ingest", unit: "statuses-lost", atMost: true, bound: 0},
 	{figure: "reconnect storm, {agents} agents: all resynced after SIGKILL (s)", pkg: "e2e/loadtest", bench: "BenchmarkHub/ReconnectStorm", unit: "all-resynced-s", atMost: true, bound: 60},
 	{figure: "reconnect storm: assignments sent again", pkg: "e2e/loadtest", bench: "BenchmarkHub/ReconnectStorm", unit: "assignments-resent", atMost: true, bound: 0},
