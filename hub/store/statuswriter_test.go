@@ -130,9 +130,12 @@ func TestStatusWriterBacklogBound(t *testing.T) {
 // database is back.
 func TestStatusWriterOutage(t *testing.T) {
 	url := testbed.Postgres(t)
-	s := openStore(t, url, WithQueryTimeout(300*time.Millisecond))
+	s := openStore(t, url)
 	registerClusters(t, s, nil, "c1")
 	locker := openStore(t, url)
+	// The writer's store gives up on a write quickly, so the lock below
+	// makes writes fail rather than wait.
+	ws := openStore(t, url, WithQueryTimeout(300*time.Millisecond))
 
 	ctx := context.Background()
 	lockTx, err := locker.pool.Begin(ctx)
@@ -144,7 +147,7 @@ func TestStatusWriterOutage(t *testing.T) {
 		t.Fatalf("lock: %v", err)
 	}
 
-	w := NewStatusWriter(s, testbed.Logger(t), 10, time.Millisecond)
+	w := NewStatusWriter(ws, testbed.Logger(t), 10, time.Millisecond)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {

@@ -109,12 +109,15 @@ func Open(ctx context.Context, url string, logger *slog.Logger, opts ...Option) 
 	if err != nil {
 		return nil, fmt.Errorf("connect to database %s: %w", describe(cfg), err)
 	}
-	s := &Store{pool: pool, log: logger, queryTimeout: o.queryTimeout}
-	if err := s.Ping(ctx); err != nil {
+	// The first connection authenticates (SCRAM hashing, maybe TLS), which
+	// is not what a short per-query timeout bounds.
+	pingCtx, cancel := context.WithTimeout(ctx, max(o.queryTimeout, defaultQueryTimeout))
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connect to database %s: %w", describe(cfg), err)
+		return nil, fmt.Errorf("connect to database %s: ping database: %w", describe(cfg), err)
 	}
-	return s, nil
+	return &Store{pool: pool, log: logger, queryTimeout: o.queryTimeout}, nil
 }
 
 // describe names the database for errors without the password.
