@@ -197,11 +197,18 @@ func configMapApps(prefix string, n, gen int) map[string]string {
 	return m
 }
 
-// createConfigMapApps creates the n applications of configMapApps.
+// createConfigMapApps creates the n applications of configMapApps. They
+// sync only when their release changes (their interval outlasts any test),
+// so the agents report exactly one new status per application and release:
+// a periodic run would report a second one ("skipped" where the release's
+// run said "applied"), and the tests that count statuses sent at a given
+// moment could not tell the two apart.
 func (b *bed) createConfigMapApps(prefix string, n int) {
 	b.t.Helper()
 	for i := range n {
-		b.createApp(b.app(fmt.Sprintf("%s-%02d", prefix, i), fmt.Sprintf("apps/%s/%02d", prefix, i)))
+		a := b.app(fmt.Sprintf("%s-%02d", prefix, i), fmt.Sprintf("apps/%s/%02d", prefix, i))
+		a.Spec.SyncPolicy.Interval = "1h"
+		b.createApp(a)
 	}
 }
 

@@ -103,7 +103,7 @@ func hubCrashAtApprovalGate(t *testing.T, b *bed) {
 		}
 	}
 
-	promoted := time.Now()
+	promoted := time.Now().Round(0) // wall clock only, as the hub and clusters record
 	b.api(http.MethodPost, "/api/v1/applications/"+app+"/rollout/promote", nil, nil)
 	after := b.waitRollout(app, c2, string(rollout.PhaseCompleted))
 	figure(t, "hub crash at an approval gate: kill to serving again: %v; promote to rollout completed: %v",
@@ -236,9 +236,9 @@ func (b *bed) crashHub() (killed, serving time.Time) {
 	b.t.Helper()
 	b.t.Logf("killing the hub (pid %d)", b.hub.Process().Pid())
 	b.hub.Kill(b.t)
-	killed = time.Now()
+	killed = time.Now().Round(0)
 	b.hub.Start(b.t)
-	return killed, time.Now()
+	return killed, time.Now().Round(0)
 }
 
 // createRolloutApp creates application app, the nginx Deployment of
@@ -297,7 +297,8 @@ spec:
 // It kills the hub once its drover_hub_status_backlog metric says it holds
 // a status of every application on every cluster, lets the writes through
 // again and restarts it. After the restart every status in PostgreSQL is
-// the clusters' real state: none is lost with the dead hub's memory.
+// the clusters' real state, and is the very status the hub lost (observed
+// before the kill), sent again by the agents in their new sessions.
 func hubCrashDuringStatusBurst(t *testing.T, b *bed) {
 	const apps = 16
 	commit := b.repo.Commit(t, "burst generation 1", configMapApps("burst", apps, 1))
@@ -342,6 +343,7 @@ func hubCrashDuringStatusBurst(t *testing.T, b *bed) {
 		return held == float64(total) && failures > 0, fmt.Sprintf("backlog %v of %d, %v failed writes", held, total, failures)
 	})
 	b.hub.Kill(t)
+	killed := time.Now().Round(0)
 	allow()
 	if n := countStatuses(t, db, commit); n != 0 {
 		t.Fatalf("%d statuses of generation 2 were written despite the refusal: the test did not catch the hub holding them", n)
@@ -358,6 +360,16 @@ func hubCrashDuringStatusBurst(t *testing.T, b *bed) {
 		recovered = countStatuses(t, db, commit)
 		return recovered == total, fmt.Sprintf("%d of %d written", recovered, total)
 	})
+	// They are the statuses the dead hub held, sent again by the agents,
+	// not later observations.
+	var after int
+	if err := db.QueryRow(context.Background(),
+		"SELECT count(*) FROM app_status WHERE application LIKE 'burst-%' AND observed_at >= $1", killed).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	if after != 0 {
+		t.Errorf("%d of the %d statuses in PostgreSQL were observed after the kill: not the ones the hub lost, resent", after, total)
+	}
 	figure(t, "hub crash mid-burst: %.0f statuses lost with the hub's memory (its backlog at the kill, %.0f failed writes); %d of %d current in PostgreSQL %v after the restart",
 		held, failures, recovered, total, time.Since(restarted).Round(time.Millisecond))
 	for _, c := range b.names() {

@@ -67,7 +67,7 @@ func TestPostgresRestart(t *testing.T) {
 		})
 	}
 	pg.Stop(t)
-	stopped := time.Now()
+	stopped := time.Now().Round(0)
 	for _, c := range b.names() {
 		if err := b.agents[c].Process().Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
@@ -118,7 +118,7 @@ func TestPostgresRestart(t *testing.T) {
 	}
 
 	pg.Start(t)
-	restarted := time.Now()
+	restarted := time.Now().Round(0)
 	t.Logf("PostgreSQL started again after %v", restarted.Sub(stopped).Round(time.Millisecond))
 	// The hub writes what it held: its backlog drains and its last write
 	// succeeded.
