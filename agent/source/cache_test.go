@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -340,7 +339,7 @@ func TestCheckoutErrors(t *testing.T) {
 	dials := testbed.WatchGitDials(t)
 	// Hosts that fail validation are on loopback all the same, at a port
 	// that closes every connection, in case validation lets one through.
-	closer := closingListener(t)
+	closer := testbed.ClosingListener(t)
 
 	// The right credentials work, from the assignment or in the URL.
 	for _, tc := range []struct {
@@ -452,27 +451,6 @@ func TestCheckoutErrors(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !IsRetryable(err) {
 		t.Errorf("cancelled: err %v, retryable %v", err, IsRetryable(err))
 	}
-}
-
-// closingListener listens on a loopback port, closes every connection it
-// accepts, and returns its address.
-func closingListener(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return l.Addr().String()
 }
 
 // TestCheckoutWithoutSHAWants checks the fallback for servers that do not

@@ -298,17 +298,7 @@ func acceptorIn(t *testing.T, e *Edge, addr string) string {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return l.Addr().String()
+	return closeEveryConnection(t, l)
 }
 
 // TestNetnsPartition: a partition drops new and established connections
