@@ -1,14 +1,15 @@
 // Package faults tests what Drover promises when a part of it crashes or
-// goes away: the hub (kill -9, during a rollout and during a burst of
-// status reports), its PostgreSQL (restarted under load), an agent (kill -9
-// mid-apply; restarted while the hub is down) and a cluster's Kubernetes
-// API. Every part is a real process: drover-hub and drover-agent binaries,
+// goes away: the hub (kill -9 at a rollout's approval gate, during a soak
+// and during a burst of status reports), its PostgreSQL (stopped while
+// agents report a release), an agent (kill -9 mid-apply; restarted while
+// the hub is down) and a cluster's Kubernetes API. Every part is a real process: drover-hub and drover-agent binaries,
 // PostgreSQL, local Kubernetes clusters and a Git server from the test bed.
 //
 // Each test asserts outcomes (final state, order of releases, nothing lost
-// or orphaned), never timings, and logs the figures of the closing
-// note as "figure:" lines: time from fault repair to convergence, and
-// counts of reconnects, retries and resent statuses taken from the logs.
+// or orphaned) from what the hub, PostgreSQL and the clusters recorded,
+// never timings, and logs figures as "figure:" lines: time from fault
+// repair to convergence, what the hub held and what came back, and counts
+// of reconnects and retries.
 package faults
 
 import (
