@@ -118,30 +118,49 @@ func isManifest(name string) bool {
 	return false
 }
 
-// readFile reads p from r, charging b before reading so an oversized file
-// is never loaded.
+// readFile reads p from r, checking its size against b's limits before
+// reading, so an oversized file is never loaded.
 func readFile(r *os.Root, p string, b *budget) ([]byte, error) {
 	f, err := r.Open(p)
 	if err != nil {
 		return nil, errorf(p, 0, "cannot open: %v", pathErrCause(err))
 	}
 	defer f.Close()
+	return readLimited(f, p, b)
+}
+
+// readLimited reads the open file f, named p for messages, after checking
+// its size (from the open file, so it is the file read) against b's
+// limits. What it reads is bounded by that size, so a file that grows
+// meanwhile cannot take more memory than was allowed.
+func readLimited(f *os.File, p string, b *budget) ([]byte, error) {
 	info, err := f.Stat()
 	if err != nil {
 		return nil, errorf(p, 0, "cannot read: %v", pathErrCause(err))
 	}
+	if !info.Mode().IsRegular() {
+		// A device or pipe has no size to check and may never end.
+		return nil, errorf(p, 0, "not a regular file")
+	}
 	if err := b.read(p, info.Size()); err != nil {
 		return nil, err
 	}
-	// LimitReader: the file may grow between Stat and Read.
-	data, err := io.ReadAll(io.LimitReader(f, info.Size()+1))
-	if err != nil {
-		return nil, errorf(p, 0, "cannot read: %v", pathErrCause(err))
-	}
-	if int64(len(data)) > info.Size() {
+	return readSized(f, info.Size(), p)
+}
+
+// readSized reads f, of size bytes when checked, and refuses it if it
+// has grown since: the read is bounded by what was checked.
+func readSized(f *os.File, size int64, p string) ([]byte, error) {
+	// One byte more than the size, to see a file that grew.
+	data := make([]byte, size+1)
+	n, err := io.ReadFull(f, data)
+	switch {
+	case err == nil:
 		return nil, errorf(p, 0, "changed while being read")
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return data[:n], nil
 	}
-	return data, nil
+	return nil, errorf(p, 0, "cannot read: %v", pathErrCause(err))
 }
 
 // decodeYAML parses the documents of a YAML file. Empty documents are

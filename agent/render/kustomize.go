@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 
 	yamlv3 "go.yaml.in/yaml/v3"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -64,6 +65,12 @@ func renderKustomize(ctx context.Context, root, dir string, b *budget) ([]*item,
 	kustomizeMu.Lock()
 	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(cfs, start)
 	kustomizeMu.Unlock()
+	if cfs.limitErr != nil {
+		// Whatever Kustomize made of it (it may try a file it could not
+		// read as a directory next), a file over the limits fails the
+		// render, with the message naming it.
+		return nil, cfs.limitErr
+	}
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, ctxErr
@@ -123,13 +130,13 @@ func checkKustomization(ctx context.Context, cfs *confinedFS, dir string, seen m
 		if err != nil {
 			return errorf(cfs.rel(dir), 0, "%v", err)
 		}
-		d, err := os.ReadFile(real)
+		d, err := cfs.readChecked(real)
 		if err == nil {
 			file, data = filepath.Join(dir, name), d
 			break
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
-			return errorf(cfs.rel(filepath.Join(dir, name)), 0, "%v", pathErrCause(err))
+			return err
 		}
 	}
 	if file == "" {
@@ -180,9 +187,9 @@ func checkKustomization(ctx context.Context, cfs *confinedFS, dir string, seen m
 			return nil // follow reported it
 		}
 		if info, err := os.Stat(real); err == nil && info.Mode().IsRegular() {
-			content, err := os.ReadFile(real)
+			content, err := cfs.readChecked(real)
 			if err != nil {
-				return errorf(cfs.rel(real), 0, "%v", pathErrCause(err))
+				return err
 			}
 			return refuseStrings(cfs.rel(real), field, string(content))
 		}
@@ -361,6 +368,8 @@ type confinedFS struct {
 	filesys.FileSystem
 	root   string
 	budget *budget
+	// limitErr is the first file refused for the render's limits.
+	limitErr *Error
 }
 
 var _ filesys.FileSystem = (*confinedFS)(nil)
@@ -439,10 +448,17 @@ func (c *confinedFS) MkdirAll(string) error               { return errReadOnly }
 func (c *confinedFS) RemoveAll(string) error              { return errReadOnly }
 func (c *confinedFS) WriteFile(string, []byte) error      { return errReadOnly }
 
+// Open is not how Kustomize reads files (ReadFile is), but a file opened
+// here is held to the per-file limit all the same.
 func (c *confinedFS) Open(p string) (filesys.File, error) {
 	real, err := c.resolve(p)
 	if err != nil {
 		return nil, err
+	}
+	if info, err := os.Stat(real); err == nil && info.Mode().IsRegular() {
+		if err := c.budget.checkFile(c.rel(real), info.Size()); err != nil {
+			return nil, c.refuse(err)
+		}
 	}
 	return c.FileSystem.Open(real)
 }
@@ -486,19 +502,76 @@ func (c *confinedFS) Glob(pattern string) ([]string, error) {
 	return out, nil
 }
 
+// ReadFile reads a file for Kustomize: its size is checked against the
+// render's limits (and charged) before it is read, and the read is bounded
+// by that size.
 func (c *confinedFS) ReadFile(p string) ([]byte, error) {
 	real, err := c.resolve(p)
 	if err != nil {
 		return nil, err
 	}
-	info, err := os.Stat(real)
+	f, info, err := openRegular(real)
 	if err != nil {
+		// As the disk's own ReadFile fails: Kustomize tells a missing
+		// file and a directory from other errors.
 		return nil, err
 	}
+	defer f.Close()
 	if err := c.budget.read(c.rel(real), info.Size()); err != nil {
+		return nil, c.refuse(err)
+	}
+	return readSized(f, info.Size(), c.rel(real))
+}
+
+// readChecked reads the file at real (a resolved path) for checking, before
+// Kustomize reads it again: held to the per-file limit, not charged.
+// Errors other than a missing file are *Error naming it.
+func (c *confinedFS) readChecked(real string) ([]byte, error) {
+	f, info, err := openRegular(real)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	return c.FileSystem.ReadFile(real)
+	if err != nil {
+		return nil, errorf(c.rel(real), 0, "%v", pathErrCause(err))
+	}
+	defer f.Close()
+	if err := c.budget.checkFile(c.rel(real), info.Size()); err != nil {
+		return nil, err
+	}
+	return readSized(f, info.Size(), c.rel(real))
+}
+
+// openRegular opens the regular file at real; a directory or anything else
+// that is not a regular file (a device, a pipe: no size to check, maybe no
+// end) is refused.
+func openRegular(real string) (*os.File, fs.FileInfo, error) {
+	f, err := os.Open(real)
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := f.Stat()
+	if err == nil && !info.Mode().IsRegular() {
+		err = &fs.PathError{Op: "read", Path: real, Err: errNotRegular}
+		if info.IsDir() {
+			err = &fs.PathError{Op: "read", Path: real, Err: syscall.EISDIR}
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, info, nil
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// refuse records err, a file over the limits, as the render's error.
+func (c *confinedFS) refuse(err error) error {
+	var e *Error
+	if c.limitErr == nil && errors.As(err, &e) {
+		c.limitErr = e
+	}
+	return err
 }
 
 func (c *confinedFS) Walk(p string, walkFn filepath.WalkFunc) error {

@@ -35,9 +35,24 @@ import (
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// Default limits of one render.
+// Default limits of one render. A render holds every object in memory at
+// once, several times over while decoding (YAML nodes, then generic values,
+// then the objects; roughly ten bytes of heap per byte of YAML), and the
+// agent renders --concurrency applications at a time, so these bound the
+// agent's memory, not only the objects it sends.
 const (
-	DefaultMaxBytes   = 64 << 20
+	// DefaultMaxFileBytes is per manifest file. The API server refuses
+	// any one object over about 1.5 MiB (etcd's request limit), so 4 MiB
+	// holds the largest real objects with room (a CRD bundle), while a
+	// file of generated data or a committed dump is refused before it is
+	// read.
+	DefaultMaxFileBytes = 4 << 20
+	// DefaultMaxBytes is per application: the manifests read, and the
+	// rendered objects as JSON, each. 32 MiB is several times the largest
+	// real applications (a full monitoring stack with its CRDs is under
+	// 10 MiB) and keeps a render's peak heap to a few hundred MiB.
+	DefaultMaxBytes = 32 << 20
+	// DefaultMaxObjects is per application.
 	DefaultMaxObjects = 10000
 )
 
@@ -52,6 +67,10 @@ type Options struct {
 	// error it returns fails the render as is (not as an *Error), since it
 	// may be transient.
 	IsNamespaced func(schema.GroupVersionKind) (bool, error)
+	// MaxFileBytes bounds each file a render reads (manifests,
+	// kustomizations, patches, generator sources), checked from its size
+	// before it is read; 0 means DefaultMaxFileBytes.
+	MaxFileBytes int64
 	// MaxBytes bounds the manifests read and the objects rendered, each;
 	// 0 means DefaultMaxBytes.
 	MaxBytes int64
@@ -104,6 +123,9 @@ func (o Options) Render(ctx context.Context, root string, a *droverv1.AppAssignm
 	if o.MaxObjects <= 0 {
 		o.MaxObjects = DefaultMaxObjects
 	}
+	if o.MaxFileBytes <= 0 {
+		o.MaxFileBytes = DefaultMaxFileBytes
+	}
 	appPath, err := cleanPath(a.GetPath())
 	if err != nil {
 		return nil, err
@@ -123,7 +145,7 @@ func (o Options) Render(ctx context.Context, root string, a *droverv1.AppAssignm
 		return nil, errorf(appPath, 0, "not a directory")
 	}
 
-	b := &budget{maxBytes: o.MaxBytes, maxObjects: o.MaxObjects}
+	b := &budget{maxFileBytes: o.MaxFileBytes, maxBytes: o.MaxBytes, maxObjects: o.MaxObjects}
 	var items []*item
 	switch a.GetRender() {
 	case droverv1.RenderType_RENDER_TYPE_UNSPECIFIED, droverv1.RenderType_RENDER_TYPE_DIRECTORY:
@@ -217,25 +239,43 @@ func pathErrCause(err error) error {
 	return err
 }
 
-// budget tracks a render's limits.
+// budget tracks a render's limits. Its messages name the agent's flags:
+// the limits are the agent's, not the repository's, and the flag is what
+// an operator changes.
 type budget struct {
-	maxBytes   int64
-	maxObjects int
-	readBytes  int64
+	maxFileBytes int64
+	maxBytes     int64
+	maxObjects   int
+	readBytes    int64
 }
 
-// read charges n bytes of manifests read from p.
-func (b *budget) read(p string, n int64) error {
-	b.readBytes += n
+// read checks a file of size bytes at p (relative to the repository)
+// against the limits and charges it to the render, before it is read.
+func (b *budget) read(p string, size int64) error {
+	if err := b.checkFile(p, size); err != nil {
+		return err
+	}
+	b.readBytes += size
 	if b.readBytes > b.maxBytes {
-		return errorf(p, 0, "the manifests read exceed the limit of %d bytes", b.maxBytes)
+		s, l := sizes(b.readBytes, b.maxBytes)
+		return errorf(p, 0, "with this file the manifests read add up to %s, over the agent's limit of %s per application (--max-render-bytes)", s, l)
+	}
+	return nil
+}
+
+// checkFile checks a file of size bytes at p against the per-file limit
+// only, for a file read again (and charged) later.
+func (b *budget) checkFile(p string, size int64) error {
+	if size > b.maxFileBytes {
+		s, l := sizes(size, b.maxFileBytes)
+		return errorf(p, 0, "%s is over the agent's limit of %s per manifest file (--max-manifest-bytes)", s, l)
 	}
 	return nil
 }
 
 func (b *budget) checkCount(n int, p string) error {
 	if n > b.maxObjects {
-		return errorf(p, 0, "more than %d objects rendered, the limit", b.maxObjects)
+		return errorf(p, 0, "more than %d objects rendered, over the agent's limit per application (--max-render-objects)", b.maxObjects)
 	}
 	return nil
 }
@@ -254,8 +294,45 @@ func (b *budget) checkOutput(items []*item, appPath string) error {
 		}
 		total += int64(len(data))
 		if total > b.maxBytes {
-			return errorf(appPath, 0, "the rendered objects exceed the limit of %d bytes", b.maxBytes)
+			_, l := sizes(total, b.maxBytes)
+			return errorf(appPath, 0, "the rendered objects exceed the agent's limit of %s per application (--max-render-bytes)", l)
 		}
 	}
 	return nil
+}
+
+// sizes formats size and limit for a message saying size is over limit,
+// in exact bytes where rounding would make them read the same.
+func sizes(size, limit int64) (string, string) {
+	s, l := formatBytes(size), formatBytes(limit)
+	if s == l || s == formatBytesPrec(limit, 1) {
+		return fmt.Sprintf("%d bytes", size), fmt.Sprintf("%s (%d bytes)", l, limit)
+	}
+	return s, l
+}
+
+// formatBytes formats n in the largest binary unit it reaches, whole when
+// exact ("4 MiB"), else to a tenth ("52.4 MiB").
+func formatBytes(n int64) string {
+	return formatBytesPrec(n, -1)
+}
+
+// formatBytesPrec is formatBytes with prec decimals; -1 means none when
+// exact, else one.
+func formatBytesPrec(n int64, prec int) string {
+	units := []string{"KiB", "MiB", "GiB", "TiB"}
+	if n < 1<<10 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	u, div := 0, int64(1<<10)
+	for u < len(units)-1 && n >= div<<10 {
+		u, div = u+1, div<<10
+	}
+	if prec < 0 {
+		if n%div == 0 {
+			return fmt.Sprintf("%d %s", n/div, units[u])
+		}
+		prec = 1
+	}
+	return fmt.Sprintf("%.*f %s", prec, float64(n)/float64(div), units[u])
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -587,10 +588,10 @@ func TestRenderLimits(t *testing.T) {
 		a       *droverv1.AppAssignment
 		wantMsg string
 	}{
-		{Options{MaxObjects: 2}, a, "more than 2 objects"},
-		{Options{MaxBytes: 50}, a, "manifests read exceed the limit of 50 bytes"},
+		{Options{MaxObjects: 2}, a, "more than 2 objects rendered, over the agent's limit per application (--max-render-objects)"},
+		{Options{MaxBytes: 50}, a, "render app/a.yaml: with this file the manifests read add up to 200 bytes, over the agent's limit of 50 bytes per application (--max-render-bytes)"},
 		// Variables grow objects after reading.
-		{Options{MaxBytes: 400}, &droverv1.AppAssignment{Path: "app", Patches: []*droverv1.KustomizePatch{{Patch: "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  big: ${big}\n"}}, Variables: map[string]string{"big": strings.Repeat("x", 1000)}}, "rendered objects exceed the limit of 400 bytes"},
+		{Options{MaxBytes: 400}, &droverv1.AppAssignment{Path: "app", Patches: []*droverv1.KustomizePatch{{Patch: "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  big: ${big}\n"}}, Variables: map[string]string{"big": strings.Repeat("x", 1000)}}, "rendered objects exceed the agent's limit of 400 bytes per application (--max-render-bytes)"},
 	}
 	for _, tt := range tests {
 		_, err := tt.o.Render(t.Context(), root, tt.a)
@@ -612,5 +613,135 @@ func TestRenderCancelled(t *testing.T) {
 	_, err := Render(ctx, root, &droverv1.AppAssignment{Path: "app"})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("err = %v, want context.Canceled", err)
+	}
+}
+
+// sized returns a ConfigMap manifest of exactly n bytes.
+func sized(t *testing.T, name string, n int) string {
+	t.Helper()
+	head := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s\ndata:\n  pad: ", name)
+	if n < len(head)+1 {
+		t.Fatalf("a manifest of %d bytes is too small", n)
+	}
+	return head + strings.Repeat("x", n-len(head)-1) + "\n"
+}
+
+func kustomization(resources ...string) string {
+	return "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- " + strings.Join(resources, "\n- ") + "\n"
+}
+
+func TestRenderFileLimit(t *testing.T) {
+	t.Parallel()
+	const limit = 300
+	o := Options{MaxFileBytes: limit}
+	kust := &droverv1.AppAssignment{Path: "app", Render: droverv1.RenderType_RENDER_TYPE_KUSTOMIZE}
+	dir := &droverv1.AppAssignment{Path: "app"}
+	tests := []struct {
+		name    string
+		files   map[string]string
+		a       *droverv1.AppAssignment
+		wantErr string // "" means it renders
+	}{
+		{"directory, at the limit", map[string]string{"app/a.yaml": sized(t, "a", limit)}, dir, ""},
+		{"directory, one byte over", map[string]string{"app/a.yaml": cm("a"), "app/big.yaml": sized(t, "big", limit+1)}, dir,
+			"render app/big.yaml: 301 bytes is over the agent's limit of 300 bytes per manifest file (--max-manifest-bytes)"},
+		{"kustomize, at the limit", map[string]string{"app/kustomization.yaml": kustomization("a.yaml"), "app/a.yaml": sized(t, "a", limit)}, kust, ""},
+		{"kustomize, a resource one byte over", map[string]string{"app/kustomization.yaml": kustomization("a.yaml", "big.yaml"), "app/a.yaml": cm("a"), "app/big.yaml": sized(t, "big", limit+1)}, kust,
+			"render app/big.yaml: 301 bytes is over the agent's limit of 300 bytes per manifest file (--max-manifest-bytes)"},
+		{"kustomize, a base's resource one byte over", map[string]string{
+			"app/kustomization.yaml":  kustomization("../base"),
+			"base/kustomization.yaml": kustomization("big.yaml"), "base/big.yaml": sized(t, "big", limit+1)}, kust,
+			"render base/big.yaml: 301 bytes is over the agent's limit of 300 bytes per manifest file (--max-manifest-bytes)"},
+		{"kustomize, the kustomization itself over", map[string]string{"app/kustomization.yaml": kustomization("a.yaml") + "# " + strings.Repeat("x", limit) + "\n", "app/a.yaml": cm("a")}, kust,
+			"render app/kustomization.yaml: 387 bytes is over the agent's limit of 300 bytes per manifest file (--max-manifest-bytes)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			root := tree{files: tt.files}.write(t)
+			objs, err := o.Render(t.Context(), root, tt.a)
+			if tt.wantErr == "" {
+				if err != nil || len(objs) != 1 {
+					t.Fatalf("Render = %v, %v; want the one object at the limit", ids(objs), err)
+				}
+				return
+			}
+			var e *Error
+			if !errors.As(err, &e) || err.Error() != tt.wantErr {
+				t.Fatalf("err = %v; want the *Error %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestRenderTotalLimit: files each under the per-file limit that add up to
+// more than the application's limit fail the render, naming the file that
+// went over, in both render types.
+func TestRenderTotalLimit(t *testing.T) {
+	t.Parallel()
+	o := Options{MaxFileBytes: 300, MaxBytes: 500}
+	files := map[string]string{"app/a.yaml": sized(t, "a", 200), "app/b.yaml": sized(t, "b", 200), "app/c.yaml": sized(t, "c", 200)}
+	want := "render app/c.yaml: with this file the manifests read add up to 600 bytes, over the agent's limit of 500 bytes per application (--max-render-bytes)"
+	root := tree{files: files}.write(t)
+	_, err := o.Render(t.Context(), root, &droverv1.AppAssignment{Path: "app"})
+	var e *Error
+	if !errors.As(err, &e) || err.Error() != want {
+		t.Errorf("directory: err = %v; want the *Error %q", err, want)
+	}
+
+	files["app/kustomization.yaml"] = kustomization("a.yaml", "b.yaml", "c.yaml")
+	root = tree{files: files}.write(t)
+	_, err = o.Render(t.Context(), root, &droverv1.AppAssignment{Path: "app", Render: droverv1.RenderType_RENDER_TYPE_KUSTOMIZE})
+	// Kustomize reads its kustomization first: it counts too.
+	if !errors.As(err, &e) || !strings.Contains(err.Error(), "over the agent's limit of 500 bytes per application (--max-render-bytes)") {
+		t.Errorf("kustomize: err = %v; want an *Error naming the limit of 500 bytes", err)
+	}
+
+	// Under both limits, the same files render.
+	if objs, err := (Options{MaxFileBytes: 300, MaxBytes: 700}).Render(t.Context(), tree{files: map[string]string{"app/a.yaml": files["app/a.yaml"], "app/b.yaml": files["app/b.yaml"], "app/c.yaml": files["app/c.yaml"]}}.write(t), &droverv1.AppAssignment{Path: "app"}); err != nil || len(objs) != 3 {
+		t.Errorf("under the limits: %v, %v; want three objects", ids(objs), err)
+	}
+}
+
+// TestRenderHugeFileIsNotRead: a 1 GiB manifest (sparse: it takes no disk)
+// is refused from its size, with the default limits, without being read:
+// the test's allocations stay far below its size. Not parallel, so that
+// nothing else allocates meanwhile.
+func TestRenderHugeFileIsNotRead(t *testing.T) {
+	kust := &droverv1.AppAssignment{Path: "app", Render: droverv1.RenderType_RENDER_TYPE_KUSTOMIZE}
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		huge  string
+		a     *droverv1.AppAssignment
+	}{
+		{"directory", map[string]string{"app/a.yaml": cm("a")}, "app/huge.yaml", &droverv1.AppAssignment{Path: "app"}},
+		{"kustomize resource", map[string]string{"app/kustomization.yaml": kustomization("a.yaml", "huge.yaml"), "app/a.yaml": cm("a")}, "app/huge.yaml", kust},
+		{"kustomization", map[string]string{"app/a.yaml": cm("a")}, "app/kustomization.yaml", kust},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := tree{files: tt.files}.write(t)
+			huge := filepath.Join(root, filepath.FromSlash(tt.huge))
+			if err := os.WriteFile(huge, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(huge, 1<<30); err != nil {
+				t.Fatal(err)
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := Render(t.Context(), root, tt.a)
+			runtime.ReadMemStats(&after)
+			want := "render " + tt.huge + ": 1 GiB is over the agent's limit of 4 MiB per manifest file (--max-manifest-bytes)"
+			var e *Error
+			if !errors.As(err, &e) || err.Error() != want {
+				t.Fatalf("err = %v; want the *Error %q", err, want)
+			}
+			// Kustomize's own start-up allocates some MiB; reading the
+			// file would allocate 1 GiB.
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 256<<20 {
+				t.Errorf("the render allocated %d MiB: the file was read", alloc>>20)
+			}
+		})
 	}
 }
