@@ -724,7 +724,7 @@ func (s *session) report(res *Result, desired []*desiredObject, policy Policy, e
 		res.Message = fmt.Sprintf("%d objects drifted and selfHeal is off: %s", len(drifted), strings.Join(drifted, "; "))
 	default:
 		res.Sync = droverv1.SyncState_SYNC_STATE_SYNCED
-		res.Message = fmt.Sprintf("applied %d, unchanged %d, skipped %d, pruned %d", res.Applied, res.Unchanged, res.Skipped, res.Pruned)
+		res.Message = inSync(len(res.Resources), res.Commit, res.Applied, res.Pruned)
 		if res.Kept > 0 && !policy.Prune {
 			res.Message += fmt.Sprintf("; %d objects left the render and are kept (prune is off)", res.Kept)
 		}
@@ -805,9 +805,20 @@ func (s *session) assess(ctx context.Context, res *Result) error {
 	if res.Drifted > 0 {
 		res.Message = fmt.Sprintf("%d objects drifted: %s", res.Drifted, driftSummary(current))
 	} else {
-		res.Message = fmt.Sprintf("%d objects in sync with commit %s", len(current), inv.Commit)
+		res.Message = inSync(len(current), inv.Commit, 0, 0)
 	}
 	return nil
+}
+
+// inSync describes an application whose objects all match its commit, in
+// the same words after a sync and after a check for drift: the state is the
+// same. What a sync changed on the way is said after it.
+func inSync(objects int, commit string, applied, pruned int) string {
+	msg := fmt.Sprintf("%d objects in sync with commit %s", objects, commit)
+	if applied > 0 || pruned > 0 {
+		msg += fmt.Sprintf(" (this sync applied %d and pruned %d)", applied, pruned)
+	}
+	return msg
 }
 
 func driftSummary(ds []*desiredObject) string {

@@ -539,8 +539,13 @@ func testPrune(t *testing.T, a *Applier, kube kubernetes.Interface, dyn dynamic.
 	if res.Counts != (Counts{Skipped: 3}) {
 		t.Errorf("kept object back in the render: %+v, want 3 skipped", res.Counts)
 	}
-	if assessed, err := a.Assess(t.Context(), app); err != nil || len(assessed.Resources) != 3 || assessed.Kept != 0 {
+	assessed, err := a.Assess(t.Context(), app)
+	if err != nil || len(assessed.Resources) != 3 || assessed.Kept != 0 {
 		t.Fatalf("Assess: %v, %d resources, %d kept; want 3 resources, none kept", err, len(assessed.Resources), assessed.Kept)
+	}
+	// One state, one wording, whether a sync or a drift check found it.
+	if want := "3 objects in sync with commit c2"; res.Message != want || assessed.Message != want {
+		t.Errorf("in sync after a sync: %q, after a check for drift: %q; want both %q", res.Message, assessed.Message, want)
 	}
 
 	res = mustSync(t, a, app, "c2", []*unstructured.Unstructured{a1, a2}, Policy{Prune: true})
