@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/drover-dev/drover/agent/render"
 )
 
 // Config is drover-agent's configuration. Every field has a flag and a
@@ -30,6 +32,13 @@ type Config struct {
 	Concurrency int
 	// CacheMaxBytes bounds the Git cache.
 	CacheMaxBytes int64
+	// MaxManifestBytes bounds each file a render reads, MaxRenderBytes
+	// an application's manifests (and its rendered objects), and
+	// MaxRenderObjects its objects: a render holds them all in memory at
+	// once, so with Concurrency they bound the agent's memory.
+	MaxManifestBytes int64
+	MaxRenderBytes   int64
+	MaxRenderObjects int
 	// Heartbeat is how often the agent tells the hub it is alive.
 	Heartbeat time.Duration
 	// BackoffMax caps the delay between reconnects to the hub.
@@ -49,6 +58,10 @@ func DefaultConfig() Config {
 		Heartbeat:     30 * time.Second,
 		BackoffMax:    30 * time.Second,
 		LogLevel:      "info",
+
+		MaxManifestBytes: render.DefaultMaxFileBytes,
+		MaxRenderBytes:   render.DefaultMaxBytes,
+		MaxRenderObjects: render.DefaultMaxObjects,
 	}
 }
 
@@ -72,6 +85,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	str(&c.MetricsAddr, "metrics-addr", "DROVER_METRICS_ADDR", "listen address for Prometheus metrics on /metrics, such as :9090; off when empty")
 	fs.IntVar(&c.Concurrency, "concurrency", envInt("DROVER_CONCURRENCY", c.Concurrency), "applications reconciled at once (env DROVER_CONCURRENCY)")
 	fs.Int64Var(&c.CacheMaxBytes, "cache-max-bytes", int64(envInt("DROVER_CACHE_MAX_BYTES", int(c.CacheMaxBytes))), "size bound of the Git cache (env DROVER_CACHE_MAX_BYTES)")
+	fs.Int64Var(&c.MaxManifestBytes, "max-manifest-bytes", int64(envInt("DROVER_MAX_MANIFEST_BYTES", int(c.MaxManifestBytes))), "largest manifest file a render reads; a larger one fails its application (env DROVER_MAX_MANIFEST_BYTES)")
+	fs.Int64Var(&c.MaxRenderBytes, "max-render-bytes", int64(envInt("DROVER_MAX_RENDER_BYTES", int(c.MaxRenderBytes))), "most manifest bytes one application's render reads, and most bytes of objects it makes (env DROVER_MAX_RENDER_BYTES)")
+	fs.IntVar(&c.MaxRenderObjects, "max-render-objects", envInt("DROVER_MAX_RENDER_OBJECTS", c.MaxRenderObjects), "most objects one application renders (env DROVER_MAX_RENDER_OBJECTS)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", envDuration("DROVER_HEARTBEAT", c.Heartbeat), "heartbeat interval (env DROVER_HEARTBEAT)")
 	fs.DurationVar(&c.BackoffMax, "backoff-max", envDuration("DROVER_BACKOFF_MAX", c.BackoffMax), "longest wait between reconnects (env DROVER_BACKOFF_MAX)")
 }
@@ -117,6 +133,15 @@ func (c *Config) Validate() error {
 	}
 	if c.CacheMaxBytes < 1<<20 {
 		bad("--cache-max-bytes %d: at least 1 MiB", c.CacheMaxBytes)
+	}
+	if c.MaxManifestBytes <= 0 {
+		bad("--max-manifest-bytes %d: a positive number of bytes, such as %d (4 MiB)", c.MaxManifestBytes, render.DefaultMaxFileBytes)
+	}
+	if c.MaxRenderBytes <= 0 {
+		bad("--max-render-bytes %d: a positive number of bytes, such as %d (32 MiB)", c.MaxRenderBytes, render.DefaultMaxBytes)
+	}
+	if c.MaxRenderObjects <= 0 {
+		bad("--max-render-objects %d: a positive number, such as %d", c.MaxRenderObjects, render.DefaultMaxObjects)
 	}
 	if c.Heartbeat < time.Second {
 		bad("--heartbeat %v: at least 1s", c.Heartbeat)

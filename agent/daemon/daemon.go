@@ -99,7 +99,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 		Heartbeat: cfg.Heartbeat, BackoffMax: cfg.BackoffMax,
 	}, st, a, logger)
 	renderer := func(ctx context.Context, root string, aa *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
-		return render.Options{IsNamespaced: applier.IsNamespaced}.Render(ctx, root, aa)
+		return render.Options{
+			IsNamespaced: applier.IsNamespaced,
+			MaxFileBytes: cfg.MaxManifestBytes, MaxBytes: cfg.MaxRenderBytes, MaxObjects: cfg.MaxRenderObjects,
+		}.Render(ctx, root, aa)
 	}
 	a.rec = reconcile.New(reconcile.Config{Concurrency: cfg.Concurrency}, st, cache, renderer, applier,
 		func(version, nonce string) { a.hub.Ack(version, nonce, nil) }, a.hub.StatusChanged, logger)

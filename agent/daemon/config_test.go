@@ -1,0 +1,57 @@
+package daemon
+
+import (
+	"flag"
+	"strings"
+	"testing"
+)
+
+// firstStart is a configuration that passes Validate: the agent's first
+// start with everything it needs.
+func firstStart(t *testing.T, args ...string) Config {
+	t.Helper()
+	c := DefaultConfig()
+	fs := flag.NewFlagSet("drover-agent", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	base := []string{"--hub", "127.0.0.1:8443", "--hub-ca", "ca.crt", "--join-token", "t", "--cluster-name", "c", "--state-dir", t.TempDir()}
+	if err := fs.Parse(append(base, args...)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestRenderLimitsConfig(t *testing.T) {
+	c := firstStart(t)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if c.MaxManifestBytes != 4<<20 || c.MaxRenderBytes != 32<<20 || c.MaxRenderObjects != 10000 {
+		t.Errorf("defaults = %d, %d, %d; want 4 MiB, 32 MiB, 10000", c.MaxManifestBytes, c.MaxRenderBytes, c.MaxRenderObjects)
+	}
+
+	t.Setenv("DROVER_MAX_MANIFEST_BYTES", "1048576")
+	t.Setenv("DROVER_MAX_RENDER_OBJECTS", "50")
+	c = firstStart(t, "--max-render-bytes", "2097152")
+	if err := c.Validate(); err != nil || c.MaxManifestBytes != 1<<20 || c.MaxRenderBytes != 2<<20 || c.MaxRenderObjects != 50 {
+		t.Errorf("from the environment and flags: %d, %d, %d (%v); want 1 MiB, 2 MiB, 50", c.MaxManifestBytes, c.MaxRenderBytes, c.MaxRenderObjects, c.Validate())
+	}
+
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-manifest-bytes", "0"}, "--max-manifest-bytes 0: a positive number of bytes"},
+		{[]string{"--max-render-bytes", "-1"}, "--max-render-bytes -1: a positive number of bytes"},
+		{[]string{"--max-render-objects", "0"}, "--max-render-objects 0: a positive number"},
+	} {
+		c := firstStart(t, tt.args...)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: Validate = %v; want %q", tt.args, err, tt.want)
+		}
+	}
+	t.Setenv("DROVER_MAX_RENDER_OBJECTS", "many")
+	c = firstStart(t)
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--max-render-objects -1") {
+		t.Errorf("DROVER_MAX_RENDER_OBJECTS=many: Validate = %v; want it refused", err)
+	}
+}
