@@ -3,15 +3,21 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/drover-dev/drover/agent/apply"
+	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/agent/state"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -88,6 +94,11 @@ type harness struct {
 
 func newHarness(t *testing.T, dir string, render Renderer) *harness {
 	t.Helper()
+	return newHarnessWith(t, dir, fakeFetcher{}, render)
+}
+
+func newHarnessWith(t *testing.T, dir string, fetch Fetcher, render Renderer) *harness {
+	t.Helper()
 	st, err := state.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +107,7 @@ func newHarness(t *testing.T, dir string, render Renderer) *harness {
 	if render == nil {
 		render = noRender
 	}
-	h.rec = New(Config{RetryBase: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}, st, fakeFetcher{}, render, h.ap,
+	h.rec = New(Config{RetryBase: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}, st, fetch, render, h.ap,
 		func(v, _ string) { h.acks <- v }, func() {}, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -303,5 +314,108 @@ func TestResendStatusesListsEveryStatusAgain(t *testing.T) {
 	resent := h.rec.PendingStatus(false)
 	if len(resent.GetApplications()) != 2 || resent.GetFull() {
 		t.Fatalf("report after ResendStatuses %v, want both applications, not full", resent)
+	}
+}
+
+// checkouts is a Fetcher whose commits are directories made by the test,
+// one per repository.
+type checkouts map[string]string
+
+func (c checkouts) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, _ string) (string, func(), error) {
+	dir, ok := c[repo]
+	if !ok {
+		return "", nil, errors.New("no such repository")
+	}
+	return dir, func() {}, nil
+}
+
+// An application with a manifest over the render's per-file limit fails
+// alone, with the real render step: its status names the file and the
+// limit, none of it is applied, and the other application of the same
+// assignment is.
+func TestOversizedManifestFailsAlone(t *testing.T) {
+	const limit = 1024
+	repos := checkouts{}
+	for name, files := range map[string]map[string]string{
+		"big": {"small.yaml": configMap("small", 10), "big.yaml": configMap("big", limit+1)},
+		"web": {"web.yaml": configMap("web", limit)},
+	} {
+		dir := t.TempDir()
+		for f, content := range files {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		repos[app(name, sha1).GetRepoUrl()] = dir
+	}
+	h := newHarnessWith(t, t.TempDir(), repos, render.Options{MaxFileBytes: limit}.Render)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("big", sha1), app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	got := map[string]*droverv1.ApplicationStatus{}
+	for _, s := range h.rec.Statuses() {
+		got[s.GetApplication()] = s
+	}
+	want := "render: render big.yaml: 1025 bytes is over the agent's limit of 1 KiB (1024 bytes) per manifest file (--max-manifest-bytes)"
+	if s := got["big"]; s.GetSync() != droverv1.SyncState_SYNC_STATE_FAILED || s.GetMessage() != want {
+		t.Errorf("big = %v; want Failed with the message %q", s, want)
+	}
+	if s := got["web"]; s.GetSync() != droverv1.SyncState_SYNC_STATE_SYNCED || h.ap.commitOf("web") != sha1 {
+		t.Errorf("web = %v, applied at %q; want it synced at %s", s, h.ap.commitOf("web"), sha1)
+	}
+	if c := h.ap.commitOf("big"); c != "" {
+		t.Errorf("big was applied at %s", c)
+	}
+}
+
+// configMap is a ConfigMap manifest of exactly n bytes (or its smallest
+// size, when larger than n).
+func configMap(name string, n int) string {
+	head := "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: " + name + "\ndata:\n  pad: "
+	return head + strings.Repeat("x", max(n-len(head)-1, 1)) + "\n"
+}
+
+// Once an application's run has finished, nothing in the reconciler keeps
+// the objects it rendered: they are garbage after a collection. (The
+// applier here keeps none either; the real one is checked in its own
+// tests.)
+func TestFinishedRenderIsNotRetained(t *testing.T) {
+	var mu sync.Mutex
+	var rendered []weak.Pointer[unstructured.Unstructured]
+	renderer := func(_ context.Context, _ string, a *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+		objs := make([]*unstructured.Unstructured, 100)
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range objs {
+			objs[i] = &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "v1", "kind": "ConfigMap",
+				"metadata": map[string]any{"name": fmt.Sprintf("%s-%d", a.GetName(), i)},
+				"data":     map[string]any{"pad": strings.Repeat("x", 1<<10)},
+			}}
+			rendered = append(rendered, weak.Make(objs[i]))
+		}
+		return objs, nil
+	}
+	h := newHarness(t, t.TempDir(), renderer)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1), app("db", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	// The next runs are minutes away: nothing renders meanwhile.
+	runtime.GC()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(rendered) != 200 {
+		t.Fatalf("rendered %d objects, want 200", len(rendered))
+	}
+	live := 0
+	for _, w := range rendered {
+		if w.Value() != nil {
+			live++
+		}
+	}
+	if live > 0 {
+		t.Errorf("%d of the 200 rendered objects are still reachable after the runs finished", live)
 	}
 }
