@@ -126,6 +126,7 @@ func Control(s State, op Op, now time.Time) (State, []Action, error) {
 			return refuse(nil, "the rollout of %s is already %s", short(s.Release), s.Phase)
 		}
 		r.s.Phase, r.s.EndedAt = PhaseAborted, now
+		r.endWaves(WaveAborted, false)
 		r.event(EventAborted, "", "", "Rollout of %s aborted by an operator; every cluster keeps what it runs until the next release", short(s.Release))
 
 	case OpRollback:

@@ -76,13 +76,22 @@ const (
 	// completes once the succeeded ones stayed healthy for its soak.
 	WaveSoaking WavePhase = "soaking"
 	WaveDone    WavePhase = "done"
+	// WaveRolledBack: the rollout reached the wave, then rolled back; its
+	// clusters run the last completed release. (A wave it never reached
+	// stays pending.)
+	WaveRolledBack WavePhase = "rolled-back"
+	// WaveAborted: an operator aborted the rollout while the wave was
+	// updating or soaking; its clusters keep what they run.
+	WaveAborted WavePhase = "aborted"
 )
 
 // ClusterPhase is a cluster's phase in a rollout.
 type ClusterPhase string
 
 const (
-	// ClusterPending: not reached yet; runs the commit it had.
+	// ClusterPending: not reached yet; runs the commit it had. Once the
+	// rollout completed, a cluster pinned to the release is updating
+	// (then succeeded or failed by its reports), never pending.
 	ClusterPending ClusterPhase = "pending"
 	// ClusterUpdating: pinned to the release, not yet Synced and Healthy.
 	ClusterUpdating ClusterPhase = "updating"
@@ -95,6 +104,9 @@ const (
 	// needed it; it runs the last completed release until the rollout
 	// completes.
 	ClusterSkipped ClusterPhase = "skipped"
+	// ClusterRolledBack: the rollout rolled back and moved the cluster
+	// from what it ran to the last completed release.
+	ClusterRolledBack ClusterPhase = "rolled-back"
 )
 
 // State is one application's rollout: the release it moves, where each
@@ -262,10 +274,15 @@ type Observation struct {
 // Status is one status report of the application on a cluster.
 type Status struct {
 	// Commit is the commit the agent applied or tried to.
-	Commit     string
-	Sync       droverv1.SyncState
-	Health     droverv1.Health
-	Message    string
+	Commit  string
+	Sync    droverv1.SyncState
+	Health  droverv1.Health
+	Message string
+	// Resources are the report's objects; only the Degraded ones are
+	// read, to say in a failure which objects failed and why (the
+	// application's own message says what was applied). The engine may
+	// fill them only for reports that are Degraded.
+	Resources  []*droverv1.ResourceStatus
 	ObservedAt time.Time
 }
 

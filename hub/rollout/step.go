@@ -48,11 +48,15 @@ func Step(s State, obs Observations, now time.Time) (State, []Action) {
 		return s, nil
 	}
 	r.place(obs.Placed)
+	if r.s.Phase == PhaseCompleted {
+		r.follow()
+	}
 	if r.s.Phase.Done() {
 		return r.s, r.actions
 	}
 	if r.acting() && (obs.Strategy == nil || r.s.Good == "") {
 		r.completeAtOnce(obs.Strategy == nil)
+		r.follow()
 		return r.s, r.actions
 	}
 	r.observeAll()
@@ -255,10 +259,70 @@ func (r *stepper) completeAtOnce(noStrategy bool) {
 		}
 	}
 	if noStrategy {
-		r.complete("the application has no rollout strategy, so the release went to every cluster at once")
+		r.complete(NoStrategyReason)
 		return
 	}
 	r.complete("first release of the application: there is no earlier release to hold clusters on, so it went to every cluster at once")
+}
+
+// AtOnce is where the current release of an application without a rollout
+// strategy stands. It went to every placed cluster at once when it was
+// made, at releasedAt, and each cluster is updating, succeeded or failed
+// by what it reported since. Nothing stores it and it has no ID (rollouts
+// number from 1): an engine computes it when asked, from the same
+// Observations a Step takes (Strategy is ignored).
+func AtOnce(obs Observations, releasedAt, now time.Time) State {
+	obs.Strategy = nil
+	if releasedAt.After(now) {
+		releasedAt = now
+	}
+	// The first Step pins every cluster at releasedAt; the second takes
+	// in what they reported since.
+	s, _ := Step(State{}, obs, releasedAt)
+	s, _ = Step(s, obs, now)
+	s.ID = 0
+	return s
+}
+
+// NoStrategyReason is the Reason of the release of an application without
+// a rollout strategy.
+const NoStrategyReason = "the application has no rollout strategy, so its releases go to every cluster at once"
+
+// follow keeps a completed rollout's clusters and waves saying what they
+// run: a cluster pinned to the release (all of them, after a release that
+// went everywhere at once, and any placed since) is updating until it
+// reports the release Synced and Healthy or a failure, and a wave runs
+// while one of its clusters updates. Nothing is gated any more, so only
+// the reports decide: no deadline, no failure budget.
+func (r *stepper) follow() {
+	updating := make(map[string]bool, len(r.s.Waves))
+	r.forEach(func(name string, c *ClusterState) {
+		if c.Phase == ClusterPending && c.Commit == r.s.Release {
+			c.Phase, c.StartedAt, c.DeadlineFrom = ClusterUpdating, r.now, r.now
+		}
+		if c.Phase != ClusterUpdating {
+			return
+		}
+		r.observe(c, r.clusters[name])
+		switch {
+		case c.Problem != "":
+			r.fail(name, c, c.Problem)
+		case !c.HealthySince.IsZero():
+			c.Phase = ClusterSucceeded
+			c.EndedAt = r.now
+		default:
+			updating[c.Wave] = true
+		}
+	})
+	for i := range r.s.Waves {
+		ws := &r.s.Waves[i]
+		switch {
+		case updating[ws.Name]:
+			ws.Phase = WaveRunning
+		case ws.Phase != WaveDone:
+			ws.Phase, ws.DoneAt = WaveDone, r.now
+		}
+	}
 }
 
 func (r *stepper) complete(reason string) {
@@ -359,7 +423,7 @@ func (r *stepper) takeStatus(c *ClusterState, st *Status, at time.Time) {
 	case st.Sync == droverv1.SyncState_SYNC_STATE_FAILED:
 		c.setProblem(withMessage("sync failed", st.Message))
 	case st.Health == droverv1.Health_HEALTH_DEGRADED:
-		c.setProblem(withMessage("Degraded", st.Message))
+		c.setProblem(withMessage("Degraded", degradedMessage(st)))
 	case st.Sync == droverv1.SyncState_SYNC_STATE_SYNCED && st.Health == droverv1.Health_HEALTH_HEALTHY:
 		c.Problem = ""
 		c.UnhealthySince = time.Time{}
@@ -469,14 +533,41 @@ func (r *stepper) rollback(reason string) {
 	r.s.Phase = PhaseRolledBack
 	r.s.Reason = reason
 	r.s.EndedAt = r.now
+	r.endWaves(WaveRolledBack, true)
 	moved := 0
 	r.forEach(func(name string, c *ClusterState) {
 		if c.Commit != r.s.Good {
 			r.pin(name, c, r.s.Good)
 			moved++
+			// A failed cluster keeps its phase and reason: they say why
+			// the rollout stopped.
+			if c.Phase != ClusterFailed {
+				c.Phase = ClusterRolledBack
+				c.EndedAt = r.now
+			}
 		}
 	})
 	r.event(EventRolledBack, "", "", "Rolled back from %s to %s (%d clusters moved): %s", short(r.s.Release), short(r.s.Good), moved, reason)
+}
+
+// endWaves ends the waves of a rollout that stopped for good: a wave it
+// reached is phase (a done one too, when undone is set), and one it never
+// reached, or that waited for an approval nobody gave, is pending, so
+// nothing reads as going on or as approved.
+func (r *stepper) endWaves(phase WavePhase, undone bool) {
+	for i := range r.s.Waves {
+		ws := &r.s.Waves[i]
+		switch ws.Phase {
+		case WavePending, WaveWaitingApproval:
+			ws.Phase = WavePending
+		case WaveDone:
+			if undone {
+				ws.Phase = phase
+			}
+		default:
+			ws.Phase = phase
+		}
+	}
 }
 
 func (r *stepper) skipOffline() {
@@ -702,6 +793,27 @@ func withMessage(what, msg string) string {
 		msg = msg[:cut] + "..."
 	}
 	return what + ": " + msg
+}
+
+// degradedMessage says which objects of a Degraded report failed and why
+// ("Deployment web/nginx: Progress deadline exceeded"), as the agent
+// reported them; the report's own message when it names none.
+func degradedMessage(st *Status) string {
+	var parts []string
+	for _, rs := range st.Resources {
+		if rs.GetHealth() != droverv1.Health_HEALTH_DEGRADED {
+			continue
+		}
+		obj := rs.GetKind() + " " + rs.GetName()
+		if rs.GetNamespace() != "" {
+			obj = rs.GetKind() + " " + rs.GetNamespace() + "/" + rs.GetName()
+		}
+		parts = append(parts, withMessage(obj, rs.GetMessage()))
+	}
+	if len(parts) == 0 {
+		return st.Message
+	}
+	return strings.Join(parts, "; ")
 }
 
 var syncNames = map[droverv1.SyncState]string{

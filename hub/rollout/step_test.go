@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
 func TestFirstReleaseGoesEverywhereAtOnce(t *testing.T) {
@@ -946,4 +948,128 @@ func TestReasons(t *testing.T) {
 	if want := "7 clusters failed, more than maxFailures 10% allows: a (wave all), b (wave all), c (wave all), d (wave all), e (wave all) and 2 more"; m.s.Reason != want {
 		t.Fatalf("reason:\n got %q\nwant %q", m.s.Reason, want)
 	}
+}
+
+// TestAtOnceReleaseFollowsClusters: a release that went everywhere at once
+// completed, but its waves and clusters say what the clusters run: each
+// updates until it reports the release Synced and Healthy, or a failure,
+// and a wave runs until its clusters settled.
+func TestAtOnceReleaseFollowsClusters(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		strategy *Strategy
+		waves    string
+	}{
+		{"first release", mustParse(t, issueStrategy), "canary:running europe:running rest:done"},
+		{"no strategy", nil, "remaining:running"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newSim(t, tt.strategy, fleetOf()[:3]...)
+			m.release("w")
+			m.wantPhase(PhaseCompleted)
+			m.wantPhases("c1:updating c2:updating eu1:updating")
+			m.wantWaves(tt.waves)
+			m.succeed("c1", "c2")
+			m.wantPhases("c1:succeeded c2:succeeded eu1:updating")
+			m.tick(time.Minute)
+			m.report("eu1", synced, degraded)
+			actions := m.step()
+			if got, want := describe(actions), "event rollout.cluster.failed eu1"; got != want {
+				t.Fatalf("eu1 Degraded:\n got %s\nwant %s", got, want)
+			}
+			m.wantPhases("c1:succeeded c2:succeeded eu1:failed")
+			m.wantPhase(PhaseCompleted)
+			if tt.strategy != nil {
+				m.wantWaves("canary:done europe:done rest:done")
+			} else {
+				m.wantWaves("remaining:done")
+			}
+			// A cluster placed after the release completed runs it, and
+			// is followed the same way.
+			m.obs.Placed = append(m.obs.Placed, cluster("new"))
+			m.obs.Clusters["new"] = Observation{Online: true, LastSeen: m.now}
+			m.step()
+			m.wantPins("c1=w c2=w eu1=w new=w")
+			m.wantPhases("c1:succeeded c2:succeeded eu1:failed new:updating")
+			m.succeed("new")
+			m.wantPhases("c1:succeeded c2:succeeded eu1:failed new:succeeded")
+		})
+	}
+}
+
+func TestAtOnce(t *testing.T) {
+	m := newSim(t, mustParse(t, issueStrategy), fleetOf()[:3]...)
+	m.obs.Commit = sha("w")
+	releasedAt := m.now
+	m.tick(time.Minute)
+	m.report("c1", synced, healthy)
+	// Reported before the release: about something else.
+	m.reportAt("c2", sha("w"), synced, healthy, releasedAt.Add(-time.Second))
+	m.report("eu1", synced, degraded)
+	s := AtOnce(m.obs, releasedAt, m.now)
+	m.s = s
+	m.wantPhase(PhaseCompleted)
+	m.wantPhases("c1:succeeded c2:updating eu1:failed")
+	m.wantWaves("remaining:running")
+	m.wantPins("c1=w c2=w eu1=w")
+	if s.ID != 0 || s.Release != sha("w") || s.Reason != NoStrategyReason {
+		t.Fatalf("AtOnce: id %d, release %s, reason %q", s.ID, commits[s.Release], s.Reason)
+	}
+}
+
+// TestEndedRolloutWaves: a rollback or an abort leaves no wave running.
+func TestEndedRolloutWaves(t *testing.T) {
+	m := released(t, mustParse(t, issueStrategy), fleetOf()...)
+	m.release("y")
+	m.succeed("c1")
+	m.wantWaves("canary:running europe:pending rest:pending")
+
+	t.Run("rollback", func(t *testing.T) {
+		m := m.fork(t)
+		m.control(OpRollback)
+		m.wantWaves("canary:rolled-back europe:pending rest:pending")
+		m.wantPhases("c1:rolled-back c2:rolled-back eu1:pending eu2:pending eu3:pending eu4:pending us1:pending us2:pending us3:pending us4:pending")
+		m.wantPins("c1=w c2=w eu1=w eu2=w eu3=w eu4=w us1=w us2=w us3=w us4=w")
+	})
+	t.Run("abort", func(t *testing.T) {
+		m := m.fork(t)
+		m.control(OpAbort)
+		m.wantWaves("canary:aborted europe:pending rest:pending")
+	})
+	t.Run("failure", func(t *testing.T) {
+		strategy := mustParse(t, issueStrategy)
+		strategy.OnFailure = FailureRollback
+		m := released(t, strategy, fleetOf()...)
+		m.release("y")
+		m.succeed("c1")
+		m.tick(time.Minute)
+		m.obs.Clusters["c2"] = Observation{Online: true, LastSeen: m.now, Status: &Status{
+			Commit: sha("y"), Sync: synced, Health: degraded, Message: "applied 2, unchanged 0, skipped 0, pruned 0", ObservedAt: m.now,
+			Resources: []*droverv1.ResourceStatus{
+				{Kind: "ConfigMap", Namespace: "web", Name: "cfg", Health: healthy, Message: "Resource is always ready"},
+				{Group: "apps", Kind: "Deployment", Namespace: "web", Name: "nginx", Health: degraded, Message: "ProgressDeadlineExceeded: ReplicaSet \"nginx-1\" has timed out progressing."},
+			},
+		}}
+		m.step()
+		m.wantPhase(PhaseRolledBack)
+		m.wantWaves("canary:rolled-back europe:pending rest:pending")
+		m.wantPhases("c1:rolled-back c2:failed eu1:pending eu2:pending eu3:pending eu4:pending us1:pending us2:pending us3:pending us4:pending")
+		want := `Degraded: Deployment web/nginx: ProgressDeadlineExceeded: ReplicaSet "nginx-1" has timed out progressing.`
+		if got := m.s.Clusters["c2"].Reason; got != want {
+			t.Fatalf("c2's reason:\n got %q\nwant %q", got, want)
+		}
+	})
+}
+
+// TestRollbackAfterCompletion: every wave was done, so every wave is
+// rolled back.
+func TestRollbackAfterCompletion(t *testing.T) {
+	m := released(t, nil, fleetOf()[:3]...)
+	m.release("y")
+	m.succeed("c1", "c2", "eu1")
+	m.wantPhase(PhaseCompleted)
+	m.control(OpRollback)
+	m.wantWaves("remaining:rolled-back")
+	m.wantPhases("c1:rolled-back c2:rolled-back eu1:rolled-back")
+	m.wantPins("c1=w c2=w eu1=w")
 }
