@@ -348,3 +348,98 @@ func TestRolloutNack(t *testing.T) {
 		t.Fatalf("canary on %s after rollback, want %s", got, c1)
 	}
 }
+
+// TestRolloutDegradedClusterSaysWhy fails the canary on a Deployment that
+// exceeded its progress deadline: the rollout's failed cluster carries
+// what the agent reported about the object, not only the application's
+// summary, and after the rollback no wave reads as running.
+func TestRolloutDegradedClusterSaysWhy(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
+	app := rolloutApp(repo.URL)
+	// Far beyond the test's patience: only the report can fail the canary.
+	app.Spec.Rollout.ProgressDeadline = "1h"
+	h, names, streams := rolloutFleet(t, app, c1)
+	drain(streams["canary"])
+
+	c2 := repo.Commit(t, "v2", map[string]string{"web/a.yaml": "kind: ConfigMap\nmetadata: {name: v2}\n"})
+	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
+	eventually(t, "the canary on v2", func() bool { return commitOn(h, "canary") == c2 })
+	const why = `ProgressDeadlineExceeded: ReplicaSet "nginx-7c5d8" has timed out progressing.`
+	streams["canary"].send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{{
+		Application: "web", Commit: c2, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_DEGRADED,
+		Message: "applied 2, unchanged 0, skipped 0, pruned 0",
+		Resources: []*droverv1.ResourceStatus{
+			{Group: "apps", Version: "v1", Kind: "Deployment", Namespace: "web", Name: "nginx", Health: droverv1.Health_HEALTH_DEGRADED, Message: why},
+			{Version: "v1", Kind: "ConfigMap", Namespace: "web", Name: "v2", Health: droverv1.Health_HEALTH_HEALTHY, Message: "Resource is always ready"},
+		},
+		ObservedAt: timestamppb.Now(),
+	}}}}})
+	eventually(t, "the rollout of v2 rolled back", func() bool { return getRollout(t, h).GetPhase() == "rolled-back" })
+	r := getRollout(t, h)
+	for _, c := range r.GetClusters() {
+		if c.GetName() != "canary" {
+			continue
+		}
+		if want := "Degraded: Deployment web/nginx: " + why; c.GetPhase() != "failed" || c.GetMessage() != want {
+			t.Errorf("canary in the rolled-back rollout: %s, %q\nwant failed, %q", c.GetPhase(), c.GetMessage(), want)
+		}
+	}
+	// The canary wave ran and rolled back; the main wave was never
+	// reached.
+	var waves []string
+	for _, w := range r.GetWaves() {
+		waves = append(waves, w.GetName()+":"+w.GetPhase())
+	}
+	if want := []string{"canary:rolled-back", "main:pending"}; !slices.Equal(waves, want) {
+		t.Errorf("waves after the rollback %v, want %v", waves, want)
+	}
+	for _, n := range names {
+		if got := commitOn(h, n); got != c1 {
+			t.Errorf("%s on %s after the rollback, want %s", n, got, c1)
+		}
+	}
+}
+
+// TestRolloutWithoutStrategy reports the release of an application
+// without a rollout strategy as one that went to every cluster at once,
+// each cluster by what it reported.
+func TestRolloutWithoutStrategy(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
+	h := startHub(t)
+	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"app": "web"}, Reusable: true})
+	streams := map[string]*stream{}
+	for _, n := range []string{"a", "b"} {
+		streams[n] = h.mustRegister(t, tok, n).connect(t, "")
+		drain(streams[n])
+	}
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("web", repo.URL, map[string]string{"app": "web"}), nil)
+	eventually(t, "the release everywhere", func() bool { return commitOn(h, "a") == c1 && commitOn(h, "b") == c1 })
+	report(t, h, streams["a"], c1, droverv1.Health_HEALTH_HEALTHY)
+	eventually(t, "a succeeded", func() bool {
+		for _, c := range getRollout(t, h).GetClusters() {
+			if c.GetName() == "a" {
+				return c.GetPhase() == "succeeded"
+			}
+		}
+		return false
+	})
+	r := getRollout(t, h)
+	if r.GetId() != 0 || r.GetCommit() != c1 || r.GetPhase() != "completed" || !strings.Contains(r.GetReason(), "every cluster at once") {
+		t.Errorf("rollout of an application without a strategy: id %d, commit %s, phase %s, reason %q\nwant id 0, %s, completed, going to every cluster at once",
+			r.GetId(), r.GetCommit(), r.GetPhase(), r.GetReason(), c1)
+	}
+	var got []string
+	for _, c := range r.GetClusters() {
+		got = append(got, c.GetName()+":"+c.GetPhase()+"@"+c.GetCommit())
+	}
+	if want := []string{"a:succeeded@" + c1, "b:updating@" + c1}; !slices.Equal(got, want) {
+		t.Errorf("clusters %v, want %v", got, want)
+	}
+	if len(r.GetWaves()) != 1 || r.GetWaves()[0].GetPhase() != "running" || r.GetWaves()[0].GetClusterPhases()["succeeded"] != 1 || r.GetWaves()[0].GetClusterPhases()["updating"] != 1 {
+		t.Errorf("waves %v, want one running with 1 succeeded and 1 updating", r.GetWaves())
+	}
+}

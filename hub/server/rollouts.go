@@ -310,16 +310,33 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 		// Stored before a stricter rule: hold every cluster where it is.
 		return fmt.Errorf("rollout strategy: %w", err)
 	}
-	rels, err := e.store.ListReleases(ctx, name, 1)
+	rel, obs, now, err := e.observe(ctx, name, prev, lbls)
 	if err != nil {
 		return err
 	}
-	obs := rollout.Observations{Strategy: strategy, Clusters: map[string]rollout.Observation{}}
+	obs.Strategy = strategy
+	// The planner compares with its own release; a release found a no-op
+	// against another one is a change to roll out.
+	obs.NoOp = rel.GetNoop() && noop == noopRelease{commit: obs.Commit, from: prev.Release}
+	next, actions := rollout.Step(prev, obs, now)
+	return e.commit(ctx, name, prev, next, actions, "hub")
+}
+
+// observe reads what the planner needs about an application: its newest
+// release (nil before the first), its placed clusters and what is known
+// about each, and the database's clock. prev is the rollout the
+// observations are for, so that the objects of a Degraded report are read
+// only while the planner has yet to take the report in.
+func (e *rollouts) observe(ctx context.Context, name string, prev rollout.State, lbls map[string]map[string]string) (*droverv1.Release, rollout.Observations, time.Time, error) {
+	obs := rollout.Observations{Clusters: map[string]rollout.Observation{}}
+	rels, err := e.store.ListReleases(ctx, name, 1)
+	if err != nil {
+		return nil, obs, time.Time{}, err
+	}
+	var rel *droverv1.Release
 	if len(rels) > 0 {
-		obs.Commit = rels[0].GetCommit()
-		// The planner compares with its own release; a release found
-		// a no-op against another one is a change to roll out.
-		obs.NoOp = rels[0].GetNoop() && noop == noopRelease{commit: obs.Commit, from: prev.Release}
+		rel = rels[0]
+		obs.Commit = rel.GetCommit()
 	}
 	placed := e.fleet.PlacedClusters(name)
 	for _, c := range placed {
@@ -327,8 +344,9 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 	}
 	in, err := e.store.RolloutInputs(ctx, name, placed)
 	if err != nil {
-		return err
+		return nil, obs, time.Time{}, err
 	}
+	var degraded []string
 	for _, c := range placed {
 		var o rollout.Observation
 		if seen, ok := in.LastSeen[c]; ok {
@@ -337,14 +355,61 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 		}
 		if s, ok := in.Statuses[c]; ok {
 			o.Status = &rollout.Status{Commit: s.Commit, Sync: s.Sync, Health: s.Health, Message: s.Message, ObservedAt: s.ReceivedAt}
+			if s.Health == droverv1.Health_HEALTH_DEGRADED && s.Commit == obs.Commit && takesIn(prev, prev.Clusters[c], obs.Commit) && s.ReceivedAt.After(prev.Clusters[c].Observed) {
+				degraded = append(degraded, c)
+			}
 		}
 		if n, ok := in.Nacks[c]; ok {
 			o.Nack = e.nack(name, c, n)
 		}
 		obs.Clusters[c] = o
 	}
-	next, actions := rollout.Step(prev, obs, in.Now)
-	return e.commit(ctx, name, prev, next, actions, "hub")
+	if len(degraded) > 0 {
+		if err := e.degradedObjects(ctx, name, degraded, obs.Clusters); err != nil {
+			return nil, obs, time.Time{}, err
+		}
+	}
+	return rel, obs, in.Now, nil
+}
+
+// takesIn reports whether the planner takes in the reports of a cluster
+// in state c of rollout prev when the release is commit: those it leaves
+// unread would otherwise be read again at every step.
+func takesIn(prev rollout.State, c rollout.ClusterState, commit string) bool {
+	switch {
+	case prev.Release != commit:
+		return true // a new rollout starts
+	case prev.Phase == rollout.PhaseCompleted:
+		return c.Phase == rollout.ClusterPending || c.Phase == rollout.ClusterUpdating
+	case prev.Phase.Done():
+		return false
+	}
+	return c.Phase != rollout.ClusterSkipped
+}
+
+// degradedObjects adds to the Degraded reports of clusters their objects,
+// which say what failed and why: the application's own message says only
+// what was applied. One read for all of them, and only when a Degraded
+// report is new, so a cluster that stays Degraded costs nothing more.
+func (e *rollouts) degradedObjects(ctx context.Context, name string, clusters []string, obs map[string]rollout.Observation) error {
+	sts, err := e.store.StatusesForApplication(ctx, name)
+	if err != nil {
+		return err
+	}
+	want := make(map[string]bool, len(clusters))
+	for _, c := range clusters {
+		want[c] = true
+	}
+	for _, st := range sts {
+		o := obs[st.GetCluster()]
+		// The row may have changed since RolloutInputs read it: its
+		// objects go with the report only while it says the same.
+		if !want[st.GetCluster()] || o.Status == nil || st.GetCommit() != o.Status.Commit || st.GetHealth() != o.Status.Health {
+			continue
+		}
+		o.Status.Resources = st.GetResources()
+	}
+	return nil
 }
 
 // nack maps a cluster's NACK to the application's commit in the NACKed
@@ -426,22 +491,43 @@ func (h *Hub) ControlRollout(ctx context.Context, app string, op rollout.Op, act
 }
 
 // Rollout reports an application's rollout as stored.
+// An application without a rollout strategy has no stored rollout: its
+// releases go to every cluster at once, and the report is its current
+// release's, worked out from what its clusters report now.
 func (e *rollouts) Rollout(ctx context.Context, name string) (*droverv1.RolloutStatus, error) {
+	var spec *droverv1.ApplicationSpec
+	e.mu.Lock()
+	a := e.apps[name]
+	if a != nil {
+		spec = a.Spec
+	}
+	e.mu.Unlock()
+	if a != nil && spec.GetRollout() == nil {
+		return e.atOnce(ctx, name)
+	}
 	st, err := e.store.GetRolloutState(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	var spec *droverv1.ApplicationSpec
-	e.mu.Lock()
-	if a := e.apps[name]; a != nil {
-		spec = a.Spec
-	}
-	e.mu.Unlock()
 	approval := map[string]bool{}
 	for _, w := range spec.GetRollout().GetWaves() {
 		approval[w.GetName()] = w.GetRequireApproval()
 	}
 	return rolloutStatus(name, st, approval, time.Now()), nil
+}
+
+// atOnce reports the current release of an application without a rollout
+// strategy as a rollout that went to every cluster at once.
+func (e *rollouts) atOnce(ctx context.Context, name string) (*droverv1.RolloutStatus, error) {
+	rel, obs, now, err := e.observe(ctx, name, rollout.State{}, e.fleet.ClusterLabels())
+	if err != nil {
+		return nil, err
+	}
+	if rel == nil {
+		return nil, fmt.Errorf("release of application %s: %w", name, store.ErrNotFound)
+	}
+	st := rollout.AtOnce(obs, rel.GetCreatedAt().AsTime(), now)
+	return rolloutStatus(name, st, nil, now), nil
 }
 
 func rolloutStatus(name string, st rollout.State, approval map[string]bool, now time.Time) *droverv1.RolloutStatus {
