@@ -35,7 +35,7 @@ func runRolloutStatus(ctx context.Context, x *invocation, args []string) error {
 		fmt.Fprintln(x.out(), "  "+none)
 	} else {
 		now := x.now()
-		t := newIndentedTable(x.out(), "  ", "WAVE", "PHASE", "DONE", "UPDATING", "PENDING", "FAILED", "SKIPPED", "SOAK-UNTIL", "APPROVAL")
+		t := newIndentedTable(x.out(), "  ", "WAVE", "PHASE", "DONE", "UPDATING", "PENDING", "FAILED", "SKIPPED", "ROLLED-BACK", "SOAK-UNTIL", "APPROVAL")
 		for _, w := range r.GetWaves() {
 			n := w.GetClusterPhases()
 			t.row(
@@ -46,6 +46,7 @@ func runRolloutStatus(ctx context.Context, x *invocation, args []string) error {
 				fmt.Sprint(n["pending"]),
 				fmt.Sprint(n["failed"]),
 				fmt.Sprint(n["skipped"]),
+				fmt.Sprint(n["rolled-back"]),
 				until(now, w.GetSoakUntil()),
 				approvalState(r, w),
 			)
@@ -71,9 +72,17 @@ func runRolloutStatus(ctx context.Context, x *invocation, args []string) error {
 
 // printRolloutSummary prints the rollout's header line, why it ended as it
 // did, and what it waits for.
+//
+// An application without a rollout strategy has no rollout to number (the
+// hub's are numbered from 1): what it shows is its current release, which
+// went to every cluster at once.
 func printRolloutSummary(w io.Writer, r *droverv1.RolloutStatus) {
-	fmt.Fprintf(w, "Rollout %d of %s: release %s, previous good %s, phase %s\n",
-		r.GetId(), r.GetApplication(), shortCommit(r.GetCommit()), orDefault(shortCommit(r.GetPreviousCommit()), none), r.GetPhase())
+	if r.GetId() == 0 {
+		fmt.Fprintf(w, "Release %s of %s: no rollout strategy, phase %s\n", shortCommit(r.GetCommit()), r.GetApplication(), r.GetPhase())
+	} else {
+		fmt.Fprintf(w, "Rollout %d of %s: release %s, previous good %s, phase %s\n",
+			r.GetId(), r.GetApplication(), shortCommit(r.GetCommit()), orDefault(shortCommit(r.GetPreviousCommit()), none), r.GetPhase())
+	}
 	if r.GetReason() != "" {
 		fmt.Fprintf(w, "Reason: %s\n", r.GetReason())
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -41,6 +42,47 @@ spec:
       requireApproval: true
     - name: main
 `
+
+// plainApp is the web application's content without a rollout strategy.
+const plainApp = `apiVersion: drover.dev/v1
+kind: Application
+metadata:
+  name: plain
+spec:
+  source:
+    repoURL: REPO
+    ref: main
+    path: web
+  placement:
+    selector:
+      matchLabels:
+        env: prod
+  syncPolicy:
+    automated: true
+`
+
+// wantRollout checks the waves ("canary:running main:pending") and the
+// clusters ("prod-eu:updating@COMMIT") of an application's rollout.
+func wantRollout(t *testing.T, h *testHub, app, waves, clusters string) {
+	t.Helper()
+	r, err := h.Rollout(context.Background(), app)
+	if err != nil {
+		t.Fatalf("rollout of %s: %v", app, err)
+	}
+	var ws, cs []string
+	for _, w := range r.GetWaves() {
+		ws = append(ws, w.GetName()+":"+w.GetPhase())
+	}
+	for _, c := range r.GetClusters() {
+		cs = append(cs, c.GetName()+":"+c.GetPhase()+"@"+c.GetCommit())
+	}
+	if got := strings.Join(ws, " "); got != waves {
+		t.Errorf("rollout of %s: waves %s, want %s", app, got, waves)
+	}
+	if got := strings.Join(cs, " "); got != clusters {
+		t.Errorf("rollout of %s: clusters %s, want %s", app, got, clusters)
+	}
+}
 
 // waitRollout waits until the application's rollout moves commit and is
 // in phase: the engine steps in the background.
@@ -93,6 +135,9 @@ func TestRollouts(t *testing.T) {
 	// to hold clusters on.
 	h.waitRollout(t, "web", c1, "completed")
 	s.must("", "rollout", "status", "web")
+	// Every cluster is pinned to the release, and none has reported it
+	// yet: they update, and so do their waves.
+	wantRollout(t, h, "web", "canary:running main:running", "prod-canary:updating@"+c1+" prod-eu:updating@"+c1)
 	r := s.fails(1, "", "rollout", "rollback", "web")
 	if !strings.Contains(r.stderr, "no previous good release") {
 		t.Errorf("rollback of the first release:\n%s\nwant it to say there is no previous good release", r.stderr)
@@ -128,8 +173,42 @@ func TestRollouts(t *testing.T) {
 
 	s.must("", "rollout", "rollback", "web")
 	s.must("", "rollout", "status", "web", "-o", "wide")
+	// The canary wave ran and no longer does; the main wave was never
+	// reached. Neither cluster had started, so both are still pending.
+	wantRollout(t, h, "web", "canary:rolled-back main:pending", "prod-canary:pending@"+c1+" prod-eu:pending@"+c1)
 	s.fails(1, "", "rollout", "abort", "web")
 	s.fails(1, "", "rollout", "status", "nope")
+
+	// Without a strategy the release goes to every cluster at once, and
+	// the status shows where each cluster is with it: prod-eu reported
+	// its Deployment stuck, prod-canary nothing yet.
+	s.must("", "apply", "-f", s.writeFile("plain.yaml", strings.ReplaceAll(plainApp, "REPO", repo.URL)))
+	h.waitRelease(t, "plain")
+	if err := h.Store().WriteStatuses(ctx, []*droverv1.ApplicationStatus{{
+		Cluster: "prod-eu", Application: "plain", Commit: c2,
+		Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_DEGRADED,
+		Message: "applied 2, unchanged 0, skipped 0, pruned 0",
+		Resources: []*droverv1.ResourceStatus{
+			{Version: "v1", Kind: "ConfigMap", Namespace: "web", Name: "web", Health: droverv1.Health_HEALTH_HEALTHY},
+			{Group: "apps", Version: "v1", Kind: "Deployment", Namespace: "web", Name: "nginx", Health: droverv1.Health_HEALTH_DEGRADED,
+				Message: `ProgressDeadlineExceeded: ReplicaSet "nginx-7c5d8" has timed out progressing.`},
+		},
+		ObservedAt: timestamppb.Now(),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	s.must("", "rollout", "status", "plain", "-o", "wide")
+	wantRollout(t, h, "plain", "remaining:running", "prod-canary:updating@"+c2+" prod-eu:failed@"+c2)
+	ro, err := h.Rollout(ctx, "plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range ro.GetClusters() {
+		if want := `Degraded: Deployment web/nginx: ProgressDeadlineExceeded: ReplicaSet "nginx-7c5d8" has timed out progressing.`; c.GetName() == "prod-eu" && c.GetMessage() != want {
+			t.Errorf("plain on prod-eu: %q\nwant %q", c.GetMessage(), want)
+		}
+	}
+	s.fails(1, "", "rollout", "pause", "plain")
 	s.fails(2, "", "rollout", "status")
 	s.fails(2, "", "rollout", "status", "web", "-o", "table")
 	s.fails(2, "", "rollout", "promote", "web", "extra")
