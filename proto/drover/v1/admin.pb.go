@@ -3628,7 +3628,9 @@ func (x *ControlRolloutResponse) GetRollout() *RolloutStatus {
 type RolloutStatus struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Application string                 `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
-	// Numbers the application's rollouts, from 1.
+	// Numbers the application's rollouts, from 1. 0 for an application
+	// without a rollout strategy: its current release, which went to every
+	// cluster at once, its clusters by what they reported since.
 	Id int64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
 	// The release commit the rollout moves the clusters to.
 	Commit string `protobuf:"bytes,3,opt,name=commit,proto3" json:"commit,omitempty"`
@@ -3762,12 +3764,16 @@ func (x *RolloutStatus) GetClusters() []*RolloutClusterStatus {
 type RolloutWaveStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// pending, waiting-approval, running, soaking or done.
+	// pending, waiting-approval, running, soaking, done, rolled-back or
+	// aborted. A completed rollout's wave runs again while a cluster of it
+	// updates to the release (one placed since, or any after a release
+	// that went everywhere at once). A wave a rollback or an abort never
+	// reached stays pending.
 	Phase       string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
 	Clusters    int32  `protobuf:"varint,3,opt,name=clusters,proto3" json:"clusters,omitempty"`
 	MaxParallel int32  `protobuf:"varint,4,opt,name=max_parallel,json=maxParallel,proto3" json:"max_parallel,omitempty"`
 	// The wave's clusters by phase (pending, updating, succeeded, failed,
-	// skipped).
+	// skipped, rolled-back).
 	ClusterPhases map[string]int32 `protobuf:"bytes,5,rep,name=cluster_phases,json=clusterPhases,proto3" json:"cluster_phases,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// When the soak ends, while soaking.
 	SoakUntil        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=soak_until,json=soakUntil,proto3" json:"soak_until,omitempty"`
@@ -3860,7 +3866,7 @@ type RolloutClusterStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Wave  string                 `protobuf:"bytes,2,opt,name=wave,proto3" json:"wave,omitempty"`
-	// pending, updating, succeeded, failed or skipped.
+	// pending, updating, succeeded, failed, skipped or rolled-back.
 	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
 	// The commit the cluster is pinned to.
 	Commit string `protobuf:"bytes,4,opt,name=commit,proto3" json:"commit,omitempty"`
