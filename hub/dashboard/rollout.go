@@ -74,6 +74,8 @@ var wavePhases = map[string]state{
 	string(rollout.WaveRunning):         {"prog", "◐", "Updating"},
 	string(rollout.WaveSoaking):         {"prog", "◔", "Soaking"},
 	string(rollout.WaveDone):            {"ok", "✓", "Done"},
+	string(rollout.WaveRolledBack):      {"warn", "↶", "Rolled back"},
+	string(rollout.WaveAborted):         {"off", "■", "Aborted"},
 }
 
 // clusterPhases orders a wave's counts and names them as the page does
@@ -87,6 +89,7 @@ var clusterPhases = []struct {
 	{rollout.ClusterFailed, state{"bad", "✕", "failed"}},
 	{rollout.ClusterSkipped, state{"off", "○", "skipped"}},
 	{rollout.ClusterPending, state{"none", "·", "pending"}},
+	{rollout.ClusterRolledBack, state{"warn", "↶", "rolled back"}},
 }
 
 // clusterPhaseState is a cluster's rollout phase as the matrix shows it.

@@ -55,6 +55,14 @@ const (
 	PhaseSuperseded Phase = "superseded"
 )
 
+// Phases, WavePhases and ClusterPhases list every phase of each kind, for
+// whatever shows them (droverctl, the dashboard) to check it knows each.
+var (
+	Phases        = []Phase{PhaseRunning, PhaseWaitingApproval, PhasePaused, PhaseFailed, PhaseCompleted, PhaseRolledBack, PhaseAborted, PhaseSuperseded}
+	WavePhases    = []WavePhase{WavePending, WaveWaitingApproval, WaveRunning, WaveSoaking, WaveDone, WaveRolledBack, WaveAborted}
+	ClusterPhases = []ClusterPhase{ClusterPending, ClusterUpdating, ClusterSucceeded, ClusterFailed, ClusterSkipped, ClusterRolledBack}
+)
+
 // Done reports whether the rollout has ended: nothing it does changes any
 // more except placing new clusters.
 func (p Phase) Done() bool {
