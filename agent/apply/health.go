@@ -69,6 +69,18 @@ func objectHealth(obj *unstructured.Unstructured) (droverv1.Health, string) {
 	if h != droverv1.Health_HEALTH_DEGRADED && suspended(obj) {
 		return droverv1.Health_HEALTH_SUSPENDED, "suspended"
 	}
+	if h == droverv1.Health_HEALTH_DEGRADED {
+		// kstatus's message is a summary ("Progress deadline exceeded");
+		// the object's own condition, which it keeps, says why.
+		for _, c := range res.Conditions {
+			if c.Type == status.ConditionStalled && c.Message != "" {
+				if c.Reason == "" {
+					return h, c.Message
+				}
+				return h, c.Reason + ": " + c.Message
+			}
+		}
+	}
 	return h, res.Message
 }
 

@@ -132,3 +132,20 @@ metadata: {name: c, namespace: ns, deletionTimestamp: "2026-01-01T00:00:00Z"}
 		})
 	}
 }
+
+// A Degraded object's message says why, in the object's own words.
+func TestObjectHealthSaysWhy(t *testing.T) {
+	h, msg := objectHealth(mustObject(t, `
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d, namespace: ns, generation: 1}
+spec: {replicas: 1}
+status:
+  observedGeneration: 1
+  conditions:
+  - {type: Progressing, status: "False", reason: ProgressDeadlineExceeded, message: 'ReplicaSet "d-5d8f" has timed out progressing.'}
+`))
+	if want := `ProgressDeadlineExceeded: ReplicaSet "d-5d8f" has timed out progressing.`; h != droverv1.Health_HEALTH_DEGRADED || msg != want {
+		t.Errorf("objectHealth = %s, %q; want Degraded, %q", h, msg, want)
+	}
+}
