@@ -135,10 +135,10 @@ func (c *Config) Validate() error {
 		bad("--cache-max-bytes %d: at least 1 MiB", c.CacheMaxBytes)
 	}
 	if c.MaxManifestBytes <= 0 {
-		bad("--max-manifest-bytes %d: a positive number of bytes, such as %d (4 MiB)", c.MaxManifestBytes, render.DefaultMaxFileBytes)
+		bad("--max-manifest-bytes %d: a positive number of bytes, such as %d (8 MiB)", c.MaxManifestBytes, render.DefaultMaxFileBytes)
 	}
 	if c.MaxRenderBytes <= 0 {
-		bad("--max-render-bytes %d: a positive number of bytes, such as %d (32 MiB)", c.MaxRenderBytes, render.DefaultMaxBytes)
+		bad("--max-render-bytes %d: a positive number of bytes, such as %d (16 MiB)", c.MaxRenderBytes, render.DefaultMaxBytes)
 	}
 	if c.MaxRenderObjects <= 0 {
 		bad("--max-render-objects %d: a positive number, such as %d", c.MaxRenderObjects, render.DefaultMaxObjects)

@@ -25,8 +25,8 @@ func TestRenderLimitsConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if c.MaxManifestBytes != 4<<20 || c.MaxRenderBytes != 32<<20 || c.MaxRenderObjects != 10000 {
-		t.Errorf("defaults = %d, %d, %d; want 4 MiB, 32 MiB, 10000", c.MaxManifestBytes, c.MaxRenderBytes, c.MaxRenderObjects)
+	if c.MaxManifestBytes != 8<<20 || c.MaxRenderBytes != 16<<20 || c.MaxRenderObjects != 10000 {
+		t.Errorf("defaults = %d, %d, %d; want 8 MiB, 16 MiB, 10000", c.MaxManifestBytes, c.MaxRenderBytes, c.MaxRenderObjects)
 	}
 
 	t.Setenv("DROVER_MAX_MANIFEST_BYTES", "1048576")

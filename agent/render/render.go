@@ -36,22 +36,24 @@ import (
 )
 
 // Default limits of one render. A render holds every object in memory at
-// once, several times over while decoding (YAML nodes, then generic values,
-// then the objects; roughly ten bytes of heap per byte of YAML), and the
-// agent renders --concurrency applications at a time, so these bound the
-// agent's memory, not only the objects it sends.
+// once, and more while decoding (YAML nodes, then generic values, then
+// the objects): measured, a plain-YAML render peaks at about four bytes of
+// heap per byte of YAML and a Kustomize build at about ten. The agent
+// renders --concurrency applications at a time, so these limits bound the
+// agent's memory, not only what it sends to the API server.
 const (
-	// DefaultMaxFileBytes is per manifest file. The API server refuses
-	// any one object over about 1.5 MiB (etcd's request limit), so 4 MiB
-	// holds the largest real objects with room (a CRD bundle), while a
-	// file of generated data or a committed dump is refused before it is
-	// read.
-	DefaultMaxFileBytes = 4 << 20
+	// DefaultMaxFileBytes is per file. No one object can be over about
+	// 1.5 MiB (etcd's request limit), but real files bundle many: the
+	// Prometheus operator's bundle.yaml of CRDs is 4.4 MB. 8 MiB holds
+	// such bundles with room, while a file of generated data or a
+	// committed dump is refused before it is read.
+	DefaultMaxFileBytes = 8 << 20
 	// DefaultMaxBytes is per application: the manifests read, and the
-	// rendered objects as JSON, each. 32 MiB is several times the largest
-	// real applications (a full monitoring stack with its CRDs is under
-	// 10 MiB) and keeps a render's peak heap to a few hundred MiB.
-	DefaultMaxBytes = 32 << 20
+	// rendered objects as JSON, each. 16 MiB is more than twice a full
+	// monitoring stack with its CRDs, and keeps a Kustomize build's peak
+	// near 160 MiB, so one at a time fits the agent's shipped memory
+	// limit of 512 MiB with room.
+	DefaultMaxBytes = 16 << 20
 	// DefaultMaxObjects is per application.
 	DefaultMaxObjects = 10000
 )

@@ -732,7 +732,7 @@ func TestRenderHugeFileIsNotRead(t *testing.T) {
 			runtime.ReadMemStats(&before)
 			_, err := Render(t.Context(), root, tt.a)
 			runtime.ReadMemStats(&after)
-			want := "render " + tt.huge + ": 1 GiB is over the agent's limit of 4 MiB per manifest file (--max-manifest-bytes)"
+			want := "render " + tt.huge + ": 1 GiB is over the agent's limit of 8 MiB per manifest file (--max-manifest-bytes)"
 			var e *Error
 			if !errors.As(err, &e) || err.Error() != want {
 				t.Fatalf("err = %v; want the *Error %q", err, want)
