@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/kustomize/api/resmap"
 	"sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/kustomize/kyaml/openapi"
 	"sigs.k8s.io/yaml"
 )
 
@@ -62,9 +63,7 @@ func renderKustomize(ctx context.Context, root, dir string, b *budget) ([]*item,
 		return nil, err
 	}
 
-	kustomizeMu.Lock()
-	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(cfs, start)
-	kustomizeMu.Unlock()
+	m, err := runKustomize(cfs, start)
 	if cfs.limitErr != nil {
 		// Whatever Kustomize made of it (it may try a file it could not
 		// read as a directory next), a file over the limits fails the
@@ -89,6 +88,33 @@ func renderKustomize(ctx context.Context, root, dir string, b *budget) ([]*item,
 		}
 	}
 	return items, b.checkCount(len(items), dir)
+}
+
+// builtinSchema is the OpenAPI schema Kustomize uses when no kustomization
+// names one.
+var builtinSchema = openapi.GetSchemaVersion()
+
+// runKustomize runs Kustomize's build of dir, one build at a time, and
+// leaves nothing of it in the process. A kustomization's "openapi" field
+// replaces Kustomize's process-global schema, and Kustomize puts it back
+// only when a later kustomization names another: without a reset, a
+// custom schema would stay in memory after its application is gone and
+// decide how every later build merges patches. A schema file that does
+// not parse makes Kustomize panic; that fails this application only.
+func runKustomize(fsys filesys.FileSystem, dir string) (m resmap.ResMap, err error) {
+	kustomizeMu.Lock()
+	defer kustomizeMu.Unlock()
+	defer func() {
+		if p := recover(); p != nil {
+			m, err = nil, fmt.Errorf("%v", p)
+			openapi.ResetOpenAPI()
+			return
+		}
+		if openapi.GetSchemaVersion() != builtinSchema {
+			openapi.ResetOpenAPI()
+		}
+	}()
+	return krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(fsys, dir)
 }
 
 // fromResMap converts Kustomize's resources into items made by mk.

@@ -13,6 +13,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/kustomize/kyaml/openapi"
 
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -744,4 +745,54 @@ func TestRenderHugeFileIsNotRead(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKustomizeSchemaIsNotKept: an application's OpenAPI schema (the
+// kustomization's "openapi" field) leaves nothing behind once its build
+// is done: Kustomize's process-global schema is the built-in one again.
+// One that does not parse fails its application alone, where Kustomize
+// would panic, and another application builds after it as before. Not
+// parallel: the schema is the process's.
+func TestKustomizeSchemaIsNotKept(t *testing.T) {
+	kust := &droverv1.AppAssignment{Path: "app", Render: droverv1.RenderType_RENDER_TYPE_KUSTOMIZE}
+	web := tree{files: map[string]string{
+		"app/kustomization.yaml": "resources:\n- svc.yaml\npatches:\n- patch: |\n    apiVersion: v1\n    kind: Service\n    metadata:\n      name: web\n    spec:\n      ports:\n      - {port: 443, targetPort: 8443}\n",
+		"app/svc.yaml":           "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+	}}.write(t)
+	// The built-in schema merges a Service's ports by port: the patch
+	// adds one.
+	checkWeb := func(when string) {
+		t.Helper()
+		if v := openapi.GetSchemaVersion(); v != builtinSchema {
+			t.Errorf("%s: Kustomize's schema is %q, want the built-in %q", when, v, builtinSchema)
+		}
+		objs, err := Render(t.Context(), web, kust)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		ports, _, _ := unstructured.NestedSlice(objs[0].Object, "spec", "ports")
+		if len(ports) != 2 {
+			t.Fatalf("%s: ports = %v; want 80 and the patch's 443 (merged by port)", when, ports)
+		}
+	}
+	checkWeb("first")
+
+	schemaApp := func(schema string) string {
+		return tree{files: map[string]string{
+			"app/kustomization.yaml": "openapi:\n  path: schema.json\nresources:\n- a.yaml\npatches:\n- patch: |\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: a\n    data:\n      x: y\n",
+			"app/schema.json":        schema,
+			"app/a.yaml":             cm("a"),
+		}}.write(t)
+	}
+	if _, err := Render(t.Context(), schemaApp(`{"definitions": {}}`), kust); err != nil {
+		t.Fatalf("an application with its own schema: %v", err)
+	}
+	checkWeb("after an application with its own schema")
+
+	_, err := Render(t.Context(), schemaApp("not a schema {"), kust)
+	var e *Error
+	if !errors.As(err, &e) || !strings.Contains(err.Error(), "invalid schema file") {
+		t.Fatalf("an application with a schema that does not parse: err = %v; want an *Error saying so", err)
+	}
+	checkWeb("after an application with a schema that does not parse")
 }
