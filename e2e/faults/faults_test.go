@@ -299,6 +299,23 @@ func logCount(t *testing.T, p *testbed.Process, s string) int {
 
 // hubMetric is the hub's metric name (a gauge or counter without labels)
 // as /metrics says now.
+// waitBacklogHolds waits until the hub holds total statuses in its backlog,
+// unwritten because writes fail, and returns the backlog and the failed
+// writes it saw.
+func (b *bed) waitBacklogHolds(total int) (held, failures float64) {
+	testbed.Eventually(b.t, "the hub holding every status of generation 2", waitLong, func() (bool, string) {
+		var err error
+		if held, err = b.hubMetric("drover_hub_status_backlog"); err != nil {
+			return false, err.Error()
+		}
+		if failures, err = b.hubMetric("drover_hub_status_write_failures"); err != nil {
+			return false, err.Error()
+		}
+		return held == float64(total) && failures > 0, fmt.Sprintf("backlog %v of %d, %v failed writes", held, total, failures)
+	})
+	return held, failures
+}
+
 func (b *bed) hubMetric(name string) (float64, error) {
 	fams, err := testbed.ScrapeMetrics("http://" + b.hub.HTTPAddr + "/metrics")
 	if err != nil {

@@ -63,7 +63,7 @@ func hubCrashAtApprovalGate(t *testing.T, b *bed) {
 	v1, v2 := "nginx:1.23.0", "nginx:1.24.0"
 	c1 := b.createRolloutApp(app, v1, canaryWave(""), &droverv1.RolloutWave{Name: "main", RequireApproval: true})
 
-	c2 := b.repo.Commit(t, app+" on "+v2, deploymentApp(app, v2))
+	c2 := b.repo.Commit(t, app+" on "+v2, testbed.ExampleAppIn(app, v2))
 	b.refresh(app)
 	before := b.waitRollout(app, c2, string(rollout.PhaseWaitingApproval))
 	stBefore := b.storedRollout(app)
@@ -152,7 +152,7 @@ func hubCrashDuringSoak(t *testing.T, b *bed) {
 	for attempt := 1; ; attempt++ {
 		img := fmt.Sprintf("nginx:1.%d.0", 23+attempt)
 		images = append(images, img)
-		release = b.repo.Commit(t, app+" on "+img, deploymentApp(app, img))
+		release = b.repo.Commit(t, app+" on "+img, testbed.ExampleAppIn(app, img))
 		b.refresh(app)
 		testbed.Eventually(t, "the canary's wave soaking", waitLong, func() (bool, string) {
 			var err error
@@ -247,7 +247,7 @@ func (b *bed) crashHub() (killed, serving time.Time) {
 // returns that release.
 func (b *bed) createRolloutApp(app, image string, waves ...*droverv1.RolloutWave) string {
 	b.t.Helper()
-	c1 := b.repo.Commit(b.t, app+" on "+image, deploymentApp(app, image))
+	c1 := b.repo.Commit(b.t, app+" on "+image, testbed.ExampleAppIn(app, image))
 	a := b.app(app, "apps/"+app)
 	a.Spec.Rollout = &droverv1.RolloutStrategy{
 		OnFailure:        "pause",
@@ -261,31 +261,6 @@ func (b *bed) createRolloutApp(app, image string, waves ...*droverv1.RolloutWave
 	}
 	b.waitRollout(app, c1, string(rollout.PhaseCompleted))
 	return c1
-}
-
-// deploymentApp is application ns under apps/NS: namespace ns and in it
-// an nginx Deployment of two replicas running image.
-func deploymentApp(ns, image string) map[string]string {
-	return map[string]string{
-		"apps/" + ns + "/namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: " + ns + "\n",
-		"apps/" + ns + "/deployment.yaml": fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: nginx
-  namespace: %s
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: nginx}
-  template:
-    metadata:
-      labels: {app: nginx}
-    spec:
-      containers:
-      - name: nginx
-        image: %s
-`, ns, image),
-	}
 }
 
 // hubCrashDuringStatusBurst: many applications change at once on every
@@ -331,17 +306,7 @@ func hubCrashDuringStatusBurst(t *testing.T, b *bed) {
 			return n == apps && acked, fmt.Sprintf("%d of %d ConfigMaps at generation 2; cluster %v", n, apps, cl)
 		})
 	}
-	var held, failures float64
-	testbed.Eventually(t, "the hub holding every status of generation 2", waitLong, func() (bool, string) {
-		var err error
-		if held, err = b.hubMetric("drover_hub_status_backlog"); err != nil {
-			return false, err.Error()
-		}
-		if failures, err = b.hubMetric("drover_hub_status_write_failures"); err != nil {
-			return false, err.Error()
-		}
-		return held == float64(total) && failures > 0, fmt.Sprintf("backlog %v of %d, %v failed writes", held, total, failures)
-	})
+	held, failures := b.waitBacklogHolds(total)
 	b.hub.Kill(t)
 	killed := time.Now().Round(0)
 	allow()

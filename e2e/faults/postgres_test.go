@@ -102,17 +102,7 @@ func TestPostgresRestart(t *testing.T) {
 			return fresh == apps, fmt.Sprintf("the agent has %d of %d applications Synced and Healthy, observed since the database stopped", fresh, apps)
 		})
 	}
-	var held, failures float64
-	testbed.Eventually(t, "the hub holding every status of generation 2", waitLong, func() (bool, string) {
-		var err error
-		if held, err = b.hubMetric("drover_hub_status_backlog"); err != nil {
-			return false, err.Error()
-		}
-		if failures, err = b.hubMetric("drover_hub_status_write_failures"); err != nil {
-			return false, err.Error()
-		}
-		return held == float64(total) && failures > 0, fmt.Sprintf("backlog %v of %d, %v failed writes", held, total, failures)
-	})
+	held, _ := b.waitBacklogHolds(total)
 	if p := b.hub.Process(); p.Exited() {
 		t.Fatalf("the hub exited with its database down: %v", p.ExitError())
 	}
