@@ -172,41 +172,9 @@ func (s *Server) decorate(c *droverv1.Cluster, counts *store.StatusCounts) {
 	if counts != nil {
 		c.HealthCounts = make(map[string]int32, len(counts.Health))
 		for h, n := range counts.Health {
-			c.HealthCounts[HealthName(h)] += n
+			c.HealthCounts[h.Name()] += n
 		}
 	}
-}
-
-// HealthName is the short name of a health, e.g. "Healthy".
-func HealthName(h droverv1.Health) string {
-	switch h {
-	case droverv1.Health_HEALTH_HEALTHY:
-		return "Healthy"
-	case droverv1.Health_HEALTH_PROGRESSING:
-		return "Progressing"
-	case droverv1.Health_HEALTH_DEGRADED:
-		return "Degraded"
-	case droverv1.Health_HEALTH_MISSING:
-		return "Missing"
-	case droverv1.Health_HEALTH_SUSPENDED:
-		return "Suspended"
-	}
-	return "Unknown"
-}
-
-// SyncName is the short name of a sync state, e.g. "OutOfSync".
-func SyncName(s droverv1.SyncState) string {
-	switch s {
-	case droverv1.SyncState_SYNC_STATE_SYNCED:
-		return "Synced"
-	case droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC:
-		return "OutOfSync"
-	case droverv1.SyncState_SYNC_STATE_APPLYING:
-		return "Applying"
-	case droverv1.SyncState_SYNC_STATE_FAILED:
-		return "Failed"
-	}
-	return "Unknown"
 }
 
 // ListClusters lists clusters matching a label selector, a page at a time.
@@ -455,8 +423,8 @@ func (s *Server) ListApplications(ctx context.Context, _ *droverv1.ListApplicati
 			}
 			for _, st := range sts {
 				if in[st.GetCluster()] {
-					sum.HealthCounts[HealthName(st.GetHealth())]++
-					sum.SyncCounts[SyncName(st.GetSync())]++
+					sum.HealthCounts[st.GetHealth().Name()]++
+					sum.SyncCounts[st.GetSync().Name()]++
 				}
 			}
 		}

@@ -128,7 +128,7 @@ func printAppClusters(x *invocation, placed []string, sts []*droverv1.Applicatio
 			t.row(n, "", "", "", "no status reported yet")
 			continue
 		}
-		t.row(n, shortCommit(st.GetCommit()), syncName(st.GetSync()), healthName(st.GetHealth()), st.GetMessage())
+		t.row(n, shortCommit(st.GetCommit()), st.GetSync().Name(), st.GetHealth().Name(), st.GetMessage())
 	}
 	return t.flush()
 }

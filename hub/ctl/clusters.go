@@ -174,7 +174,7 @@ func printClusterApps(x *invocation, sts []*droverv1.ApplicationStatus) error {
 	now := x.now()
 	t := newIndentedTable(x.out(), "  ", "NAME", "COMMIT", "SYNC", "HEALTH", "OBSERVED", "MESSAGE")
 	for _, st := range sts {
-		t.row(st.GetApplication(), shortCommit(st.GetCommit()), syncName(st.GetSync()), healthName(st.GetHealth()), age(now, st.GetObservedAt()), st.GetMessage())
+		t.row(st.GetApplication(), shortCommit(st.GetCommit()), st.GetSync().Name(), st.GetHealth().Name(), age(now, st.GetObservedAt()), st.GetMessage())
 	}
 	if err := t.flush(); err != nil {
 		return err
@@ -194,7 +194,7 @@ func printClusterApps(x *invocation, sts []*droverv1.ApplicationStatus) error {
 			if r.GetDrifted() {
 				drifted = "yes"
 			}
-			t.row(st.GetApplication(), resourceKind(r), resourceName(r), healthName(r.GetHealth()), drifted, r.GetMessage())
+			t.row(st.GetApplication(), resourceKind(r), resourceName(r), r.GetHealth().Name(), drifted, r.GetMessage())
 		}
 	}
 	return t.flush()

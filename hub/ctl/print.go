@@ -209,37 +209,6 @@ func formatSelector(s *droverv1.LabelSelector) string {
 	return sel.String()
 }
 
-// healthNames and syncNames are the short names tables show.
-var healthNames = map[droverv1.Health]string{
-	droverv1.Health_HEALTH_HEALTHY:     "Healthy",
-	droverv1.Health_HEALTH_PROGRESSING: "Progressing",
-	droverv1.Health_HEALTH_DEGRADED:    "Degraded",
-	droverv1.Health_HEALTH_MISSING:     "Missing",
-	droverv1.Health_HEALTH_UNKNOWN:     "Unknown",
-	droverv1.Health_HEALTH_SUSPENDED:   "Suspended",
-}
-
-var syncNames = map[droverv1.SyncState]string{
-	droverv1.SyncState_SYNC_STATE_SYNCED:      "Synced",
-	droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC: "OutOfSync",
-	droverv1.SyncState_SYNC_STATE_APPLYING:    "Applying",
-	droverv1.SyncState_SYNC_STATE_FAILED:      "Failed",
-}
-
-func healthName(h droverv1.Health) string {
-	if n, ok := healthNames[h]; ok {
-		return n
-	}
-	return "Unknown"
-}
-
-func syncName(s droverv1.SyncState) string {
-	if n, ok := syncNames[s]; ok {
-		return n
-	}
-	return "Unknown"
-}
-
 // fraction is "n/total".
 func fraction(n, total int32) string { return fmt.Sprintf("%d/%d", n, total) }
 

@@ -816,24 +816,21 @@ func degradedMessage(st *Status) string {
 	return strings.Join(parts, "; ")
 }
 
-var syncNames = map[droverv1.SyncState]string{
-	droverv1.SyncState_SYNC_STATE_SYNCED:      "Synced",
-	droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC: "OutOfSync",
-	droverv1.SyncState_SYNC_STATE_APPLYING:    "Applying",
-	droverv1.SyncState_SYNC_STATE_FAILED:      "Failed",
+// syncName and healthName say "unknown" in words, since the names stand
+// inside a sentence of the rollout's status ("sync unknown, health unknown").
+func syncName(s droverv1.SyncState) string {
+	if n := s.Name(); n != "Unknown" {
+		return n
+	}
+	return "sync unknown"
 }
 
-var healthNames = map[droverv1.Health]string{
-	droverv1.Health_HEALTH_HEALTHY:     "Healthy",
-	droverv1.Health_HEALTH_PROGRESSING: "Progressing",
-	droverv1.Health_HEALTH_DEGRADED:    "Degraded",
-	droverv1.Health_HEALTH_MISSING:     "Missing",
-	droverv1.Health_HEALTH_UNKNOWN:     "Unknown",
-	droverv1.Health_HEALTH_SUSPENDED:   "Suspended",
+func healthName(h droverv1.Health) string {
+	if n := h.Name(); n != "Unknown" {
+		return n
+	}
+	return "health unknown"
 }
-
-func syncName(s droverv1.SyncState) string { return orDefault(syncNames[s], "sync unknown") }
-func healthName(h droverv1.Health) string  { return orDefault(healthNames[h], "health unknown") }
 
 // formatTime writes t in UTC, with the date when it is not now's.
 func formatTime(t, now time.Time) string {
