@@ -2,14 +2,15 @@ package daemon
 
 import (
 	"errors"
-	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/drover-dev/drover/agent/render"
+	"github.com/drover-dev/drover/internal/envflag"
 )
 
 // Config is drover-agent's configuration. Every field has a flag and a
@@ -43,8 +44,8 @@ type Config struct {
 	Heartbeat time.Duration
 	// BackoffMax caps the delay between reconnects to the hub.
 	BackoffMax time.Duration
-	// LogLevel is debug, info, warn or error.
-	LogLevel string
+	// LogLevel is the least level logged: debug, info, warn or error.
+	LogLevel slog.Level
 	// MetricsAddr, when set, serves Prometheus metrics on /metrics there.
 	MetricsAddr string
 }
@@ -57,7 +58,7 @@ func DefaultConfig() Config {
 		CacheMaxBytes: 1 << 30,
 		Heartbeat:     30 * time.Second,
 		BackoffMax:    30 * time.Second,
-		LogLevel:      "info",
+		LogLevel:      slog.LevelInfo,
 
 		MaxManifestBytes: render.DefaultMaxFileBytes,
 		MaxRenderBytes:   render.DefaultMaxBytes,
@@ -65,52 +66,25 @@ func DefaultConfig() Config {
 	}
 }
 
-// RegisterFlags binds c's fields to flags on fs, taking defaults from the
-// environment where set.
-func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	str := func(p *string, name, env, usage string) {
-		if v, ok := os.LookupEnv(env); ok {
-			*p = v
-		}
-		fs.StringVar(p, name, *p, usage+" (env "+env+")")
-	}
-	str(&c.HubAddr, "hub", "DROVER_HUB", "the hub's agent endpoint, HOST:PORT")
-	str(&c.HubCAFile, "hub-ca", "DROVER_HUB_CA", "PEM file with the hub's CA certificate (first start)")
-	str(&c.HubServerName, "hub-server-name", "DROVER_HUB_SERVER_NAME", "name to verify in the hub's certificate (default: the host of --hub)")
-	str(&c.JoinToken, "join-token", "DROVER_JOIN_TOKEN", "join token for the first start (droverctl token create)")
-	str(&c.ClusterName, "cluster-name", "DROVER_CLUSTER_NAME", "name to register this cluster under (first start)")
-	str(&c.StateDir, "state-dir", "DROVER_STATE_DIR", "directory for the agent's identity, last assignment and Git cache")
-	str(&c.Kubeconfig, "kubeconfig", "DROVER_KUBECONFIG", "kubeconfig of the cluster to manage; empty means in-cluster")
-	str(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL", "debug, info, warn or error")
-	str(&c.MetricsAddr, "metrics-addr", "DROVER_METRICS_ADDR", "listen address for Prometheus metrics on /metrics, such as :9090; off when empty")
-	fs.IntVar(&c.Concurrency, "concurrency", envInt("DROVER_CONCURRENCY", c.Concurrency), "applications reconciled at once (env DROVER_CONCURRENCY)")
-	fs.Int64Var(&c.CacheMaxBytes, "cache-max-bytes", int64(envInt("DROVER_CACHE_MAX_BYTES", int(c.CacheMaxBytes))), "size bound of the Git cache (env DROVER_CACHE_MAX_BYTES)")
-	fs.Int64Var(&c.MaxManifestBytes, "max-manifest-bytes", int64(envInt("DROVER_MAX_MANIFEST_BYTES", int(c.MaxManifestBytes))), "largest manifest file a render reads; a larger one fails its application (env DROVER_MAX_MANIFEST_BYTES)")
-	fs.Int64Var(&c.MaxRenderBytes, "max-render-bytes", int64(envInt("DROVER_MAX_RENDER_BYTES", int(c.MaxRenderBytes))), "most manifest bytes one application's render reads, and most bytes of objects it makes (env DROVER_MAX_RENDER_BYTES)")
-	fs.IntVar(&c.MaxRenderObjects, "max-render-objects", envInt("DROVER_MAX_RENDER_OBJECTS", c.MaxRenderObjects), "most objects one application renders (env DROVER_MAX_RENDER_OBJECTS)")
-	fs.DurationVar(&c.Heartbeat, "heartbeat", envDuration("DROVER_HEARTBEAT", c.Heartbeat), "heartbeat interval (env DROVER_HEARTBEAT)")
-	fs.DurationVar(&c.BackoffMax, "backoff-max", envDuration("DROVER_BACKOFF_MAX", c.BackoffMax), "longest wait between reconnects (env DROVER_BACKOFF_MAX)")
-}
-
-func envInt(name string, def int) int {
-	var v int
-	if s, ok := os.LookupEnv(name); ok {
-		if _, err := fmt.Sscan(s, &v); err == nil {
-			return v
-		}
-		return -1 // reported by Validate
-	}
-	return def
-}
-
-func envDuration(name string, def time.Duration) time.Duration {
-	if s, ok := os.LookupEnv(name); ok {
-		if d, err := time.ParseDuration(s); err == nil {
-			return d
-		}
-		return -1 // reported by Validate
-	}
-	return def
+// RegisterFlags binds c's fields to flags on fs, each with its DROVER_...
+// environment variable.
+func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
+	fs.String(&c.HubAddr, "hub", "DROVER_HUB", "the hub's agent endpoint, HOST:PORT")
+	fs.String(&c.HubCAFile, "hub-ca", "DROVER_HUB_CA", "PEM file with the hub's CA certificate (first start)")
+	fs.String(&c.HubServerName, "hub-server-name", "DROVER_HUB_SERVER_NAME", "name to verify in the hub's certificate (default: the host of --hub)")
+	fs.String(&c.JoinToken, "join-token", "DROVER_JOIN_TOKEN", "join token for the first start (droverctl token create)")
+	fs.String(&c.ClusterName, "cluster-name", "DROVER_CLUSTER_NAME", "name to register this cluster under (first start)")
+	fs.String(&c.StateDir, "state-dir", "DROVER_STATE_DIR", "directory for the agent's identity, last assignment and Git cache")
+	fs.String(&c.Kubeconfig, "kubeconfig", "DROVER_KUBECONFIG", "kubeconfig of the cluster to manage; empty means in-cluster")
+	fs.LogLevel(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL")
+	fs.String(&c.MetricsAddr, "metrics-addr", "DROVER_METRICS_ADDR", "listen address for Prometheus metrics on /metrics, such as :9090; off when empty")
+	fs.Int(&c.Concurrency, "concurrency", "DROVER_CONCURRENCY", "applications reconciled at once")
+	fs.Int64(&c.CacheMaxBytes, "cache-max-bytes", "DROVER_CACHE_MAX_BYTES", "size bound of the Git cache")
+	fs.Int64(&c.MaxManifestBytes, "max-manifest-bytes", "DROVER_MAX_MANIFEST_BYTES", "largest manifest file a render reads; a larger one fails its application")
+	fs.Int64(&c.MaxRenderBytes, "max-render-bytes", "DROVER_MAX_RENDER_BYTES", "most manifest bytes one application's render reads, and most bytes of objects it makes")
+	fs.Int(&c.MaxRenderObjects, "max-render-objects", "DROVER_MAX_RENDER_OBJECTS", "most objects one application renders")
+	fs.Duration(&c.Heartbeat, "heartbeat", "DROVER_HEARTBEAT", "heartbeat interval")
+	fs.Duration(&c.BackoffMax, "backoff-max", "DROVER_BACKOFF_MAX", "longest wait between reconnects")
 }
 
 // Validate reports every problem, each saying how to fix it.
@@ -148,11 +122,6 @@ func (c *Config) Validate() error {
 	}
 	if c.BackoffMax < time.Second {
 		bad("--backoff-max %v: at least 1s", c.BackoffMax)
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("--log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

@@ -4,20 +4,27 @@ import (
 	"flag"
 	"strings"
 	"testing"
+
+	"github.com/drover-dev/drover/internal/envflag"
 )
 
 // firstStart is a configuration that passes Validate: the agent's first
 // start with everything it needs.
 func firstStart(t *testing.T, args ...string) Config {
 	t.Helper()
-	c := DefaultConfig()
-	fs := flag.NewFlagSet("drover-agent", flag.ContinueOnError)
-	c.RegisterFlags(fs)
-	base := []string{"--hub", "127.0.0.1:8443", "--hub-ca", "ca.crt", "--join-token", "t", "--cluster-name", "c", "--state-dir", t.TempDir()}
-	if err := fs.Parse(append(base, args...)); err != nil {
+	c, err := parseFirstStart(t, args...)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+func parseFirstStart(t *testing.T, args ...string) (Config, error) {
+	c := DefaultConfig()
+	fs := envflag.New(flag.NewFlagSet("drover-agent", flag.ContinueOnError))
+	c.RegisterFlags(fs)
+	base := []string{"--hub", "127.0.0.1:8443", "--hub-ca", "ca.crt", "--join-token", "t", "--cluster-name", "c", "--state-dir", t.TempDir()}
+	return c, fs.Parse(append(base, args...))
 }
 
 func TestRenderLimitsConfig(t *testing.T) {
@@ -50,8 +57,7 @@ func TestRenderLimitsConfig(t *testing.T) {
 		}
 	}
 	t.Setenv("DROVER_MAX_RENDER_OBJECTS", "many")
-	c = firstStart(t)
-	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--max-render-objects -1") {
-		t.Errorf("DROVER_MAX_RENDER_OBJECTS=many: Validate = %v; want it refused", err)
+	if _, err := parseFirstStart(t); err == nil || !strings.Contains(err.Error(), `DROVER_MAX_RENDER_OBJECTS="many"`) {
+		t.Errorf("DROVER_MAX_RENDER_OBJECTS=many: %v; want it refused, naming the variable", err)
 	}
 }

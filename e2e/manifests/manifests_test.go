@@ -33,6 +33,7 @@ import (
 	"github.com/drover-dev/drover/agent/daemon"
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/envflag"
 )
 
 func TestMain(m *testing.M) { testbed.Main(m) }
@@ -115,7 +116,7 @@ func containerEnv(t *testing.T, objs []*unstructured.Unstructured, d *appsv1.Dep
 
 // parse runs args and env through a program's own flag definitions, so a
 // misspelt flag or a value the program refuses fails here.
-func parse(t *testing.T, program string, register func(*flag.FlagSet), args []string, env map[string]string) {
+func parse(t *testing.T, program string, register func(*envflag.FlagSet), args []string, env map[string]string) {
 	t.Helper()
 	for k, v := range env {
 		if !strings.HasPrefix(k, "DROVER_") {
@@ -125,8 +126,9 @@ func parse(t *testing.T, program string, register func(*flag.FlagSet), args []st
 	}
 	fs := flag.NewFlagSet(program, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // the error says what is wrong; no usage text
-	register(fs)
-	if err := fs.Parse(args); err != nil {
+	ef := envflag.New(fs)
+	register(ef)
+	if err := ef.Parse(args); err != nil {
 		t.Fatalf("%s %s: %v", program, strings.Join(args, " "), err)
 	}
 	if fs.NArg() != 0 {

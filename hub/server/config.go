@@ -2,14 +2,15 @@ package server
 
 import (
 	"errors"
-	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/drover-dev/drover/internal/envflag"
 )
 
 // Config is drover-hub's configuration. Every field has a flag and a
@@ -43,8 +44,8 @@ type Config struct {
 	PollInterval time.Duration
 	// PingInterval is how often the hub pings idle agent streams.
 	PingInterval time.Duration
-	// LogLevel is debug, info, warn or error.
-	LogLevel string
+	// LogLevel is the least level logged: debug, info, warn or error.
+	LogLevel slog.Level
 	// MaxAgentAdmissions bounds the agent registrations and new-stream
 	// syncs the hub works on at once; more arriving agents are asked to
 	// retry later, so a reconnect storm queues at the agents rather than
@@ -71,75 +72,31 @@ func DefaultConfig() Config {
 		OfflineTimeout: 90 * time.Second,
 		PollInterval:   time.Minute,
 		PingInterval:   60 * time.Second,
-		LogLevel:       "info",
+		LogLevel:       slog.LevelInfo,
 		// A new stream costs two or three queries; with the pool's few
 		// connections, more in flight than this only wait longer.
 		MaxAgentAdmissions: 32,
 	}
 }
 
-// RegisterFlags binds c's fields to flags on fs, with defaults taken from
-// the environment where set (DROVER_DATA_DIR, DROVER_DATABASE_URL, ...).
-func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	str := func(p *string, name, env, usage string) {
-		if v, ok := os.LookupEnv(env); ok {
-			*p = v
-		}
-		fs.StringVar(p, name, *p, usage+" (env "+env+")")
-	}
-	dur := func(p *time.Duration, name, env, usage string) {
-		if v, ok := os.LookupEnv(env); ok {
-			if d, err := time.ParseDuration(v); err == nil {
-				*p = d
-			} else {
-				// Reported by Validate through an impossible value.
-				*p = -1
-			}
-		}
-		fs.DurationVar(p, name, *p, usage+" (env "+env+")")
-	}
-	integer := func(p *int, name, env, usage string) {
-		if v, ok := os.LookupEnv(env); ok {
-			if n, err := strconv.Atoi(v); err == nil {
-				*p = n
-			} else {
-				// Reported by Validate through an impossible value.
-				*p = -1
-			}
-		}
-		fs.IntVar(p, name, *p, usage+" (env "+env+")")
-	}
-	str(&c.DataDir, "data-dir", "DROVER_DATA_DIR", "directory for the CA, keys, the initial admin token and the embedded PostgreSQL")
-	str(&c.DatabaseURL, "database-url", "DROVER_DATABASE_URL", "PostgreSQL URL; empty runs a private PostgreSQL in the data directory")
-	str(&c.AgentAddr, "agent-addr", "DROVER_AGENT_ADDR", "listen address of the agent endpoint (gRPC over TLS)")
-	str(&c.HTTPAddr, "http-addr", "DROVER_HTTP_ADDR", "listen address of the JSON admin API and dashboard")
-	if v, ok := os.LookupEnv("DROVER_HOSTNAMES"); ok {
-		c.Hostnames = splitList(v)
-	}
-	fs.Func("hostnames", "comma-separated names and IPs agents use to reach the hub, for its serving certificate (default "+strings.Join(c.Hostnames, ",")+") (env DROVER_HOSTNAMES)", func(v string) error {
-		c.Hostnames = splitList(v)
-		return nil
-	})
-	str(&c.CACertFile, "ca-cert", "DROVER_CA_CERT", "PEM CA certificate for agent identities (default: generated in the data directory)")
-	str(&c.CAKeyFile, "ca-key", "DROVER_CA_KEY", "PEM CA private key for agent identities")
-	str(&c.SecretKeyFile, "secret-key-file", "DROVER_SECRET_KEY_FILE", "key file for encrypting stored credentials (default: DATA_DIR/secret.key)")
-	str(&c.Replica, "replica", "DROVER_REPLICA", "name of this hub replica")
-	dur(&c.OfflineTimeout, "offline-timeout", "DROVER_OFFLINE_TIMEOUT", "time since the last heartbeat after which a cluster is offline")
-	dur(&c.PollInterval, "poll-interval", "DROVER_POLL_INTERVAL", "default interval for resolving Git refs")
-	dur(&c.PingInterval, "ping-interval", "DROVER_PING_INTERVAL", "interval of hub pings on idle agent streams")
-	str(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL", "debug, info, warn or error")
-	integer(&c.MaxAgentAdmissions, "max-agent-admissions", "DROVER_MAX_AGENT_ADMISSIONS", "agent registrations and new-stream syncs handled at once; others are told to retry later")
-	str(&c.DebugAddr, "debug-addr", "DROVER_DEBUG_ADDR", "listen address for Go profiling (net/http/pprof under /debug/pprof/), off when empty; it has no authentication, so use loopback such as 127.0.0.1:6060")
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
+// RegisterFlags binds c's fields to flags on fs, each with its DROVER_...
+// environment variable.
+func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
+	fs.String(&c.DataDir, "data-dir", "DROVER_DATA_DIR", "directory for the CA, keys, the initial admin token and the embedded PostgreSQL")
+	fs.String(&c.DatabaseURL, "database-url", "DROVER_DATABASE_URL", "PostgreSQL URL; empty runs a private PostgreSQL in the data directory")
+	fs.String(&c.AgentAddr, "agent-addr", "DROVER_AGENT_ADDR", "listen address of the agent endpoint (gRPC over TLS)")
+	fs.String(&c.HTTPAddr, "http-addr", "DROVER_HTTP_ADDR", "listen address of the JSON admin API and dashboard")
+	fs.List(&c.Hostnames, "hostnames", "DROVER_HOSTNAMES", "comma-separated names and IPs agents use to reach the hub, for its serving certificate")
+	fs.String(&c.CACertFile, "ca-cert", "DROVER_CA_CERT", "PEM CA certificate for agent identities (default: generated in the data directory)")
+	fs.String(&c.CAKeyFile, "ca-key", "DROVER_CA_KEY", "PEM CA private key for agent identities")
+	fs.String(&c.SecretKeyFile, "secret-key-file", "DROVER_SECRET_KEY_FILE", "key file for encrypting stored credentials (default: DATA_DIR/secret.key)")
+	fs.String(&c.Replica, "replica", "DROVER_REPLICA", "name of this hub replica")
+	fs.Duration(&c.OfflineTimeout, "offline-timeout", "DROVER_OFFLINE_TIMEOUT", "time since the last heartbeat after which a cluster is offline")
+	fs.Duration(&c.PollInterval, "poll-interval", "DROVER_POLL_INTERVAL", "default interval for resolving Git refs")
+	fs.Duration(&c.PingInterval, "ping-interval", "DROVER_PING_INTERVAL", "interval of hub pings on idle agent streams")
+	fs.LogLevel(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL")
+	fs.Int(&c.MaxAgentAdmissions, "max-agent-admissions", "DROVER_MAX_AGENT_ADMISSIONS", "agent registrations and new-stream syncs handled at once; others are told to retry later")
+	fs.String(&c.DebugAddr, "debug-addr", "DROVER_DEBUG_ADDR", "listen address for Go profiling (net/http/pprof under /debug/pprof/), off when empty; it has no authentication, so use loopback such as 127.0.0.1:6060")
 }
 
 // Validate reports every problem, each saying how to fix it.
@@ -178,11 +135,6 @@ func (c *Config) Validate() error {
 	}
 	if c.PollInterval > 0 && c.PollInterval < 5*time.Second {
 		bad("--poll-interval %v: at least 5s, to spare the Git servers (use webhooks or `droverctl app refresh` for speed)", c.PollInterval)
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("--log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
 	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/drover-dev/drover/agent/daemon"
+	"github.com/drover-dev/drover/internal/envflag"
 	"github.com/drover-dev/drover/internal/version"
 )
 
@@ -29,7 +30,7 @@ func run(args []string) error {
 		return nil
 	}
 	cfg := daemon.DefaultConfig()
-	fs := flag.NewFlagSet("drover-agent", flag.ContinueOnError)
+	fs := envflag.New(flag.NewFlagSet("drover-agent", flag.ContinueOnError))
 	cfg.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -37,11 +38,7 @@ func run(args []string) error {
 		}
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", cfg.LogLevel)
-	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return daemon.Run(ctx, cfg, logger)

@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/envflag"
 	"github.com/drover-dev/drover/internal/version"
 	"github.com/drover-dev/drover/migrations"
 )
@@ -38,7 +39,7 @@ func run(args []string) error {
 		return nil
 	}
 	cfg := server.DefaultConfig()
-	fs := flag.NewFlagSet("drover-hub", flag.ContinueOnError)
+	fs := envflag.New(flag.NewFlagSet("drover-hub", flag.ContinueOnError))
 	cfg.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -46,11 +47,7 @@ func run(args []string) error {
 		}
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", cfg.LogLevel)
-	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
