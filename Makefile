@@ -35,9 +35,11 @@ build:
 OFFLINE := e2e/testbed/offline.sh
 
 ## test: every test, unit and end to end, against real PostgreSQL, Kubernetes and Git
-test: deps testbed
+# The end-to-end tests run the binaries `make build` put in bin/, built once
+# here rather than by each test binary at the same time.
+test: deps testbed build
 	go mod download
-	DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
+	DROVER_BIN_DIR='$(BIN)' DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
 		$(OFFLINE) go test $(GO_TEST_FLAGS) ./...
 
 ## testbed: build the local Kubernetes binaries of the test bed (once, ~6 min)

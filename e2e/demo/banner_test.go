@@ -40,7 +40,7 @@ func (b banner) tested() []step {
 // banner says what runs, where, and what to try; commit is what the prod
 // clusters run now.
 func (d *demo) banner(commit string) banner {
-	ctl := shq(shown(d.bins.ctl))
+	ctl := shq(shown(d.bins.Ctl))
 	var prod1 string
 	for _, c := range d.clusters {
 		if c.Name == prodClusters[0] {

@@ -75,7 +75,7 @@ type demo struct {
 	t *testing.T
 	// ctx ends when the test ends or, with DROVER_DEMO=1, on Ctrl-C.
 	ctx  context.Context
-	bins bins
+	bins testbed.Binaries
 	dir  string // the hub's data, the agents' state, droverctl's config, logs
 
 	hub                 *testbed.Process
@@ -100,7 +100,7 @@ func TestDemo(t *testing.T) {
 		fmt.Println("Starting drover-hub with its embedded PostgreSQL, three local Kubernetes clusters,\n" +
 			"a Git server and three drover-agents; this takes a minute or two...")
 	}
-	d := &demo{t: t, ctx: ctx, bins: binaries(t), agents: map[string]*testbed.Process{}}
+	d := &demo{t: t, ctx: ctx, bins: testbed.DroverBinaries(t), agents: map[string]*testbed.Process{}}
 	d.dir = demoDir(t, interactive)
 
 	// The hub's first start (initdb) overlaps the clusters' start.
@@ -186,7 +186,7 @@ func (d *demo) tokenFile() string { return filepath.Join(d.dataDir(), "admin-tok
 // PostgreSQL (no --database-url), without waiting for it.
 func (d *demo) startHub() {
 	d.agentAddr, d.httpAddr = testbed.FreeAddr(d.t), testbed.FreeAddr(d.t)
-	d.hub = startProc(d.t, d.dir, "drover-hub", d.bins.hub, []string{
+	d.hub = startProc(d.t, d.dir, "drover-hub", d.bins.Hub, []string{
 		"--data-dir", d.dataDir(),
 		"--agent-addr", d.agentAddr,
 		"--http-addr", d.httpAddr,
@@ -285,7 +285,7 @@ func (d *demo) startAgents() {
 		tokens[c.labels] = strings.TrimSpace(d.ctl(nil, args...))
 	}
 	for i, c := range d.clusters {
-		d.agents[c.Name] = startProc(t, d.dir, "agent-"+c.Name, d.bins.agent, []string{
+		d.agents[c.Name] = startProc(t, d.dir, "agent-"+c.Name, d.bins.Agent, []string{
 			"--hub", d.agentAddr,
 			"--hub-ca", filepath.Join(d.dataDir(), "pki", "ca.crt"),
 			"--cluster-name", c.Name,
@@ -491,7 +491,7 @@ func (d *demo) sleep() {
 // output; a failure fails the test.
 func (d *demo) ctl(stdin io.Reader, args ...string) string {
 	d.t.Helper()
-	cmd := exec.CommandContext(d.ctx, d.bins.ctl, args...)
+	cmd := exec.CommandContext(d.ctx, d.bins.Ctl, args...)
 	cmd.Env = childEnv("DROVER_CONFIG=" + d.ctlConfig)
 	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer

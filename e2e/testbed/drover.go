@@ -42,11 +42,27 @@ var droverBuild struct {
 	err  error
 }
 
-// DroverBinaries returns drover-hub, drover-agent and droverctl built from
-// the module the test runs in (the first call builds them; later ones wait
-// for it). They live in a directory that Main removes.
+// BinDirEnv names a directory holding drover-hub, drover-agent and
+// droverctl already built from this checkout (`make test` and `make demo`
+// build them into bin/ first), so test binaries need not each build them.
+const BinDirEnv = "DROVER_BIN_DIR"
+
+// DroverBinaries returns drover-hub, drover-agent and droverctl: those in
+// $DROVER_BIN_DIR, or else built from the module the test runs in (the
+// first call builds them; later ones wait for it) into a directory that
+// Main removes.
 func DroverBinaries(t testing.TB) Binaries {
 	t.Helper()
+	if dir := os.Getenv(BinDirEnv); dir != "" {
+		b := Binaries{Hub: filepath.Join(dir, "drover-hub"), Agent: filepath.Join(dir, "drover-agent"), Ctl: filepath.Join(dir, "droverctl")}
+		for _, p := range []string{b.Hub, b.Agent, b.Ctl} {
+			info, err := os.Stat(p)
+			if err != nil || !info.Mode().IsRegular() || info.Mode().Perm()&0o111 == 0 {
+				t.Fatalf("testbed: %s=%s has no program %s: run `make build`, or unset %s to build them for the test", BinDirEnv, dir, filepath.Base(p), BinDirEnv)
+			}
+		}
+		return b
+	}
 	requireMain(t)
 	droverBuild.once.Do(func() {
 		start := time.Now()
