@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/klauspost/compress/gzhttp"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/drover-dev/drover/hub/adminapi"
@@ -94,7 +95,7 @@ type Dashboard struct {
 	cfg      Config
 	log      *slog.Logger
 	now      func() time.Time
-	mux      *http.ServeMux
+	handler  http.Handler // the routes, behind compression
 	pages    map[string]*template.Template
 	sessions *sessions
 	live     *broker
@@ -167,7 +168,19 @@ func (d *Dashboard) routes() {
 	m.Handle("POST /apps/{name}/refresh", d.action(adminapi.RoleAdmin, d.refresh))
 	m.Handle("POST /apps/{name}/rollout/{op}", d.action(adminapi.RoleAdmin, d.controlRollout))
 	m.Handle("/", d.page(func(r *http.Request) (view, error) { return view{}, notFound("page %s", r.URL.Path) }))
-	d.mux = m
+	// Pages compress well (the overview of 5,000 clusters by about ten
+	// times). The live stream stays uncompressed, so every event leaves at
+	// once. Session cookies are SameSite=Strict, so a page fetched for
+	// another site carries no CSRF token to guess by length (BREACH); the
+	// jitter hides the exact compressed size all the same.
+	gz, err := gzhttp.NewWrapper(
+		gzhttp.ExceptContentTypes([]string{"text/event-stream"}),
+		gzhttp.RandomJitter(32, 0, false),
+	)
+	if err != nil {
+		panic(err) // the options are fixed at build time
+	}
+	d.handler = gz(m)
 }
 
 // ServeHTTP serves the dashboard.
@@ -177,7 +190,7 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("X-Frame-Options", "DENY")
-	d.mux.ServeHTTP(w, r)
+	d.handler.ServeHTTP(w, r)
 }
 
 // Notify tells open pages that something changed. It never blocks and may

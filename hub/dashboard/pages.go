@@ -26,7 +26,13 @@ const (
 	clusterEvents  = 20
 	storePageSize  = store.MaxPageSize
 	openGroupTiles = 400
+	// namedTiles is the most tiles a page shows with their clusters' names.
+	namedTiles = 60
 )
+
+// offlineRank orders offline clusters first among the tiles, before the
+// worst health (severity): what they run is not known at all.
+const offlineRank = 6
 
 // parseSelector parses the selector query parameter; its error says what
 // is wrong in the user's words.
@@ -74,6 +80,9 @@ func (d *Dashboard) eachCluster(ctx context.Context, sel labels.Selector, fn fun
 type tile struct {
 	Name, Group, Title string
 	State              state
+	// Named tiles show the cluster's name beside the glyph: when a page
+	// shows few tiles there is room, and a lone tile needs it.
+	Named bool
 }
 
 type group struct {
@@ -90,24 +99,29 @@ type countBadge struct {
 
 type overviewData struct {
 	Selector, Query, GroupBy string
-	SelectorErr              string
-	GroupKeys                []string
-	Total, Online, Offline   int
-	Fleet                    int // every cluster, whatever the filter
-	HealthCounts             []countBadge
-	Apps                     int
-	Groups                   []group
-	Page, Pages              int
-	PrevURL, NextURL         string
-	Events                   []*droverv1.Event
-	Shown                    int
-	Rollouts                 rolloutSummary
+	// Attention shows only the clusters that need attention: offline, or
+	// with an application in trouble. AttentionURL and AllURL switch it.
+	Attention              bool
+	Problems               int
+	AttentionURL, AllURL   string
+	SelectorErr            string
+	GroupKeys              []string
+	Total, Online, Offline int
+	Fleet                  int // every cluster, whatever the filter
+	HealthCounts           []countBadge
+	Apps                   int
+	Groups                 []group
+	Page, Pages            int
+	PrevURL, NextURL       string
+	Events                 []*droverv1.Event
+	Shown                  int
+	Rollouts               rolloutSummary
 }
 
 func (d *Dashboard) overview(r *http.Request) (view, error) {
 	ctx := r.Context()
 	q := r.URL.Query()
-	data := &overviewData{Query: strings.TrimSpace(q.Get("q")), GroupBy: strings.TrimSpace(q.Get("group"))}
+	data := &overviewData{Query: strings.TrimSpace(q.Get("q")), GroupBy: strings.TrimSpace(q.Get("group")), Attention: q.Get("attention") == "1"}
 	v := view{Title: "Fleet", Nav: "overview", Data: data}
 	raw, sel, err := parseSelector(r)
 	data.Selector = raw
@@ -121,6 +135,7 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 	type rec struct {
 		name, group, title string
 		st                 state
+		rank               int
 		problem            bool
 	}
 	var recs []rec
@@ -156,15 +171,20 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 		r := rec{name: c.Name}
 		switch h, ok := worstReported(c); {
 		case !d.onlineAt(c.Revoked, c.LastSeen):
-			r.st, r.problem = stateOffline, true
+			r.st, r.problem, r.rank = stateOffline, true, offlineRank
 			data.Offline++
 		case !ok:
-			r.st = stateEmpty
+			r.st, r.rank = stateEmpty, -1
 			data.Online++
 		default:
-			r.st = healthState(h)
+			r.st, r.rank = healthState(h), severity(h)
 			r.problem = severity(h) >= severity(droverv1.Health_HEALTH_UNKNOWN)
 			data.Online++
+		}
+		if r.problem {
+			data.Problems++
+		} else if data.Attention {
+			continue
 		}
 		if data.GroupBy != "" {
 			if g, ok := c.Labels[data.GroupBy]; ok {
@@ -184,9 +204,14 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 	}
 	sort.Strings(data.GroupKeys)
 	data.Total = len(recs)
+	// Within a group the worst come first, so that trouble is on the
+	// first page however big the fleet.
 	sort.Slice(recs, func(i, j int) bool {
 		if recs[i].group != recs[j].group {
 			return recs[i].group < recs[j].group
+		}
+		if recs[i].rank != recs[j].rank {
+			return recs[i].rank > recs[j].rank
 		}
 		return recs[i].name < recs[j].name
 	})
@@ -220,7 +245,7 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 			data.Groups = append(data.Groups, g)
 		}
 		g := &data.Groups[len(data.Groups)-1]
-		g.Tiles = append(g.Tiles, tile{Name: r.name, Title: r.title, State: r.st})
+		g.Tiles = append(g.Tiles, tile{Name: r.name, Title: r.title, State: r.st, Named: len(shown) <= namedTiles})
 	}
 	// Small views show every group; big ones open only the groups with
 	// something wrong, so trouble is what the eye lands on.
@@ -228,16 +253,25 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 		g := &data.Groups[i]
 		g.Open = len(shown) <= openGroupTiles || g.Problem > 0 || len(data.Groups) == 1
 	}
-	pageURL := func(p int) string {
+	// withQuery is this page's URL with key set to value (removed when
+	// empty), on its first page unless key is the page.
+	withQuery := func(key, value string) string {
 		u := url.Values{}
 		for k, vs := range q {
-			if k != "page" && k != "fragment" {
+			if k != "page" && k != "fragment" && k != key {
 				u[k] = vs
 			}
 		}
-		u.Set("page", strconv.Itoa(p))
+		if value != "" {
+			u.Set(key, value)
+		}
+		if len(u) == 0 {
+			return "/"
+		}
 		return "/?" + u.Encode()
 	}
+	pageURL := func(p int) string { return withQuery("page", strconv.Itoa(p)) }
+	data.AttentionURL, data.AllURL = withQuery("attention", "1"), withQuery("attention", "")
 	if page > 1 {
 		data.PrevURL = pageURL(page - 1)
 	}
@@ -445,6 +479,9 @@ type appData struct {
 	Selector         string
 	SelectorErr      string
 	Placed, Matching int
+	// Offline and Behind count the matching clusters that are offline,
+	// and those whose status is at another commit than the current release.
+	Offline, Behind  int
 	Counts           []countBadge
 	Rows             []matrixRow
 	Page, Pages      int
@@ -511,12 +548,18 @@ func (d *Dashboard) app(r *http.Request) (view, error) {
 				return
 			}
 			row := matrixRow{Cluster: c.GetName(), Online: d.online(c), Status: byCluster[c.GetName()]}
+			if !row.Online {
+				data.Offline++
+			}
 			if rc := inWave[c.GetName()]; rc != nil {
 				row.Wave, row.WavePhase = rc.GetWave(), rc.GetPhase()
 			}
 			if row.Status != nil {
 				row.CommitURL = forgeCommitURL(repo, row.Status.GetCommit())
 				row.Behind = current != "" && row.Status.GetCommit() != current
+				if row.Behind {
+					data.Behind++
+				}
 				healthN[healthState(row.Status.GetHealth())]++
 			} else {
 				healthN[state{"none", "·", "No status yet"}]++

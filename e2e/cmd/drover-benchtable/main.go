@@ -67,6 +67,7 @@ var budgets = []budget{
 	{figure: "rollout plan of 10,000 clusters (ns)", pkg: "hub/rollout", bench: "BenchmarkPlan10000", unit: "ns/op", atMost: true, bound: 100e6},
 	{figure: "dashboard overview, 10,000 clusters (ns)", pkg: "hub/dashboard", bench: "BenchmarkOverview10000/all", unit: "ns/op", atMost: true, bound: 300e6},
 	{figure: "dashboard overview, 10,000 clusters (bytes)", pkg: "hub/dashboard", bench: "BenchmarkOverview10000/all", unit: "html-bytes", atMost: true, bound: 300000},
+	{figure: "dashboard overview, 10,000 clusters (bytes sent, gzip)", pkg: "hub/dashboard", bench: "BenchmarkOverview10000/all", unit: "sent-bytes", atMost: true, bound: 60000},
 	{figure: "agent process start to synced, 200 objects, time vs kubectl apply --server-side", pkg: "e2e", bench: "BenchmarkAgentVsKubectl", unit: "ratio-agent-kubectl", atMost: true, bound: 0.3},
 	{figure: "agent no-op resync vs its first sync, in process (time)", pkg: "e2e", bench: "BenchmarkAgentVsKubectl", unit: "ratio-sync-noop", atMost: true, bound: 0.1},
 	{figure: "agent resident memory, idle with 10 applications (MiB)", pkg: "e2e", bench: "BenchmarkAgentIdleMemory", unit: "rss-MiB", atMost: true, bound: 60},
