@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -130,7 +130,7 @@ func actor(ctx context.Context) string {
 // toStatus maps store and validation errors to gRPC status errors. Internal
 // details are logged, never returned.
 func (s *Server) toStatus(op string, err error) error {
-	var fe *fleet.FieldError
+	var fe *spec.FieldError
 	var ve *store.ValidationError
 	switch {
 	case err == nil:
@@ -363,10 +363,10 @@ func validateApplication(app *droverv1.Application) error {
 	if n := proto.Size(app); n > maxApplicationBytes {
 		return status.Errorf(codes.InvalidArgument, "application: %d bytes, at most %d", n, maxApplicationBytes)
 	}
-	if err := fleet.ValidateName(app.GetName()); err != nil {
+	if err := spec.ValidateName(app.GetName()); err != nil {
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if err := fleet.ValidateSpec(app.GetSpec()); err != nil {
+	if err := spec.ValidateSpec(app.GetSpec()); err != nil {
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	return nil
@@ -503,7 +503,7 @@ func (s *Server) RefreshApplication(ctx context.Context, req *droverv1.RefreshAp
 // SetRepositoryCredentials seals and stores credentials for a repository.
 func (s *Server) SetRepositoryCredentials(ctx context.Context, req *droverv1.SetRepositoryCredentialsRequest) (*droverv1.SetRepositoryCredentialsResponse, error) {
 	url := req.GetUrl()
-	if err := fleet.ValidateRepoURL(url); err != nil {
+	if err := spec.ValidateRepoURL(url); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "url: %v", err)
 	}
 	c := req.GetCredentials()

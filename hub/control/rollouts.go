@@ -16,6 +16,7 @@ import (
 
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/rollout"
+	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
 	"github.com/drover-dev/drover/internal/backoff"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
@@ -71,7 +72,7 @@ type engineApp struct {
 	*fleet.App
 	// strategy is the parsed spec.rollout, nil without one; strategyErr
 	// says why a strategy stored before a stricter rule does not parse.
-	strategy    *rollout.Strategy
+	strategy    *spec.Strategy
 	strategyErr error
 }
 
@@ -109,7 +110,7 @@ func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTi
 // proven yet.
 func (e *rollouts) setApp(app *fleet.App) error {
 	ea := &engineApp{App: app}
-	ea.strategy, ea.strategyErr = fleet.RolloutStrategy(app.Spec)
+	ea.strategy, ea.strategyErr = spec.RolloutStrategy(app.Spec)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.fleet.SetApp(e.withPinsLocked(app)); err != nil {

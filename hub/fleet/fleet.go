@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -103,10 +104,10 @@ func New(logger *slog.Logger) *Fleet {
 // SetCluster adds a cluster or replaces its labels, and recomputes its
 // assignment. Invalid input changes nothing.
 func (f *Fleet) SetCluster(name string, lbls map[string]string) error {
-	if err := ValidateName(name); err != nil {
+	if err := spec.ValidateName(name); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	if err := ValidateLabels(lbls); err != nil {
+	if err := spec.ValidateLabels(lbls); err != nil {
 		return fmt.Errorf("cluster %s: %w", name, err)
 	}
 	lbls = maps.Clone(lbls)
@@ -166,7 +167,7 @@ func (f *Fleet) RemoveCluster(name string) {
 // SetApp adds or replaces an application and recomputes the clusters it
 // was or is now placed on. The Fleet keeps its own copy of app. It refuses
 // only what it cannot place (a bad name, a missing spec, selectors that do
-// not compile, a malformed commit): ValidateSpec's fuller rules belong to
+// not compile, a malformed commit): spec.ValidateSpec's fuller rules belong to
 // the admin API, so that a stricter rule in a new hub version never drops
 // an application already running on clusters (its agents would prune it).
 // Invalid input changes nothing.
@@ -174,7 +175,7 @@ func (f *Fleet) SetApp(app *App) error {
 	if app == nil {
 		return errors.New("application: nil")
 	}
-	if err := ValidateName(app.Name); err != nil {
+	if err := spec.ValidateName(app.Name); err != nil {
 		return fmt.Errorf("application: %w", err)
 	}
 	cp, err := copyApp(app)
@@ -446,7 +447,7 @@ func copyApp(app *App) (*App, error) {
 		}
 	}
 	for cluster, commit := range app.Pins {
-		if err := ValidateName(cluster); err != nil {
+		if err := spec.ValidateName(cluster); err != nil {
 			return nil, fmt.Errorf("pin: %w", err)
 		}
 		if err := checkCommit(commit); err != nil {
