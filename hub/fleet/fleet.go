@@ -165,12 +165,15 @@ func (f *Fleet) RemoveCluster(name string) {
 }
 
 // SetApp adds or replaces an application and recomputes the clusters it
-// was or is now placed on. The Fleet keeps its own copy of app. It refuses
-// only what it cannot place (a bad name, a missing spec, selectors that do
-// not compile, a malformed commit): spec.ValidateSpec's fuller rules belong to
-// the admin API, so that a stricter rule in a new hub version never drops
-// an application already running on clusters (its agents would prune it).
-// Invalid input changes nothing.
+// was or is now placed on. The Fleet copies app and its pins but keeps
+// app.Spec and app.Credentials as given: the caller hands them over and
+// never changes them afterwards (the hub's control logic gives it protos
+// read from the store, so a second copy of every spec would buy nothing).
+// It refuses only what it cannot place (a bad name, a missing spec,
+// selectors that do not compile, a malformed commit): spec.ValidateSpec's
+// fuller rules belong to the admin API, so that a stricter rule in a new
+// hub version never drops an application already running on clusters (its
+// agents would prune it). Invalid input changes nothing.
 func (f *Fleet) SetApp(app *App) error {
 	if app == nil {
 		return errors.New("application: nil")
@@ -433,10 +436,10 @@ func (f *Fleet) ClusterLabels() map[string]map[string]string {
 	return f.labelView
 }
 
-// copyApp returns a deep copy of app the Fleet can keep, after checking
-// what placement and encoding need: a spec, full commit SHAs, pins naming
-// valid clusters, and strings protobuf can encode (so appDigest never
-// fails).
+// copyApp returns a copy of app the Fleet can keep, sharing its spec and
+// credentials (see SetApp), after checking what placement and encoding
+// need: a spec, full commit SHAs, pins naming valid clusters, and strings
+// protobuf can encode (so appDigest never fails).
 func copyApp(app *App) (*App, error) {
 	if app.Spec == nil {
 		return nil, errors.New("spec: required")
@@ -459,7 +462,7 @@ func copyApp(app *App) (*App, error) {
 	}
 	cp := &App{
 		Name:   app.Name,
-		Spec:   proto.CloneOf(app.Spec),
+		Spec:   app.Spec,
 		Commit: app.Commit,
 		Pins:   maps.Clone(app.Pins),
 	}
@@ -468,7 +471,7 @@ func copyApp(app *App) (*App, error) {
 		if _, err := proto.Marshal(app.Credentials); err != nil {
 			return nil, errors.New("credentials: not encodable (invalid UTF-8)")
 		}
-		cp.Credentials = proto.CloneOf(app.Credentials)
+		cp.Credentials = app.Credentials
 	}
 	return cp, nil
 }
