@@ -70,6 +70,21 @@ check: proto
 	PATH="$(TOOLS):$$PATH" buf lint
 	@if go list -deps ./agent/... | grep -q '^github.com/drover-dev/drover/hub'; then echo "agent/... imports hub/..."; go list -deps ./agent/... | grep '^github.com/drover-dev/drover/hub'; exit 1; fi
 	@if go list -deps ./hub/... | grep -q '^github.com/drover-dev/drover/agent'; then echo "hub/... imports agent/..."; go list -deps ./hub/... | grep '^github.com/drover-dev/drover/agent'; exit 1; fi
+	@# Inside the hub: hub/spec (what is valid) links no other hub package,
+	@# so droverctl checks files without the fleet model or the rollout
+	@# planner; the fleet and the planner decide nothing of their own; and
+	@# only the wiring (hub/server) builds on the control logic.
+	@status=0; for rule in \
+		'hub/spec:hub/.*' \
+		'hub/ctl:hub/(fleet|rollout|control|store|server)' \
+		'hub/fleet:hub/(rollout|control|store|server)' \
+		'hub/rollout:hub/(fleet|control|store|server)' \
+		'hub/adminapi hub/agentapi hub/gitwatch hub/dashboard hub/store:hub/(control|server)'; do \
+		for pkg in $${rule%%:*}; do \
+			bad=$$(go list -deps ./$$pkg | grep -v "^github.com/drover-dev/drover/$$pkg$$" | grep -E "^github.com/drover-dev/drover/($${rule#*:})$$"); \
+			if [ -n "$$bad" ]; then echo "$$pkg imports what it must not:"; echo "$$bad"; status=1; fi; \
+		done; \
+	done; exit $$status
 	@echo "check: ok"
 
 ## proto: regenerate the Go beside proto/drover/v1/*.proto

@@ -241,7 +241,7 @@ func checkMisbehaved(t *testing.T, h *testHub, fl *loadtest.Fleet) {
 	// current version), and its records show the cluster as not having
 	// acknowledged it.
 	for _, a := range byMode[loadtest.NeverAck] {
-		st, current := a.State(), h.AssignmentVersion(a.Name())
+		st, current := a.State(), h.Fleet().Assignment(a.Name()).GetVersion()
 		if n := len(st.Arrivals); n == 0 || st.Arrivals[n-1].Version != current || current == "" {
 			t.Errorf("never-ack agent %s: received %v, want the hub's current version %q last", a.Name(), versions(st.Arrivals), current)
 		}
@@ -266,7 +266,7 @@ func checkMisbehaved(t *testing.T, h *testHub, fl *loadtest.Fleet) {
 		return len(st.Arrivals) >= before[a.Name()]+2
 	})
 	for _, a := range loops {
-		st, current := a.State(), h.AssignmentVersion(a.Name())
+		st, current := a.State(), h.Fleet().Assignment(a.Name()).GetVersion()
 		for _, arr := range st.Arrivals[before[a.Name()]:] {
 			if arr.Version != current {
 				t.Errorf("reconnect-loop agent %s: stream %d brought %s, want the current %s", a.Name(), arr.Session, arr.Version, current)

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -60,21 +60,30 @@ type Store interface {
 	ListEvents(ctx context.Context, filter store.EventFilter, pageSize int, pageToken string) ([]*droverv1.Event, string, error)
 }
 
-// Hub is the live side of the hub that the admin API reports on and
-// notifies of changes: it keeps the in-memory fleet in step with the store.
-type Hub interface {
-	// ApplicationChanged, ClusterChanged and RepositoryChanged reload the
-	// named object from the store into the fleet.
-	ApplicationChanged(ctx context.Context, name string)
+// Controller is the hub's control logic as the admin API sees it: it is
+// told of every change the admin API stores, after the store has it, and
+// answers from the in-memory fleet.
+type Controller interface {
+	// ApplicationStored places an application as the store returned it
+	// after a create or an update; the Controller keeps it, so it must not
+	// change afterwards. ApplicationDeleted takes one out.
+	ApplicationStored(ctx context.Context, app *droverv1.Application)
+	ApplicationDeleted(ctx context.Context, name string)
+	// ClusterChanged and RepositoryChanged reload the named object from
+	// the store.
 	ClusterChanged(ctx context.Context, name string)
 	RepositoryChanged(ctx context.Context, url string)
 	// Refresh resolves an application's ref now.
 	Refresh(ctx context.Context, app string) (commit string, newRelease bool, err error)
-	// Disconnect closes a cluster's live stream.
-	Disconnect(cluster string, reason error)
 	PlacedClusters(app string) []string
 	AssignmentVersion(cluster string) string
 	SourceError(app string) string
+}
+
+// Hub is the serving side of the hub: its agent streams and its own health.
+type Hub interface {
+	// Disconnect closes a cluster's live stream.
+	Disconnect(cluster string, reason error)
 	Status(ctx context.Context) *droverv1.HubStatus
 }
 
@@ -88,6 +97,7 @@ type Server struct {
 	droverv1.UnimplementedAdminServiceServer
 
 	store          Store
+	ctl            Controller
 	hub            Hub
 	sealer         Sealer
 	log            *slog.Logger
@@ -99,8 +109,8 @@ var _ droverv1.AdminServiceServer = (*Server)(nil)
 
 // New returns the admin API. A cluster counts as online while its last
 // heartbeat is younger than offlineTimeout.
-func New(st Store, hub Hub, sealer Sealer, offlineTimeout time.Duration, logger *slog.Logger) *Server {
-	return &Server{store: st, hub: hub, sealer: sealer, log: logger, offlineTimeout: offlineTimeout, now: time.Now}
+func New(st Store, ctl Controller, hub Hub, sealer Sealer, offlineTimeout time.Duration, logger *slog.Logger) *Server {
+	return &Server{store: st, ctl: ctl, hub: hub, sealer: sealer, log: logger, offlineTimeout: offlineTimeout, now: time.Now}
 }
 
 // Maximum sizes of requests, beyond the gRPC message limit.
@@ -120,7 +130,7 @@ func actor(ctx context.Context) string {
 // toStatus maps store and validation errors to gRPC status errors. Internal
 // details are logged, never returned.
 func (s *Server) toStatus(op string, err error) error {
-	var fe *fleet.FieldError
+	var fe *spec.FieldError
 	var ve *store.ValidationError
 	switch {
 	case err == nil:
@@ -166,7 +176,7 @@ func pageSize(n int32) (int, error) {
 // online by the hub's timeout, and the assignment version the hub holds.
 func (s *Server) decorate(c *droverv1.Cluster, counts *store.StatusCounts) {
 	c.Online = !c.GetRevoked() && c.GetLastSeen() != nil && s.now().Sub(c.GetLastSeen().AsTime()) < s.offlineTimeout
-	if v := s.hub.AssignmentVersion(c.GetName()); v != "" {
+	if v := s.ctl.AssignmentVersion(c.GetName()); v != "" {
 		c.AssignmentVersion = v
 	}
 	if counts != nil {
@@ -235,7 +245,7 @@ func (s *Server) UpdateClusterLabels(ctx context.Context, req *droverv1.UpdateCl
 	if err != nil {
 		return nil, s.toStatus(fmt.Sprintf("cluster %q", req.GetName()), err)
 	}
-	s.hub.ClusterChanged(ctx, c.GetName())
+	s.ctl.ClusterChanged(ctx, c.GetName())
 	s.audit(ctx, "cluster.labels_changed", c.GetName(), "", describeLabelChange(req.GetSet(), req.GetRemove()))
 	s.decorate(c, nil)
 	return &droverv1.UpdateClusterLabelsResponse{Cluster: c}, nil
@@ -260,7 +270,7 @@ func (s *Server) RevokeCluster(ctx context.Context, req *droverv1.RevokeClusterR
 		return nil, s.toStatus(fmt.Sprintf("cluster %q", req.GetName()), err)
 	}
 	s.hub.Disconnect(c.GetName(), errors.New("the cluster's certificate was revoked"))
-	s.hub.ClusterChanged(ctx, c.GetName())
+	s.ctl.ClusterChanged(ctx, c.GetName())
 	s.audit(ctx, "cluster.revoked", c.GetName(), "", "certificate revoked")
 	s.decorate(c, nil)
 	return &droverv1.RevokeClusterResponse{Cluster: c}, nil
@@ -272,7 +282,7 @@ func (s *Server) DeleteCluster(ctx context.Context, req *droverv1.DeleteClusterR
 		return nil, s.toStatus(fmt.Sprintf("cluster %q", req.GetName()), err)
 	}
 	s.hub.Disconnect(req.GetName(), errors.New("the cluster was deleted"))
-	s.hub.ClusterChanged(ctx, req.GetName())
+	s.ctl.ClusterChanged(ctx, req.GetName())
 	s.audit(ctx, "cluster.deleted", req.GetName(), "", "cluster deleted")
 	return &droverv1.DeleteClusterResponse{}, nil
 }
@@ -321,10 +331,10 @@ func validateApplication(app *droverv1.Application) error {
 	if n := proto.Size(app); n > maxApplicationBytes {
 		return status.Errorf(codes.InvalidArgument, "application: %d bytes, at most %d", n, maxApplicationBytes)
 	}
-	if err := fleet.ValidateName(app.GetName()); err != nil {
+	if err := spec.ValidateName(app.GetName()); err != nil {
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if err := fleet.ValidateSpec(app.GetSpec()); err != nil {
+	if err := spec.ValidateSpec(app.GetSpec()); err != nil {
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	return nil
@@ -339,7 +349,7 @@ func (s *Server) CreateApplication(ctx context.Context, req *droverv1.CreateAppl
 	if err != nil {
 		return nil, s.toStatus(fmt.Sprintf("application %q", req.GetApplication().GetName()), err)
 	}
-	s.hub.ApplicationChanged(ctx, app.GetName())
+	s.ctl.ApplicationStored(ctx, app)
 	return &droverv1.CreateApplicationResponse{Application: app}, nil
 }
 
@@ -352,7 +362,7 @@ func (s *Server) UpdateApplication(ctx context.Context, req *droverv1.UpdateAppl
 	if err != nil {
 		return nil, s.toStatus(fmt.Sprintf("application %q", req.GetApplication().GetName()), err)
 	}
-	s.hub.ApplicationChanged(ctx, app.GetName())
+	s.ctl.ApplicationStored(ctx, app)
 	return &droverv1.UpdateApplicationResponse{Application: app}, nil
 }
 
@@ -371,7 +381,7 @@ func (s *Server) GetApplication(ctx context.Context, req *droverv1.GetApplicatio
 	if err != nil {
 		return nil, s.toStatus("application statuses", err)
 	}
-	placed := s.hub.PlacedClusters(app.GetName())
+	placed := s.ctl.PlacedClusters(app.GetName())
 	// Statuses of clusters the application has left are history, not state.
 	in := make(map[string]bool, len(placed))
 	for _, c := range placed {
@@ -388,7 +398,7 @@ func (s *Server) GetApplication(ctx context.Context, req *droverv1.GetApplicatio
 		Releases:       rels,
 		Statuses:       kept,
 		PlacedClusters: placed,
-		SourceError:    s.hub.SourceError(app.GetName()),
+		SourceError:    s.ctl.SourceError(app.GetName()),
 	}, nil
 }
 
@@ -410,7 +420,7 @@ func (s *Server) ListApplications(ctx context.Context, _ *droverv1.ListApplicati
 			HealthCounts: map[string]int32{},
 			SyncCounts:   map[string]int32{},
 		}
-		placed := s.hub.PlacedClusters(a.GetName())
+		placed := s.ctl.PlacedClusters(a.GetName())
 		sum.PlacedClusters = int32(len(placed))
 		if len(placed) > 0 {
 			sts, err := s.store.StatusesForApplication(ctx, a.GetName())
@@ -439,7 +449,7 @@ func (s *Server) DeleteApplication(ctx context.Context, req *droverv1.DeleteAppl
 	if err := s.store.DeleteApplication(ctx, req.GetName(), actor(ctx)); err != nil {
 		return nil, s.toStatus(fmt.Sprintf("application %q", req.GetName()), err)
 	}
-	s.hub.ApplicationChanged(ctx, req.GetName())
+	s.ctl.ApplicationDeleted(ctx, req.GetName())
 	return &droverv1.DeleteApplicationResponse{}, nil
 }
 
@@ -448,7 +458,7 @@ func (s *Server) RefreshApplication(ctx context.Context, req *droverv1.RefreshAp
 	if _, err := s.store.GetApplication(ctx, req.GetName()); err != nil {
 		return nil, s.toStatus(fmt.Sprintf("application %q", req.GetName()), err)
 	}
-	commit, created, err := s.hub.Refresh(ctx, req.GetName())
+	commit, created, err := s.ctl.Refresh(ctx, req.GetName())
 	if err != nil {
 		// The error is already free of credentials (the Git watcher
 		// redacts URLs); it is the user's to see.
@@ -461,7 +471,7 @@ func (s *Server) RefreshApplication(ctx context.Context, req *droverv1.RefreshAp
 // SetRepositoryCredentials seals and stores credentials for a repository.
 func (s *Server) SetRepositoryCredentials(ctx context.Context, req *droverv1.SetRepositoryCredentialsRequest) (*droverv1.SetRepositoryCredentialsResponse, error) {
 	url := req.GetUrl()
-	if err := fleet.ValidateRepoURL(url); err != nil {
+	if err := spec.ValidateRepoURL(url); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "url: %v", err)
 	}
 	c := req.GetCredentials()
@@ -491,7 +501,7 @@ func (s *Server) SetRepositoryCredentials(ctx context.Context, req *droverv1.Set
 	if err != nil {
 		return nil, s.toStatus("store credentials", err)
 	}
-	s.hub.RepositoryChanged(ctx, url)
+	s.ctl.RepositoryChanged(ctx, url)
 	s.audit(ctx, "repository.credentials_set", "", "", fmt.Sprintf("%s credentials set for %s", authType, url))
 	return &droverv1.SetRepositoryCredentialsResponse{Repository: repo}, nil
 }
@@ -510,7 +520,7 @@ func (s *Server) DeleteRepositoryCredentials(ctx context.Context, req *droverv1.
 	if err := s.store.DeleteRepository(ctx, req.GetUrl()); err != nil {
 		return nil, s.toStatus(fmt.Sprintf("repository %q", req.GetUrl()), err)
 	}
-	s.hub.RepositoryChanged(ctx, req.GetUrl())
+	s.ctl.RepositoryChanged(ctx, req.GetUrl())
 	s.audit(ctx, "repository.credentials_deleted", "", "", "credentials deleted for "+req.GetUrl())
 	return &droverv1.DeleteRepositoryCredentialsResponse{}, nil
 }

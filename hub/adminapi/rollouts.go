@@ -13,8 +13,8 @@ import (
 )
 
 // RolloutController is the hub's rollout engine as the admin API sees it.
-// A Hub without it answers the rollout methods with Unimplemented, so the
-// Hub interface (and its fakes) need not grow.
+// A Controller without it answers the rollout methods with Unimplemented,
+// so the Controller interface (and its fakes) need not grow.
 type RolloutController interface {
 	// Rollout reports an application's rollout; store.ErrNotFound when it
 	// has none.
@@ -29,7 +29,7 @@ func (s *Server) GetRollout(ctx context.Context, req *droverv1.GetRolloutRequest
 	if req.GetApplication() == "" {
 		return nil, status.Error(codes.InvalidArgument, "application: required")
 	}
-	rc, ok := s.hub.(RolloutController)
+	rc, ok := s.ctl.(RolloutController)
 	if !ok {
 		return nil, status.Error(codes.Unimplemented, "this hub runs no rollouts")
 	}
@@ -51,7 +51,7 @@ func (s *Server) ControlRollout(ctx context.Context, req *droverv1.ControlRollou
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "op: %v", err)
 	}
-	rc, ok := s.hub.(RolloutController)
+	rc, ok := s.ctl.(RolloutController)
 	if !ok {
 		return nil, status.Error(codes.Unimplemented, "this hub runs no rollouts")
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,8 +19,11 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/agentapi"
+	"github.com/drover-dev/drover/hub/control"
 	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/gitwatch"
 	"github.com/drover-dev/drover/hub/pki"
+	"github.com/drover-dev/drover/hub/secrets"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -78,8 +82,16 @@ func startEndpoint(t *testing.T, cfg agentapi.Config) *testEndpoint {
 	}
 	gs := &gatedStore{Store: st, gate: make(chan struct{}), entered: make(chan string, 16)}
 	fl := fleet.New(logger)
+	box, err := secrets.LoadOrCreateKey(filepath.Join(dir, "secret.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := control.New(ctx, control.Config{Store: st, Fleet: fl, Secrets: box, Resolver: gitwatch.NewResolver(filepath.Join(dir, "git-cache"), logger), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
 	statuses := store.NewStatusWriter(st, logger, 0, 0)
-	srv := agentapi.New(cfg, gs, ca, fl, statuses, logger)
+	srv := agentapi.New(cfg, gs, ca, fl, ctl, statuses, logger)
 
 	creds := credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{serving},

@@ -48,12 +48,17 @@ type Signer interface {
 	CertPEM() []byte
 }
 
-// Fleet is the hub's in-memory fleet: where a stream reads its cluster's
-// assignment and learns of new clusters.
+// Fleet is the hub's in-memory fleet, read only: where a stream reads its
+// cluster's assignment and learns of new clusters.
 type Fleet interface {
 	Watch(cluster string) (*fleet.Snapshot, <-chan struct{})
 	Assignment(cluster string) *droverv1.Assignment
-	SetCluster(name string, labels map[string]string) error
+}
+
+// Controller is the hub's control logic, the fleet's only writer: Register
+// tells it of each cluster it has stored, and it places the cluster.
+type Controller interface {
+	ClusterChanged(ctx context.Context, name string)
 }
 
 // StatusSink takes validated statuses; it batches and coalesces them and
@@ -139,6 +144,7 @@ type Server struct {
 	store    Store
 	signer   Signer
 	fleet    Fleet
+	ctl      Controller
 	statuses StatusSink
 	log      *slog.Logger
 	now      func() time.Time
@@ -153,13 +159,14 @@ var _ droverv1.AgentServiceServer = (*Server)(nil)
 
 // New returns an agent endpoint. Run must be running for last-seen times to
 // reach the store.
-func New(cfg Config, st Store, signer Signer, fl Fleet, statuses StatusSink, logger *slog.Logger) *Server {
+func New(cfg Config, st Store, signer Signer, fl Fleet, ctl Controller, statuses StatusSink, logger *slog.Logger) *Server {
 	cfg.setDefaults()
 	return &Server{
 		cfg:      cfg,
 		store:    st,
 		signer:   signer,
 		fleet:    fl,
+		ctl:      ctl,
 		statuses: statuses,
 		log:      logger,
 		now:      time.Now,
@@ -301,9 +308,7 @@ func (s *Server) Register(ctx context.Context, req *droverv1.RegisterRequest) (*
 		s.log.Error("register cluster", "cluster", name, "err", err)
 		return nil, status.Error(codes.Unavailable, "could not register the cluster; try again")
 	}
-	if err := s.fleet.SetCluster(cl.GetName(), cl.GetLabels()); err != nil {
-		s.log.Error("place new cluster", "cluster", name, "err", err)
-	}
+	s.ctl.ClusterChanged(ctx, cl.GetName())
 	s.audit(ctx, "cluster.registered", name, "registered with a join token")
 	s.log.Info("cluster registered", "cluster", name)
 	return &droverv1.RegisterResponse{CertificatePem: certPEM, CaPem: s.signer.CertPEM()}, nil

@@ -16,7 +16,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
-	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -196,14 +196,14 @@ func decodeManifest(doc []byte) (*manifest, error) {
 		if err := onlyKeys("metadata.", meta, "name"); err != nil {
 			return nil, err
 		}
-		spec, err := decodeSpec(top["spec"])
+		as, err := decodeSpec(top["spec"])
 		if err != nil {
 			return nil, err
 		}
-		m.app = &droverv1.Application{Name: m.name, Spec: spec}
+		m.app = &droverv1.Application{Name: m.name, Spec: as}
 		var ps problems
-		ps.addFieldErrors("metadata.", fleet.ValidateName(m.name))
-		ps.addFieldErrors("", fleet.ValidateSpec(spec))
+		ps.addFieldErrors("metadata.", spec.ValidateName(m.name))
+		ps.addFieldErrors("", spec.ValidateSpec(as))
 		if err := ps.err(); err != nil {
 			return nil, err
 		}
@@ -220,8 +220,8 @@ func decodeManifest(doc []byte) (*manifest, error) {
 			}
 		}
 		var ps problems
-		ps.addFieldErrors("metadata.", fleet.ValidateName(m.name))
-		ps.addFieldErrors("metadata.", fleet.ValidateLabels(m.labels))
+		ps.addFieldErrors("metadata.", spec.ValidateName(m.name))
+		ps.addFieldErrors("metadata.", spec.ValidateLabels(m.labels))
 		if err := ps.err(); err != nil {
 			return nil, err
 		}
@@ -380,7 +380,7 @@ type problems []string
 // addFieldErrors adds what one of the hub's validators found, with prefix
 // before every field path so that it matches the file.
 func (ps *problems) addFieldErrors(prefix string, err error) {
-	var fes fleet.FieldErrors
+	var fes spec.FieldErrors
 	switch {
 	case err == nil:
 	case errors.As(err, &fes):

@@ -343,7 +343,7 @@ func TestApplications(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eu := h.AssignmentVersion("prod-eu")
+	eu := h.Fleet().Assignment("prod-eu").GetVersion()
 	s.replace(eu, "<assignment-eu-1>")
 	if err := st.RecordAck(ctx, "prod-eu", eu, "", longAgo); err != nil {
 		t.Fatal(err)
@@ -351,7 +351,7 @@ func TestApplications(t *testing.T) {
 	if err := st.RecordAck(ctx, "prod-us", "", "render web: kustomization.yaml: no such file", longAgo); err != nil {
 		t.Fatal(err)
 	}
-	s.replace(h.AssignmentVersion("prod-us"), "<assignment-us-1>")
+	s.replace(h.Fleet().Assignment("prod-us").GetVersion(), "<assignment-us-1>")
 	observed := timestamppb.New(time.Now().Add(-time.Hour))
 	if err := st.WriteStatuses(ctx, []*droverv1.ApplicationStatus{{
 		Cluster: "prod-eu", Application: "web", Commit: c1, ObservedAt: observed,

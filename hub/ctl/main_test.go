@@ -87,7 +87,7 @@ func (h *testHub) registerCluster(t *testing.T, name string, labels map[string]s
 	if _, err := h.Store().CreateClusterWithJoinToken(ctx, tok, name, "serial-"+name, time.Now()); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
-	h.ClusterChanged(ctx, name)
+	h.Controller().ClusterChanged(ctx, name)
 }
 
 // session runs droverctl commands against a hub as an operator would, and

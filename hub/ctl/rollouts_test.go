@@ -65,7 +65,7 @@ spec:
 // clusters ("prod-eu:updating@COMMIT") of an application's rollout.
 func wantRollout(t *testing.T, h *testHub, app, waves, clusters string) {
 	t.Helper()
-	r, err := h.Rollout(context.Background(), app)
+	r, err := h.Controller().Rollout(context.Background(), app)
 	if err != nil {
 		t.Fatalf("rollout of %s: %v", app, err)
 	}
@@ -92,7 +92,7 @@ func (h *testHub) waitRollout(t *testing.T, app, commit, phase string) {
 	defer cancel()
 	var last string
 	for {
-		r, err := h.Rollout(ctx, app)
+		r, err := h.Controller().Rollout(ctx, app)
 		if err == nil && r.GetCommit() == commit && r.GetPhase() == phase {
 			return
 		}
@@ -199,7 +199,7 @@ func TestRollouts(t *testing.T) {
 	}
 	s.must("", "rollout", "status", "plain", "-o", "wide")
 	wantRollout(t, h, "plain", "remaining:running", "prod-canary:updating@"+c2+" prod-eu:failed@"+c2)
-	ro, err := h.Rollout(ctx, "plain")
+	ro, err := h.Controller().Rollout(ctx, "plain")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,7 +83,7 @@ func BenchmarkOverview10000(b *testing.B) {
 	tok, _, err := st.CreateAPIToken(ctx, "bench", adminapi.RoleViewer, 0, now)
 	must(b, err)
 
-	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, nil, time.Minute, testbed.Logger(b)), Store: st})
+	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, &fakeHub{}, nil, time.Minute, testbed.Logger(b)), Store: st})
 	must(b, err)
 	srv := httptest.NewServer(dash)
 	b.Cleanup(srv.Close)

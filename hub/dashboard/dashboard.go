@@ -88,7 +88,22 @@ type Config struct {
 	// RefreshInterval is how often open pages re-render with no change
 	// (relative times, clusters going offline by timeout); 0 means 30s.
 	RefreshInterval time.Duration
+	// Changes carries the hub's "something changed" to open pages; nil
+	// makes one. Made before the dashboard, it can be handed to the parts
+	// of the hub that report changes when they are built.
+	Changes *Changes
 }
+
+// Changes tells open pages that something changed. Notify never blocks
+// and may be called from any goroutine, as often as the caller likes:
+// pages hear of changes at most about once a second.
+type Changes struct{ b *broker }
+
+// NewChanges returns a Changes for one Dashboard's Config.
+func NewChanges() *Changes { return &Changes{b: newBroker(time.Second)} }
+
+// Notify tells open pages that something changed.
+func (c *Changes) Notify() { c.b.notify() }
 
 // Dashboard is the dashboard's HTTP handler.
 type Dashboard struct {
@@ -124,12 +139,15 @@ func New(cfg Config) (*Dashboard, error) {
 	if cfg.RefreshInterval <= 0 {
 		cfg.RefreshInterval = 30 * time.Second
 	}
+	if cfg.Changes == nil {
+		cfg.Changes = NewChanges()
+	}
 	d := &Dashboard{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		sessions: newSessions(cfg.SessionTTL, cfg.Now),
-		live:     newBroker(time.Second),
+		live:     cfg.Changes.b,
 	}
 	var err error
 	if d.assetVer, err = assetVersion(); err != nil {
@@ -193,9 +211,7 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d.handler.ServeHTTP(w, r)
 }
 
-// Notify tells open pages that something changed. It never blocks and may
-// be called from any goroutine, as often as the caller likes: pages hear
-// of changes at most about once a second.
+// Notify tells open pages that something changed, as Config.Changes does.
 func (d *Dashboard) Notify() { d.live.notify() }
 
 // Close ends the live streams of open pages (at hub shutdown, so the HTTP

@@ -43,8 +43,9 @@ const (
 	commitNew  = "4444444444444444444444444444444444444444"
 )
 
-// fakeHub stands in for the live side of the hub (the in-memory fleet);
-// the store under the admin API is the test bed's real PostgreSQL.
+// fakeHub stands in for the live side of the hub (its control logic and
+// in-memory fleet, its agent streams); the store under the admin API is
+// the test bed's real PostgreSQL.
 type fakeHub struct {
 	placed   map[string][]string
 	versions map[string]string
@@ -57,9 +58,10 @@ type fakeHub struct {
 	controls []string
 }
 
-func (h *fakeHub) ApplicationChanged(context.Context, string) {}
-func (h *fakeHub) ClusterChanged(context.Context, string)     {}
-func (h *fakeHub) RepositoryChanged(context.Context, string)  {}
+func (h *fakeHub) ApplicationStored(context.Context, *droverv1.Application) {}
+func (h *fakeHub) ApplicationDeleted(context.Context, string)               {}
+func (h *fakeHub) ClusterChanged(context.Context, string)                   {}
+func (h *fakeHub) RepositoryChanged(context.Context, string)                {}
 func (h *fakeHub) Refresh(_ context.Context, app string) (string, bool, error) {
 	h.refresh <- app
 	return commitNew, true, nil
@@ -173,7 +175,7 @@ func newFixture(t *testing.T) *fixture {
 		versions: map[string]string{"eu-1": "v-eu-1", "us-1": "v-us-1-new"},
 		refresh:  make(chan string, 1),
 	}
-	api := adminapi.New(st, hub, nil, 90*time.Second, testbed.Logger(t))
+	api := adminapi.New(st, hub, hub, nil, 90*time.Second, testbed.Logger(t))
 	dash, err := dashboard.New(dashboard.Config{Admin: api, Store: st, Logger: testbed.Logger(t), Now: func() time.Time { return t0 }})
 	must(t, err)
 	srv := httptest.NewServer(dash)
@@ -348,7 +350,7 @@ func TestEmptyFleet(t *testing.T) {
 	t.Cleanup(st.Close)
 	tok, _, err := st.CreateAPIToken(ctx, "alice", adminapi.RoleAdmin, 0, time.Now())
 	must(t, err)
-	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, nil, time.Minute, testbed.Logger(t)), Store: st, Now: func() time.Time { return t0 }})
+	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, &fakeHub{}, nil, time.Minute, testbed.Logger(t)), Store: st, Now: func() time.Time { return t0 }})
 	must(t, err)
 	srv := httptest.NewServer(dash)
 	t.Cleanup(srv.Close)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -156,7 +157,7 @@ func compileApp(a *App) (*compiledApp, error) {
 	}
 	ca := &compiledApp{app: a, placement: p, variants: make(map[string]*variant)}
 	for i, o := range a.Spec.GetOverrides() {
-		sel, err := compileSelector(o.GetSelector())
+		sel, err := spec.Selector(o.GetSelector())
 		if err != nil {
 			return nil, fmt.Errorf("override %d selector: %w", i, err)
 		}
@@ -216,7 +217,7 @@ func (ca *compiledApp) assign(t *target) (*droverv1.AppAssignment, [sha256.Size]
 // commit, building it the first time.
 func (ca *compiledApp) variantFor(set labels.Set, commit string) *variant {
 	// The key is the commit followed by a bitmap of matching overrides.
-	var buf [64 + (MaxOverrides+7)/8]byte
+	var buf [64 + (spec.MaxOverrides+7)/8]byte
 	key := append(buf[:0], commit...)
 	var bits byte
 	for i, sel := range ca.overrides {
@@ -240,16 +241,16 @@ func (ca *compiledApp) variantFor(set labels.Set, commit string) *variant {
 // messages belong to the caller of Compute or to the Fleet's copy, and
 // snapshots must share no mutable state with either.
 func (ca *compiledApp) buildVariant(set labels.Set, commit string) *variant {
-	spec := ca.app.Spec
+	as := ca.app.Spec
 	tmpl := &droverv1.AppAssignment{
 		Name:      ca.app.Name,
-		RepoUrl:   spec.GetSource().GetRepoUrl(),
+		RepoUrl:   as.GetSource().GetRepoUrl(),
 		Commit:    commit,
-		Path:      spec.GetSource().GetPath(),
-		Render:    renderTypes[spec.GetRender().GetType()],
-		Namespace: spec.GetRender().GetNamespace(),
+		Path:      as.GetSource().GetPath(),
+		Render:    spec.RenderType(as.GetRender().GetType()),
+		Namespace: as.GetRender().GetNamespace(),
 	}
-	if sp := spec.GetSyncPolicy(); sp != nil {
+	if sp := as.GetSyncPolicy(); sp != nil {
 		tmpl.SyncPolicy = proto.CloneOf(sp)
 	}
 	if ca.app.Credentials != nil {
@@ -257,7 +258,7 @@ func (ca *compiledApp) buildVariant(set labels.Set, commit string) *variant {
 	}
 	v := &variant{tmpl: tmpl}
 	var helm []string
-	for i, o := range spec.GetOverrides() {
+	for i, o := range as.GetOverrides() {
 		if !ca.overrides[i].Matches(set) {
 			continue
 		}

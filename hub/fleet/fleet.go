@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -103,10 +104,10 @@ func New(logger *slog.Logger) *Fleet {
 // SetCluster adds a cluster or replaces its labels, and recomputes its
 // assignment. Invalid input changes nothing.
 func (f *Fleet) SetCluster(name string, lbls map[string]string) error {
-	if err := ValidateName(name); err != nil {
+	if err := spec.ValidateName(name); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	if err := ValidateLabels(lbls); err != nil {
+	if err := spec.ValidateLabels(lbls); err != nil {
 		return fmt.Errorf("cluster %s: %w", name, err)
 	}
 	lbls = maps.Clone(lbls)
@@ -164,17 +165,20 @@ func (f *Fleet) RemoveCluster(name string) {
 }
 
 // SetApp adds or replaces an application and recomputes the clusters it
-// was or is now placed on. The Fleet keeps its own copy of app. It refuses
-// only what it cannot place (a bad name, a missing spec, selectors that do
-// not compile, a malformed commit): ValidateSpec's fuller rules belong to
-// the admin API, so that a stricter rule in a new hub version never drops
-// an application already running on clusters (its agents would prune it).
-// Invalid input changes nothing.
+// was or is now placed on. The Fleet copies app and its pins but keeps
+// app.Spec and app.Credentials as given: the caller hands them over and
+// never changes them afterwards (the hub's control logic gives it protos
+// read from the store, so a second copy of every spec would buy nothing).
+// It refuses only what it cannot place (a bad name, a missing spec,
+// selectors that do not compile, a malformed commit): spec.ValidateSpec's
+// fuller rules belong to the admin API, so that a stricter rule in a new
+// hub version never drops an application already running on clusters (its
+// agents would prune it). Invalid input changes nothing.
 func (f *Fleet) SetApp(app *App) error {
 	if app == nil {
 		return errors.New("application: nil")
 	}
-	if err := ValidateName(app.Name); err != nil {
+	if err := spec.ValidateName(app.Name); err != nil {
 		return fmt.Errorf("application: %w", err)
 	}
 	cp, err := copyApp(app)
@@ -432,10 +436,10 @@ func (f *Fleet) ClusterLabels() map[string]map[string]string {
 	return f.labelView
 }
 
-// copyApp returns a deep copy of app the Fleet can keep, after checking
-// what placement and encoding need: a spec, full commit SHAs, pins naming
-// valid clusters, and strings protobuf can encode (so appDigest never
-// fails).
+// copyApp returns a copy of app the Fleet can keep, sharing its spec and
+// credentials (see SetApp), after checking what placement and encoding
+// need: a spec, full commit SHAs, pins naming valid clusters, and strings
+// protobuf can encode (so appDigest never fails).
 func copyApp(app *App) (*App, error) {
 	if app.Spec == nil {
 		return nil, errors.New("spec: required")
@@ -446,7 +450,7 @@ func copyApp(app *App) (*App, error) {
 		}
 	}
 	for cluster, commit := range app.Pins {
-		if err := ValidateName(cluster); err != nil {
+		if err := spec.ValidateName(cluster); err != nil {
 			return nil, fmt.Errorf("pin: %w", err)
 		}
 		if err := checkCommit(commit); err != nil {
@@ -458,7 +462,7 @@ func copyApp(app *App) (*App, error) {
 	}
 	cp := &App{
 		Name:   app.Name,
-		Spec:   proto.CloneOf(app.Spec),
+		Spec:   app.Spec,
 		Commit: app.Commit,
 		Pins:   maps.Clone(app.Pins),
 	}
@@ -467,7 +471,7 @@ func copyApp(app *App) (*App, error) {
 		if _, err := proto.Marshal(app.Credentials); err != nil {
 			return nil, errors.New("credentials: not encodable (invalid UTF-8)")
 		}
-		cp.Credentials = proto.CloneOf(app.Credentials)
+		cp.Credentials = app.Credentials
 	}
 	return cp, nil
 }

@@ -38,6 +38,15 @@ func closed(ch <-chan struct{}) bool {
 	}
 }
 
+// changed returns a copy of app with a copy of its spec changed by edit:
+// the Fleet keeps the spec it was given, which is never changed after.
+func changed(app *App, edit func(*droverv1.ApplicationSpec)) *App {
+	cp := *app
+	cp.Spec = proto.CloneOf(app.Spec)
+	edit(cp.Spec)
+	return &cp
+}
+
 func simpleApp(name string, commit string, p *droverv1.Placement) *App {
 	return &App{Name: name, Commit: commit, Spec: &droverv1.ApplicationSpec{
 		Source:    &droverv1.Source{RepoUrl: "https://git.example.com/" + name},
@@ -115,7 +124,7 @@ func TestFleetAppSelectorChange(t *testing.T) {
 	_, devCh := f.Watch("dev")
 	_, otherCh := f.Watch("other")
 
-	app.Spec.Placement.Selector = matchLabels("env", "dev")
+	app = changed(app, func(s *droverv1.ApplicationSpec) { s.Placement.Selector = matchLabels("env", "dev") })
 	must(t, f.SetApp(app))
 	if !closed(prodCh) || !closed(devCh) {
 		t.Fatalf("woken: prod %v, dev %v; want both", closed(prodCh), closed(devCh))
@@ -134,7 +143,7 @@ func TestFleetAppSelectorChange(t *testing.T) {
 	}
 
 	// Names add to the selector.
-	app.Spec.Placement.ClusterNames = []string{"other"}
+	app = changed(app, func(s *droverv1.ApplicationSpec) { s.Placement.ClusterNames = []string{"other"} })
 	must(t, f.SetApp(app))
 	if got := f.PlacedClusters("web"); !slices.Equal(got, []string{"dev", "other"}) {
 		t.Fatalf("PlacedClusters = %v", got)
@@ -215,11 +224,11 @@ func TestFleetUnchangedRecomputeDoesNotWake(t *testing.T) {
 		{"same labels again", func() error { return f.SetCluster("c1", map[string]string{"region": "eu", "env": "prod"}) }},
 		{"same commit again", func() error { return f.SetCommit("web", web.Commit) }},
 		{"ref changed", func() error {
-			web.Spec.Source.Ref = "release"
+			web = changed(web, func(s *droverv1.ApplicationSpec) { s.Source.Ref = "release" })
 			return f.SetApp(web)
 		}},
 		{"override of other clusters changed", func() error {
-			web.Spec.Overrides[1].Variables = map[string]string{"x": "y"}
+			web = changed(web, func(s *droverv1.ApplicationSpec) { s.Overrides[1].Variables = map[string]string{"x": "y"} })
 			return f.SetApp(web)
 		}},
 		{"unresolved app placed", func() error { return f.SetApp(simpleApp("later", "", everywhere())) }},
@@ -354,6 +363,9 @@ func TestFleetRefusesBadInputAndKeepsState(t *testing.T) {
 	}
 }
 
+// TestFleetKeepsItsOwnCopies changes what the caller may change after
+// SetApp and SetCluster (the App, its pins, the labels); the spec and
+// credentials are handed over and never changed (see SetApp).
 func TestFleetKeepsItsOwnCopies(t *testing.T) {
 	f := New(testLogger(t))
 	lbls := map[string]string{"env": "prod", "region": "eu"}
@@ -364,9 +376,8 @@ func TestFleetKeepsItsOwnCopies(t *testing.T) {
 	want := proto.Clone(f.Assignment("c1"))
 
 	lbls["env"] = "dev"
-	app.Spec.Overrides[0].Patches[0].Patch = "changed"
-	app.Spec.Placement.Selector = matchLabels("env", "nope")
-	app.Credentials.Password = "changed"
+	app.Spec = changed(app, func(s *droverv1.ApplicationSpec) { s.Placement.Selector = matchLabels("env", "nope") }).Spec
+	app.Credentials = &droverv1.RepoCredentials{Password: "changed"}
 	app.Pins["c1"] = sha("x")
 	app.Commit = sha("y")
 	if !proto.Equal(f.Assignment("c1"), want) {

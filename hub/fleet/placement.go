@@ -3,9 +3,9 @@ package fleet
 import (
 	"fmt"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -44,32 +44,10 @@ func compilePlacement(pl *droverv1.Placement) (placement, error) {
 	for _, n := range pl.GetClusterNames() {
 		p.names[n] = struct{}{}
 	}
-	sel, err := compileSelector(pl.GetSelector())
+	sel, err := spec.Selector(pl.GetSelector())
 	if err != nil {
 		return p, fmt.Errorf("placement selector: %w", err)
 	}
 	p.selector = sel
 	return p, nil
-}
-
-// compileSelector turns the API's selector into apimachinery's, so users
-// get exactly kubectl's semantics. nil selects nothing (metav1's rule for a
-// nil *LabelSelector); an empty one selects everything.
-func compileSelector(sel *droverv1.LabelSelector) (labels.Selector, error) {
-	if sel == nil {
-		return labels.Nothing(), nil
-	}
-	return metav1.LabelSelectorAsSelector(toMetaSelector(sel))
-}
-
-func toMetaSelector(sel *droverv1.LabelSelector) *metav1.LabelSelector {
-	ls := &metav1.LabelSelector{MatchLabels: sel.GetMatchLabels()}
-	for _, r := range sel.GetMatchExpressions() {
-		ls.MatchExpressions = append(ls.MatchExpressions, metav1.LabelSelectorRequirement{
-			Key:      r.GetKey(),
-			Operator: metav1.LabelSelectorOperator(r.GetOperator()),
-			Values:   r.GetValues(),
-		})
-	}
-	return ls
 }

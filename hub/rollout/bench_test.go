@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/drover-dev/drover/hub/spec"
 )
 
 // benchFleet is n clusters: 1% canaries, 40% in the EU, the rest in the US,
@@ -45,7 +47,7 @@ func BenchmarkPlan10000(b *testing.B) {
 // every cluster has a status and 100 of them just reported healthy.
 func BenchmarkStep10000(b *testing.B) {
 	strategy := mustParse(b, issueStrategy)
-	strategy.Waves[0].MaxParallel = Percent(100)
+	strategy.Waves[0].MaxParallel = spec.Percent(100)
 	clusters := benchFleet(10000)
 	m := released(b, strategy, clusters...)
 	m.release("y")

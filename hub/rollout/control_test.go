@@ -245,3 +245,14 @@ func TestWaiting(t *testing.T) {
 		t.Fatalf("Waiting: %q, want %q", got, want)
 	}
 }
+
+func TestParseOp(t *testing.T) {
+	for _, op := range []Op{OpPause, OpResume, OpPromote, OpAbort, OpRollback} {
+		if got, err := ParseOp(string(op)); err != nil || got != op {
+			t.Errorf("ParseOp(%s) = %s, %v", op, got, err)
+		}
+	}
+	if _, err := ParseOp("approve"); err == nil || !strings.Contains(err.Error(), "want pause, resume, promote, abort or rollback") {
+		t.Errorf("ParseOp(approve): %v", err)
+	}
+}

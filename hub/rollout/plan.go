@@ -8,6 +8,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/drover-dev/drover/hub/spec"
 )
 
 // Cluster is a placed cluster as the planner sees it.
@@ -36,7 +38,7 @@ type Wave struct {
 // even when empty, so an approval gate still gates what follows it.
 //
 // Clusters that no wave selects are not left out: they make an implicit
-// last wave, ImplicitWave, updated all at once without soak or approval
+// last wave, spec.ImplicitWave, updated all at once without soak or approval
 // after every named wave, so a label nobody thought of never makes a
 // cluster miss a release, and never makes it a canary either. With no
 // strategy, or one without waves, that wave holds every cluster, which is
@@ -45,7 +47,7 @@ type Wave struct {
 // The result is a function of the inputs only: clusters are taken by name
 // (the first of duplicate names wins), whatever their order. The strategy
 // should be valid; a selector that does not compile selects nothing.
-func Plan(s *Strategy, clusters []Cluster) []Wave {
+func Plan(s *spec.Strategy, clusters []Cluster) []Wave {
 	// Sorting positions rather than Clusters, and by position among equal
 	// names, is stable without the cost of a stable sort.
 	order := make([]int, len(clusters))
@@ -57,7 +59,7 @@ func Plan(s *Strategy, clusters []Cluster) []Wave {
 	})
 	order = slices.CompactFunc(order, func(i, j int) bool { return clusters[i].Name == clusters[j].Name })
 
-	var specs []WaveSpec
+	var specs []spec.WaveSpec
 	if s != nil {
 		specs = s.Waves
 	}
@@ -82,17 +84,17 @@ func Plan(s *Strategy, clusters []Cluster) []Wave {
 		waves[i].MaxParallel = maxParallel(specs[i].MaxParallel, len(waves[i].Clusters))
 	}
 	if len(rest) > 0 || len(waves) == 0 {
-		waves = append(waves, Wave{Name: ImplicitWave, Clusters: rest, MaxParallel: max(len(rest), 1), Implicit: true})
+		waves = append(waves, Wave{Name: spec.ImplicitWave, Clusters: rest, MaxParallel: max(len(rest), 1), Implicit: true})
 	}
 	return waves
 }
 
 // maxParallel resolves a wave's maxParallel; zero means the whole wave.
-func maxParallel(v IntOrPercent, size int) int {
-	if v == (IntOrPercent{}) {
+func maxParallel(v spec.IntOrPercent, size int) int {
+	if v == (spec.IntOrPercent{}) {
 		return max(size, 1)
 	}
-	return v.ceilOf(size)
+	return v.CeilOf(size)
 }
 
 // compileSelector gives kubectl's semantics, except that nil, like {},

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/drover-dev/drover/hub/spec"
 )
 
 // render shows a plan as "canary[c1 c2]/1 europe[eu1]/1".
@@ -34,7 +36,7 @@ func render(waves []Wave) string {
 func TestPlan(t *testing.T) {
 	tests := []struct {
 		name     string
-		strategy *Strategy
+		strategy *spec.Strategy
 		clusters []Cluster
 		want     string
 	}{
@@ -42,32 +44,32 @@ func TestPlan(t *testing.T) {
 			"canary[c1 c2]/1 soak=10m0s europe[eu1 eu2 eu3 eu4]/1 approval rest[us1 us2 us3 us4]/2"},
 		{"no strategy: one wave of everything at once", nil, fleetOf()[:3],
 			"remaining[c1 c2 eu1]/3 implicit"},
-		{"no waves", &Strategy{MaxFailures: Count(1)}, fleetOf()[:2],
+		{"no waves", &spec.Strategy{MaxFailures: spec.Count(1)}, fleetOf()[:2],
 			"remaining[c1 c2]/2 implicit"},
-		{"no clusters", &Strategy{}, nil,
+		{"no clusters", &spec.Strategy{}, nil,
 			"remaining[]/1 implicit"},
 		{"clusters no wave selects go last, all at once",
-			&Strategy{Waves: []WaveSpec{{Name: "canary", Selector: selector("ring", "canary"), MaxParallel: Count(1)}}}, fleetOf()[:4],
+			&spec.Strategy{Waves: []spec.WaveSpec{{Name: "canary", Selector: selector("ring", "canary"), MaxParallel: spec.Count(1)}}}, fleetOf()[:4],
 			"canary[c1 c2]/1 remaining[eu1 eu2]/2 implicit"},
 		{"empty waves stay in place",
-			&Strategy{Waves: []WaveSpec{{Name: "mars", Selector: selector("planet", "mars"), RequireApproval: true}, {Name: "all"}}}, fleetOf()[:2],
+			&spec.Strategy{Waves: []spec.WaveSpec{{Name: "mars", Selector: selector("planet", "mars"), RequireApproval: true}, {Name: "all"}}}, fleetOf()[:2],
 			"mars[]/1 approval all[c1 c2]/2"},
 		{"empty selector takes the rest",
-			&Strategy{Waves: []WaveSpec{{Name: "eu", Selector: selector("region", "eu")}, {Name: "rest", Selector: &metav1.LabelSelector{}}}}, fleetOf()[:4],
+			&spec.Strategy{Waves: []spec.WaveSpec{{Name: "eu", Selector: selector("region", "eu")}, {Name: "rest", Selector: &metav1.LabelSelector{}}}}, fleetOf()[:4],
 			"eu[c1 eu1 eu2]/3 rest[c2]/1"},
 		{"match expressions",
-			&Strategy{Waves: []WaveSpec{{Name: "not-eu", Selector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			&spec.Strategy{Waves: []spec.WaveSpec{{Name: "not-eu", Selector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
 				{Key: "region", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"eu"}}}}}}}, fleetOf()[:4],
 			"not-eu[c2]/1 remaining[c1 eu1 eu2]/3 implicit"},
-		{"count is taken as written", &Strategy{Waves: []WaveSpec{{Name: "a", MaxParallel: Count(5)}}}, fleetOf()[:2],
+		{"count is taken as written", &spec.Strategy{Waves: []spec.WaveSpec{{Name: "a", MaxParallel: spec.Count(5)}}}, fleetOf()[:2],
 			"a[c1 c2]/5"},
-		{"duplicate names: the first wins", &Strategy{Waves: []WaveSpec{{Name: "eu", Selector: selector("region", "eu")}}},
+		{"duplicate names: the first wins", &spec.Strategy{Waves: []spec.WaveSpec{{Name: "eu", Selector: selector("region", "eu")}}},
 			[]Cluster{cluster("x", "region", "eu"), cluster("x", "region", "us")},
 			"eu[x]/1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := Validate(tt.strategy); err != nil {
+			if err := spec.Validate(tt.strategy); err != nil {
 				t.Fatal(err)
 			}
 			if got := render(Plan(tt.strategy, tt.clusters)); got != tt.want {
@@ -99,7 +101,7 @@ func TestPlanPercentRounding(t *testing.T) {
 			for i := range clusters {
 				clusters[i] = Cluster{Name: fmt.Sprintf("c%05d", i)}
 			}
-			s := &Strategy{Waves: []WaveSpec{{Name: "all", MaxParallel: Percent(tt.percent)}}}
+			s := &spec.Strategy{Waves: []spec.WaveSpec{{Name: "all", MaxParallel: spec.Percent(tt.percent)}}}
 			if got := Plan(s, clusters)[0].MaxParallel; got != tt.want {
 				t.Fatalf("maxParallel %d%% of %d clusters = %d, want %d", tt.percent, tt.clusters, got, tt.want)
 			}
@@ -109,19 +111,19 @@ func TestPlanPercentRounding(t *testing.T) {
 
 func TestFailureBudgetRounding(t *testing.T) {
 	tests := []struct {
-		v        IntOrPercent
+		v        spec.IntOrPercent
 		clusters int
 		want     int
 	}{
-		{Count(0), 100, 0},
-		{Count(3), 2, 3},
-		{Percent(10), 15, 1}, // 1.5 rounds down: never more than stated
-		{Percent(10), 9, 0},
-		{Percent(50), 3, 1},
-		{Percent(100), 7, 7},
+		{spec.Count(0), 100, 0},
+		{spec.Count(3), 2, 3},
+		{spec.Percent(10), 15, 1}, // 1.5 rounds down: never more than stated
+		{spec.Percent(10), 9, 0},
+		{spec.Percent(50), 3, 1},
+		{spec.Percent(100), 7, 7},
 	}
 	for _, tt := range tests {
-		if got := tt.v.floorOf(tt.clusters); got != tt.want {
+		if got := tt.v.FloorOf(tt.clusters); got != tt.want {
 			t.Errorf("maxFailures %s of %d clusters = %d, want %d", tt.v, tt.clusters, got, tt.want)
 		}
 	}

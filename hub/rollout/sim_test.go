@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -53,7 +55,7 @@ type sim struct {
 	log []Action
 }
 
-func newSim(t testing.TB, strategy *Strategy, clusters ...Cluster) *sim {
+func newSim(t testing.TB, strategy *spec.Strategy, clusters ...Cluster) *sim {
 	m := &sim{t: t, now: t0, obs: Observations{Strategy: strategy, Placed: clusters, Clusters: map[string]Observation{}}}
 	for _, c := range clusters {
 		m.obs.Clusters[c.Name] = Observation{Online: true, LastSeen: t0}
@@ -63,7 +65,7 @@ func newSim(t testing.TB, strategy *Strategy, clusters ...Cluster) *sim {
 
 // released returns a sim whose application already completed release "w",
 // its first (which goes everywhere at once).
-func released(t testing.TB, strategy *Strategy, clusters ...Cluster) *sim {
+func released(t testing.TB, strategy *spec.Strategy, clusters ...Cluster) *sim {
 	m := newSim(t, strategy, clusters...)
 	m.release("w")
 	if m.s.Phase != PhaseCompleted {
@@ -320,11 +322,31 @@ progressDeadline: 10m
 offlineTimeout: 15m
 `
 
-func mustParse(t testing.TB, yamlText string) *Strategy {
+func mustParse(t testing.TB, yamlText string) *spec.Strategy {
 	t.Helper()
-	s, err := ParseStrategy([]byte(yamlText))
+	s, err := spec.ParseStrategy([]byte(yamlText))
 	if err != nil {
 		t.Fatalf("ParseStrategy: %v", err)
 	}
 	return s
+}
+
+// TestParseStrategyIssueExample checks that the issue's example reads as
+// the strategy the simulations here plan with.
+func TestParseStrategyIssueExample(t *testing.T) {
+	got := mustParse(t, issueStrategy)
+	want := &spec.Strategy{
+		Waves: []spec.WaveSpec{
+			{Name: "canary", Selector: selector("ring", "canary"), MaxParallel: spec.Count(1), Soak: 10 * time.Minute},
+			{Name: "europe", Selector: selector("region", "eu"), MaxParallel: spec.Percent(25), RequireApproval: true},
+			{Name: "rest", MaxParallel: spec.Percent(50)},
+		},
+		MaxFailures:      spec.Count(0),
+		OnFailure:        spec.FailurePause,
+		ProgressDeadline: 10 * time.Minute,
+		OfflineTimeout:   15 * time.Minute,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("ParseStrategy:\n got %+v\nwant %+v", got, want)
+	}
 }

@@ -24,6 +24,7 @@ package rollout
 import (
 	"time"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -258,7 +259,7 @@ type Observations struct {
 	// Strategy is the application's rollout strategy now, nil for none.
 	// Edits apply to the running rollout: waves done stay done, and a new
 	// or renamed wave is a pending wave in its place.
-	Strategy *Strategy
+	Strategy *spec.Strategy
 	// Placed is every cluster the application is placed on now.
 	Placed []Cluster
 	// Clusters holds what is known about each placed cluster; a missing

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -60,7 +61,7 @@ func Step(s State, obs Observations, now time.Time) (State, []Action) {
 		return r.s, r.actions
 	}
 	r.observeAll()
-	if r.overBudget() && (r.s.Phase != PhaseFailed || r.strategy.onFailure() == FailureRollback) {
+	if r.overBudget() && (r.s.Phase != PhaseFailed || onFailure(r.strategy) == spec.FailureRollback) {
 		r.stop()
 		return r.s, r.actions
 	}
@@ -75,7 +76,7 @@ func Step(s State, obs Observations, now time.Time) (State, []Action) {
 // and Clusters are its own.
 type stepper struct {
 	s        State
-	strategy *Strategy // never nil
+	strategy *spec.Strategy // never nil
 	clusters map[string]Observation
 	now      time.Time
 	// plan is the current plan; nil in Control, which orders clusters by
@@ -85,9 +86,9 @@ type stepper struct {
 	failures int
 }
 
-func newStepper(s State, strategy *Strategy, clusters map[string]Observation, now time.Time) *stepper {
+func newStepper(s State, strategy *spec.Strategy, clusters map[string]Observation, now time.Time) *stepper {
 	if strategy == nil {
-		strategy = &Strategy{}
+		strategy = &spec.Strategy{}
 	}
 	s.Waves = slices.Clone(s.Waves)
 	s.Clusters = maps.Clone(s.Clusters)
@@ -458,7 +459,7 @@ func (c *ClusterState) setProblem(p string) {
 // failed. Time offline does not count against the progress deadline: an
 // offline cluster is the offline timeout's business.
 func (r *stepper) evaluate(name string, c *ClusterState, o Observation) {
-	deadline := r.strategy.progressDeadline()
+	deadline := progressDeadline(r.strategy)
 	switch c.Phase {
 	case ClusterUpdating:
 		if !o.Online && r.now.After(c.DeadlineFrom) {
@@ -496,13 +497,13 @@ func (r *stepper) fail(name string, c *ClusterState, reason string) {
 }
 
 func (r *stepper) overBudget() bool {
-	return r.failures > r.strategy.MaxFailures.floorOf(len(r.s.Clusters))
+	return r.failures > r.strategy.MaxFailures.FloorOf(len(r.s.Clusters))
 }
 
 // stop applies the failure policy.
 func (r *stepper) stop() {
 	reason := r.failureSummary()
-	if r.strategy.onFailure() == FailureRollback {
+	if onFailure(r.strategy) == spec.FailureRollback {
 		r.rollback(reason)
 		return
 	}
@@ -571,7 +572,7 @@ func (r *stepper) endWaves(phase WavePhase, undone bool) {
 }
 
 func (r *stepper) skipOffline() {
-	timeout := r.strategy.offlineTimeout()
+	timeout := offlineTimeout(r.strategy)
 	r.forEach(func(name string, c *ClusterState) {
 		if c.Phase != ClusterUpdating {
 			return
@@ -602,7 +603,7 @@ func (r *stepper) skip(name string, c *ClusterState, o Observation) {
 	}
 	r.pin(name, c, r.s.Good)
 	r.event(EventClusterSkip, name, c.Wave, "Cluster %s skipped in wave %s: %s, more than the offline timeout of %s; it runs %s and gets %s once the rollout completes",
-		name, c.Wave, c.Reason, r.strategy.offlineTimeout(), short(r.s.Good), short(r.s.Release))
+		name, c.Wave, c.Reason, offlineTimeout(r.strategy), short(r.s.Good), short(r.s.Release))
 }
 
 // advance moves the waves along in order, as far as they can go now.
@@ -677,7 +678,7 @@ func (r *stepper) startWave(w *Wave, ws *WaveState) {
 // cluster may fail at once when it already ran the release), after
 // stopping the rollout.
 func (r *stepper) startPending(w *Wave) bool {
-	timeout := r.strategy.offlineTimeout()
+	timeout := offlineTimeout(r.strategy)
 	updating := 0
 	for _, name := range w.Clusters {
 		if r.s.Clusters[name].Phase == ClusterUpdating {

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -127,17 +128,17 @@ func TestIssueExample(t *testing.T) {
 
 func TestMaxParallel(t *testing.T) {
 	tests := []struct {
-		maxParallel IntOrPercent
+		maxParallel spec.IntOrPercent
 		// want is how many of 10 clusters update at once.
 		want int
 	}{
-		{IntOrPercent{}, 10},
-		{Count(1), 1},
-		{Count(3), 3},
-		{Count(20), 10},
-		{Percent(25), 3},
-		{Percent(5), 1},
-		{Percent(100), 10},
+		{spec.IntOrPercent{}, 10},
+		{spec.Count(1), 1},
+		{spec.Count(3), 3},
+		{spec.Count(20), 10},
+		{spec.Percent(25), 3},
+		{spec.Percent(5), 1},
+		{spec.Percent(100), 10},
 	}
 	for _, tt := range tests {
 		t.Run(tt.maxParallel.String(), func(t *testing.T) {
@@ -145,7 +146,7 @@ func TestMaxParallel(t *testing.T) {
 			for _, n := range []string{"a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9"} {
 				clusters = append(clusters, cluster(n))
 			}
-			m := released(t, &Strategy{Waves: []WaveSpec{{Name: "all", MaxParallel: tt.maxParallel}}}, clusters...)
+			m := released(t, &spec.Strategy{Waves: []spec.WaveSpec{{Name: "all", MaxParallel: tt.maxParallel}}}, clusters...)
 			m.release("y")
 			updated := 0
 			for round := 0; m.s.Phase == PhaseRunning; round++ {
@@ -212,7 +213,7 @@ func TestStaleStatusDoesNotAdvance(t *testing.T) {
 
 func TestOutOfOrderReports(t *testing.T) {
 	t.Run("an older Healthy after a newer Degraded", func(t *testing.T) {
-		m := released(t, &Strategy{Waves: []WaveSpec{{Name: "all", MaxParallel: Count(1)}}, MaxFailures: Count(5)}, cluster("a"), cluster("b"))
+		m := released(t, &spec.Strategy{Waves: []spec.WaveSpec{{Name: "all", MaxParallel: spec.Count(1)}}, MaxFailures: spec.Count(5)}, cluster("a"), cluster("b"))
 		m.release("y")
 		start := m.now
 		m.tick(5 * time.Minute)
@@ -227,7 +228,7 @@ func TestOutOfOrderReports(t *testing.T) {
 		m.wantPhases("a:updating b:pending")
 	})
 	t.Run("a late Healthy does not undo a failure", func(t *testing.T) {
-		m := released(t, &Strategy{Waves: []WaveSpec{{Name: "all"}}, MaxFailures: Count(5)}, cluster("a"), cluster("b"))
+		m := released(t, &spec.Strategy{Waves: []spec.WaveSpec{{Name: "all"}}, MaxFailures: spec.Count(5)}, cluster("a"), cluster("b"))
 		m.release("y")
 		start := m.now
 		m.tick(5 * time.Minute)
@@ -238,7 +239,7 @@ func TestOutOfOrderReports(t *testing.T) {
 		m.wantPhases("a:failed b:updating")
 	})
 	t.Run("a NACK older than the Healthy status", func(t *testing.T) {
-		m := released(t, &Strategy{Waves: []WaveSpec{{Name: "all"}}}, cluster("a"))
+		m := released(t, &spec.Strategy{Waves: []spec.WaveSpec{{Name: "all"}}}, cluster("a"))
 		m.release("y")
 		start := m.now
 		m.tick(5 * time.Minute)
@@ -250,7 +251,7 @@ func TestOutOfOrderReports(t *testing.T) {
 		m.wantPhase(PhaseCompleted)
 	})
 	t.Run("a report from the future", func(t *testing.T) {
-		m := released(t, &Strategy{Waves: []WaveSpec{{Name: "all"}}}, cluster("a"))
+		m := released(t, &spec.Strategy{Waves: []spec.WaveSpec{{Name: "all"}}}, cluster("a"))
 		m.release("y")
 		// The agent's clock runs ahead: taken as observed now, which is
 		// not after the start.
@@ -405,7 +406,7 @@ func TestFailureBudget(t *testing.T) {
 
 func TestOnFailureRollback(t *testing.T) {
 	strategy := mustParse(t, issueStrategy)
-	strategy.OnFailure = FailureRollback
+	strategy.OnFailure = spec.FailureRollback
 	m := released(t, strategy, fleetOf()...)
 	m.release("y")
 	m.succeed("c1")
@@ -957,7 +958,7 @@ func TestReasons(t *testing.T) {
 func TestAtOnceReleaseFollowsClusters(t *testing.T) {
 	for _, tt := range []struct {
 		name     string
-		strategy *Strategy
+		strategy *spec.Strategy
 		waves    string
 	}{
 		{"first release", mustParse(t, issueStrategy), "canary:running europe:running rest:done"},
@@ -1038,7 +1039,7 @@ func TestEndedRolloutWaves(t *testing.T) {
 	})
 	t.Run("failure", func(t *testing.T) {
 		strategy := mustParse(t, issueStrategy)
-		strategy.OnFailure = FailureRollback
+		strategy.OnFailure = spec.FailureRollback
 		m := released(t, strategy, fleetOf()...)
 		m.release("y")
 		m.succeed("c1")

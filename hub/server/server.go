@@ -1,7 +1,10 @@
-// Package server wires Drover's hub together: the store (an external or an
-// embedded PostgreSQL), the CA, the in-memory fleet, the Git watcher, the
-// agent endpoint and the admin API. drover-hub's main only parses flags and
-// calls Run; tests start a whole hub in-process with Start.
+// Package server wires Drover's hub together and runs it: the store (an
+// external or an embedded PostgreSQL), the CA and the credential key, the
+// control logic (hub/control, which owns the in-memory fleet, the Git
+// watcher and the rollout engine), the agent endpoint, the admin API and the
+// dashboard, their listeners and TLS, and their lifetimes. It decides
+// nothing about releases or rollouts. drover-hub's main only parses flags
+// and calls Run; tests start a whole hub in-process with Start.
 package server
 
 import (
@@ -16,7 +19,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/drover-dev/drover/hub/adminapi"
 	"github.com/drover-dev/drover/hub/agentapi"
+	"github.com/drover-dev/drover/hub/control"
 	"github.com/drover-dev/drover/hub/dashboard"
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/gitwatch"
@@ -51,9 +54,8 @@ type Hub struct {
 	ca       *pki.CA
 	box      *secrets.Box
 	fleet    *fleet.Fleet
-	rollouts *rollouts
-	watcher  *gitwatch.Watcher
-	resolver *gitwatch.Resolver
+	ctl      *control.Controller
+	changes  *dashboard.Changes
 	statuses *store.StatusWriter
 	agents   *agentapi.Server
 	admin    *adminapi.Server
@@ -70,13 +72,9 @@ type Hub struct {
 
 	cancel context.CancelFunc
 	group  *errgroup.Group
-
-	mu sync.Mutex // guards the fields below
-	// sourceErrs holds the last error resolving each application's source.
-	sourceErrs map[string]string
-	// specs caches application specs for the Git watcher's Targets.
-	specs map[string]*droverv1.ApplicationSpec
 }
+
+var _ adminapi.Hub = (*Hub)(nil)
 
 // Start starts a hub and returns once it serves. The initial admin token,
 // on first start, is written to DataDir/admin-token and printed to out.
@@ -91,7 +89,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	if err := os.MkdirAll(cfg.DataDir, 0o711); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	h := &Hub{cfg: cfg, log: logger, sourceErrs: map[string]string{}, specs: map[string]*droverv1.ApplicationSpec{}}
+	h := &Hub{cfg: cfg, log: logger}
 	defer func() {
 		if err != nil {
 			h.closeResources()
@@ -139,14 +137,13 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	}
 
 	h.fleet = fleet.New(logger)
-	if h.rollouts, err = newRollouts(ctx, h.store, h.fleet, cfg.OfflineTimeout, logger); err != nil {
-		return nil, err
-	}
-	if err := h.load(ctx); err != nil {
-		return nil, err
-	}
-	h.resolver = gitwatch.NewResolver(filepath.Join(cfg.DataDir, "git-cache"), logger)
-	if h.watcher, err = gitwatch.NewWatcher(gitwatch.Config{Interval: cfg.PollInterval, Logger: logger}, h.resolver, h, h); err != nil {
+	h.changes = dashboard.NewChanges()
+	if h.ctl, err = control.New(ctx, control.Config{
+		Store: h.store, Fleet: h.fleet, Secrets: h.box,
+		Resolver:     gitwatch.NewResolver(filepath.Join(cfg.DataDir, "git-cache"), logger),
+		PollInterval: cfg.PollInterval, OfflineTimeout: cfg.OfflineTimeout,
+		Changed: h.changes.Notify, Logger: logger,
+	}); err != nil {
 		return nil, err
 	}
 	h.statuses = store.NewStatusWriter(h.store, logger, 0, 0, store.WithOnWritten(h.notify))
@@ -156,12 +153,11 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 		// well within the offline timeout, or connected clusters would
 		// flap offline when the timeout is short.
 		LastSeenFlush: min(5*time.Second, cfg.OfflineTimeout/4),
-	}, notifyingStore{h.store, h.notify}, h.ca, h.fleet, h.statuses, logger)
-	h.admin = adminapi.New(h.store, h, h.box, cfg.OfflineTimeout, logger)
-	if h.dash, err = dashboard.New(dashboard.Config{Admin: h.admin, Store: h.store, Logger: logger, OfflineTimeout: cfg.OfflineTimeout}); err != nil {
+	}, notifyingStore{h.store, h.notify}, h.ca, h.fleet, h.ctl, h.statuses, logger)
+	h.admin = adminapi.New(h.store, h.ctl, h, h.box, cfg.OfflineTimeout, logger)
+	if h.dash, err = dashboard.New(dashboard.Config{Admin: h.admin, Store: h.store, Logger: logger, OfflineTimeout: cfg.OfflineTimeout, Changes: h.changes}); err != nil {
 		return nil, err
 	}
-	h.rollouts.changed = h.dash.Notify
 
 	h.grpcSrv = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{
@@ -238,8 +234,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	})
 	g.Go(func() error { return h.agents.Run(gctx) })
 	g.Go(func() error { h.statuses.Run(gctx); return nil })
-	g.Go(func() error { return h.watcher.Run(gctx) })
-	g.Go(func() error { return h.rollouts.run(gctx) })
+	g.Go(func() error { return h.ctl.Run(gctx) })
 	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
 	return h, nil
 }
@@ -276,8 +271,16 @@ func (h *Hub) CACertPEM() []byte { return h.ca.CertPEM() }
 // Store is the hub's store, for tests and tools.
 func (h *Hub) Store() *store.Store { return h.store }
 
-// Fleet is the hub's in-memory fleet.
+// Fleet is the hub's in-memory fleet, for reading: only the hub's
+// control logic writes it.
 func (h *Hub) Fleet() *fleet.Fleet { return h.fleet }
+
+// Controller is the hub's control logic, for tests and tools that change
+// the store directly and must tell it.
+func (h *Hub) Controller() *control.Controller { return h.ctl }
+
+// Disconnect closes a cluster's stream on this replica.
+func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(cluster, reason) }
 
 // FlushStatuses writes pending statuses now.
 func (h *Hub) FlushStatuses(ctx context.Context) error { return h.statuses.Flush(ctx) }
@@ -345,12 +348,8 @@ func (h *Hub) closeResources() {
 // NACK, a connection, an event): the rollout engine steps at once rather than
 // at its next tick, and open dashboard pages refresh. Both coalesce.
 func (h *Hub) notify() {
-	if h.rollouts != nil {
-		h.rollouts.poke()
-	}
-	if h.dash != nil {
-		h.dash.Notify()
-	}
+	h.ctl.Poke()
+	h.changes.Notify()
 }
 
 // notifyingStore is the agent endpoint's store: connections, ACKs and

@@ -1225,7 +1225,7 @@ func (x *ApplicationSpec) GetRollout() *RolloutStrategy {
 }
 
 // RolloutStrategy moves each new release across the placed clusters in
-// waves, gated by their health. Its JSON is what hub/rollout.ParseStrategy
+// waves, gated by their health. Its JSON is what hub/spec.ParseStrategy
 // reads; the hub validates it there.
 type RolloutStrategy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`

@@ -1,4 +1,4 @@
-package rollout
+package spec
 
 import (
 	"encoding/json"
@@ -11,24 +11,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
-
-func TestParseStrategyIssueExample(t *testing.T) {
-	got := mustParse(t, issueStrategy)
-	want := &Strategy{
-		Waves: []WaveSpec{
-			{Name: "canary", Selector: selector("ring", "canary"), MaxParallel: Count(1), Soak: 10 * time.Minute},
-			{Name: "europe", Selector: selector("region", "eu"), MaxParallel: Percent(25), RequireApproval: true},
-			{Name: "rest", MaxParallel: Percent(50)},
-		},
-		MaxFailures:      Count(0),
-		OnFailure:        FailurePause,
-		ProgressDeadline: 10 * time.Minute,
-		OfflineTimeout:   15 * time.Minute,
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("ParseStrategy:\n got %+v\nwant %+v", got, want)
-	}
-}
 
 func TestParseStrategyForms(t *testing.T) {
 	tests := []struct {
@@ -209,19 +191,16 @@ func TestIntOrPercentJSON(t *testing.T) {
 	}
 }
 
-func TestParseOp(t *testing.T) {
-	for _, op := range []Op{OpPause, OpResume, OpPromote, OpAbort, OpRollback} {
-		if got, err := ParseOp(string(op)); err != nil || got != op {
-			t.Errorf("ParseOp(%s) = %s, %v", op, got, err)
-		}
-	}
-	if _, err := ParseOp("approve"); err == nil || !strings.Contains(err.Error(), "want pause, resume, promote, abort or rollback") {
-		t.Errorf("ParseOp(approve): %v", err)
-	}
-}
-
 func ExampleParseStrategy() {
 	_, err := ParseStrategy([]byte("waves:\n- name: canary\n  selector: {matchLabels: {ring: canary}}\n  maxParallel: 0%\n- {name: rest, soak: 0s}\n"))
 	fmt.Println(err)
 	// Output: rollout.waves[0].maxParallel: 0%: a percentage must be from 1% to 100%; rollout.waves[1].soak: 0s: must be positive; omit it for no soak
+}
+
+func selector(kv ...string) *metav1.LabelSelector {
+	l := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		l[kv[i]] = kv[i+1]
+	}
+	return &metav1.LabelSelector{MatchLabels: l}
 }

@@ -1,4 +1,4 @@
-package fleet
+package spec
 
 import (
 	"errors"
@@ -66,7 +66,7 @@ func TestValidateSpecAcceptsValid(t *testing.T) {
 		{"tag ref", func(s *droverv1.ApplicationSpec) { s.Source.Ref = "v1.2.3" }},
 		{"nested branch ref", func(s *droverv1.ApplicationSpec) { s.Source.Ref = "release/2026-11" }},
 		{"full ref", func(s *droverv1.ApplicationSpec) { s.Source.Ref = "refs/tags/v1" }},
-		{"commit ref", func(s *droverv1.ApplicationSpec) { s.Source.Ref = sha("x") }},
+		{"commit ref", func(s *droverv1.ApplicationSpec) { s.Source.Ref = strings.Repeat("ab", 20) }},
 		{"default branch", func(s *droverv1.ApplicationSpec) { s.Source.Ref = "" }},
 		{"root path", func(s *droverv1.ApplicationSpec) { s.Source.Path = "" }},
 		{"dot path", func(s *droverv1.ApplicationSpec) { s.Source.Path = "./" }},

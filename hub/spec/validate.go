@@ -1,4 +1,11 @@
-package fleet
+// Package spec is the one definition of what the hub accepts from users:
+// application specs (source, render, placement, overrides, rollout
+// strategy), names and labels, and repository URLs. The admin API checks
+// every request with it and droverctl checks files with it before sending,
+// so both refuse the same input with the same field errors; it links
+// neither the in-memory fleet nor the rollout planner, which read what it
+// accepted.
+package spec
 
 import (
 	"bufio"
@@ -21,7 +28,6 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
-	"github.com/drover-dev/drover/hub/rollout"
 	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -47,15 +53,6 @@ const (
 	// MinSyncInterval is the shortest spec.syncPolicy.interval: every
 	// interval makes each agent re-read every object of the application.
 	MinSyncInterval = time.Second
-)
-
-// FieldError and FieldErrors name the field of an input that is wrong and
-// why, in the admin API's JSON names ("spec.source.repoURL"); the
-// validators return a FieldErrors listing every problem, in field order.
-// They are rollout's types, so that a strategy's errors need no converting.
-type (
-	FieldError  = rollout.FieldError
-	FieldErrors = rollout.FieldErrors
 )
 
 // addList takes over apimachinery's field errors. ErrorBody echoes the bad
@@ -240,6 +237,10 @@ var renderTypes = map[string]droverv1.RenderType{
 	"helm":      droverv1.RenderType_RENDER_TYPE_HELM,
 }
 
+// RenderType is the agent's enum for spec.render.type, one ValidateSpec
+// accepted; anything else is unspecified.
+func RenderType(t string) droverv1.RenderType { return renderTypes[t] }
+
 func validateRender(errs *FieldErrors, r *droverv1.Render) {
 	if _, ok := renderTypes[r.GetType()]; !ok {
 		errs.Add("spec.render.type", "%q is not one of \"directory\", \"kustomize\", \"helm\"", r.GetType())
@@ -282,7 +283,7 @@ func validateSelector(errs *FieldErrors, fld *field.Path, sel *droverv1.LabelSel
 	}
 	// Whatever apimachinery's compiler still refuses (there should be
 	// nothing) must not reach placement.
-	if _, err := compileSelector(sel); err != nil {
+	if _, err := Selector(sel); err != nil {
 		errs.Add(fld.String(), "%v", err)
 	}
 }

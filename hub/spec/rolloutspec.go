@@ -1,25 +1,26 @@
-package fleet
+package spec
 
 import (
 	"errors"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/drover-dev/drover/hub/rollout"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// RolloutStrategy reads an application's spec.rollout into the planner's
-// Strategy: nil when the spec has none. The planner parses the proto's JSON,
-// so the API, droverctl's files and the hub refuse the same strategies
-// with the same messages. Errors are FieldErrors named from "spec.".
-func RolloutStrategy(spec *droverv1.ApplicationSpec) (*rollout.Strategy, error) {
+// RolloutStrategy reads an application's spec.rollout into a Strategy: nil
+// when the spec has none. It reads the proto's JSON as ParseStrategy reads
+// a file's, so the API, droverctl's files and the hub refuse the same
+// strategies with the same messages. Errors are FieldErrors named from
+// "spec.". The hub parses an application's strategy once, when the
+// application is set, and keeps the result.
+func RolloutStrategy(spec *droverv1.ApplicationSpec) (*Strategy, error) {
 	var errs FieldErrors
 	s := parseRollout(&errs, spec.GetRollout())
 	return s, errs.Err()
 }
 
-func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *rollout.Strategy {
+func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *Strategy {
 	if r == nil {
 		return nil
 	}
@@ -28,8 +29,8 @@ func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *rollout.Strat
 		errs.Add("spec.rollout", "not encodable: %v", err)
 		return nil
 	}
-	s, err := rollout.ParseStrategy(js)
-	var fes rollout.FieldErrors
+	s, err := parseStrategyJSON(js)
+	var fes FieldErrors
 	switch {
 	case errors.As(err, &fes):
 		for _, fe := range fes {
@@ -42,7 +43,7 @@ func parseRollout(errs *FieldErrors, r *droverv1.RolloutStrategy) *rollout.Strat
 	case s == nil:
 		// Not reached (protojson writes {} for an empty message), but a
 		// rollout block that is set is never "no rollout".
-		return &rollout.Strategy{}
+		return &Strategy{}
 	}
 	return s
 }

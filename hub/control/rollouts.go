@@ -1,4 +1,4 @@
-package server
+package control
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/rollout"
+	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
 	"github.com/drover-dev/drover/internal/backoff"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
@@ -23,7 +24,7 @@ import (
 
 // rolloutInterval is how often the engine steps every rollout even without
 // a wake: soaks and deadlines end, and clusters go offline, with no event to
-// say so. Status writes, ACKs and NACKs wake it at once (Hub.notify).
+// say so. Status writes, ACKs and NACKs wake it at once (Controller.Poke).
 const rolloutInterval = time.Second
 
 // rolloutRetryMax caps the engine's delay between steps while they fail.
@@ -45,16 +46,16 @@ type rollouts struct {
 
 	wake    chan struct{}
 	control chan controlRequest
-	// changed, when set, is called after a rollout state is stored (the
-	// dashboard's refresh); it must not wake the engine.
+	// changed is called after a rollout state is stored (the dashboard's
+	// refresh); it must not wake the engine.
 	changed func()
 
 	// mu serialises what goes into the fleet for an application (its
 	// spec from setApp, its pins from the engine), so neither overwrites
 	// the other with something older. Lock order: mu, then the fleet's.
 	mu sync.Mutex // guards the fields below
-	// apps is the fleet.App last set for each application, pins aside.
-	apps map[string]*fleet.App
+	// apps is the application last set for each name, pins aside.
+	apps map[string]*engineApp
 	// states is each application's rollout as last stored.
 	states map[string]rollout.State
 	// noops holds, for each application whose newest release was found
@@ -63,6 +64,16 @@ type rollouts struct {
 	// the rollout moved on meanwhile, the release is rolled out as any
 	// other. Lost on restart, which costs only a rollout.
 	noops map[string]noopRelease
+}
+
+// engineApp is an application as the engine keeps it: what goes into the
+// fleet, and its rollout strategy parsed once, when the application is set.
+type engineApp struct {
+	*fleet.App
+	// strategy is the parsed spec.rollout, nil without one; strategyErr
+	// says why a strategy stored before a stricter rule does not parse.
+	strategy    *spec.Strategy
+	strategyErr error
 }
 
 // noopRelease says that commit changes nothing under its application's
@@ -77,16 +88,17 @@ type controlRequest struct {
 
 // newRollouts loads the stored rollout states, so that the fleet gets
 // their pins as it loads (the hub resumes every rollout where it was).
-func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTimeout time.Duration, logger *slog.Logger) (*rollouts, error) {
+func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTimeout time.Duration, changed func(), logger *slog.Logger) (*rollouts, error) {
 	states, err := st.ListRolloutStates(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load rollouts: %w", err)
 	}
 	return &rollouts{
 		store: st, fleet: f, log: logger, offlineTimeout: offlineTimeout,
+		changed: changed,
 		wake:    make(chan struct{}, 1),
 		control: make(chan controlRequest),
-		apps:    map[string]*fleet.App{},
+		apps:    map[string]*engineApp{},
 		states:  states,
 		noops:   map[string]noopRelease{},
 	}, nil
@@ -97,12 +109,14 @@ func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTi
 // rollout does not know yet gets the last good release, never one not
 // proven yet.
 func (e *rollouts) setApp(app *fleet.App) error {
+	ea := &engineApp{App: app}
+	ea.strategy, ea.strategyErr = spec.RolloutStrategy(app.Spec)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.fleet.SetApp(e.withPinsLocked(app)); err != nil {
 		return err
 	}
-	e.apps[app.Name] = app
+	e.apps[app.Name] = ea
 	e.poke()
 	return nil
 }
@@ -289,7 +303,7 @@ func (e *rollouts) drop(ctx context.Context, name string) {
 	defer e.mu.Unlock()
 	delete(e.states, name)
 	if app := e.apps[name]; app != nil {
-		if err := e.fleet.SetApp(app); err != nil {
+		if err := e.fleet.SetApp(app.App); err != nil {
 			e.log.Error("place application", "app", name, "err", err)
 		}
 	}
@@ -305,16 +319,15 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 	if app == nil || app.Spec.GetRollout() == nil {
 		return nil
 	}
-	strategy, err := fleet.RolloutStrategy(app.Spec)
-	if err != nil {
+	if app.strategyErr != nil {
 		// Stored before a stricter rule: hold every cluster where it is.
-		return fmt.Errorf("rollout strategy: %w", err)
+		return fmt.Errorf("rollout strategy: %w", app.strategyErr)
 	}
 	rel, obs, now, err := e.observe(ctx, name, prev, lbls)
 	if err != nil {
 		return err
 	}
-	obs.Strategy = strategy
+	obs.Strategy = app.strategy
 	// The planner compares with its own release; a release found a no-op
 	// against another one is a change to roll out.
 	obs.NoOp = rel.GetNoop() && noop == noopRelease{commit: obs.Commit, from: prev.Release}
@@ -452,7 +465,7 @@ func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.S
 	var setErr error
 	if app := e.apps[name]; app != nil {
 		// The fleet recomputes nothing when the pins did not change.
-		setErr = e.fleet.SetApp(e.withPinsLocked(app))
+		setErr = e.fleet.SetApp(e.withPinsLocked(app.App))
 	}
 	e.mu.Unlock()
 	if setErr != nil {
@@ -470,24 +483,22 @@ func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.S
 			e.log.Warn("record event", "kind", ev.Kind, "err", err)
 		}
 	}
-	if e.changed != nil {
-		e.changed()
-	}
+	e.changed()
 	return nil
 }
 
 // Rollout reports an application's rollout (for the admin API).
-func (h *Hub) Rollout(ctx context.Context, app string) (*droverv1.RolloutStatus, error) {
-	return h.rollouts.Rollout(ctx, app)
+func (c *Controller) Rollout(ctx context.Context, app string) (*droverv1.RolloutStatus, error) {
+	return c.rollouts.Rollout(ctx, app)
 }
 
 // ControlRollout applies an operator's command to an application's rollout
 // and reports the rollout after it (for the admin API).
-func (h *Hub) ControlRollout(ctx context.Context, app string, op rollout.Op, actor string) (*droverv1.RolloutStatus, error) {
-	if err := h.rollouts.Control(ctx, app, op, actor); err != nil {
+func (c *Controller) ControlRollout(ctx context.Context, app string, op rollout.Op, actor string) (*droverv1.RolloutStatus, error) {
+	if err := c.rollouts.Control(ctx, app, op, actor); err != nil {
 		return nil, err
 	}
-	return h.rollouts.Rollout(ctx, app)
+	return c.rollouts.Rollout(ctx, app)
 }
 
 // Rollout reports an application's rollout as stored.

@@ -1,4 +1,4 @@
-package fleet
+package spec
 
 import "errors"
 

@@ -1,0 +1,459 @@
+// Package control is the hub's control logic: it decides what the
+// in-memory fleet (hub/fleet) holds, and is its only writer. Applications,
+// clusters and repositories changed through the admin API, clusters that
+// register through the agent endpoint, commits the Git watcher resolves
+// and the steps of every rollout all reach the fleet through one
+// Controller. It creates releases (a commit that changes nothing under an
+// application's paths is a no-op release), keeps each application's last
+// source error, and runs the rollout engine that moves releases across
+// the clusters in waves.
+//
+// The store is the source of truth and the fleet is derived from it: every
+// change is written to the store first and then reloaded into the fleet, so
+// the fleet never holds what the store does not.
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/drover-dev/drover/hub/adminapi"
+	"github.com/drover-dev/drover/hub/agentapi"
+	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/gitwatch"
+	"github.com/drover-dev/drover/hub/store"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// Opener decrypts the repository credentials the admin API sealed.
+type Opener interface {
+	Open(sealed, associatedData []byte) ([]byte, error)
+}
+
+// Config is what a Controller works with. Store, Fleet, Secrets and
+// Resolver are required.
+type Config struct {
+	Store *store.Store
+	// Fleet is the in-memory fleet the Controller fills and keeps; nothing
+	// else may write it.
+	Fleet   *fleet.Fleet
+	Secrets Opener
+	// Resolver resolves refs and compares commits for the Git watcher
+	// the Controller runs.
+	Resolver *gitwatch.Resolver
+	// PollInterval is how often Git refs are resolved by default; 0 means
+	// the Git watcher's default.
+	PollInterval time.Duration
+	// OfflineTimeout is the hub's online window: a cluster silent for
+	// longer is offline to rollouts.
+	OfflineTimeout time.Duration
+	// Changed, when set, is told that something an operator sees changed
+	// (an event recorded, an application or a rollout changed): the
+	// dashboard's notifier. It must not block.
+	Changed func()
+	Logger  *slog.Logger
+}
+
+// Controller is the hub's control logic and the fleet's only writer. Its
+// methods may be called from any goroutine.
+type Controller struct {
+	store    *store.Store
+	fleet    *fleet.Fleet
+	box      Opener
+	resolver *gitwatch.Resolver
+	watcher  *gitwatch.Watcher
+	rollouts *rollouts
+	changed  func()
+	log      *slog.Logger
+
+	mu sync.Mutex // guards the fields below
+	// sourceErrs holds the last error resolving each application's source.
+	sourceErrs map[string]string
+	// specs caches application specs for the Git watcher's Targets.
+	specs map[string]*droverv1.ApplicationSpec
+}
+
+var (
+	_ adminapi.Controller        = (*Controller)(nil)
+	_ adminapi.RolloutController = (*Controller)(nil)
+	_ agentapi.Controller        = (*Controller)(nil)
+	_ gitwatch.Source            = (*Controller)(nil)
+	_ gitwatch.Sink              = (*Controller)(nil)
+)
+
+// New loads the store into a new fleet: every cluster, every application
+// at its current release, and every rollout where it stood, so the hub
+// resumes each rollout where it was. Run must run for releases and
+// rollouts to move.
+func New(ctx context.Context, cfg Config) (*Controller, error) {
+	if cfg.Store == nil || cfg.Fleet == nil || cfg.Secrets == nil || cfg.Resolver == nil {
+		return nil, errors.New("control: Store, Fleet, Secrets and Resolver are required")
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	changed := cfg.Changed
+	if changed == nil {
+		changed = func() {}
+	}
+	c := &Controller{
+		store: cfg.Store, fleet: cfg.Fleet, box: cfg.Secrets, resolver: cfg.Resolver,
+		changed: changed, log: logger,
+		sourceErrs: map[string]string{}, specs: map[string]*droverv1.ApplicationSpec{},
+	}
+	var err error
+	if c.rollouts, err = newRollouts(ctx, cfg.Store, cfg.Fleet, cfg.OfflineTimeout, changed, logger); err != nil {
+		return nil, err
+	}
+	if err := c.load(ctx); err != nil {
+		return nil, err
+	}
+	if c.watcher, err = gitwatch.NewWatcher(gitwatch.Config{Interval: cfg.PollInterval, Logger: logger}, cfg.Resolver, c, c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Run polls Git and steps rollouts until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.watcher.Run(ctx) })
+	g.Go(func() error { return c.rollouts.run(ctx) })
+	return g.Wait()
+}
+
+// Poke says that what rollouts observe changed (a status written, an ACK
+// or NACK, a connection): the rollout engine steps at once rather than at
+// its next tick. It never blocks, and pokes coalesce.
+func (c *Controller) Poke() { c.rollouts.poke() }
+
+// notify pokes the engine and tells the dashboard.
+func (c *Controller) notify() {
+	c.rollouts.poke()
+	c.changed()
+}
+
+// load fills the fleet from the store at start.
+func (c *Controller) load(ctx context.Context) error {
+	cls, err := c.store.ListAllClusters(ctx)
+	if err != nil {
+		return fmt.Errorf("load clusters: %w", err)
+	}
+	for _, cl := range cls {
+		if cl.Revoked {
+			continue
+		}
+		if err := c.fleet.SetCluster(cl.Name, cl.Labels); err != nil {
+			c.log.Warn("cluster not loaded", "cluster", cl.Name, "err", err)
+		}
+	}
+	apps, err := c.store.ListApplications(ctx)
+	if err != nil {
+		return fmt.Errorf("load applications: %w", err)
+	}
+	rels, err := c.store.CurrentReleases(ctx)
+	if err != nil {
+		return fmt.Errorf("load releases: %w", err)
+	}
+	for _, a := range apps {
+		c.setApp(ctx, a, rels[a.GetName()].GetCommit())
+	}
+	c.log.Info("fleet loaded", "clusters", len(cls), "applications", len(apps))
+	return nil
+}
+
+// setApp puts an application into the fleet with its commit and its
+// repository's credentials.
+func (c *Controller) setApp(ctx context.Context, a *droverv1.Application, commit string) {
+	creds, err := c.repoCredentials(ctx, a.GetSpec().GetSource().GetRepoUrl())
+	if err != nil {
+		c.log.Error("read repository credentials", "app", a.GetName(), "err", err)
+	}
+	if err := c.rollouts.setApp(&fleet.App{Name: a.GetName(), Spec: a.GetSpec(), Commit: commit, Credentials: creds}); err != nil {
+		c.log.Error("place application", "app", a.GetName(), "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.specs[a.GetName()] = a.GetSpec()
+	c.mu.Unlock()
+}
+
+// repoCredentials returns the stored credentials of a repository, or nil.
+func (c *Controller) repoCredentials(ctx context.Context, url string) (*droverv1.RepoCredentials, error) {
+	sealed, _, err := c.store.GetRepositorySealed(ctx, url)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	plain, err := c.box.Open(sealed, []byte(url))
+	if err != nil {
+		return nil, fmt.Errorf("decrypt credentials of %s: %w", gitwatch.RedactURL(url), err)
+	}
+	var creds droverv1.RepoCredentials
+	if err := proto.Unmarshal(plain, &creds); err != nil {
+		return nil, fmt.Errorf("decode credentials of %s: %w", gitwatch.RedactURL(url), err)
+	}
+	return &creds, nil
+}
+
+// ApplicationStored puts an application the admin API has just stored
+// into the fleet, at its current release. app is the stored application,
+// so it is not read again; the Controller keeps it and it must not change.
+func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Application) {
+	defer c.notify()
+	rels, err := c.store.ListReleases(ctx, app.GetName(), 1)
+	if err != nil {
+		c.log.Error("reload application", "app", app.GetName(), "err", err)
+		return
+	}
+	commit := ""
+	if len(rels) > 0 {
+		commit = rels[0].GetCommit()
+	}
+	c.setApp(ctx, app, commit)
+	c.watcher.Changed()
+	if commit == "" {
+		// Resolve a new application's ref now rather than at the next poll.
+		go func() {
+			if _, _, err := c.Refresh(context.WithoutCancel(ctx), app.GetName()); err != nil {
+				c.log.Warn("resolve new application", "app", app.GetName(), "err", err)
+			}
+		}()
+	}
+}
+
+// ApplicationDeleted takes an application the admin API has deleted out
+// of the fleet.
+func (c *Controller) ApplicationDeleted(ctx context.Context, name string) {
+	defer c.notify()
+	c.removeApp(name)
+}
+
+func (c *Controller) removeApp(name string) {
+	c.rollouts.removeApp(name)
+	c.mu.Lock()
+	delete(c.specs, name)
+	delete(c.sourceErrs, name)
+	c.mu.Unlock()
+	c.watcher.Changed()
+}
+
+// reload reads one application from the store into the fleet.
+func (c *Controller) reload(ctx context.Context, name string) {
+	a, err := c.store.GetApplication(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		c.removeApp(name)
+		c.notify()
+		return
+	}
+	if err != nil {
+		c.log.Error("reload application", "app", name, "err", err)
+		return
+	}
+	c.ApplicationStored(ctx, a)
+}
+
+// ClusterChanged reloads one cluster from the store.
+func (c *Controller) ClusterChanged(ctx context.Context, name string) {
+	defer c.notify()
+	cl, err := c.store.GetCluster(ctx, name)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && cl.GetRevoked()) {
+		c.fleet.RemoveCluster(name)
+		return
+	}
+	if err != nil {
+		c.log.Error("reload cluster", "cluster", name, "err", err)
+		return
+	}
+	if err := c.fleet.SetCluster(name, cl.GetLabels()); err != nil {
+		c.log.Error("place cluster", "cluster", name, "err", err)
+	}
+}
+
+// RepositoryChanged reloads the applications of a repository, so their
+// assignments carry its new credentials.
+func (c *Controller) RepositoryChanged(ctx context.Context, url string) {
+	want := gitwatch.NormalizeURL(url)
+	c.mu.Lock()
+	var names []string
+	for name, spec := range c.specs {
+		if gitwatch.NormalizeURL(spec.GetSource().GetRepoUrl()) == want {
+			names = append(names, name)
+		}
+	}
+	c.mu.Unlock()
+	for _, n := range names {
+		c.reload(ctx, n)
+	}
+	c.watcher.Trigger(url)
+}
+
+// Refresh resolves an application's ref now. The watcher reports the
+// result to OnResolved like any poll; newRelease says whether it moved the
+// application's release.
+func (c *Controller) Refresh(ctx context.Context, app string) (string, bool, error) {
+	before, err := c.store.ListReleases(ctx, app, 1)
+	if err != nil {
+		return "", false, err
+	}
+	commit, err := c.watcher.Refresh(ctx, app)
+	if err != nil {
+		return "", false, err
+	}
+	return commit, len(before) == 0 || before[0].GetCommit() != commit, nil
+}
+
+// PlacedClusters lists the clusters an application is placed on.
+func (c *Controller) PlacedClusters(app string) []string { return c.fleet.PlacedClusters(app) }
+
+// AssignmentVersion is the version of a cluster's current assignment.
+func (c *Controller) AssignmentVersion(cluster string) string {
+	if a := c.fleet.Assignment(cluster); a != nil {
+		return a.GetVersion()
+	}
+	return ""
+}
+
+// SourceError is the last error resolving an application's source.
+func (c *Controller) SourceError(app string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sourceErrs[app]
+}
+
+// Targets lists every application's source for the Git watcher.
+func (c *Controller) Targets() []gitwatch.Target {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]gitwatch.Target, 0, len(c.specs))
+	for name, spec := range c.specs {
+		src := spec.GetSource()
+		// ValidateSpec accepted the interval when the spec was stored.
+		interval, _ := time.ParseDuration(src.GetPollInterval())
+		out = append(out, gitwatch.Target{App: name, RepoURL: src.GetRepoUrl(), Ref: src.GetRef(), Interval: interval})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].App < out[j].App })
+	return out
+}
+
+// Credentials returns a repository's stored credentials for the Git
+// watcher.
+func (c *Controller) Credentials(ctx context.Context, url string) (gitwatch.Credentials, error) {
+	creds, err := c.repoCredentials(ctx, url)
+	if err != nil || creds == nil {
+		return gitwatch.Credentials{}, err
+	}
+	return gitwatch.Credentials{Username: creds.GetUsername(), Password: creds.GetPassword(), SSHPrivateKey: creds.GetSshPrivateKey(), SSHKnownHosts: creds.GetSshKnownHosts()}, nil
+}
+
+// OnResolved records a resolved commit: a new one makes a new release.
+func (c *Controller) OnResolved(ctx context.Context, app, ref, commit string) {
+	if _, err := c.newCommit(ctx, app, commit); err != nil {
+		c.log.Error("record release", "app", app, "commit", commit, "err", err)
+	}
+}
+
+func (c *Controller) newCommit(ctx context.Context, app, commit string) (bool, error) {
+	c.mu.Lock()
+	spec, known := c.specs[app]
+	hadErr := c.sourceErrs[app] != ""
+	delete(c.sourceErrs, app)
+	c.mu.Unlock()
+	if !known {
+		return false, nil // deleted meanwhile
+	}
+	if hadErr {
+		c.event(ctx, "application.source_recovered", app, "the source resolves again")
+	}
+	managed := c.rollouts.manages(app)
+	from, noop := "", false
+	if managed {
+		from = c.rollouts.release(app)
+		noop = c.unchanged(ctx, app, spec.GetSource(), from, commit)
+		if noop {
+			// Before the release is stored, so the engine never sees the
+			// release's noop flag without the release it holds against.
+			c.rollouts.noop(app, commit, from)
+		}
+	}
+	created, err := c.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), noop, time.Now())
+	if err != nil {
+		return false, err
+	}
+	if created {
+		c.log.Info("new release", "app", app, "commit", commit, "noop", noop)
+		msg := "new release at commit " + commit
+		if noop {
+			msg += ": nothing changed under the application's paths, so every cluster moves to it at once"
+		}
+		c.event(ctx, "release.created", app, msg)
+	}
+	if managed {
+		// The rollout engine moves the release across the clusters.
+		c.rollouts.poke()
+		return created, nil
+	}
+	if err := c.fleet.SetCommit(app, commit); err != nil && !errors.Is(err, fleet.ErrNotFound) {
+		return created, err
+	}
+	return created, nil
+}
+
+// unchanged reports whether commit changes nothing under the paths of
+// src since from, the release of the application's rollout: such a
+// release needs no rollout. Any doubt (no rollout yet, a fetch that
+// fails) means changed, which costs only a rollout.
+func (c *Controller) unchanged(ctx context.Context, app string, src *droverv1.Source, from, commit string) bool {
+	if from == "" || from == commit {
+		return false
+	}
+	creds, err := c.Credentials(ctx, src.GetRepoUrl())
+	if err != nil {
+		c.log.Warn("compare releases: read repository credentials", "app", app, "err", err)
+		return false
+	}
+	paths := append([]string{src.GetPath()}, src.GetExtraPaths()...)
+	changed, err := c.resolver.PathsChanged(ctx, src.GetRepoUrl(), creds, from, commit, paths)
+	if err != nil {
+		c.log.Warn("compare releases", "app", app, "commit", commit, "from", from, "err", err)
+		return false
+	}
+	return !changed
+}
+
+// OnError records that an application's source could not be resolved.
+func (c *Controller) OnError(ctx context.Context, app string, err error) {
+	msg := err.Error()
+	c.mu.Lock()
+	_, known := c.specs[app]
+	prev := c.sourceErrs[app]
+	if known {
+		c.sourceErrs[app] = msg
+	}
+	c.mu.Unlock()
+	if known && prev != msg {
+		c.log.Warn("application source unresolved", "app", app, "err", msg)
+		c.event(ctx, "application.source_failed", app, msg)
+	}
+}
+
+func (c *Controller) event(ctx context.Context, kind, app, msg string) {
+	if err := c.store.AddEvent(context.WithoutCancel(ctx), &droverv1.Event{
+		Time: timestamppb.Now(), Kind: kind, Actor: "hub", Application: app, Message: msg,
+	}); err != nil {
+		c.log.Warn("record event", "kind", kind, "err", err)
+	}
+	c.notify()
+}
