@@ -54,4 +54,3 @@ func (w *writer) close() {
 	w.closed = true
 	w.mu.Unlock()
 }
-
