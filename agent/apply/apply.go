@@ -48,6 +48,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -239,7 +240,7 @@ func (a *Applier) newSession(app string) *session {
 //
 // The Result is never nil. A non-nil error means the Sync did not
 // complete: the Result's Sync is Failed and its Message names the object
-// at fault. IsRetryable(err) says whether retrying can help; an
+// at fault. retry.IsTransient(err) says whether retrying can help; an
 // *ObjectError names an object the API server refused. Nothing is applied
 // when an object is invalid, of an unknown kind, or belongs to another
 // application. A cancelled ctx returns ctx.Err().
@@ -257,13 +258,13 @@ func (a *Applier) Sync(ctx context.Context, app, commit string, objs []*unstruct
 	s := a.newSession(app)
 	started := time.Now()
 	desired, err := s.sync(ctx, commit, objs, policy, res)
-	err = retryable(ctx, err)
+	err = classify(ctx, err)
 	if ctx.Err() != nil {
 		return res, ctx.Err()
 	}
 	s.report(res, desired, policy, err)
 	if err != nil {
-		s.log.Warn("sync failed", "commit", commit, "err", err, "retryable", IsRetryable(err))
+		s.log.Warn("sync failed", "commit", commit, "err", err, "retryable", retry.IsTransient(err))
 		return res, err
 	}
 	// A resync that found nothing to do is the common case; it is not
@@ -545,7 +546,7 @@ func (s *session) apply(ctx context.Context, desired []*desiredObject, res *Resu
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return &RetryableError{Err: fmt.Errorf("wait for %d CRDs, Namespaces or ClusterRoles to be ready: %w", len(st.objs), err)}
+				return retry.Transient(fmt.Errorf("wait for %d CRDs, Namespaces or ClusterRoles to be ready: %w", len(st.objs), err))
 			}
 		}
 	}
@@ -613,7 +614,7 @@ func (s *session) objectError(ref ObjectRef, cause error) error {
 	err := &ObjectError{Object: ref, Err: cause}
 	if meta.IsNoMatchError(cause) {
 		if _, ok := s.renderCRDs[schema.GroupKind{Group: ref.Group, Kind: ref.Kind}]; ok {
-			return &RetryableError{Err: err}
+			return retry.Transient(err)
 		}
 	}
 	return err
@@ -755,7 +756,7 @@ func (a *Applier) Assess(ctx context.Context, app string) (*Result, error) {
 	}
 	defer unlock()
 	if err := a.newSession(app).assess(ctx, res); err != nil {
-		err = retryable(ctx, err)
+		err = classify(ctx, err)
 		res.fail(err)
 		return res, err
 	}
@@ -863,7 +864,7 @@ func (a *Applier) Delete(ctx context.Context, app string) error {
 	defer unlock()
 	s := a.newSession(app)
 	if err := s.delete(ctx); err != nil {
-		return retryable(ctx, err)
+		return classify(ctx, err)
 	}
 	return nil
 }

@@ -25,10 +25,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/drover-dev/drover/agent/apply"
-	"github.com/drover-dev/drover/agent/source"
 	"github.com/drover-dev/drover/agent/state"
 	"github.com/drover-dev/drover/internal/backoff"
 	"github.com/drover-dev/drover/internal/gitremote"
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -359,7 +359,7 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 	now := time.Now()
 	next := now.Add(interval(spec, r.cfg.DefaultInterval))
 	r.mu.Lock()
-	retry := st.retry
+	b := st.retry
 	r.mu.Unlock()
 	switch {
 	case err != nil:
@@ -368,12 +368,12 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 			// failed assessment knows nothing worth keeping.
 			res = failedResult(name, spec.GetCommit(), err)
 		}
-		if retryable(err) {
-			next = now.Add(retry.Next())
+		if retry.IsTransient(err) {
+			next = now.Add(b.Next())
 		}
 		log.Warn("reconcile failed", "commit", spec.GetCommit(), "err", err, "retry_in", next.Sub(now).Round(time.Second))
 	default:
-		retry.Reset()
+		b.Reset()
 		if res.Health == droverv1.Health_HEALTH_PROGRESSING || res.Health == droverv1.Health_HEALTH_UNKNOWN {
 			next = now.Add(r.cfg.ProgressingInterval)
 		}
@@ -390,7 +390,9 @@ func (r *Reconciler) sync(ctx context.Context, spec *droverv1.AppAssignment, log
 	defer release()
 	objs, err := r.render(ctx, dir, spec)
 	if err != nil {
-		return nil, &stepError{step: "render", err: err}
+		// A render fails the same way every time, unless discovery got no
+		// answer from the API server: retry.IsTransient tells them apart.
+		return nil, fmt.Errorf("render: %w", err)
 	}
 	pol := apply.Policy{Prune: spec.GetSyncPolicy().GetPrune(), SelfHeal: spec.GetSyncPolicy().GetSelfHeal()}
 	res, err := r.applier.Sync(ctx, spec.GetName(), spec.GetCommit(), objs, pol)
@@ -556,27 +558,6 @@ func interval(spec *droverv1.AppAssignment, def time.Duration) time.Duration {
 		return d
 	}
 	return def
-}
-
-// stepError is a failure of a step that retrying cannot fix: the same
-// commit renders the same way.
-type stepError struct {
-	step string
-	err  error
-}
-
-func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
-func (e *stepError) Unwrap() error { return e.err }
-
-func retryable(err error) bool {
-	var se *stepError
-	if errors.As(err, &se) {
-		return false
-	}
-	if source.IsRetryable(err) || apply.IsRetryable(err) {
-		return true
-	}
-	return false
 }
 
 func failedResult(app, commit string, err error) *apply.Result {

@@ -19,6 +19,7 @@ import (
 	"github.com/drover-dev/drover/agent/apply"
 	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/agent/state"
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -57,7 +58,7 @@ func (f *fakeApplier) Sync(_ context.Context, app, commit string, _ []*unstructu
 		f.failures[app]--
 		cause := errors.New("read inventory: connection refused")
 		return &apply.Result{Application: app, Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_UNKNOWN, Message: cause.Error()},
-			&apply.RetryableError{Err: cause}
+			retry.Transient(cause)
 	}
 	f.synced[app] = commit
 	return &apply.Result{Application: app, Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY}, nil
