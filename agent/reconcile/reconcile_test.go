@@ -509,3 +509,32 @@ func TestStatusSummarisesTheSteps(t *testing.T) {
 		t.Errorf("onStatus called %d times for 3 applications run once each, want 3", n)
 	}
 }
+
+// A render that failed because the API server did not answer discovery is
+// retried with the retry backoff (10-50 ms here), not at the sync interval
+// (5 min): it converges once the API server answers.
+func TestTransientRenderFailureIsRetried(t *testing.T) {
+	var mu sync.Mutex
+	failures := 3
+	renderer := func(context.Context, string, *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failures > 0 {
+			failures--
+			return nil, fmt.Errorf("render app.yaml: is Gizmo namespaced: %w", retry.Transient(errors.New("connection refused")))
+		}
+		return nil, nil
+	}
+	h := newHarness(t, t.TempDir(), renderer)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	deadline := time.Now().Add(4 * time.Second)
+	for h.ap.commitOf("web") != sha1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("web not synced 4 s after 3 transient render failures: not retried with the retry backoff")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
