@@ -426,7 +426,9 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 		if err != nil && !s.afterFailure {
 			continue
 		}
-		if serr := s.do(ctx, at); err == nil {
+		serr := s.do(ctx, at)
+		if serr != nil && err == nil {
+			at.log.Debug("step failed", "step", s.name, "err", serr)
 			err = serr
 		}
 	}
