@@ -48,6 +48,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -147,6 +148,9 @@ type Result struct {
 	Message   string
 	Resources []*droverv1.ResourceStatus
 	Counts
+
+	// neverApplied: an assessment found no inventory.
+	neverApplied bool
 }
 
 // Applier applies applications to one cluster. Its methods are safe for
@@ -229,83 +233,119 @@ func (a *Applier) newSession(app string) *session {
 }
 
 // Sync makes the cluster match objs, the rendered objects of app at
-// commit, and returns the application's state. objs are not modified.
-//
-// The steps, in order: validate and hash the objects; read the inventory;
-// List the live objects; decide which objects to send (changed render, new,
-// or drifted with policy.SelfHeal); record new objects in the inventory
-// before creating them; apply in stages with ssa; prune (policy.Prune)
-// what left the render; write the new inventory; assess health.
+// commit, and returns the application's state. objs are not modified. It
+// is a Run's steps in order: Begin, Apply, Prune, Assess, then Result.
 //
 // The Result is never nil. A non-nil error means the Sync did not
 // complete: the Result's Sync is Failed and its Message names the object
-// at fault. IsRetryable(err) says whether retrying can help; an
+// at fault. retry.IsTransient(err) says whether retrying can help; an
 // *ObjectError names an object the API server refused. Nothing is applied
 // when an object is invalid, of an unknown kind, or belongs to another
 // application. A cancelled ctx returns ctx.Err().
 func (a *Applier) Sync(ctx context.Context, app, commit string, objs []*unstructured.Unstructured, policy Policy) (*Result, error) {
-	res := &Result{Application: app, Commit: commit}
+	run, err := a.Begin(ctx, app, commit, objs, policy)
+	defer run.Close()
+	if err == nil {
+		err = run.Apply(ctx)
+	}
+	if err == nil {
+		err = run.Prune(ctx)
+	}
+	run.Assess()
+	return run.Result(ctx, err)
+}
+
+// Run is one sync of one application, taken as steps that the caller
+// runs in order, stopping at the first that fails:
+//
+//   - Begin validates and hashes the objects, reads the inventory and
+//     Lists the live objects;
+//   - Apply decides which objects to send (changed render, new, or
+//     drifted with Policy.SelfHeal), records new objects in the inventory
+//     before creating them, and applies in stages with ssa;
+//   - Prune deletes (Policy.Prune) what left the render and writes the
+//     new inventory;
+//   - Assess, which runs after a failure too, reads each object's health
+//     and drift from what the steps saw, without a request;
+//   - Result is the one place the application's sync state and message
+//     are decided, from the first failure or else from the assessment.
+//
+// Close releases the application, which Begin holds for the Run. The
+// agent's reconciler runs these among its own steps (after fetch and
+// render); Sync runs them alone.
+type Run struct {
+	s      *session
+	app    string
+	commit string
+	policy Policy
+	unlock func()
+
+	desired []*desiredObject
+	inv     *inventory
+	res     *Result
+	// drifted lists the objects that still differ from their render, for
+	// the Result's message; set by Assess.
+	drifted []string
+	started time.Time
+}
+
+// Begin starts a Run: it takes the application's lock, validates and
+// hashes objs, reads the inventory and Lists the live objects. The Run is
+// never nil, so that Assess and Result can report a failed Begin; Close
+// it either way.
+func (a *Applier) Begin(ctx context.Context, app, commit string, objs []*unstructured.Unstructured, policy Policy) (*Run, error) {
+	run := &Run{app: app, commit: commit, policy: policy, res: &Result{Application: app, Commit: commit}, started: time.Now()}
 	if err := validateApp(app); err != nil {
-		res.fail(err)
-		return res, err
+		return run, err
 	}
 	unlock, err := a.locks.lock(ctx, app)
 	if err != nil {
-		return res, err
+		return run, err
 	}
-	defer unlock()
-	s := a.newSession(app)
-	started := time.Now()
-	desired, err := s.sync(ctx, commit, objs, policy, res)
-	err = retryable(ctx, err)
-	if ctx.Err() != nil {
-		return res, ctx.Err()
+	run.unlock = unlock
+	run.s = a.newSession(app)
+	if run.desired, err = run.s.prepare(objs); err != nil {
+		return run, classify(ctx, err)
 	}
-	s.report(res, desired, policy, err)
-	if err != nil {
-		s.log.Warn("sync failed", "commit", commit, "err", err, "retryable", IsRetryable(err))
-		return res, err
+	if run.inv, err = run.s.readInventory(ctx); err != nil {
+		return run, classify(ctx, err)
 	}
-	// A resync that found nothing to do is the common case; it is not
-	// worth a line at Info every interval.
-	level := slog.LevelDebug
-	if res.Applied+res.Pruned+res.Drifted > 0 {
-		level = slog.LevelInfo
-	}
-	s.log.Log(ctx, level, "synced", "commit", commit, "health", res.Health.String(), "applied", res.Applied,
-		"unchanged", res.Unchanged, "skipped", res.Skipped, "drifted", res.Drifted, "pruned", res.Pruned,
-		"kept", res.Kept, "duration", time.Since(started).Round(time.Millisecond))
-	return res, nil
-}
-
-func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.Unstructured, policy Policy, res *Result) ([]*desiredObject, error) {
-	desired, err := s.prepare(objs)
-	if err != nil {
-		return desired, err
-	}
-	inv, err := s.readInventory(ctx)
-	if err != nil {
-		return desired, err
-	}
-	prev := inv.byKey()
-	refs := make([]ObjectRef, len(desired))
-	for i, d := range desired {
+	refs := make([]ObjectRef, len(run.desired))
+	for i, d := range run.desired {
 		refs[i] = d.ref
 	}
-	live, err := s.observe(ctx, refs)
+	live, err := run.s.observe(ctx, refs)
 	if err != nil {
-		return desired, err
+		return run, classify(ctx, err)
 	}
-
-	// Decide what to send. Nothing is written before every object passed.
-	var conflicts []*ObjectError
-	for _, d := range desired {
+	prev := run.inv.byKey()
+	for _, d := range run.desired {
 		if p, ok := prev[d.ref.key()]; ok {
 			e := *p
 			e.Stale = false // back in the render
 			d.prev = &e
 		}
 		d.final = live[d.ref.key()]
+	}
+	return run, nil
+}
+
+// Close releases the application's lock. It may be called more than once.
+func (r *Run) Close() {
+	if r.unlock != nil {
+		r.unlock()
+		r.unlock = nil
+	}
+}
+
+// Apply decides which objects to send and applies them. Nothing is
+// written before every object passed the checks. When the apply fails,
+// the inventory records what was applied before the failure, under the
+// commit it had.
+func (r *Run) Apply(ctx context.Context) error {
+	s, res := r.s, r.res
+	var conflicts []*ObjectError
+	for _, d := range r.desired {
 		if d.final != nil {
 			if owner := d.final.GetLabels()[LabelApplication]; owner != "" && owner != s.app {
 				d.failure = &ConflictError{Owner: owner}
@@ -320,7 +360,7 @@ func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.
 				continue
 			}
 			res.Drifted++
-			if !policy.SelfHeal {
+			if !r.policy.SelfHeal {
 				continue
 			}
 			d.healed = true
@@ -328,7 +368,7 @@ func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.
 		d.send = true
 	}
 	if len(conflicts) > 0 {
-		return desired, objectErrors(conflicts)
+		return objectErrors(conflicts)
 	}
 
 	// Record objects in the inventory before creating them, so that a
@@ -336,46 +376,72 @@ func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.
 	// prune, never an orphan. Their hash stays empty until applied. When
 	// no object is new, the union is what is stored: nothing to write.
 	var grown bool
-	for _, d := range desired {
+	for _, d := range r.desired {
 		if d.prev == nil {
-			inv.Entries = append(inv.Entries, newEntry(d.ref))
+			r.inv.Entries = append(r.inv.Entries, newEntry(d.ref))
 			grown = true
 		}
 	}
 	if grown {
-		if err := s.writeInventory(ctx, inv); err != nil {
-			return desired, err
+		if err := s.writeInventory(ctx, r.inv); err != nil {
+			return classify(ctx, err)
 		}
 	}
 
-	applyErr := s.apply(ctx, desired, res)
+	if err := s.apply(ctx, r.desired, res); err != nil {
+		// Prune never runs after a failed apply, which must not take away
+		// what is running: everything that left the render stays listed.
+		if werr := r.writeInventory(ctx, r.inv.Commit, r.stale()); werr != nil && ctx.Err() == nil {
+			s.log.Warn("write inventory after a failed sync", "err", werr)
+		}
+		return classify(ctx, err)
+	}
+	return nil
+}
 
-	// Prune only after everything applied: a failed apply must not take
-	// away what is running.
-	inRender := make(map[string]bool, len(desired))
-	for _, d := range desired {
+// Prune deletes the objects that left the render, when the policy says
+// so, and writes the inventory of the commit: what was applied, and what
+// left the render but is still in the cluster, marked stale.
+func (r *Run) Prune(ctx context.Context) error {
+	stale := r.stale()
+	kept := stale
+	var pruneErr error
+	if r.policy.Prune && len(stale) > 0 {
+		var pruned int
+		kept, pruned, pruneErr = r.s.prune(ctx, stale)
+		r.res.Pruned = pruned
+	}
+	r.res.Kept = len(kept)
+	if err := r.writeInventory(ctx, r.commit, kept); err != nil {
+		if pruneErr == nil {
+			return classify(ctx, err)
+		}
+		// The first failure says more; the next Sync retries both.
+		r.s.log.Warn("write inventory after a failed prune", "err", err)
+	}
+	return classify(ctx, pruneErr)
+}
+
+// stale returns the inventory's entries that left the render.
+func (r *Run) stale() []entry {
+	inRender := make(map[string]bool, len(r.desired))
+	for _, d := range r.desired {
 		inRender[d.ref.key()] = true
 	}
 	var stale []entry
-	for _, e := range inv.Entries {
+	for _, e := range r.inv.Entries {
 		if !inRender[e.ref().key()] {
 			stale = append(stale, e)
 		}
 	}
-	kept := stale
-	var pruneErr error
-	if applyErr == nil && policy.Prune && len(stale) > 0 {
-		var pruned int
-		kept, pruned, pruneErr = s.prune(ctx, stale)
-		res.Pruned = pruned
-	}
-	res.Kept = len(kept)
+	return stale
+}
 
-	final := &inventory{Application: s.app, Commit: commit, resourceVersion: inv.resourceVersion, stored: inv.stored}
-	if applyErr != nil {
-		final.Commit = inv.Commit
-	}
-	for _, d := range desired {
+// writeInventory stores the inventory after this Run: the render's objects
+// (with the hash and live fingerprint of those applied), then kept, stale.
+func (r *Run) writeInventory(ctx context.Context, commit string, kept []entry) error {
+	final := &inventory{Application: r.app, Commit: commit, resourceVersion: r.inv.resourceVersion, stored: r.inv.stored}
+	for _, d := range r.desired {
 		switch {
 		case d.send && d.done && d.final != nil:
 			e := newEntry(d.ref)
@@ -391,18 +457,48 @@ func (s *session) sync(ctx context.Context, commit string, objs []*unstructured.
 		e.Stale = true
 		final.Entries = append(final.Entries, e)
 	}
-	if err := s.writeInventory(ctx, final); err != nil {
-		if applyErr != nil || pruneErr != nil {
-			// The first failure says more; the next Sync retries both.
-			s.log.Warn("write inventory after a failed sync", "err", err)
-		} else {
-			return desired, err
-		}
+	return r.s.writeInventory(ctx, final)
+}
+
+// Assess fills the Result's per-object statuses and health from what the
+// steps saw of each object, with no request: the objects the API server
+// answered for, the live ones Begin read for the others. It runs after a
+// failed step too, so a failed Run still says how each object is.
+func (r *Run) Assess() {
+	r.res.Resources, r.res.Health = assessObjects(r.desired)
+}
+
+// Result returns the application's state after the Run, whose steps
+// ended with err (nil when they all succeeded), summarised by
+// Result.Summarize. A cancelled ctx returns ctx.Err(): cancellation is no
+// failure.
+func (r *Run) Result(ctx context.Context, err error) (*Result, error) {
+	res := r.res
+	if ctx.Err() != nil {
+		return res, ctx.Err()
 	}
-	if applyErr != nil {
-		return desired, applyErr
+	res.Summarize(err, &r.policy)
+	if err != nil {
+		r.log().Warn("sync failed", "commit", r.commit, "err", err, "retryable", retry.IsTransient(err))
+		return res, err
 	}
-	return desired, pruneErr
+	// A resync that found nothing to do is the common case; it is not
+	// worth a line at Info every interval.
+	level := slog.LevelDebug
+	if res.Applied+res.Pruned+res.Drifted > 0 {
+		level = slog.LevelInfo
+	}
+	r.log().Log(ctx, level, "synced", "commit", r.commit, "health", res.Health.String(), "applied", res.Applied,
+		"unchanged", res.Unchanged, "skipped", res.Skipped, "drifted", res.Drifted, "pruned", res.Pruned,
+		"kept", res.Kept, "duration", time.Since(r.started).Round(time.Millisecond))
+	return res, nil
+}
+
+func (r *Run) log() *slog.Logger {
+	if r.s == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.s.log
 }
 
 // observe reads the live objects of refs that carry LabelApplication (of
@@ -545,7 +641,7 @@ func (s *session) apply(ctx context.Context, desired []*desiredObject, res *Resu
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return &RetryableError{Err: fmt.Errorf("wait for %d CRDs, Namespaces or ClusterRoles to be ready: %w", len(st.objs), err)}
+				return retry.Transient(fmt.Errorf("wait for %d CRDs, Namespaces or ClusterRoles to be ready: %w", len(st.objs), err))
 			}
 		}
 	}
@@ -613,7 +709,7 @@ func (s *session) objectError(ref ObjectRef, cause error) error {
 	err := &ObjectError{Object: ref, Err: cause}
 	if meta.IsNoMatchError(cause) {
 		if _, ok := s.renderCRDs[schema.GroupKind{Group: ref.Group, Kind: ref.Kind}]; ok {
-			return &RetryableError{Err: err}
+			return retry.Transient(err)
 		}
 	}
 	return err
@@ -690,10 +786,11 @@ func (s *session) prune(ctx context.Context, stale []entry) (kept []entry, prune
 	return kept, pruned, nil
 }
 
-// report fills res from what the operation learned about each object.
-func (s *session) report(res *Result, desired []*desiredObject, policy Policy, err error) {
-	var healths []droverv1.Health
-	var drifted []string
+// assessObjects returns each object's status, from what an operation
+// learned about it, and the application's health: the worst object's.
+func assessObjects(desired []*desiredObject) ([]*droverv1.ResourceStatus, droverv1.Health) {
+	resources := make([]*droverv1.ResourceStatus, 0, len(desired))
+	healths := make([]droverv1.Health, 0, len(desired))
 	for _, d := range desired {
 		rs := &droverv1.ResourceStatus{
 			Group: d.ref.Group, Version: d.ref.Version, Kind: d.ref.Kind,
@@ -703,39 +800,55 @@ func (s *session) report(res *Result, desired []*desiredObject, policy Policy, e
 		if d.drift != "" && !(d.healed && d.done) {
 			rs.Drifted = true
 			rs.Message = d.drift
-			drifted = append(drifted, d.ref.String()+": "+d.drift)
 		}
 		if d.failure != nil {
 			rs.Message = d.failure.Error()
 		}
 		healths = append(healths, rs.Health)
-		res.Resources = append(res.Resources, rs)
+		resources = append(resources, rs)
 	}
-	res.Health = rollUp(healths...)
-	if err != nil && len(healths) == 0 {
-		// Nothing was assessed: the failure came first.
-		res.Health = droverv1.Health_HEALTH_UNKNOWN
-	}
-	switch {
-	case err != nil:
-		res.fail(err)
-	case len(drifted) > 0:
-		res.Sync = droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC
-		res.Message = fmt.Sprintf("%d objects drifted and selfHeal is off: %s", len(drifted), strings.Join(drifted, "; "))
-	default:
-		res.Sync = droverv1.SyncState_SYNC_STATE_SYNCED
-		res.Message = inSync(len(res.Resources), res.Commit, res.Applied, res.Pruned)
-		if res.Kept > 0 && !policy.Prune {
-			res.Message += fmt.Sprintf("; %d objects left the render and are kept (prune is off)", res.Kept)
-		}
-	}
+	return resources, rollUp(healths...)
 }
 
-func (r *Result) fail(err error) {
-	r.Sync = droverv1.SyncState_SYNC_STATE_FAILED
-	r.Message = err.Error()
-	if r.Health == droverv1.Health_HEALTH_UNSPECIFIED {
-		r.Health = droverv1.Health_HEALTH_UNKNOWN
+// Summarize decides the Result's sync state and message, and its health
+// when nothing was assessed. It is the one place they are decided: for a
+// Sync, an Assess, and the agent's steps before these (fetch, render).
+// err is the first failure of the steps that ran, and wins: Failed. Else
+// objects that still drift make it OutOfSync; else it is Synced. policy is
+// the Sync's, or nil for an assessment, which applies nothing.
+func (r *Result) Summarize(err error, policy *Policy) {
+	var drifted []string
+	for _, rs := range r.Resources {
+		if rs.Drifted {
+			ref := ObjectRef{Group: rs.Group, Version: rs.Version, Kind: rs.Kind, Namespace: rs.Namespace, Name: rs.Name}
+			drifted = append(drifted, ref.String()+": "+rs.Message)
+		}
+	}
+	switch {
+	case err == nil && r.neverApplied:
+		r.Sync = droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC
+		r.Health = droverv1.Health_HEALTH_MISSING
+		r.Message = "the application was never applied to this cluster"
+	case err != nil:
+		r.Sync = droverv1.SyncState_SYNC_STATE_FAILED
+		r.Message = err.Error()
+		if len(r.Resources) == 0 {
+			// Nothing was assessed: the failure came first.
+			r.Health = droverv1.Health_HEALTH_UNKNOWN
+		}
+	case len(drifted) > 0:
+		r.Sync = droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC
+		why := ""
+		if policy != nil {
+			why = " and selfHeal is off"
+		}
+		r.Message = fmt.Sprintf("%d objects drifted%s: %s", len(drifted), why, strings.Join(drifted, "; "))
+	default:
+		r.Sync = droverv1.SyncState_SYNC_STATE_SYNCED
+		r.Message = inSync(len(r.Resources), r.Commit, r.Applied, r.Pruned)
+		if policy != nil && r.Kept > 0 && !policy.Prune {
+			r.Message += fmt.Sprintf("; %d objects left the render and are kept (prune is off)", r.Kept)
+		}
 	}
 }
 
@@ -745,32 +858,31 @@ func (r *Result) fail(err error) {
 // synced to this cluster is OutOfSync and Missing.
 func (a *Applier) Assess(ctx context.Context, app string) (*Result, error) {
 	res := &Result{Application: app}
-	if err := validateApp(app); err != nil {
-		res.fail(err)
-		return res, err
+	err := validateApp(app)
+	if err == nil {
+		var unlock func()
+		if unlock, err = a.locks.lock(ctx, app); err != nil {
+			return res, err
+		}
+		defer unlock()
+		err = classify(ctx, a.newSession(app).assess(ctx, res))
 	}
-	unlock, err := a.locks.lock(ctx, app)
-	if err != nil {
-		return res, err
+	if ctx.Err() != nil {
+		return res, ctx.Err()
 	}
-	defer unlock()
-	if err := a.newSession(app).assess(ctx, res); err != nil {
-		err = retryable(ctx, err)
-		res.fail(err)
-		return res, err
-	}
-	return res, nil
+	res.Summarize(err, nil)
+	return res, err
 }
 
+// assess fills res with what the cluster has of the application's
+// objects, or says it was never applied.
 func (s *session) assess(ctx context.Context, res *Result) error {
 	inv, err := s.readInventory(ctx)
 	if err != nil {
 		return err
 	}
 	if inv.resourceVersion == "" {
-		res.Sync = droverv1.SyncState_SYNC_STATE_OUT_OF_SYNC
-		res.Health = droverv1.Health_HEALTH_MISSING
-		res.Message = "the application was never applied to this cluster"
+		res.neverApplied = true
 		return nil
 	}
 	res.Commit = inv.Commit
@@ -778,6 +890,7 @@ func (s *session) assess(ctx context.Context, res *Result) error {
 	var refs []ObjectRef
 	for _, e := range inv.Entries {
 		if e.Stale {
+			res.Kept++
 			continue
 		}
 		current = append(current, &desiredObject{ref: e.ref(), prev: &e})
@@ -796,17 +909,7 @@ func (s *session) assess(ctx context.Context, res *Result) error {
 			res.Drifted++
 		}
 	}
-	for _, e := range inv.Entries {
-		if e.Stale {
-			res.Kept++
-		}
-	}
-	s.report(res, current, Policy{}, nil)
-	if res.Drifted > 0 {
-		res.Message = fmt.Sprintf("%d objects drifted: %s", res.Drifted, driftSummary(current))
-	} else {
-		res.Message = inSync(len(current), inv.Commit, 0, 0)
-	}
+	res.Resources, res.Health = assessObjects(current)
 	return nil
 }
 
@@ -819,16 +922,6 @@ func inSync(objects int, commit string, applied, pruned int) string {
 		msg += fmt.Sprintf(" (this sync applied %d and pruned %d)", applied, pruned)
 	}
 	return msg
-}
-
-func driftSummary(ds []*desiredObject) string {
-	var parts []string
-	for _, d := range ds {
-		if d.drift != "" {
-			parts = append(parts, d.ref.String()+": "+d.drift)
-		}
-	}
-	return strings.Join(parts, "; ")
 }
 
 // Detect returns the objects of the application whose live state differs
@@ -863,7 +956,7 @@ func (a *Applier) Delete(ctx context.Context, app string) error {
 	defer unlock()
 	s := a.newSession(app)
 	if err := s.delete(ctx); err != nil {
-		return retryable(ctx, err)
+		return classify(ctx, err)
 	}
 	return nil
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,7 +24,9 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -661,7 +666,7 @@ metadata: {name: s1, namespace: unknown}
 	if !errors.As(err, &oe) || oe.Object.Kind != "Sprocket" || oe.Object.Name != "s1" {
 		t.Fatalf("error %v: want an ObjectError naming Sprocket s1", err)
 	}
-	if IsRetryable(err) {
+	if retry.IsTransient(err) {
 		t.Errorf("an unknown kind is reported retryable: %v", err)
 	}
 	want := `Sprocket/unknown/s1: no matches for kind "Sprocket" in version "nowhere.drover.dev/v1"`
@@ -673,6 +678,54 @@ metadata: {name: s1, namespace: unknown}
 	}
 	if !gone(t, dyn, cm) {
 		t.Error("objects were applied although the render has an unknown kind")
+	}
+
+	// The render step asks the same discovery: a kind the API server
+	// answered it does not serve is the manifests' fault, and so is YAML
+	// that does not parse.
+	for name, manifest := range map[string]string{
+		"unknown kind": "apiVersion: nowhere.drover.dev/v1\nkind: Sprocket\nmetadata: {name: s1}\n",
+		"bad YAML":     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [\n",
+	} {
+		err := renderThrough(t, a, manifest)
+		if err == nil || retry.IsTransient(err) {
+			t.Errorf("render of an %s: %v (transient %v), want an error that retrying cannot fix", name, err, retry.IsTransient(err))
+		}
+	}
+}
+
+// renderThrough renders manifest as an application of one file, asking the
+// applier's cluster which kinds are namespaced, as the agent does.
+func renderThrough(t *testing.T, a *Applier, manifest string) error {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app.yaml"), []byte(manifest), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := render.Options{IsNamespaced: a.IsNamespaced}.Render(t.Context(), dir, &droverv1.AppAssignment{
+		Name: "rendered", Render: droverv1.RenderType_RENDER_TYPE_DIRECTORY, Namespace: "rendered",
+	})
+	t.Logf("render: %v", err)
+	return err
+}
+
+// TestRenderDiscoveryFailureIsTransient: a render that cannot learn whether
+// a kind is namespaced because no API server answers may pass when tried
+// again.
+func TestRenderDiscoveryFailureIsTransient(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	a, err := New(&rest.Config{Host: "https://" + closed, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}, testbed.Logger(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = renderThrough(t, a, "apiVersion: example.drover.dev/v1\nkind: Gizmo\nmetadata: {name: g1}\n")
+	if err == nil || !retry.IsTransient(err) {
+		t.Errorf("render with no API server: %v, want a transient error", err)
 	}
 }
 
@@ -693,7 +746,7 @@ func testRejected(t *testing.T, a *Applier, dyn dynamic.Interface) {
 	if !errors.As(err, &oe) || oe.Object.String() != "Service/bad/api" {
 		t.Fatalf("error %v: want an ObjectError naming Service/bad/api", err)
 	}
-	if !apierrors.IsInvalid(err) || IsRetryable(err) {
+	if !apierrors.IsInvalid(err) || retry.IsTransient(err) {
 		t.Errorf("error %v: want the API server's Invalid error, not retryable", err)
 	}
 	if res.Sync != droverv1.SyncState_SYNC_STATE_FAILED || !strings.Contains(res.Message, "Service/bad/api") ||
@@ -817,8 +870,8 @@ func testInvalidInput(t *testing.T, a *Applier, kube kubernetes.Interface) {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Sync: %v, want an error containing %q", err, tt.want)
 			}
-			if res.Sync != droverv1.SyncState_SYNC_STATE_FAILED || IsRetryable(err) {
-				t.Errorf("result %s, retryable %v: want Failed, not retryable", res.Sync, IsRetryable(err))
+			if res.Sync != droverv1.SyncState_SYNC_STATE_FAILED || retry.IsTransient(err) {
+				t.Errorf("result %s, retryable %v: want Failed, not retryable", res.Sync, retry.IsTransient(err))
 			}
 		})
 	}
@@ -881,14 +934,18 @@ func testUnreachable(t *testing.T, c *testbed.Cluster, a *Applier) {
 	if err == nil {
 		t.Fatal("Sync with the API server stopped succeeded")
 	}
-	if !IsRetryable(err) {
+	if !retry.IsTransient(err) {
 		t.Errorf("Sync with the API server stopped: %v, want a retryable error", err)
 	}
 	if res.Sync != droverv1.SyncState_SYNC_STATE_FAILED {
 		t.Errorf("result %s, want Failed", res.Sync)
 	}
-	if _, err := a.Assess(ctx, app); !IsRetryable(err) {
+	if _, err := a.Assess(ctx, app); !retry.IsTransient(err) {
 		t.Errorf("Assess with the API server stopped: %v, want a retryable error", err)
+	}
+	// A kind not yet discovered makes the render ask the stopped server.
+	if err := renderThrough(t, a, "apiVersion: example.drover.dev/v1\nkind: Gizmo\nmetadata: {name: g1}\n"); err == nil || !retry.IsTransient(err) {
+		t.Errorf("render with the API server stopped: %v, want a transient error", err)
 	}
 	c.StartAPIServer(t)
 

@@ -2,32 +2,11 @@ package apply
 
 import (
 	"context"
-	"crypto/x509"
-	"errors"
-	"io"
-	"net"
-	"syscall"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/drover-dev/drover/internal/retry"
 )
-
-// RetryableError is a failure that may go away by itself: the API server
-// is unreachable, overloaded or timed out, an object Drover waits for did
-// not become ready in time, or another writer changed the inventory at
-// the same moment. Retrying the same Sync later can succeed.
-type RetryableError struct {
-	Err error
-}
-
-func (e *RetryableError) Error() string { return e.Err.Error() }
-func (e *RetryableError) Unwrap() error { return e.Err }
-
-// IsRetryable reports whether retrying the operation that returned err can
-// succeed without a change to the rendered objects.
-func IsRetryable(err error) bool {
-	var r *RetryableError
-	return errors.As(err, &r)
-}
 
 // ObjectError is an object the API server refused (invalid, forbidden, a
 // kind it does not serve), or one that belongs to another application.
@@ -52,50 +31,31 @@ func (e *ConflictError) Error() string {
 	return "the object belongs to application " + e.Owner + "; remove it from one of the two applications"
 }
 
-// retryable wraps err in a RetryableError when it is transient. A
-// cancelled ctx is returned as ctx.Err(): cancellation is not a failure.
-func retryable(ctx context.Context, err error) error {
+// classify marks err transient (retry.Transient) when the API server or
+// the network failed rather than the objects: unreachable, overloaded or
+// timed out. Other errors keep what they are marked, or are not transient.
+// A cancelled ctx is returned as ctx.Err(): cancellation is not a failure.
+func classify(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if IsRetryable(err) || !transient(err) {
-		return err
+	if !retry.IsTransient(err) && serverFailure(err) {
+		return retry.Transient(err)
 	}
-	return &RetryableError{Err: err}
+	return err
 }
 
-// transient classifies errors from the API server and the network by type.
-func transient(err error) bool {
-	switch {
-	case apierrors.IsServerTimeout(err),
-		apierrors.IsTimeout(err),
-		apierrors.IsTooManyRequests(err),
-		apierrors.IsServiceUnavailable(err),
-		apierrors.IsInternalError(err),
-		apierrors.IsUnexpectedServerError(err):
-		return true
-	case errors.Is(err, syscall.ECONNREFUSED),
-		errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.EPIPE),
-		errors.Is(err, io.EOF),
-		errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, context.DeadlineExceeded):
-		return true
-	}
-	// A certificate the agent cannot verify does not fix itself.
-	var (
-		unknownAuthority x509.UnknownAuthorityError
-		invalidCert      x509.CertificateInvalidError
-		hostname         x509.HostnameError
-	)
-	if errors.As(err, &unknownAuthority) || errors.As(err, &invalidCert) || errors.As(err, &hostname) {
-		return false
-	}
-	// *url.Error and *net.OpError are net.Errors: a request that never got
-	// an answer from the API server.
-	var netErr net.Error
-	return errors.As(err, &netErr)
+// serverFailure classifies the API server's own failures by type: what it
+// answers when it is overloaded, shutting down or timed out. Network
+// failures below it are retry's to judge.
+func serverFailure(err error) bool {
+	return apierrors.IsServerTimeout(err) ||
+		apierrors.IsTimeout(err) ||
+		apierrors.IsTooManyRequests(err) ||
+		apierrors.IsServiceUnavailable(err) ||
+		apierrors.IsInternalError(err) ||
+		apierrors.IsUnexpectedServerError(err)
 }

@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 // The inventory of an application is what Drover applied for it to this
@@ -140,7 +142,7 @@ func decodeInventory(cm *corev1.ConfigMap) ([]byte, error) {
 }
 
 // writeInventory stores inv unless it is what is stored already. A
-// concurrent change by another writer fails with a RetryableError rather
+// concurrent change by another writer fails as transient (retry.Transient) rather
 // than being overwritten.
 func (s *session) writeInventory(ctx context.Context, inv *inventory) error {
 	sort.SliceStable(inv.Entries, func(i, j int) bool {
@@ -175,7 +177,7 @@ func (s *session) writeInventory(ctx context.Context, inv *inventory) error {
 		err = s.a.client.Update(ctx, cm)
 	}
 	if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
-		err = &RetryableError{Err: fmt.Errorf("another writer changed it: %w", err)}
+		err = retry.Transient(fmt.Errorf("another writer changed it: %w", err))
 	}
 	if err != nil {
 		return fmt.Errorf("write inventory %s/%s: %w", cm.Namespace, cm.Name, err)

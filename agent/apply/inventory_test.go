@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 func TestInventoryName(t *testing.T) {
@@ -93,7 +95,7 @@ func TestInventoryEncoding(t *testing.T) {
 	}
 }
 
-func TestRetryable(t *testing.T) {
+func TestClassify(t *testing.T) {
 	refused := &url.Error{Op: "Get", URL: "https://127.0.0.1:1/api", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
 	tests := []struct {
 		name string
@@ -111,8 +113,8 @@ func TestRetryable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := IsRetryable(retryable(t.Context(), tt.err)); got != tt.want {
-				t.Errorf("IsRetryable(retryable(%v)) = %v, want %v", tt.err, got, tt.want)
+			if got := retry.IsTransient(classify(t.Context(), tt.err)); got != tt.want {
+				t.Errorf("retry.IsTransient(classify(%v)) = %v, want %v", tt.err, got, tt.want)
 			}
 		})
 	}

@@ -104,7 +104,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 			MaxFileBytes: cfg.MaxManifestBytes, MaxBytes: cfg.MaxRenderBytes, MaxObjects: cfg.MaxRenderObjects,
 		}.Render(ctx, root, aa)
 	}
-	a.rec = reconcile.New(reconcile.Config{Concurrency: cfg.Concurrency}, st, cache, renderer, applier,
+	a.rec = reconcile.New(reconcile.Config{Concurrency: cfg.Concurrency}, st, cache, renderer, reconcile.Engine(applier),
 		func(version, nonce string) { a.hub.Ack(version, nonce, nil) }, a.hub.StatusChanged, logger)
 
 	if err := a.hub.Register(ctx); err != nil {

@@ -33,28 +33,39 @@ import (
 // MaxMessageBytes bounds every message the agent receives.
 const MaxMessageBytes = 16 << 20
 
-// Handler is the agent's side of a session. Its methods are called from
-// the session's receive goroutine, one at a time.
+// Handler is the agent's side of a session. A session has two goroutines
+// that call it: the sender (the one that runs the session, sends Hello,
+// statuses and heartbeats) and the receiver (one per stream Recv, which
+// handles what the hub sends). Each method says which calls it; the two
+// may call at the same time, so a Handler must be safe for that; the
+// receiver of a session that ended may still be finishing a call while the
+// next session's sender starts.
 type Handler interface {
 	// Assignment takes a new assignment. An error rejects it (NACK) and the
 	// previous one stays in force; otherwise the handler later calls the
-	// Client's Ack once the assignment is applied.
+	// Client's Ack once the assignment is applied. Called from the
+	// receiver; the next message waits for it.
 	Assignment(ctx context.Context, a *droverv1.Assignment) error
-	// Command asks for an action now.
+	// Command asks for an action now. Called from the receiver.
 	Command(ctx context.Context, c *droverv1.Command)
-	// Facts describes the cluster for Hello.
+	// Facts describes the cluster for Hello. Called from the sender,
+	// before the receiver starts.
 	Facts(ctx context.Context) *droverv1.ClusterFacts
-	// AppliedVersion is the version of the last assignment applied.
+	// AppliedVersion is the version of the last assignment applied, for
+	// Hello. Called from the sender, before the receiver starts.
 	AppliedVersion() string
 	// SessionStarted tells the handler a new session with the hub began.
 	// The hub may have lost what earlier sessions sent (it crashed between
 	// receiving statuses and writing them) and cannot say which, so the
-	// handler's next PendingStatus should list every status again.
+	// handler's next PendingStatus should list every status again. Called
+	// from the sender, while the receiver may be handling an assignment.
 	SessionStarted()
 	// PendingStatus returns the statuses to send on a new session and
-	// between heartbeats; full asks for every application.
+	// between heartbeats; full asks for every application. Called from
+	// the sender.
 	PendingStatus(full bool) *droverv1.StatusReport
 	// StatusSent tells the handler a report was handed to the stream.
+	// Called from the sender, right after the PendingStatus it answers.
 	StatusSent(r *droverv1.StatusReport)
 }
 
@@ -199,7 +210,7 @@ func (c *Client) Register(ctx context.Context) error {
 			return fmt.Errorf("register with the hub: %s", status.Convert(err).Message())
 		}
 		c.log.Warn("register with the hub; retrying", "err", err)
-		pause(ctx, b, err)
+		b.WaitHint(ctx, err, retryHint(err))
 	}
 }
 
@@ -247,36 +258,22 @@ func (c *Client) Run(ctx context.Context) error {
 		} else {
 			c.log.Warn("hub session ended; reconnecting", "err", err, "failures", b.Failures()+1)
 		}
-		pause(ctx, b, err)
+		// A hub busy admitting a reconnect storm refuses with a retry
+		// delay; honouring it, jittered, is what spreads the fleet's
+		// retries out instead of repeating the storm.
+		b.WaitHint(ctx, err, retryHint(err))
 	}
 }
 
-// pause waits before the next attempt: the backoff's next delay, or longer
-// when the hub asked for it. A hub busy admitting a reconnect storm refuses
-// with a retry delay (RetryInfo); honouring it, on top of the jitter, is
-// what spreads the fleet's retries out instead of repeating the storm.
-func pause(ctx context.Context, b *backoff.Backoff, err error) {
-	d := b.Next()
-	if hint, ok := retryHint(err); ok {
-		d = max(d, jitter(hint))
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
-// retryHint returns the delay a hub's refusal asks for, if it has one.
-func retryHint(err error) (time.Duration, bool) {
+// retryHint returns the delay a hub's refusal asks for, or 0.
+func retryHint(err error) time.Duration {
 	for _, d := range status.Convert(err).Details() {
 		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
 			// Capped: a broken or hostile hub must not park the agent.
-			return min(ri.GetRetryDelay().AsDuration(), maxRetryHint), true
+			return min(ri.GetRetryDelay().AsDuration(), maxRetryHint)
 		}
 	}
-	return 0, false
+	return 0
 }
 
 // maxRetryHint caps the delay a hub can ask an agent to wait.

@@ -21,24 +21,22 @@ func TestRetryHint(t *testing.T) {
 		return st.Err()
 	}
 	tests := []struct {
-		name   string
-		err    error
-		want   time.Duration
-		wantOK bool
+		name string
+		err  error
+		want time.Duration
 	}{
-		{"refusal with a delay", withHint(durationpb.New(7 * time.Second)), 7 * time.Second, true},
-		{"wrapped refusal", fmt.Errorf("session: %w", withHint(durationpb.New(time.Second))), time.Second, true},
-		{"delay beyond the cap", withHint(durationpb.New(24 * time.Hour)), maxRetryHint, true},
-		{"invalid delay", withHint(&durationpb.Duration{Seconds: 1, Nanos: -1}), 0, false},
-		{"refusal without a delay", status.Error(codes.ResourceExhausted, "busy"), 0, false},
-		{"other error", errors.New("connection reset"), 0, false},
-		{"no error", nil, 0, false},
+		{"refusal with a delay", withHint(durationpb.New(7 * time.Second)), 7 * time.Second},
+		{"wrapped refusal", fmt.Errorf("session: %w", withHint(durationpb.New(time.Second))), time.Second},
+		{"delay beyond the cap", withHint(durationpb.New(24 * time.Hour)), maxRetryHint},
+		{"invalid delay", withHint(&durationpb.Duration{Seconds: 1, Nanos: -1}), 0},
+		{"refusal without a delay", status.Error(codes.ResourceExhausted, "busy"), 0},
+		{"other error", errors.New("connection reset"), 0},
+		{"no error", nil, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := retryHint(tt.err)
-			if got != tt.want || ok != tt.wantOK {
-				t.Fatalf("retryHint = %v, %v; want %v, %v", got, ok, tt.want, tt.wantOK)
+			if got := retryHint(tt.err); got != tt.want {
+				t.Fatalf("retryHint = %v; want %v", got, tt.want)
 			}
 		})
 	}

@@ -25,10 +25,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/drover-dev/drover/agent/apply"
-	"github.com/drover-dev/drover/agent/source"
 	"github.com/drover-dev/drover/agent/state"
 	"github.com/drover-dev/drover/internal/backoff"
 	"github.com/drover-dev/drover/internal/gitremote"
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -40,11 +40,33 @@ type Fetcher interface {
 // Renderer turns a checked-out directory into objects.
 type Renderer func(ctx context.Context, root string, a *droverv1.AppAssignment) ([]*unstructured.Unstructured, error)
 
-// Applier makes the cluster match rendered objects.
+// Applier makes the cluster match rendered objects, step by step.
 type Applier interface {
-	Sync(ctx context.Context, app, commit string, objs []*unstructured.Unstructured, policy apply.Policy) (*apply.Result, error)
+	// Begin starts applying objs (apply.Applier.Begin); the Run is never
+	// nil and is closed by the caller.
+	Begin(ctx context.Context, app, commit string, objs []*unstructured.Unstructured, policy apply.Policy) (Run, error)
+	// Assess reads an application's objects back, applying nothing.
 	Assess(ctx context.Context, app string) (*apply.Result, error)
+	// Delete deletes an application's objects.
 	Delete(ctx context.Context, app string) error
+}
+
+// Run is one apply of one application, in steps (*apply.Run).
+type Run interface {
+	Apply(ctx context.Context) error
+	Prune(ctx context.Context) error
+	Assess()
+	Result(ctx context.Context, err error) (*apply.Result, error)
+	Close()
+}
+
+// Engine adapts the agent's apply engine to Applier.
+func Engine(a *apply.Applier) Applier { return engine{a} }
+
+type engine struct{ *apply.Applier }
+
+func (e engine) Begin(ctx context.Context, app, commit string, objs []*unstructured.Unstructured, policy apply.Policy) (Run, error) {
+	return e.Applier.Begin(ctx, app, commit, objs, policy)
 }
 
 // Config tunes a Reconciler.
@@ -88,7 +110,9 @@ type Reconciler struct {
 	applier Applier
 	state   *state.Dir
 	// onApplied is called once every application of an assignment has
-	// been reconciled once; onStatus when a status changed.
+	// been reconciled once; onStatus when a status changed. Both are
+	// called from a reconciling goroutine without r.mu held, so they may
+	// call back into the Reconciler; they must not block for long.
 	onApplied func(version, nonce string)
 	onStatus  func()
 
@@ -106,6 +130,9 @@ type Reconciler struct {
 	// hub; fullNext asks for the next report to list everything.
 	unsent   map[string]bool
 	fullNext bool
+	// notes are the callbacks due once r.mu is released
+	// (unlockAndNotify).
+	notes []func()
 }
 
 type appState struct {
@@ -168,7 +195,7 @@ func (r *Reconciler) SetAssignment(ctx context.Context, a *droverv1.Assignment) 
 
 func (r *Reconciler) take(a *droverv1.Assignment, fromHub bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlockAndNotify()
 	r.version, r.nonce = a.GetVersion(), a.GetNonce()
 	r.waiting = map[string]bool{}
 	now := time.Now()
@@ -328,7 +355,52 @@ func (r *Reconciler) nextWait(now time.Time) time.Duration {
 	return max(wait, 10*time.Millisecond)
 }
 
-// reconcile runs one application's steps once and schedules the next run.
+// attempt is one reconcile of one application: what its steps produced,
+// for the steps after them and for the summary.
+type attempt struct {
+	spec *droverv1.AppAssignment
+	log  *slog.Logger
+	// dir is the checkout (fetch); release frees it.
+	dir     string
+	release func()
+	// objs are the rendered objects (render).
+	objs []*unstructured.Unstructured
+	// run is the apply under way (apply, prune, assess).
+	run Run
+	// assessed is the state read back when only health was checked.
+	assessed *apply.Result
+}
+
+// step is one step of a reconcile. Its error says whether retrying helps
+// (retry.IsTransient); the first failure stops the steps after it, except
+// those that run after a failure too.
+type step struct {
+	name string
+	// afterFailure: the step runs after an earlier one failed, because it
+	// only reads (assess says how the objects are either way).
+	afterFailure bool
+	do           func(ctx context.Context, a *attempt) error
+}
+
+// syncSteps apply an application's commit to the cluster.
+func (r *Reconciler) syncSteps() []step {
+	return []step{
+		{name: "fetch", do: r.fetchStep},
+		{name: "render", do: r.renderStep},
+		{name: "apply", do: r.applyStep},
+		{name: "prune", do: pruneStep},
+		{name: "assess", afterFailure: true, do: assessStep},
+	}
+}
+
+// checkSteps only read the health of an application applied already,
+// while it is progressing.
+func (r *Reconciler) checkSteps() []step {
+	return []step{{name: "assess", do: r.checkStep}}
+}
+
+// reconcile runs one application's steps once, summarises its status and
+// schedules the next run.
 func (r *Reconciler) reconcile(ctx context.Context, name string) {
 	r.mu.Lock()
 	st := r.apps[name]
@@ -343,70 +415,131 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 		return
 	}
 
-	var (
-		res *apply.Result
-		err error
-	)
+	at := &attempt{spec: spec, log: log}
+	defer at.close()
+	steps := r.syncSteps()
 	if assessOnly {
-		res, err = r.applier.Assess(ctx, name)
-	} else {
-		res, err = r.sync(ctx, spec, log)
+		steps = r.checkSteps()
+	}
+	var err error
+	for _, s := range steps {
+		if err != nil && !s.afterFailure {
+			continue
+		}
+		serr := s.do(ctx, at)
+		if serr != nil && err == nil {
+			at.log.Debug("step failed", "step", s.name, "err", serr)
+			err = serr
+		}
 	}
 	if ctx.Err() != nil {
 		r.finish(name, hash, nil, false, time.Time{})
 		return
 	}
-	now := time.Now()
-	next := now.Add(interval(spec, r.cfg.DefaultInterval))
-	r.mu.Lock()
-	retry := st.retry
-	r.mu.Unlock()
-	switch {
-	case err != nil:
-		if res == nil || assessOnly {
-			// A failed Sync's result keeps its per-object statuses; a
-			// failed assessment knows nothing worth keeping.
-			res = failedResult(name, spec.GetCommit(), err)
-		}
-		if retryable(err) {
-			next = now.Add(retry.Next())
-		}
-		log.Warn("reconcile failed", "commit", spec.GetCommit(), "err", err, "retry_in", next.Sub(now).Round(time.Second))
-	default:
-		retry.Reset()
-		if res.Health == droverv1.Health_HEALTH_PROGRESSING || res.Health == droverv1.Health_HEALTH_UNKNOWN {
-			next = now.Add(r.cfg.ProgressingInterval)
-		}
-	}
+	res := at.summarize(ctx, err)
+	next := r.schedule(name, spec, res, err)
 	r.finish(name, hash, res, err == nil && !assessOnly, next)
 }
 
-// sync runs fetch, render and apply for spec.
-func (r *Reconciler) sync(ctx context.Context, spec *droverv1.AppAssignment, log *slog.Logger) (*apply.Result, error) {
-	dir, release, err := r.fetch.Checkout(ctx, spec.GetRepoUrl(), spec.GetCredentials(), spec.GetCommit())
+func (r *Reconciler) fetchStep(ctx context.Context, a *attempt) error {
+	dir, release, err := r.fetch.Checkout(ctx, a.spec.GetRepoUrl(), a.spec.GetCredentials(), a.spec.GetCommit())
 	if err != nil {
-		return nil, fmt.Errorf("fetch: %w", err)
+		return fmt.Errorf("fetch: %w", err)
 	}
-	defer release()
-	objs, err := r.render(ctx, dir, spec)
+	a.dir, a.release = dir, release
+	return nil
+}
+
+func (r *Reconciler) renderStep(ctx context.Context, a *attempt) error {
+	objs, err := r.render(ctx, a.dir, a.spec)
 	if err != nil {
-		return nil, &stepError{step: "render", err: err}
+		// A render fails the same way every time, unless discovery got no
+		// answer from the API server: retry.IsTransient tells them apart.
+		return fmt.Errorf("render: %w", err)
 	}
-	pol := apply.Policy{Prune: spec.GetSyncPolicy().GetPrune(), SelfHeal: spec.GetSyncPolicy().GetSelfHeal()}
-	res, err := r.applier.Sync(ctx, spec.GetName(), spec.GetCommit(), objs, pol)
+	a.objs = objs
+	return nil
+}
+
+func (r *Reconciler) applyStep(ctx context.Context, a *attempt) error {
+	pol := apply.Policy{Prune: a.spec.GetSyncPolicy().GetPrune(), SelfHeal: a.spec.GetSyncPolicy().GetSelfHeal()}
+	run, err := r.applier.Begin(ctx, a.spec.GetName(), a.spec.GetCommit(), a.objs, pol)
+	a.run = run
+	// The applier has its own copies now.
+	a.objs = nil
 	if err != nil {
-		if res != nil && res.Message != "" {
-			// The applier's result names the object that failed; keep its
-			// per-object statuses too. The error goes on, so that the run
-			// counts as failed: retried with backoff when transient (an
-			// API server that is down), never recorded as synced.
-			res.Sync = droverv1.SyncState_SYNC_STATE_FAILED
-			return res, fmt.Errorf("apply: %w", err)
+		return err
+	}
+	return run.Apply(ctx)
+}
+
+func pruneStep(ctx context.Context, a *attempt) error { return a.run.Prune(ctx) }
+
+func assessStep(_ context.Context, a *attempt) error {
+	if a.run != nil {
+		a.run.Assess()
+	}
+	return nil
+}
+
+func (r *Reconciler) checkStep(ctx context.Context, a *attempt) error {
+	res, err := r.applier.Assess(ctx, a.spec.GetName())
+	if err != nil {
+		// A failed assessment knows nothing worth keeping.
+		return err
+	}
+	a.assessed = res
+	return nil
+}
+
+// summarize is the one place an application's status is decided, from
+// what its steps left and err, the first failure. Once the apply began,
+// the Run decides (apply.Result.Summarize), so a failed apply keeps its
+// per-object statuses and is never overwritten by what assess saw.
+func (a *attempt) summarize(ctx context.Context, err error) *apply.Result {
+	switch {
+	case a.run != nil:
+		res, _ := a.run.Result(ctx, err)
+		return res
+	case a.assessed != nil && err == nil:
+		return a.assessed
+	}
+	res := &apply.Result{Application: a.spec.GetName(), Commit: a.spec.GetCommit()}
+	res.Summarize(err, nil)
+	return res
+}
+
+func (a *attempt) close() {
+	if a.run != nil {
+		a.run.Close()
+	}
+	if a.release != nil {
+		a.release()
+	}
+}
+
+// schedule returns when the application runs next: after a retry backoff
+// when retrying helps, soon while it is progressing, else after its
+// interval. Every delay is jittered, so a fleet does not run in lockstep.
+func (r *Reconciler) schedule(name string, spec *droverv1.AppAssignment, res *apply.Result, err error) time.Time {
+	r.mu.Lock()
+	b := r.apps[name].retry
+	r.mu.Unlock()
+	now := time.Now()
+	wait := backoff.Jitter(interval(spec, r.cfg.DefaultInterval), 0.1)
+	switch {
+	case err != nil:
+		if retry.IsTransient(err) {
+			wait = b.Next()
 		}
-		return nil, fmt.Errorf("apply: %w", err)
+		r.log.Warn("reconcile failed", "app", name, "commit", spec.GetCommit(), "err", err, "retryable", retry.IsTransient(err), "retry_in", wait.Round(time.Second))
+	default:
+		b.Reset()
+		if res.Health == droverv1.Health_HEALTH_PROGRESSING || res.Health == droverv1.Health_HEALTH_UNKNOWN {
+			wait = backoff.Jitter(r.cfg.ProgressingInterval, 0.1)
+		}
 	}
-	log.Debug("synced", "commit", spec.GetCommit(), "applied", res.Applied, "skipped", res.Skipped, "pruned", res.Pruned, "health", res.Health)
-	return res, nil
+	return now.Add(wait)
 }
 
 func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.AppAssignment, log *slog.Logger) {
@@ -427,7 +560,7 @@ func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.App
 		log.Info("application removed from the assignment: its objects are left (prune is off)")
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlockAndNotify()
 	delete(r.apps, name)
 	delete(r.statuses, name)
 	delete(r.unsent, name)
@@ -438,7 +571,7 @@ func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.App
 // finish records one run's result and schedules the next.
 func (r *Reconciler) finish(name, hash string, res *apply.Result, synced bool, next time.Time) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlockAndNotify()
 	st := r.apps[name]
 	if st == nil {
 		return
@@ -471,8 +604,8 @@ func (r *Reconciler) checkAppliedLocked() {
 		r.log.Warn("record applied version", "err", err)
 	}
 	if r.nonce != "" && r.onApplied != nil {
-		// Called with the lock held: onApplied must not call back in.
-		r.onApplied(r.version, r.nonce)
+		version, nonce := r.version, r.nonce
+		r.notes = append(r.notes, func() { r.onApplied(version, nonce) })
 	}
 }
 
@@ -483,7 +616,18 @@ func (r *Reconciler) setStatusLocked(s *droverv1.ApplicationStatus) {
 	r.statuses[s.GetApplication()] = s
 	r.unsent[s.GetApplication()] = true
 	if r.onStatus != nil {
-		r.onStatus()
+		r.notes = append(r.notes, r.onStatus)
+	}
+}
+
+// unlockAndNotify releases r.mu, then calls the callbacks queued while it
+// was held, so that they may call back into the Reconciler.
+func (r *Reconciler) unlockAndNotify() {
+	notes := r.notes
+	r.notes = nil
+	r.mu.Unlock()
+	for _, n := range notes {
+		n()
 	}
 }
 
@@ -556,35 +700,6 @@ func interval(spec *droverv1.AppAssignment, def time.Duration) time.Duration {
 		return d
 	}
 	return def
-}
-
-// stepError is a failure of a step that retrying cannot fix: the same
-// commit renders the same way.
-type stepError struct {
-	step string
-	err  error
-}
-
-func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
-func (e *stepError) Unwrap() error { return e.err }
-
-func retryable(err error) bool {
-	var se *stepError
-	if errors.As(err, &se) {
-		return false
-	}
-	if source.IsRetryable(err) || apply.IsRetryable(err) {
-		return true
-	}
-	return false
-}
-
-func failedResult(app, commit string, err error) *apply.Result {
-	return &apply.Result{
-		Application: app, Commit: commit,
-		Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_UNKNOWN,
-		Message: err.Error(),
-	}
 }
 
 func toStatus(app string, res *apply.Result) *droverv1.ApplicationStatus {

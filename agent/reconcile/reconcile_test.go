@@ -19,6 +19,7 @@ import (
 	"github.com/drover-dev/drover/agent/apply"
 	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/agent/state"
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -44,24 +45,59 @@ type fakeApplier struct {
 	mu      sync.Mutex
 	synced  map[string]string // app → commit
 	deleted []string
-	// failures makes the next Syncs of an application fail as the real
-	// applier does when the API server is down: a result naming the
-	// cause and a retryable error.
+	// failures makes the next applies of an application fail as the real
+	// applier does when the API server is down: a transient error.
 	failures map[string]int
+	// applyErr and pruneErr make every apply or prune of an application
+	// fail with that error.
+	applyErr, pruneErr map[string]error
 }
 
-func (f *fakeApplier) Sync(_ context.Context, app, commit string, _ []*unstructured.Unstructured, _ apply.Policy) (*apply.Result, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.failures[app] > 0 {
-		f.failures[app]--
-		cause := errors.New("read inventory: connection refused")
-		return &apply.Result{Application: app, Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_UNKNOWN, Message: cause.Error()},
-			&apply.RetryableError{Err: cause}
-	}
-	f.synced[app] = commit
-	return &apply.Result{Application: app, Commit: commit, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY}, nil
+func (f *fakeApplier) Begin(_ context.Context, app, commit string, objs []*unstructured.Unstructured, p apply.Policy) (Run, error) {
+	return &fakeRun{f: f, app: app, commit: commit, policy: p, res: &apply.Result{Application: app, Commit: commit}}, nil
 }
+
+// fakeRun stands for the cluster's side of one apply; its Result is the
+// real summary.
+type fakeRun struct {
+	f           *fakeApplier
+	app, commit string
+	policy      apply.Policy
+	res         *apply.Result
+}
+
+func (r *fakeRun) Apply(context.Context) error {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	if r.f.failures[r.app] > 0 {
+		r.f.failures[r.app]--
+		return retry.Transient(errors.New("read inventory: connection refused"))
+	}
+	if err := r.f.applyErr[r.app]; err != nil {
+		return err
+	}
+	r.f.synced[r.app] = r.commit
+	return nil
+}
+
+func (r *fakeRun) Prune(context.Context) error {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	return r.f.pruneErr[r.app]
+}
+
+// Assess finds one healthy object, applied or not.
+func (r *fakeRun) Assess() {
+	r.res.Resources = []*droverv1.ResourceStatus{{Version: "v1", Kind: "ConfigMap", Namespace: r.app, Name: r.app, Health: droverv1.Health_HEALTH_HEALTHY}}
+	r.res.Health = droverv1.Health_HEALTH_HEALTHY
+}
+
+func (r *fakeRun) Result(ctx context.Context, err error) (*apply.Result, error) {
+	r.res.Summarize(err, &r.policy)
+	return r.res, err
+}
+
+func (r *fakeRun) Close() {}
 
 func (f *fakeApplier) Assess(_ context.Context, app string) (*apply.Result, error) {
 	return &apply.Result{Application: app, Health: droverv1.Health_HEALTH_HEALTHY, Sync: droverv1.SyncState_SYNC_STATE_SYNCED}, nil
@@ -85,11 +121,13 @@ func noRender(context.Context, string, *droverv1.AppAssignment) ([]*unstructured
 }
 
 type harness struct {
-	rec   *Reconciler
-	ap    *fakeApplier
-	st    *state.Dir
-	acks  chan string
-	close func()
+	rec  *Reconciler
+	ap   *fakeApplier
+	st   *state.Dir
+	acks chan string
+	// statusCalls has one element per onStatus call.
+	statusCalls chan struct{}
+	close       func()
 }
 
 func newHarness(t *testing.T, dir string, render Renderer) *harness {
@@ -103,12 +141,20 @@ func newHarnessWith(t *testing.T, dir string, fetch Fetcher, render Renderer) *h
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{ap: &fakeApplier{synced: map[string]string{}, failures: map[string]int{}}, st: st, acks: make(chan string, 16)}
+	h := &harness{ap: &fakeApplier{synced: map[string]string{}, failures: map[string]int{}, applyErr: map[string]error{}, pruneErr: map[string]error{}},
+		st: st, acks: make(chan string, 16), statusCalls: make(chan struct{}, 64)}
 	if render == nil {
 		render = noRender
 	}
 	h.rec = New(Config{RetryBase: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond}, st, fetch, render, h.ap,
-		func(v, _ string) { h.acks <- v }, func() {}, slog.New(slog.DiscardHandler))
+		func(v, _ string) {
+			// Called without the reconciler's lock: calling back in works.
+			_ = h.rec.AppliedVersion()
+			h.acks <- v
+		}, func() {
+			_ = h.rec.PendingStatus(false)
+			h.statusCalls <- struct{}{}
+		}, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { h.rec.Run(ctx); close(done) }()
@@ -417,5 +463,78 @@ func TestFinishedRenderIsNotRetained(t *testing.T) {
 	}
 	if live > 0 {
 		t.Errorf("%d of the 200 rendered objects are still reachable after the runs finished", live)
+	}
+}
+
+// statusOf returns the current status of app.
+func (h *harness) statusOf(t *testing.T, app string) *droverv1.ApplicationStatus {
+	t.Helper()
+	for _, s := range h.rec.Statuses() {
+		if s.GetApplication() == app {
+			return s
+		}
+	}
+	t.Fatalf("no status for %s", app)
+	return nil
+}
+
+// The status after a run is summarised once from the steps' results: a
+// failed apply stays Failed with its cause although assess found the
+// objects healthy afterwards, a failed prune shows, and every status is
+// written once per run.
+func TestStatusSummarisesTheSteps(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	h.ap.mu.Lock()
+	h.ap.applyErr["bad"] = errors.New("ConfigMap/bad/bad: the API server refused it")
+	h.ap.pruneErr["stuck"] = errors.New("prune: Secret/stuck/old: forbidden")
+	h.ap.mu.Unlock()
+	a := &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("bad", sha1), app("stuck", sha1), app("web", sha1)}}
+	if err := h.rec.SetAssignment(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	h.close()
+
+	if s := h.statusOf(t, "bad"); s.GetSync() != droverv1.SyncState_SYNC_STATE_FAILED || s.GetMessage() != "ConfigMap/bad/bad: the API server refused it" ||
+		s.GetHealth() != droverv1.Health_HEALTH_HEALTHY || len(s.GetResources()) != 1 {
+		t.Errorf("bad = %v; want Failed with the apply's error, and the health and objects assess saw", s)
+	}
+	if s := h.statusOf(t, "stuck"); s.GetSync() != droverv1.SyncState_SYNC_STATE_FAILED || !strings.Contains(s.GetMessage(), "forbidden") {
+		t.Errorf("stuck = %v; want Failed with the prune's error", s)
+	}
+	if s := h.statusOf(t, "web"); s.GetSync() != droverv1.SyncState_SYNC_STATE_SYNCED || s.GetMessage() != "1 objects in sync with commit "+sha1 {
+		t.Errorf("web = %v; want Synced", s)
+	}
+	if n := len(h.statusCalls); n != 3 {
+		t.Errorf("onStatus called %d times for 3 applications run once each, want 3", n)
+	}
+}
+
+// A render that failed because the API server did not answer discovery is
+// retried with the retry backoff (10-50 ms here), not at the sync interval
+// (5 min): it converges once the API server answers.
+func TestTransientRenderFailureIsRetried(t *testing.T) {
+	var mu sync.Mutex
+	failures := 3
+	renderer := func(context.Context, string, *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failures > 0 {
+			failures--
+			return nil, fmt.Errorf("render app.yaml: is Gizmo namespaced: %w", retry.Transient(errors.New("connection refused")))
+		}
+		return nil, nil
+	}
+	h := newHarness(t, t.TempDir(), renderer)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	deadline := time.Now().Add(4 * time.Second)
+	for h.ap.commitOf("web") != sha1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("web not synced 4 s after 3 transient render failures: not retried with the retry backoff")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

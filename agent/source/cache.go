@@ -152,7 +152,7 @@ func NewCache(dir string, maxBytes int64, log *slog.Logger) (*Cache, error) {
 //
 // The commit is fetched only if the cache does not have it, and its tree
 // is materialised only if no earlier Checkout did. Errors are *Error,
-// classified by IsRetryable, and never contain credentials.
+// classified by retry.IsTransient, and never contain credentials.
 func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit string) (dir string, release func(), err error) {
 	r, err := gitremote.Parse(repoURL)
 	if err != nil {

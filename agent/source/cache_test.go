@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -406,8 +407,8 @@ func TestCheckoutErrors(t *testing.T) {
 			if !errors.As(err, &e) {
 				t.Fatalf("error %T is not an *Error", err)
 			}
-			if IsRetryable(err) {
-				t.Errorf("IsRetryable = true for %v", err)
+			if retry.IsTransient(err) {
+				t.Errorf("retry.IsTransient = true for %v", err)
 			}
 			if tt.is != nil && !errors.Is(err, tt.is) {
 				t.Errorf("errors.Is(%v, %v) = false", err, tt.is)
@@ -438,18 +439,18 @@ func TestCheckoutErrors(t *testing.T) {
 	deadURL := dead.URL + "/x.git"
 	dead.Close()
 	_, _, err = newCache(t, t.TempDir(), 1<<30).Checkout(t.Context(), deadURL, nil, sha)
-	if err == nil || !IsRetryable(err) {
-		t.Errorf("unreachable server: err %v, retryable %v", err, IsRetryable(err))
+	if err == nil || !retry.IsTransient(err) {
+		t.Errorf("unreachable server: err %v, retryable %v", err, retry.IsTransient(err))
 	}
-	if IsRetryable(nil) || IsRetryable(errors.New("not from this package")) {
-		t.Error("IsRetryable is true for nil or a foreign error")
+	if retry.IsTransient(nil) || retry.IsTransient(errors.New("not from this package")) {
+		t.Error("retry.IsTransient is true for nil or a foreign error")
 	}
 	// Cancellation is not the input's fault.
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	_, _, err = newCache(t, t.TempDir(), 1<<30).Checkout(ctx, repo.URL, creds, sha)
-	if !errors.Is(err, context.Canceled) || !IsRetryable(err) {
-		t.Errorf("cancelled: err %v, retryable %v", err, IsRetryable(err))
+	if !errors.Is(err, context.Canceled) || !retry.IsTransient(err) {
+		t.Errorf("cancelled: err %v, retryable %v", err, retry.IsTransient(err))
 	}
 }
 
@@ -473,8 +474,8 @@ func TestCheckoutWithoutSHAWants(t *testing.T) {
 		t.Errorf("files: %v", f)
 	}
 	_, _, err := c.Checkout(t.Context(), repoURL, nil, strings.Repeat("cd", 20))
-	if !errors.Is(err, ErrUnknownCommit) || IsRetryable(err) {
-		t.Errorf("unknown commit: %v (retryable %v)", err, IsRetryable(err))
+	if !errors.Is(err, ErrUnknownCommit) || retry.IsTransient(err) {
+		t.Errorf("unknown commit: %v (retryable %v)", err, retry.IsTransient(err))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/drover-dev/drover/internal/gitremote"
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 // Causes that say retrying will not help until the assignment changes.
@@ -35,28 +36,18 @@ type Error struct {
 	Op string
 	// URL is the repository URL, redacted (gitremote.RedactURL).
 	URL string
-	// Retryable is false when the same call cannot succeed until its input
-	// changes (bad credentials, unknown commit), true for failures that may
-	// pass (network, server errors, a full disk).
-	Retryable bool
-	// Err is the cause, with credentials scrubbed from its text; errors.Is
-	// and errors.As see through it to the original error and to the
-	// sentinel above that classifies it.
+	// Err is the cause, with credentials scrubbed from its text, marked
+	// (retry.Transient or retry.Permanent) by whether the same call can
+	// succeed before its input changes: not for bad credentials or an
+	// unknown commit, yes for failures that may pass (network, server
+	// errors, a full disk). errors.Is and errors.As see through it to the
+	// original error and to the sentinel above that classifies it.
 	Err error
 }
 
 func (e *Error) Error() string { return e.Op + " " + e.URL + ": " + e.Err.Error() }
 
 func (e *Error) Unwrap() error { return e.Err }
-
-// IsRetryable reports whether err is, or wraps, an *Error saying that the
-// Checkout may succeed if tried again unchanged. Every error Checkout
-// returns is an *Error; errors from elsewhere are not judged here (false),
-// so classifiers of several steps compose with ||.
-func IsRetryable(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Retryable
-}
 
 // cause is an error whose text has been scrubbed of secrets, unwrapping to
 // the sentinel that classifies it (if any) and the original error.
@@ -92,10 +83,9 @@ func (c *cause) Unwrap() []error {
 func newError(op string, r gitremote.Remote, rawURL string, err error, secrets []string) *Error {
 	kind, retryable := classify(err)
 	return &Error{
-		Op:        op,
-		URL:       r.Redacted,
-		Retryable: retryable,
-		Err:       &cause{kind: kind, err: err, clean: gitremote.Scrub(err.Error(), rawURL, r.Redacted, secrets)},
+		Op:  op,
+		URL: r.Redacted,
+		Err: retry.Mark(&cause{kind: kind, err: err, clean: gitremote.Scrub(err.Error(), rawURL, r.Redacted, secrets)}, retryable),
 	}
 }
 

@@ -6,11 +6,12 @@ import (
 	"strings"
 
 	"github.com/drover-dev/drover/internal/gitremote"
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 // Errors that say retrying will not help until someone changes something.
-// Every other error of this package (network, server 5xx, timeouts) is worth
-// retrying; Retryable tells them apart.
+// An error from the remote itself (network, server 5xx, timeouts) is marked
+// transient instead; retry.IsTransient tells them apart.
 var (
 	// ErrAuth: the server rejected the credentials, or wants some and got
 	// none (HTTP 401/403). An SSH server's refusal is not classified: the
@@ -34,20 +35,6 @@ var (
 	// server.
 	ErrCommitNotFound = errors.New("commit not found")
 )
-
-// Retryable reports whether err may go away by itself: false for the
-// errors above, true for everything else.
-func Retryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	for _, permanent := range []error{ErrAuth, ErrHostKey, ErrNotFound, gitremote.ErrObjectFormat, ErrInvalid, ErrRefNotFound, ErrAmbiguousRef, ErrCommitNotFound} {
-		if errors.Is(err, permanent) {
-			return false
-		}
-	}
-	return true
-}
 
 // RefError is why one ref of a Resolve call did not resolve while the remote
 // itself answered. It wraps ErrRefNotFound, ErrAmbiguousRef or ErrInvalid.
@@ -123,7 +110,8 @@ func (e *remoteError) Unwrap() []error {
 }
 
 // wrapRemote classifies err and scrubs secrets (the raw URL, passwords,
-// keys) from its text. Cancellation passes through classified as nothing.
+// keys) from its text: marked permanent when gitremote names the kind of
+// refusal, transient otherwise.
 func wrapRemote(op string, r gitremote.Remote, rawURL string, err error, secrets []string) error {
 	if err == nil {
 		return nil
@@ -134,5 +122,5 @@ func wrapRemote(op string, r gitremote.Remote, rawURL string, err error, secrets
 		// go-git's own text is about a malformed line; say what it means.
 		clean = kind.Error()
 	}
-	return &remoteError{op: op, repo: r.Redacted, kind: kind, err: err, clean: clean}
+	return retry.Mark(&remoteError{op: op, repo: r.Redacted, kind: kind, err: err, clean: clean}, kind == nil)
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/gitremote"
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 // A repository in Git's SHA-256 object format is refused when the hub
@@ -30,8 +31,8 @@ func TestResolveRefusesSHA256Repositories(t *testing.T) {
 	if !errors.Is(err, gitremote.ErrObjectFormat) {
 		t.Fatalf("Resolve of a SHA-256 repository = %v, %v; want ErrObjectFormat", got, err)
 	}
-	if Retryable(err) {
-		t.Errorf("Retryable(%v) = true; polling again cannot help", err)
+	if retry.IsTransient(err) {
+		t.Errorf("retry.IsTransient(%v) = true; polling again cannot help", err)
 	}
 	if !strings.Contains(err.Error(), "SHA-256") || !strings.Contains(err.Error(), gitremote.RedactURL(repo.URL)) {
 		t.Errorf("error %q does not name the repository and its object format", err)

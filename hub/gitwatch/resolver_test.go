@@ -12,6 +12,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/gitremote"
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 func TestResolve(t *testing.T) {
@@ -76,7 +77,7 @@ func TestResolve(t *testing.T) {
 				if _, ok := got[tt.ref]; ok {
 					t.Fatalf("ref %q: resolved to %q despite its error", tt.ref, got[tt.ref])
 				}
-				if Retryable(re) {
+				if retry.IsTransient(re) {
 					t.Fatalf("ref %q: error %v is retryable", tt.ref, re)
 				}
 				return
@@ -179,8 +180,8 @@ func TestResolveRemoteErrors(t *testing.T) {
 			if tt.wantErr != errAny && !errors.Is(err, tt.wantErr) {
 				t.Fatalf("Resolve error = %v, want %v", err, tt.wantErr)
 			}
-			if Retryable(err) != tt.retryable {
-				t.Fatalf("Retryable(%v) = %v, want %v", err, Retryable(err), tt.retryable)
+			if retry.IsTransient(err) != tt.retryable {
+				t.Fatalf("retry.IsTransient(%v) = %v, want %v", err, retry.IsTransient(err), tt.retryable)
 			}
 			if msg := err.Error(); strings.Contains(msg, password) || strings.Contains(msg, "drover:") {
 				t.Fatalf("error text holds a credential: %q", msg)
@@ -209,7 +210,7 @@ func TestWrapRemoteScrubs(t *testing.T) {
 	if strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "resolve https://host/app.git: ") {
 		t.Fatalf("error text %q", err)
 	}
-	if !errors.Is(err, ErrAuth) || !errors.Is(err, transport.ErrAuthenticationRequired) || Retryable(err) {
+	if !errors.Is(err, ErrAuth) || !errors.Is(err, transport.ErrAuthenticationRequired) || retry.IsTransient(err) {
 		t.Fatalf("error %v: want ErrAuth wrapping the cause, not retryable", err)
 	}
 }

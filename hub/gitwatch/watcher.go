@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
@@ -334,15 +333,8 @@ func (w *Watcher) scheduleLocked(st *repoState, err error, now time.Time) {
 }
 
 // jitter spreads a periodic delay by ±10%, so repositories that were added
-// together do not keep polling together. (internal/backoff is the retry
-// delay; this is for the steady period.)
-func jitter(d time.Duration) time.Duration {
-	spread := d / 10
-	if spread <= 0 {
-		return d
-	}
-	return d - spread + rand.N(2*spread+1)
-}
+// together do not keep polling together.
+func jitter(d time.Duration) time.Duration { return backoff.Jitter(d, 0.1) }
 
 // reloadIfStale rebuilds the schedule from the Source after Changed.
 func (w *Watcher) reloadIfStale(now time.Time) {

@@ -7,6 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 var (
@@ -76,26 +78,27 @@ func pgCode(err error) string {
 	return ""
 }
 
-// classify wraps err with what it was doing, and maps the errors callers
-// branch on to the store's sentinels: no rows → ErrNotFound, a unique
-// violation → ErrConflict. The driver error stays in the chain.
+// classify wraps err with what it was doing, maps the errors callers
+// branch on to the store's sentinels (no rows → ErrNotFound, a unique
+// violation → ErrConflict) and marks the driver's error transient or
+// permanent for retry.IsTransient. The driver error stays in the chain.
 func classify(op string, err error) error {
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("%s: %w", op, ErrNotFound)
 	case pgCode(err) == codeUniqueViolation:
-		return fmt.Errorf("%s: %w: %w", op, ErrConflict, err)
+		return fmt.Errorf("%s: %w: %w", op, ErrConflict, retry.Permanent(err))
 	default:
-		return fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("%s: %w", op, retry.Mark(err, transient(err)))
 	}
 }
 
-// IsTransient reports whether retrying the operation that returned err may
+// transient reports whether retrying the operation that returned err may
 // succeed: connection failures, timeouts, deadlocks, serialization
 // failures, a server shutting down or out of resources. Data and
 // programming errors are not transient. Cancellation of the caller's own
 // context is not transient either: the caller gave up.
-func IsTransient(err error) bool {
+func transient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}

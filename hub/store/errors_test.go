@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/drover-dev/drover/internal/retry"
 )
 
 func TestErrorClasses(t *testing.T) {
@@ -32,8 +34,14 @@ func TestErrorClasses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := IsTransient(tt.err); got != tt.transient {
-				t.Errorf("IsTransient = %v, want %v", got, tt.transient)
+			if got := transient(tt.err); got != tt.transient {
+				t.Errorf("transient = %v, want %v", got, tt.transient)
+			}
+			// What callers see: the store's errors are marked for retry.
+			if tt.err != nil {
+				if got := retry.IsTransient(classify("write", tt.err)); got != tt.transient {
+					t.Errorf("retry.IsTransient(classify(...)) = %v, want %v", got, tt.transient)
+				}
 			}
 			if got := isPoison(tt.err); got != tt.poison {
 				t.Errorf("isPoison = %v, want %v", got, tt.poison)

@@ -10,8 +10,8 @@
 // Every method takes a context and bounds each database call with the
 // store's query timeout. Errors are wrapped; callers branch on ErrNotFound,
 // ErrConflict, ErrTokenInvalid (*TokenError) and ErrInvalidArgument
-// (*ValidationError) with errors.Is / errors.As, and on IsTransient for
-// whether to retry. Timestamps read back have PostgreSQL's microsecond
+// (*ValidationError) with errors.Is / errors.As, and on retry.IsTransient
+// for whether to retry. Timestamps read back have PostgreSQL's microsecond
 // precision.
 //
 // Status reports arrive from thousands of agents; StatusWriter coalesces

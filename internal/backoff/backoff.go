@@ -64,20 +64,32 @@ func (b *Backoff) Failures() int { return b.failures }
 // Wait sleeps for the next delay, or returns early when ctx ends. A nil err
 // means the attempt succeeded: the backoff resets and Wait waits only the
 // base delay, so a loop whose sessions end cleanly does not spin.
-func (b *Backoff) Wait(ctx context.Context, err error) {
-	var d time.Duration
-	if err == nil {
-		b.Reset()
-		d = b.base
-	} else {
-		d = b.Next()
-	}
-	t := time.NewTimer(d)
+func (b *Backoff) Wait(ctx context.Context, err error) { b.WaitHint(ctx, err, 0) }
+
+// WaitHint is Wait after a failure whose server said when to come back (a
+// gRPC RetryInfo, an HTTP Retry-After): a hint above zero sets the least
+// the wait is, spread by ±10% so the clients it refused together do not
+// return together.
+func (b *Backoff) WaitHint(ctx context.Context, err error, hint time.Duration) {
+	t := time.NewTimer(b.delay(err, hint))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// delay is the wait before the next attempt, after one that ended with err.
+func (b *Backoff) delay(err error, hint time.Duration) time.Duration {
+	if err == nil {
+		b.Reset()
+		return b.base
+	}
+	d := b.Next()
+	if hint > 0 {
+		d = max(d, Jitter(hint, 0.1))
+	}
+	return d
 }
 
 // Jitter returns d spread uniformly by ±fraction (0.1 = ±10%), for periodic

@@ -73,3 +73,22 @@ func TestJitterStaysInRange(t *testing.T) {
 		t.Fatalf("Jitter(0) = %v, want 0", d)
 	}
 }
+
+// A server's hint sets the least of the next wait; the backoff still
+// counts the failure, and a success resets it.
+func TestDelayHonoursHint(t *testing.T) {
+	b := New(time.Millisecond, 10*time.Millisecond)
+	failed := errors.New("refused")
+	if d := b.delay(failed, time.Hour); d < 54*time.Minute || d > 66*time.Minute {
+		t.Fatalf("delay with a 1h hint = %v, want 1h ±10%%", d)
+	}
+	if d := b.delay(failed, 0); d > 10*time.Millisecond {
+		t.Fatalf("delay without a hint = %v, want at most the cap", d)
+	}
+	if b.Failures() != 2 {
+		t.Fatalf("failures = %d, want 2", b.Failures())
+	}
+	if d := b.delay(nil, time.Hour); d != time.Millisecond || b.Failures() != 0 {
+		t.Fatalf("after a success: delay %v, failures %d; want the base and 0", d, b.Failures())
+	}
+}
