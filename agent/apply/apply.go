@@ -51,6 +51,13 @@ import (
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
+// DefaultQPS and DefaultBurst are the client rate limits New gives a
+// rest.Config that sets none.
+const (
+	DefaultQPS   = 50
+	DefaultBurst = 100
+)
+
 // Options configures an Applier. The zero value is usable.
 type Options struct {
 	// Force lets Drover delete and recreate any object whose change the
@@ -176,7 +183,7 @@ func New(cfg *rest.Config, logger *slog.Logger, opts Options) (*Applier, error) 
 	if cfg.QPS == 0 {
 		// client-go's default of 5 requests a second would make the
 		// first apply of a few hundred objects take minutes.
-		cfg.QPS, cfg.Burst = 50, 100
+		cfg.QPS, cfg.Burst = DefaultQPS, DefaultBurst
 	}
 	cfg.WarningHandler = nil
 	cfg.WarningHandlerWithContext = warningLogger{log: logger}
