@@ -52,10 +52,16 @@ import (
 )
 
 // DefaultQPS and DefaultBurst are the client rate limits New gives a
-// rest.Config that sets none.
+// rest.Config that sets none, and the agent's defaults. The agent owns its
+// cluster's apply traffic: the first apply of a few hundred objects should
+// go at the API server's pace, not wait on the client. These are the
+// limits Flux's kustomize-controller is commonly run with for the same
+// engine (its own defaults are 50 and 300), and a burst of 200 covers the
+// requests of a 200-object first apply at once. The API server protects
+// itself with API Priority and Fairness whatever a client sends.
 const (
-	DefaultQPS   = 50
-	DefaultBurst = 100
+	DefaultQPS   = 100
+	DefaultBurst = 200
 )
 
 // Options configures an Applier. The zero value is usable.

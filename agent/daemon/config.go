@@ -4,11 +4,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
+	"github.com/drover-dev/drover/agent/apply"
 	"github.com/drover-dev/drover/agent/render"
 )
 
@@ -30,6 +33,11 @@ type Config struct {
 	Kubeconfig string
 	// Concurrency is how many applications are reconciled at once.
 	Concurrency int
+	// KubeAPIQPS and KubeAPIBurst are the client-side rate limits of the
+	// agent's requests to its cluster's API server: a sustained rate per
+	// second and the burst above it.
+	KubeAPIQPS   float64
+	KubeAPIBurst int
 	// CacheMaxBytes bounds the Git cache.
 	CacheMaxBytes int64
 	// MaxManifestBytes bounds each file a render reads, MaxRenderBytes
@@ -54,6 +62,8 @@ func DefaultConfig() Config {
 	return Config{
 		StateDir:      "/var/lib/drover-agent",
 		Concurrency:   4,
+		KubeAPIQPS:    apply.DefaultQPS,
+		KubeAPIBurst:  apply.DefaultBurst,
 		CacheMaxBytes: 1 << 30,
 		Heartbeat:     30 * time.Second,
 		BackoffMax:    30 * time.Second,
@@ -84,6 +94,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	str(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL", "debug, info, warn or error")
 	str(&c.MetricsAddr, "metrics-addr", "DROVER_METRICS_ADDR", "listen address for Prometheus metrics on /metrics, such as :9090; off when empty")
 	fs.IntVar(&c.Concurrency, "concurrency", envInt("DROVER_CONCURRENCY", c.Concurrency), "applications reconciled at once (env DROVER_CONCURRENCY)")
+	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", envFloat("DROVER_KUBE_API_QPS", c.KubeAPIQPS), "requests per second the agent sends its cluster's API server, sustained (env DROVER_KUBE_API_QPS)")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", envInt("DROVER_KUBE_API_BURST", c.KubeAPIBurst), "requests the agent may send its cluster's API server at once above --kube-api-qps (env DROVER_KUBE_API_BURST)")
 	fs.Int64Var(&c.CacheMaxBytes, "cache-max-bytes", int64(envInt("DROVER_CACHE_MAX_BYTES", int(c.CacheMaxBytes))), "size bound of the Git cache (env DROVER_CACHE_MAX_BYTES)")
 	fs.Int64Var(&c.MaxManifestBytes, "max-manifest-bytes", int64(envInt("DROVER_MAX_MANIFEST_BYTES", int(c.MaxManifestBytes))), "largest manifest file a render reads; a larger one fails its application (env DROVER_MAX_MANIFEST_BYTES)")
 	fs.Int64Var(&c.MaxRenderBytes, "max-render-bytes", int64(envInt("DROVER_MAX_RENDER_BYTES", int(c.MaxRenderBytes))), "most manifest bytes one application's render reads, and most bytes of objects it makes (env DROVER_MAX_RENDER_BYTES)")
@@ -96,6 +108,16 @@ func envInt(name string, def int) int {
 	var v int
 	if s, ok := os.LookupEnv(name); ok {
 		if _, err := fmt.Sscan(s, &v); err == nil {
+			return v
+		}
+		return -1 // reported by Validate
+	}
+	return def
+}
+
+func envFloat(name string, def float64) float64 {
+	if s, ok := os.LookupEnv(name); ok {
+		if v, err := strconv.ParseFloat(s, 64); err == nil {
 			return v
 		}
 		return -1 // reported by Validate
@@ -130,6 +152,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Concurrency <= 0 || c.Concurrency > 64 {
 		bad("--concurrency %d: between 1 and 64", c.Concurrency)
+	}
+	if !(c.KubeAPIQPS > 0) || c.KubeAPIQPS > math.MaxFloat32 {
+		bad("--kube-api-qps %v: a positive number of requests per second, such as %d", c.KubeAPIQPS, apply.DefaultQPS)
+	}
+	if c.KubeAPIBurst <= 0 {
+		bad("--kube-api-burst %d: a positive number of requests, such as %d", c.KubeAPIBurst, apply.DefaultBurst)
 	}
 	if c.CacheMaxBytes < 1<<20 {
 		bad("--cache-max-bytes %d: at least 1 MiB", c.CacheMaxBytes)
