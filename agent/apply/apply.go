@@ -34,6 +34,7 @@ import (
 	"github.com/fluxcd/cli-utils/pkg/kstatus/polling"
 	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/clusterreader"
 	"github.com/fluxcd/cli-utils/pkg/kstatus/polling/engine"
+	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
 	ssaerrors "github.com/fluxcd/pkg/ssa/errors"
 	"github.com/fluxcd/pkg/ssa/utils"
@@ -52,6 +53,22 @@ import (
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
+// DefaultQPS and DefaultBurst are the client rate limits New gives a
+// rest.Config that sets none, and the agent's defaults. The agent owns its
+// cluster's apply traffic: the first apply of a few hundred objects should
+// go at the API server's pace, not wait on the client. These are the
+// limits Flux's kustomize-controller is commonly run with for the same
+// engine (its own defaults are 50 and 300), and a burst of 200 covers the
+// requests of a 200-object first apply at once. The API server protects
+// itself with API Priority and Fairness whatever a client sends.
+const (
+	DefaultQPS   = 100
+	DefaultBurst = 200
+)
+
+// defaultConcurrency is Options.Concurrency's default.
+const defaultConcurrency = 8
+
 // Options configures an Applier. The zero value is usable.
 type Options struct {
 	// Force lets Drover delete and recreate any object whose change the
@@ -62,8 +79,10 @@ type Options struct {
 	// whose new version is simply invalid, losing the running one. An
 	// object annotated drover.dev/force: enabled opts in alone.
 	Force bool
-	// Concurrency is how many objects are checked with a server-side
-	// dry-run, and how many Lists run, at once. 0 means 4.
+	// Concurrency is how many objects of a stage are checked with a
+	// server-side dry-run, or applied, at once, and how many Lists run at
+	// once. 0 means 8: with the default client rate limits, enough to
+	// keep a local API server busy without queueing on the client side.
 	Concurrency int
 	// WaitTimeout bounds the wait for CRDs, Namespaces and ClusterRoles to
 	// be ready before the objects that need them are applied. 0 means 1m.
@@ -78,10 +97,10 @@ type Options struct {
 
 func (o *Options) setDefaults() error {
 	if o.Concurrency < 0 {
-		return fmt.Errorf("Options.Concurrency is %d: use a positive number, or 0 for 4", o.Concurrency)
+		return fmt.Errorf("Options.Concurrency is %d: use a positive number, or 0 for %d", o.Concurrency, defaultConcurrency)
 	}
 	if o.Concurrency == 0 {
-		o.Concurrency = 4
+		o.Concurrency = defaultConcurrency
 	}
 	if o.WaitTimeout < 0 {
 		return fmt.Errorf("Options.WaitTimeout is %s: use a positive duration, or 0 for 1m", o.WaitTimeout)
@@ -180,7 +199,7 @@ func New(cfg *rest.Config, logger *slog.Logger, opts Options) (*Applier, error) 
 	if cfg.QPS == 0 {
 		// client-go's default of 5 requests a second would make the
 		// first apply of a few hundred objects take minutes.
-		cfg.QPS, cfg.Burst = 50, 100
+		cfg.QPS, cfg.Burst = DefaultQPS, DefaultBurst
 	}
 	cfg.WarningHandler = nil
 	cfg.WarningHandlerWithContext = warningLogger{log: logger}
@@ -569,13 +588,14 @@ type stage struct {
 	wait bool
 }
 
-// apply sends the objects marked d.send to the API server through ssa,
-// stage by stage, and records in each what the API server answered.
+// apply sends the objects marked d.send to the API server, stage by stage,
+// and records in each what the API server answered.
 //
-// It runs ssa's stages itself (ssa's own IsClusterDefinition and
-// IsClassDefinition, then ApplyAll and WaitForSetWithContext for each)
-// rather than calling ApplyAllStaged, whose wait ignores the context: a
-// cancelled Sync would hang until WaitTimeout.
+// The stages are ssa's (IsClusterDefinition, then IsClassDefinition, then
+// the rest), each waited for with WaitForSetWithContext before the next:
+// ApplyAllStaged's wait ignores the context, and a cancelled Sync would
+// hang until WaitTimeout. Within a stage, objects go Options.Concurrency
+// at a time, each on its own (see applyStage).
 func (s *session) apply(ctx context.Context, desired []*desiredObject, res *Result) error {
 	var defs, classes, others []*desiredObject
 	for _, d := range desired {
@@ -599,45 +619,18 @@ func (s *session) apply(ctx context.Context, desired []*desiredObject, res *Resu
 		if len(st.objs) == 0 {
 			continue
 		}
-		byKey := make(map[string]*desiredObject, len(st.objs))
-		objs := make([]*unstructured.Unstructured, len(st.objs))
-		for i, d := range st.objs {
-			byKey[d.ref.key()] = d
-			objs[i] = d.obj.DeepCopy()
-		}
-		cs, err := s.mgr.ApplyAll(ctx, objs, opts)
-		if err != nil {
-			s.collect(st.objs)
-			return s.applyError(ctx, err, byKey)
-		}
-		for _, e := range cs.Entries {
-			d := byKey[metaKey(e.ObjMetadata.GroupKind.Group, e.ObjMetadata.GroupKind.Kind, e.ObjMetadata.Namespace, e.ObjMetadata.Name)]
-			if d == nil {
-				continue
-			}
-			switch e.Action {
-			case ssa.CreatedAction, ssa.ConfiguredAction:
-				res.Applied++
-			case ssa.UnchangedAction:
-				reclaimed, err := s.reclaim(ctx, d)
-				if err != nil {
-					s.collect(st.objs)
-					return err
-				}
-				if reclaimed {
-					res.Applied++
-				} else {
-					res.Unchanged++
-				}
-			}
-		}
+		err := s.applyStage(ctx, st.objs, opts, res)
 		s.collect(st.objs)
-		for _, d := range st.objs {
-			d.done = d.failure == nil
+		if err != nil {
+			return err
 		}
 		if st.wait {
+			set := make(object.ObjMetadataSet, len(st.objs))
+			for i, d := range st.objs {
+				set[i] = d.ref.objMetadata()
+			}
 			wait := ssa.WaitOptions{Interval: opts.WaitInterval, Timeout: s.a.opts.WaitTimeout}
-			if err := s.mgr.WaitForSetWithContext(ctx, cs.ToObjMetadataSet(), wait); err != nil {
+			if err := s.mgr.WaitForSetWithContext(ctx, set, wait); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -648,21 +641,154 @@ func (s *session) apply(ctx context.Context, desired []*desiredObject, res *Resu
 	return nil
 }
 
-// reclaim re-applies an object that ssa found unchanged although another
-// field manager took some of Drover's fields (a value set back by hand
-// after kubectl scale): ssa compares values only, but until Drover owns
-// those fields again a later change to them would not show as drift.
-func (s *session) reclaim(ctx context.Context, d *desiredObject) (bool, error) {
-	live, dryRun, _ := s.rec.get(d.ref.key())
-	if live == nil || dryRun == nil || sameOwnedFields(live, dryRun) {
-		return false, nil
+// write is what applyStage does with one object once it is checked.
+type write int
+
+const (
+	// writeNothing: the object is as rendered in the cluster.
+	writeNothing write = iota
+	// writeApply: one server-side apply.
+	writeApply
+	// writeThroughSSA: ssa's ApplyAll, which deletes and recreates an
+	// object whose change the API server refuses as immutable, when force
+	// is on for it.
+	writeThroughSSA
+)
+
+// applyStage applies the objects of one stage in two steps, each running
+// Options.Concurrency objects at once:
+//
+//  1. Check. An object the cluster has (observe read it) is compared with
+//     ssa's server-side dry-run (Diff), as ApplyAll does: one that shows
+//     no change is not written. A refusal here stops the stage before any
+//     of its objects is written, as with ApplyAll. A new object has
+//     nothing to compare with and costs no request here.
+//  2. Write. Every object to write is server-side applied on its own: one
+//     that the API server refuses does not keep the others from being
+//     applied, and each refusal is recorded on its object. A new object
+//     refused as immutable or invalid (an unlabelled one was there after
+//     all) goes through ssa's ApplyAll, which recreates it when force is
+//     on and otherwise fails it with the dry-run's words, as before.
+//
+// The counts do not depend on the order the API server answers in; the
+// error returned is the first failed object's in the stage's order,
+// naming the others.
+func (s *session) applyStage(ctx context.Context, ds []*desiredObject, opts ssa.ApplyOptions, res *Result) error {
+	writes := make([]write, len(ds))
+	errs := make([]error, len(ds))
+	var g errgroup.Group // no shared cancel: one object's failure stops no other
+	g.SetLimit(s.a.opts.Concurrency)
+	for i, d := range ds {
+		if d.final == nil {
+			writes[i] = writeApply
+			continue
+		}
+		g.Go(func() error {
+			writes[i], errs[i] = s.check(ctx, d, opts)
+			return nil
+		})
 	}
+	_ = g.Wait()
+	if err := firstError(ds, errs); err != nil {
+		return err
+	}
+
+	for i, d := range ds {
+		switch writes[i] {
+		case writeApply:
+			g.Go(func() error {
+				errs[i] = s.write(ctx, d, opts)
+				return nil
+			})
+		case writeThroughSSA:
+			g.Go(func() error {
+				errs[i] = s.writeThroughSSA(ctx, d, opts)
+				return nil
+			})
+		}
+	}
+	_ = g.Wait()
+	for i, d := range ds {
+		d.done = errs[i] == nil
+		switch {
+		case errs[i] != nil:
+		case writes[i] == writeNothing:
+			res.Unchanged++
+		default:
+			res.Applied++
+		}
+	}
+	return firstError(ds, errs)
+}
+
+// check compares the live object d.final with a server-side dry-run of d
+// and says how to write it. An object ssa finds unchanged is written all
+// the same when another field manager took some of Drover's fields (a
+// value set back by hand after kubectl scale): ssa compares values only,
+// but until Drover owns those fields again a later change to them would
+// not show as drift.
+func (s *session) check(ctx context.Context, d *desiredObject, opts ssa.ApplyOptions) (write, error) {
+	cs, _, _, err := s.mgr.Diff(ctx, d.obj.DeepCopy(), ssa.DiffOptions{Force: opts.Force, ForceSelector: opts.ForceSelector})
+	if err != nil {
+		return writeNothing, s.applyError(ctx, err, map[string]*desiredObject{d.ref.key(): d})
+	}
+	switch cs.Action {
+	case ssa.ConfiguredAction:
+		return writeApply, nil
+	case ssa.CreatedAction:
+		// Refused as immutable with force on, or gone since observe read
+		// it: ApplyAll handles both.
+		return writeThroughSSA, nil
+	case ssa.UnchangedAction:
+		live, dryRun, _ := s.rec.get(d.ref.key())
+		if live != nil && dryRun != nil && !sameOwnedFields(live, dryRun) {
+			return writeApply, nil
+		}
+	}
+	return writeNothing, nil
+}
+
+// write server-side applies d with forced ownership, as ssa does.
+func (s *session) write(ctx context.Context, d *desiredObject, opts ssa.ApplyOptions) error {
 	u := d.obj.DeepCopy()
-	if err := s.client.applyObject(ctx, u, client.ForceOwnership, client.FieldOwner(FieldManager)); err != nil {
+	utils.RemoveCABundleFromCRD(u)
+	err := s.client.applyObject(ctx, u, client.ForceOwnership, client.FieldOwner(FieldManager))
+	switch {
+	case err == nil:
+		return nil
+	case d.final == nil && ssaerrors.IsImmutableError(err):
+		return s.writeThroughSSA(ctx, d, opts)
+	default:
 		d.failure = err
-		return false, &ObjectError{Object: d.ref, Err: err}
+		return s.objectError(d.ref, err)
 	}
-	return true, nil
+}
+
+// writeThroughSSA applies d with ssa's ApplyAll: a Get, a dry-run, and
+// the apply, or the delete and re-create of an immutable object that force
+// allows.
+func (s *session) writeThroughSSA(ctx context.Context, d *desiredObject, opts ssa.ApplyOptions) error {
+	if _, err := s.mgr.ApplyAll(ctx, []*unstructured.Unstructured{d.obj.DeepCopy()}, opts); err != nil {
+		return s.applyError(ctx, err, map[string]*desiredObject{d.ref.key(): d})
+	}
+	return nil
+}
+
+// firstError returns the first error of errs, which are ds's, naming the
+// objects of the others.
+func firstError(ds []*desiredObject, errs []error) error {
+	var first error
+	var others []string
+	for i, err := range errs {
+		switch {
+		case err == nil:
+		case first == nil:
+			first = err
+		default:
+			others = append(others, ds[i].ref.String())
+		}
+	}
+	return andOthers(first, others)
 }
 
 // collect copies what the recorder saw of each object into it.
@@ -1037,14 +1163,20 @@ func (l *appLocks) release(app string, al *appLock) {
 // objectErrors reports every refused object, the first as the error's
 // object.
 func objectErrors(errs []*ObjectError) error {
-	if len(errs) == 1 {
-		return errs[0]
-	}
-	names := make([]string, 0, len(errs)-1)
+	names := make([]string, 0, len(errs))
 	for _, e := range errs[1:] {
 		names = append(names, e.Object.String())
 	}
-	return fmt.Errorf("%w (and %d more: %s)", errs[0], len(names), strings.Join(names, ", "))
+	return andOthers(errs[0], names)
+}
+
+// andOthers is first, followed by the names of the other objects that
+// failed; nil when first is.
+func andOthers(first error, others []string) error {
+	if first == nil || len(others) == 0 {
+		return first
+	}
+	return fmt.Errorf("%w (and %d more: %s)", first, len(others), strings.Join(others, ", "))
 }
 
 func metaKey(group, kind, namespace, name string) string {

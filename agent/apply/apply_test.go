@@ -336,6 +336,14 @@ func TestApply(t *testing.T) {
 			t.Parallel()
 			testDelete(t, newApplier(t, c), kube, dyn)
 		})
+		t.Run("a stage applied at once, a refused object fails alone", func(t *testing.T) {
+			t.Parallel()
+			testStageConcurrent(t, c, dyn)
+		})
+		t.Run("no dry-run for a new object", func(t *testing.T) {
+			t.Parallel()
+			testNoDryRunForNew(t, c)
+		})
 	})
 	// Last: it stops the API server the others use.
 	t.Run("API server unreachable", func(t *testing.T) {

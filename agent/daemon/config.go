@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/drover-dev/drover/agent/apply"
 	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/internal/envflag"
 )
@@ -31,6 +33,11 @@ type Config struct {
 	Kubeconfig string
 	// Concurrency is how many applications are reconciled at once.
 	Concurrency int
+	// KubeAPIQPS and KubeAPIBurst are the client-side rate limits of the
+	// agent's requests to its cluster's API server: a sustained rate per
+	// second and the burst above it.
+	KubeAPIQPS   float64
+	KubeAPIBurst int
 	// CacheMaxBytes bounds the Git cache.
 	CacheMaxBytes int64
 	// MaxManifestBytes bounds each file a render reads, MaxRenderBytes
@@ -55,6 +62,8 @@ func DefaultConfig() Config {
 	return Config{
 		StateDir:      "/var/lib/drover-agent",
 		Concurrency:   4,
+		KubeAPIQPS:    apply.DefaultQPS,
+		KubeAPIBurst:  apply.DefaultBurst,
 		CacheMaxBytes: 1 << 30,
 		Heartbeat:     30 * time.Second,
 		BackoffMax:    30 * time.Second,
@@ -79,6 +88,8 @@ func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
 	fs.LogLevel(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL")
 	fs.String(&c.MetricsAddr, "metrics-addr", "DROVER_METRICS_ADDR", "listen address for Prometheus metrics on /metrics, such as :9090; off when empty")
 	fs.Int(&c.Concurrency, "concurrency", "DROVER_CONCURRENCY", "applications reconciled at once")
+	fs.Float64(&c.KubeAPIQPS, "kube-api-qps", "DROVER_KUBE_API_QPS", "requests per second the agent sends its cluster's API server, sustained")
+	fs.Int(&c.KubeAPIBurst, "kube-api-burst", "DROVER_KUBE_API_BURST", "requests the agent may send its cluster's API server at once above --kube-api-qps")
 	fs.Int64(&c.CacheMaxBytes, "cache-max-bytes", "DROVER_CACHE_MAX_BYTES", "size bound of the Git cache")
 	fs.Int64(&c.MaxManifestBytes, "max-manifest-bytes", "DROVER_MAX_MANIFEST_BYTES", "largest manifest file a render reads; a larger one fails its application")
 	fs.Int64(&c.MaxRenderBytes, "max-render-bytes", "DROVER_MAX_RENDER_BYTES", "most manifest bytes one application's render reads, and most bytes of objects it makes")
@@ -104,6 +115,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Concurrency <= 0 || c.Concurrency > 64 {
 		bad("--concurrency %d: between 1 and 64", c.Concurrency)
+	}
+	if !(c.KubeAPIQPS > 0) || c.KubeAPIQPS > math.MaxFloat32 {
+		bad("--kube-api-qps %v: a positive number of requests per second, such as %d", c.KubeAPIQPS, apply.DefaultQPS)
+	}
+	if c.KubeAPIBurst <= 0 {
+		bad("--kube-api-burst %d: a positive number of requests, such as %d", c.KubeAPIBurst, apply.DefaultBurst)
 	}
 	if c.CacheMaxBytes < 1<<20 {
 		bad("--cache-max-bytes %d: at least 1 MiB", c.CacheMaxBytes)

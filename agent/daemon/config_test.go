@@ -61,3 +61,44 @@ func TestRenderLimitsConfig(t *testing.T) {
 		t.Errorf("DROVER_MAX_RENDER_OBJECTS=many: %v; want it refused, naming the variable", err)
 	}
 }
+
+func TestKubeAPIRateLimitsConfig(t *testing.T) {
+	c := firstStart(t)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if c.KubeAPIQPS != 100 || c.KubeAPIBurst != 200 {
+		t.Errorf("defaults = %v, %d; want 100, 200", c.KubeAPIQPS, c.KubeAPIBurst)
+	}
+
+	t.Setenv("DROVER_KUBE_API_QPS", "20.5")
+	t.Setenv("DROVER_KUBE_API_BURST", "40")
+	c = firstStart(t)
+	if err := c.Validate(); err != nil || c.KubeAPIQPS != 20.5 || c.KubeAPIBurst != 40 {
+		t.Errorf("from the environment: %v, %d (%v); want 20.5, 40", c.KubeAPIQPS, c.KubeAPIBurst, err)
+	}
+	c = firstStart(t, "--kube-api-qps", "300", "--kube-api-burst", "600")
+	if err := c.Validate(); err != nil || c.KubeAPIQPS != 300 || c.KubeAPIBurst != 600 {
+		t.Errorf("flags over the environment: %v, %d (%v); want 300, 600", c.KubeAPIQPS, c.KubeAPIBurst, err)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--kube-api-qps", "0"}, "--kube-api-qps 0: a positive number of requests per second"},
+		{[]string{"--kube-api-qps", "-5"}, "--kube-api-qps -5: a positive number of requests per second"},
+		{[]string{"--kube-api-qps", "NaN"}, "--kube-api-qps NaN: a positive number of requests per second"},
+		{[]string{"--kube-api-burst", "0"}, "--kube-api-burst 0: a positive number of requests"},
+		{[]string{"--kube-api-burst", "-1"}, "--kube-api-burst -1: a positive number of requests"},
+	} {
+		c := firstStart(t, tt.args...)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: Validate = %v; want %q", tt.args, err, tt.want)
+		}
+	}
+	t.Setenv("DROVER_KUBE_API_QPS", "fast")
+	if _, err := parseFirstStart(t); err == nil || !strings.Contains(err.Error(), `DROVER_KUBE_API_QPS="fast"`) {
+		t.Errorf("DROVER_KUBE_API_QPS=fast: %v; want it refused, naming the variable", err)
+	}
+}

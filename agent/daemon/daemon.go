@@ -69,6 +69,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 	if err != nil {
 		return nil, err
 	}
+	restCfg.QPS, restCfg.Burst = float32(cfg.KubeAPIQPS), cfg.KubeAPIBurst
 	kube, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)

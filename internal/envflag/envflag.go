@@ -49,6 +49,11 @@ func (f *FlagSet) Int64(p *int64, name, env, usage string) {
 	f.fs.Int64Var(p, name, *p, f.bind(name, env, usage))
 }
 
+// Float64 defines a float64 flag whose default is *p.
+func (f *FlagSet) Float64(p *float64, name, env, usage string) {
+	f.fs.Float64Var(p, name, *p, f.bind(name, env, usage))
+}
+
 // Duration defines a duration flag (such as 90s or 5m) whose default is *p.
 func (f *FlagSet) Duration(p *time.Duration, name, env, usage string) {
 	f.fs.DurationVar(p, name, *p, f.bind(name, env, usage))

@@ -70,6 +70,8 @@ var budgets = []budget{
 	{figure: "dashboard overview, 10,000 clusters (bytes sent, gzip)", pkg: "hub/dashboard", bench: "BenchmarkOverview10000/all", unit: "sent-bytes", atMost: true, bound: 60000},
 	{figure: "agent process start to synced, 200 objects, time vs kubectl apply --server-side", pkg: "e2e", bench: "BenchmarkAgentVsKubectl", unit: "ratio-agent-kubectl", atMost: true, bound: 0.3},
 	{figure: "agent no-op resync vs its first sync, in process (time)", pkg: "e2e", bench: "BenchmarkAgentVsKubectl", unit: "ratio-sync-noop", atMost: true, bound: 0.1},
+	{figure: "first apply of 202 objects, Drover vs Flux's ssa ApplyAllStaged (median time ratio)", pkg: "agent/apply", bench: "BenchmarkApplyVsFlux", unit: "ratio-drover-flux", atMost: true, bound: 0.7},
+	{figure: "no-op resync of 202 objects vs their first apply (median time ratio)", pkg: "agent/apply", bench: "BenchmarkApplyVsFlux", unit: "ratio-noop-first", atMost: true, bound: 0.1},
 	{figure: "agent resident memory, idle with 10 applications (MiB)", pkg: "e2e", bench: "BenchmarkAgentIdleMemory", unit: "rss-MiB", atMost: true, bound: 60},
 }
 
