@@ -34,7 +34,7 @@ import (
 
 // Fetcher checks out a pinned commit.
 type Fetcher interface {
-	Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit string) (dir string, release func(), err error)
+	Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit, ref string) (dir string, release func(), err error)
 }
 
 // Renderer turns a checked-out directory into objects.
@@ -225,6 +225,12 @@ func Validate(a *droverv1.Assignment) error {
 		if sha, err := gitremote.CheckCommit(aa.GetCommit()); err != nil || sha != aa.GetCommit() {
 			return fmt.Errorf("%s.commit: %q is not a full lower-case commit SHA", field, aa.GetCommit())
 		}
+		// Empty from a hub that sends no ref: the commit is fetched as before.
+		if ref := aa.GetRef(); ref != "" {
+			if err := gitremote.CheckRef(ref); err != nil {
+				return fmt.Errorf("%s.ref: %w", field, err)
+			}
+		}
 		if _, ok := droverv1.RenderType_name[int32(aa.GetRender())]; !ok || aa.GetRender() == droverv1.RenderType_RENDER_TYPE_UNSPECIFIED {
 			return fmt.Errorf("%s.render: unknown render type %d", field, aa.GetRender())
 		}
@@ -383,7 +389,7 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 
 // sync runs fetch, render and apply for spec.
 func (r *Reconciler) sync(ctx context.Context, spec *droverv1.AppAssignment, log *slog.Logger) (*apply.Result, error) {
-	dir, release, err := r.fetch.Checkout(ctx, spec.GetRepoUrl(), spec.GetCredentials(), spec.GetCommit())
+	dir, release, err := r.fetch.Checkout(ctx, spec.GetRepoUrl(), spec.GetCredentials(), spec.GetCommit(), spec.GetRef())
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
