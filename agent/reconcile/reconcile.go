@@ -34,7 +34,7 @@ import (
 
 // Fetcher checks out a pinned commit.
 type Fetcher interface {
-	Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit string) (dir string, release func(), err error)
+	Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit, ref string) (dir string, release func(), err error)
 }
 
 // Renderer turns a checked-out directory into objects.
@@ -252,6 +252,12 @@ func Validate(a *droverv1.Assignment) error {
 		if sha, err := gitremote.CheckCommit(aa.GetCommit()); err != nil || sha != aa.GetCommit() {
 			return fmt.Errorf("%s.commit: %q is not a full lower-case commit SHA", field, aa.GetCommit())
 		}
+		// Empty from a hub that sends no ref: the commit is fetched as before.
+		if ref := aa.GetRef(); ref != "" {
+			if err := gitremote.CheckRef(ref); err != nil {
+				return fmt.Errorf("%s.ref: %w", field, err)
+			}
+		}
 		if _, ok := droverv1.RenderType_name[int32(aa.GetRender())]; !ok || aa.GetRender() == droverv1.RenderType_RENDER_TYPE_UNSPECIFIED {
 			return fmt.Errorf("%s.render: unknown render type %d", field, aa.GetRender())
 		}
@@ -442,7 +448,7 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 }
 
 func (r *Reconciler) fetchStep(ctx context.Context, a *attempt) error {
-	dir, release, err := r.fetch.Checkout(ctx, a.spec.GetRepoUrl(), a.spec.GetCredentials(), a.spec.GetCommit())
+	dir, release, err := r.fetch.Checkout(ctx, a.spec.GetRepoUrl(), a.spec.GetCredentials(), a.spec.GetCommit(), a.spec.GetRef())
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}

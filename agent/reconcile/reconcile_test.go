@@ -34,7 +34,7 @@ const (
 
 type fakeFetcher struct{}
 
-func (fakeFetcher) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, commit string) (string, func(), error) {
+func (fakeFetcher) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, commit, _ string) (string, func(), error) {
 	if strings.Contains(repo, "unreachable") {
 		return "", nil, errors.New("connection refused")
 	}
@@ -367,7 +367,7 @@ func TestResendStatusesListsEveryStatusAgain(t *testing.T) {
 // one per repository.
 type checkouts map[string]string
 
-func (c checkouts) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, _ string) (string, func(), error) {
+func (c checkouts) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, _, _ string) (string, func(), error) {
 	dir, ok := c[repo]
 	if !ok {
 		return "", nil, errors.New("no such repository")

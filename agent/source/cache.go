@@ -148,12 +148,15 @@ func NewCache(dir string, maxBytes int64, log *slog.Logger) (*Cache, error) {
 // path. The directory is shared with other Checkouts and must be treated as
 // read-only; it stays in place until release is called (release is
 // idempotent). commit must be a full 40-character SHA: the agent deploys
-// pinned commits and never resolves refs.
+// pinned commits and never resolves refs. ref is the ref the hub resolved
+// commit from (gitremote.CheckRef), or "" if it did not say; it only tells
+// a fetch where to look when the server will not send the commit by its
+// SHA.
 //
 // The commit is fetched only if the cache does not have it, and its tree
 // is materialised only if no earlier Checkout did. Errors are *Error,
 // classified by retry.IsTransient, and never contain credentials.
-func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit string) (dir string, release func(), err error) {
+func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit, ref string) (dir string, release func(), err error) {
 	r, err := gitremote.Parse(repoURL)
 	if err != nil {
 		return "", nil, newError("checkout", gitremote.Remote{Redacted: gitremote.RedactURL(repoURL)}, repoURL, err, nil)
@@ -168,6 +171,11 @@ func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.Re
 	sha, err := gitremote.CheckCommit(commit)
 	if err != nil {
 		return "", nil, newError("checkout", r, repoURL, err, scrubbed)
+	}
+	if ref != "" {
+		if err := gitremote.CheckRef(ref); err != nil {
+			return "", nil, newError("checkout", r, repoURL, err, scrubbed)
+		}
 	}
 	auth, err := r.Auth(gc)
 	if err != nil {
@@ -184,7 +192,7 @@ func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.Re
 		release()
 		return "", nil, newError("checkout", r, repoURL, ctx.Err(), nil)
 	}
-	dir, changed, err := c.checkoutLocked(ctx, r, repoURL, auth, scrubbed, key, sha)
+	dir, changed, err := c.checkoutLocked(ctx, r, repoURL, auth, scrubbed, key, sha, ref)
 	<-e.lock
 	if err != nil {
 		release()
@@ -198,7 +206,7 @@ func (c *Cache) Checkout(ctx context.Context, repoURL string, creds *droverv1.Re
 
 // checkoutLocked does a Checkout's work while holding the repository's
 // lock. changed reports whether the cache grew.
-func (c *Cache) checkoutLocked(ctx context.Context, r gitremote.Remote, rawURL string, auth transport.AuthMethod, scrubbed []string, key, sha string) (dir string, changed bool, err error) {
+func (c *Cache) checkoutLocked(ctx context.Context, r gitremote.Remote, rawURL string, auth transport.AuthMethod, scrubbed []string, key, sha, ref string) (dir string, changed bool, err error) {
 	repoDir := filepath.Join(c.dir, reposDir, key)
 	treeDir := filepath.Join(repoDir, treesDir, sha)
 	log := c.log.With("repo", r.Redacted, "commit", sha)
@@ -217,12 +225,12 @@ func (c *Cache) checkoutLocked(ctx context.Context, r gitremote.Remote, rawURL s
 	if _, err := repo.CommitObject(hash); err != nil {
 		start := time.Now()
 		logErr := func(err error) string { return gitremote.Scrub(err.Error(), rawURL, r.Redacted, scrubbed) }
-		shallow, err := fetch(ctx, repo, r, auth, hash, log, logErr)
+		got, err := fetch(ctx, repo, r, auth, hash, ref, log, logErr)
 		c.forgetSize(key)
 		if err != nil {
 			return "", true, newError("fetch", r, rawURL, err, scrubbed)
 		}
-		log.Info("fetched commit", "shallow", shallow, "duration", time.Since(start).Round(time.Millisecond))
+		log.Info("fetched commit", "via", got.via, "ref", got.ref, "depth", got.depth, "duration", time.Since(start).Round(time.Millisecond))
 	}
 
 	if err := materialise(repo, hash, treeDir); err != nil {
@@ -267,60 +275,140 @@ func (c *Cache) openRepo(repoDir string, r gitremote.Remote) (*git.Repository, e
 	return git.PlainInit(p, true)
 }
 
-// fetch brings commit hash into repo: by its SHA with depth 1 where the
-// server allows, else every branch and tag in full, after which the commit
-// must be among them. shallow reports which happened. logErr renders an
-// error for the log without credentials.
+// How fetch found a commit, as the "via" of its log line.
+const (
+	viaSHA = "sha" // by its SHA, depth 1
+	viaRef = "ref" // in the history of the ref the hub resolved it from
+	viaAll = "all" // among every branch and tag, in full
+)
+
+// fetched says how fetch found a commit: via, the full ref name for viaRef,
+// and the depth of the fetch that brought it (0 for the whole history).
+type fetched struct {
+	via   string
+	ref   string
+	depth int
+}
+
+// refDepths are the depths fetchRef asks for in turn while the commit is
+// not in what came: the ref's tip, then a few, many, and all commits
+// behind it. A commit pinned from the ref is usually its tip or close
+// behind (a rollout holds clusters on the previous release); the last step
+// is what git's --unshallow sends ("deepen 2^31-1").
+var refDepths = []int{1, 10, 100, math.MaxInt32}
+
+// fetch brings commit hash into repo and says how. In order:
+//
+//   - by its SHA with depth 1, where the server allows;
+//   - through ref, the ref the hub resolved the commit from, if known:
+//     fetchRef;
+//   - every branch and tag in full, after which the commit must be among
+//     them.
 //
 // go-git reports a server's refusal to send a SHA ("not our ref") as an
 // untyped error, indistinguishable from a connection lost mid-fetch, so
 // every failure that is not classified as permanent (authentication, host
-// key, no such repository) or a cancellation falls back to the full fetch:
-// a refusal then ends in ErrUnknownCommit if the commit is nowhere, and a
-// network failure fails the fallback as well, retryably.
-func fetch(ctx context.Context, repo *git.Repository, r gitremote.Remote, auth transport.AuthMethod, hash plumbing.Hash, log *slog.Logger, logErr func(error) string) (shallow bool, err error) {
+// key, no such repository) or a cancellation moves on to the next way: a
+// refusal then ends in ErrUnknownCommit if the commit is nowhere, and a
+// network failure fails the last way as well, retryably. logErr renders an
+// error for the log without credentials.
+func fetch(ctx context.Context, repo *git.Repository, r gitremote.Remote, auth transport.AuthMethod, hash plumbing.Hash, ref string, log *slog.Logger, logErr func(error) string) (fetched, error) {
 	rem := git.NewRemote(repo.Storer, &config.RemoteConfig{Name: "origin", URLs: []string{r.Dial}})
 	sha := hash.String()
-	err = rem.FetchContext(ctx, &git.FetchOptions{
-		RefSpecs: []config.RefSpec{config.RefSpec("+" + sha + ":refs/drover/commits/" + sha)},
-		Depth:    1,
-		Auth:     auth,
-		Tags:     git.NoTags,
-	})
-	if err == nil || errors.Is(err, git.NoErrAlreadyUpToDate) {
-		shallow = true
-	} else {
-		if _, retryable := classify(err); !retryable || ctx.Err() != nil {
-			return false, err
+	got, err := fetched{via: viaSHA, depth: 1}, fetchSpecs(ctx, rem, auth, 1, config.RefSpec("+"+sha+":refs/drover/commits/"+sha))
+	if err != nil {
+		if !moveOn(ctx, err) {
+			return fetched{}, err
 		}
-		log.Info("could not fetch the commit by its SHA; fetching all branches and tags", "err", logErr(err))
-		// A repository holding shallow commits must say so, or the server
-		// takes their history as present and leaves it out of the pack;
-		// "deepen 2^31-1" is what git's --unshallow sends.
-		depth := 0
-		if shallows, err := repo.Storer.Shallow(); err == nil && len(shallows) > 0 {
-			depth = math.MaxInt32
+		log.Info("could not fetch the commit by its SHA", "ref", ref, "err", logErr(err))
+		found := false
+		if ref != "" {
+			got, found, err = fetchRef(ctx, repo, rem, auth, hash, ref, log, logErr)
+			if err != nil {
+				return fetched{}, err
+			}
 		}
-		err = rem.FetchContext(ctx, &git.FetchOptions{
-			RefSpecs: []config.RefSpec{
-				"+refs/heads/*:refs/drover/heads/*",
-				"+refs/tags/*:refs/drover/tags/*",
-			},
-			Depth: depth,
-			Auth:  auth,
-			Tags:  git.NoTags,
-		})
-		if err != nil && !errors.Is(err, git.NoErrAlreadyUpToDate) {
-			return false, err
+		if !found {
+			log.Info("fetching all branches and tags", "ref", ref)
+			got = fetched{via: viaAll}
+			// A repository holding shallow commits must say so, or the
+			// server takes their history as present and leaves it out of
+			// the pack.
+			depth := 0
+			if shallows, err := repo.Storer.Shallow(); err == nil && len(shallows) > 0 {
+				depth = math.MaxInt32
+			}
+			if err := fetchSpecs(ctx, rem, auth, depth, "+refs/heads/*:refs/drover/heads/*", "+refs/tags/*:refs/drover/tags/*"); err != nil {
+				return fetched{}, err
+			}
 		}
 	}
 	if _, err := repo.CommitObject(hash); err != nil {
 		if errors.Is(err, plumbing.ErrObjectNotFound) {
-			return shallow, fmt.Errorf("%w %s: the repository has no such commit", ErrUnknownCommit, sha)
+			return fetched{}, fmt.Errorf("%w %s: the repository has no such commit", ErrUnknownCommit, sha)
 		}
-		return shallow, err
+		return fetched{}, err
 	}
-	return shallow, nil
+	return got, nil
+}
+
+// fetchRef looks for commit hash in the history of ref: the ref's tip
+// first, then deeper (refDepths) while the commit is not in what came and
+// what came is cut short by the depth, which is what a ref that moved on
+// since the commit was pinned looks like. A short name is tried as a
+// branch, then as a tag (gitremote.FullRefNames). found is false, with no
+// error, when the commit is not in the ref's history, the ref is not on
+// the remote, or the server failed in a way the next way of fetching may
+// not: fetch then fetches everything.
+func fetchRef(ctx context.Context, repo *git.Repository, rem *git.Remote, auth transport.AuthMethod, hash plumbing.Hash, ref string, log *slog.Logger, logErr func(error) string) (got fetched, found bool, err error) {
+names:
+	for _, name := range gitremote.FullRefNames(ref) {
+		local := "refs/drover/" + strings.TrimPrefix(name, "refs/")
+		for _, depth := range refDepths {
+			err := fetchSpecs(ctx, rem, auth, depth, config.RefSpec("+"+name+":"+local))
+			if errors.Is(err, git.NoMatchingRefSpecError{}) {
+				continue names // not on the remote under this name
+			}
+			if err != nil {
+				if !moveOn(ctx, err) {
+					return fetched{}, false, err
+				}
+				log.Info("could not fetch the ref", "ref", name, "depth", depth, "err", logErr(err))
+				return fetched{}, false, nil
+			}
+			if _, err := repo.CommitObject(hash); err == nil {
+				return fetched{via: viaRef, ref: name, depth: depth}, true, nil
+			}
+			// Without shallow commits the ref's whole history is here, and
+			// the commit is not in it: deeper brings nothing.
+			if shallows, err := repo.Storer.Shallow(); err != nil || len(shallows) == 0 {
+				log.Info("the commit is not in the history of the ref", "ref", name)
+				return fetched{}, false, nil
+			}
+		}
+		log.Info("the commit is not in the history of the ref", "ref", name)
+		return fetched{}, false, nil
+	}
+	log.Info("the remote has no such ref", "ref", ref)
+	return fetched{}, false, nil
+}
+
+// fetchSpecs fetches specs from rem with depth (0: in full) and no tags
+// but those the specs name. Already having everything is not an error.
+func fetchSpecs(ctx context.Context, rem *git.Remote, auth transport.AuthMethod, depth int, specs ...config.RefSpec) error {
+	err := rem.FetchContext(ctx, &git.FetchOptions{RefSpecs: specs, Depth: depth, Auth: auth, Tags: git.NoTags})
+	if errors.Is(err, git.NoErrAlreadyUpToDate) {
+		return nil
+	}
+	return err
+}
+
+// moveOn reports whether a fetch that failed with err should try the next
+// way of fetching: not when retrying cannot help (authentication, host
+// key, no such repository) nor when ctx is done.
+func moveOn(ctx context.Context, err error) bool {
+	_, retryable := classify(err)
+	return retryable && ctx.Err() == nil
 }
 
 // materialise writes the tree of commit hash into dst, through a temporary

@@ -35,7 +35,7 @@ func newCache(t *testing.T, dir string, maxBytes int64) *Cache {
 
 func checkout(t *testing.T, c *Cache, repoURL, commit string) (string, func()) {
 	t.Helper()
-	dir, release, err := c.Checkout(t.Context(), repoURL, nil, commit)
+	dir, release, err := c.Checkout(t.Context(), repoURL, nil, commit, "")
 	if err != nil {
 		t.Fatalf("Checkout %s: %v", commit, err)
 	}
@@ -142,7 +142,7 @@ func TestCheckoutFetchesOnceForConcurrentCheckouts(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			var release func()
-			dirs[i], release, errs[i] = c.Checkout(t.Context(), repo.URL, nil, sha)
+			dirs[i], release, errs[i] = c.Checkout(t.Context(), repo.URL, nil, sha, "")
 			if release != nil {
 				t.Cleanup(release)
 			}
@@ -351,7 +351,7 @@ func TestCheckoutErrors(t *testing.T) {
 		{withUserinfo(url.UserPassword(user, password)), nil},
 	} {
 		c := newCache(t, t.TempDir(), 1<<30)
-		dir, release, err := c.Checkout(t.Context(), tc.url, tc.creds, sha)
+		dir, release, err := c.Checkout(t.Context(), tc.url, tc.creds, sha, "")
 		if err != nil {
 			t.Fatalf("Checkout with credentials: %v", err)
 		}
@@ -397,7 +397,7 @@ func TestCheckoutErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			dialled := len(dials.To(tt.url))
-			_, release, err := c.Checkout(t.Context(), tt.url, tt.creds, tt.commit)
+			_, release, err := c.Checkout(t.Context(), tt.url, tt.creds, tt.commit, "")
 			if err == nil {
 				release()
 				t.Fatal("Checkout succeeded")
@@ -438,7 +438,7 @@ func TestCheckoutErrors(t *testing.T) {
 	dead := httptest.NewServer(http.NotFoundHandler())
 	deadURL := dead.URL + "/x.git"
 	dead.Close()
-	_, _, err = newCache(t, t.TempDir(), 1<<30).Checkout(t.Context(), deadURL, nil, sha)
+	_, _, err = newCache(t, t.TempDir(), 1<<30).Checkout(t.Context(), deadURL, nil, sha, "")
 	if err == nil || !retry.IsTransient(err) {
 		t.Errorf("unreachable server: err %v, retryable %v", err, retry.IsTransient(err))
 	}
@@ -448,7 +448,7 @@ func TestCheckoutErrors(t *testing.T) {
 	// Cancellation is not the input's fault.
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, _, err = newCache(t, t.TempDir(), 1<<30).Checkout(ctx, repo.URL, creds, sha)
+	_, _, err = newCache(t, t.TempDir(), 1<<30).Checkout(ctx, repo.URL, creds, sha, "")
 	if !errors.Is(err, context.Canceled) || !retry.IsTransient(err) {
 		t.Errorf("cancelled: err %v, retryable %v", err, retry.IsTransient(err))
 	}
@@ -473,7 +473,7 @@ func TestCheckoutWithoutSHAWants(t *testing.T) {
 	if f := files(t, dir); f["a.yaml"] != "a: 1\n" {
 		t.Errorf("files: %v", f)
 	}
-	_, _, err := c.Checkout(t.Context(), repoURL, nil, strings.Repeat("cd", 20))
+	_, _, err := c.Checkout(t.Context(), repoURL, nil, strings.Repeat("cd", 20), "")
 	if !errors.Is(err, ErrUnknownCommit) || retry.IsTransient(err) {
 		t.Errorf("unknown commit: %v (retryable %v)", err, retry.IsTransient(err))
 	}

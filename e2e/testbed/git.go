@@ -22,7 +22,8 @@ import (
 // Git is a Git server over smart HTTP on 127.0.0.1: `git http-backend`
 // behind net/http. It serves repositories made with CreateRepo, lets
 // clients fetch any commit by its SHA (uploadpack.allowAnySHA1InWant, as
-// agents fetching a pinned commit need), and accepts pushes.
+// agents fetching a pinned commit need; WithStockConfig leaves that out),
+// and accepts pushes.
 type Git struct {
 	// URL is the server's base URL, http://127.0.0.1:PORT.
 	URL string
@@ -31,8 +32,10 @@ type Git struct {
 	reposDir string // GIT_PROJECT_ROOT: NAME.git bare repositories
 	workDir  string // one worktree per repository, where commits are made
 	homeDir  string // HOME for every git process: no user config leaks in
+	stock    bool   // without the settings that let clients want any SHA
 
-	requests atomic.Int64
+	requests  atomic.Int64
+	sentBytes atomic.Int64
 
 	mu           sync.Mutex // guards the fields below
 	repoRequests map[string]int
@@ -44,6 +47,16 @@ type GitOption func(*gitConfig)
 
 type gitConfig struct {
 	user, password string
+	stock          bool
+}
+
+// WithStockConfig makes the server answer as `git http-backend` does with
+// Git's defaults, as many self-hosted servers do: it sends only what its
+// refs reach, so a client cannot fetch a commit by its SHA
+// (uploadpack.allowAnySHA1InWant, allowReachableSHA1InWant and
+// allowTipSHA1InWant are left unset).
+func WithStockConfig() GitOption {
+	return func(c *gitConfig) { c.stock = true }
 }
 
 // WithBasicAuth makes the server answer 401 to every request without
@@ -85,6 +98,7 @@ func GitServer(t testing.TB, opts ...GitOption) *Git {
 		reposDir:     filepath.Join(dir, "repos"),
 		workDir:      filepath.Join(dir, "work"),
 		homeDir:      filepath.Join(dir, "home"),
+		stock:        cfg.stock,
 		repoRequests: make(map[string]int),
 		repos:        make(map[string]*Repo),
 	}
@@ -117,6 +131,11 @@ func GitServer(t testing.TB, opts ...GitOption) *Git {
 // ls-remote is one.
 func (g *Git) Requests() int { return int(g.requests.Load()) }
 
+// BytesSent is how many bytes of response bodies the server has sent
+// (ref advertisements and packs, as Git sends them: http-backend does not
+// compress), so a test can compare what two ways of fetching cost.
+func (g *Git) BytesSent() int64 { return g.sentBytes.Load() }
+
 func (g *Git) count(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.requests.Add(1)
@@ -125,9 +144,24 @@ func (g *Git) count(next http.Handler) http.Handler {
 			g.repoRequests[name]++
 			g.mu.Unlock()
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(&countingWriter{ResponseWriter: w, n: &g.sentBytes}, r)
 	})
 }
+
+// countingWriter adds the body bytes written through it to n.
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	w.n.Add(int64(n))
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func basicAuth(user, password string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -154,12 +188,27 @@ func (g *Git) env() []string {
 		"GIT_COMMITTER_NAME=Drover Test",
 		"GIT_COMMITTER_EMAIL=test@drover.invalid",
 		"LC_ALL=C",
-		fmt.Sprintf("GIT_CONFIG_COUNT=%d", len(gitServerConfig)),
 	}
-	for i, kv := range gitServerConfig {
+	var cfg [][2]string
+	for _, kv := range gitServerConfig {
+		if g.stock && shaWantSettings[kv[0]] {
+			continue
+		}
+		cfg = append(cfg, kv)
+	}
+	env = append(env, fmt.Sprintf("GIT_CONFIG_COUNT=%d", len(cfg)))
+	for i, kv := range cfg {
 		env = append(env, fmt.Sprintf("GIT_CONFIG_KEY_%d=%s", i, kv[0]), fmt.Sprintf("GIT_CONFIG_VALUE_%d=%s", i, kv[1]))
 	}
 	return env
+}
+
+// shaWantSettings are the settings of gitServerConfig that let a client
+// fetch a commit by its SHA, which WithStockConfig leaves out.
+var shaWantSettings = map[string]bool{
+	"uploadpack.allowAnySHA1InWant":       true,
+	"uploadpack.allowReachableSHA1InWant": true,
+	"uploadpack.allowTipSHA1InWant":       true,
 }
 
 // Repo is a repository on a Git server. Its methods are safe for

@@ -148,6 +148,33 @@ func TestGitFetchCommitBySHA(t *testing.T) {
 	}
 }
 
+// TestGitStockConfig checks that a server WithStockConfig refuses a commit
+// by its SHA, as `git http-backend` with Git's defaults does, still serves
+// its refs, and that BytesSent counts what it sent.
+func TestGitStockConfig(t *testing.T) {
+	t.Parallel()
+	srv := GitServer(t, WithStockConfig())
+	repo := srv.CreateRepo(t, "stock")
+	first := repo.Commit(t, "first", map[string]string{"a.yaml": "a: 1\n"})
+	repo.Commit(t, "second", map[string]string{"a.yaml": "a: 2\n"})
+
+	fetch := func(spec string) error {
+		rem := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{repo.URL}})
+		return rem.FetchContext(t.Context(), &git.FetchOptions{RefSpecs: []config.RefSpec{config.RefSpec(spec)}, Depth: 1})
+	}
+	if err := fetch(first + ":refs/heads/pinned"); !errors.Is(err, git.ErrExactSHA1NotSupported) {
+		t.Fatalf("fetch by SHA from a stock server: %v, want %v", err, git.ErrExactSHA1NotSupported)
+	}
+	before := srv.BytesSent()
+	if err := fetch("+refs/heads/main:refs/heads/main"); err != nil {
+		t.Fatalf("fetch main: %v", err)
+	}
+	// At least the pack: a commit, a tree and a blob.
+	if sent := srv.BytesSent() - before; sent < 100 {
+		t.Errorf("BytesSent grew by %d for a fetch", sent)
+	}
+}
+
 func TestGitRefs(t *testing.T) {
 	t.Parallel()
 	srv := GitServer(t)

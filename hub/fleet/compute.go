@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/drover-dev/drover/hub/spec"
+	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -209,6 +210,7 @@ func (ca *compiledApp) assign(t *target) (*droverv1.AppAssignment, [sha256.Size]
 		Variables:   vars,
 		HelmValues:  v.tmpl.HelmValues,
 		Credentials: v.tmpl.Credentials,
+		Ref:         v.tmpl.Ref,
 	}
 	return aa, appDigest(v, t)
 }
@@ -288,6 +290,12 @@ func (ca *compiledApp) buildVariant(set labels.Set, commit string) *variant {
 		b = fmt.Appendf(nil, "unencodable %s %s %v", ca.app.Name, commit, err)
 	}
 	v.hash = sha256.Sum256(b)
+	// The ref is set after hashing: it only tells the agent where to fetch
+	// the commit from, and changes nothing the cluster runs, so a new ref
+	// alone must not wake the fleet; the release it resolves to carries it.
+	// The Git watcher resolves the spec's ref, so the release's commit came
+	// from it (for a cluster a rollout holds back, from its history).
+	tmpl.Ref = gitremote.AssignmentRef(as.GetSource().GetRef())
 	return v
 }
 

@@ -97,6 +97,7 @@ func TestComputeAppliesOverridesInOrder(t *testing.T) {
 				"cluster.labels.example.com/tier": "front",
 			},
 			Credentials: &droverv1.RepoCredentials{Username: "bot", Password: "token-1"},
+			Ref:         "main",
 		}},
 	}
 	if !proto.Equal(want, got) {
@@ -332,6 +333,8 @@ func referenceVersion(t testing.TB, a *droverv1.Assignment) string {
 	for _, aa := range a.GetApplications() {
 		noVars := proto.CloneOf(aa)
 		noVars.Variables = nil
+		// The ref is a fetch hint, not content: see buildVariant.
+		noVars.Ref = ""
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(noVars)
 		if err != nil {
 			t.Fatal(err)
@@ -355,6 +358,27 @@ func TestVersionIsContentHash(t *testing.T) {
 		got := Compute(c, []*App{web, api})
 		if want := referenceVersion(t, got); got.GetVersion() != want {
 			t.Errorf("%s: version %s, content says %s", c.Name, got.GetVersion(), want)
+		}
+	}
+}
+
+// TestComputeCarriesTheRef checks that an assignment says which ref its
+// commit was resolved from, so an agent can fetch that ref shallowly: HEAD
+// for the default branch, the spec's ref otherwise, and none for a pinned
+// SHA.
+func TestComputeCarriesTheRef(t *testing.T) {
+	for specRef, want := range map[string]string{
+		"":                    "HEAD",
+		"HEAD":                "HEAD",
+		"main":                "main",
+		"refs/tags/v1.2":      "refs/tags/v1.2",
+		sha("pinned-in-spec"): "",
+	} {
+		app := richApp("web")
+		app.Spec.Source.Ref = specRef
+		got := Compute(Cluster{Name: "c1"}, []*App{app}).GetApplications()
+		if len(got) != 1 || got[0].GetRef() != want {
+			t.Errorf("spec ref %q: assignment %v, want ref %q", specRef, got, want)
 		}
 	}
 }

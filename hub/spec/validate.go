@@ -19,7 +19,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-git/go-git/v5/plumbing"
 	"google.golang.org/protobuf/proto"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/labels"
@@ -45,8 +44,9 @@ const (
 	MaxExtraPaths = 100
 	// MaxRepoURLLength bounds spec.source.repoURL.
 	MaxRepoURLLength = 2048
-	// MaxRefLength bounds spec.source.ref.
-	MaxRefLength = 255
+	// MaxRefLength bounds spec.source.ref; agents check the ref they are
+	// sent against the same bound.
+	MaxRefLength = gitremote.MaxRefLength
 	// MinPollInterval is the shortest spec.source.pollInterval: every poll
 	// is an ls-remote against someone's Git server.
 	MinPollInterval = 10 * time.Second
@@ -181,22 +181,19 @@ func checkRepoURL(raw string) string {
 }
 
 // checkRef returns why ref is not a branch, tag, full ref or commit SHA
-// Git could resolve, or "". "" (the default branch) is fine.
+// Git could resolve, or "". "" (the default branch) is fine. What a ref
+// name is, the hub and every agent take from one place
+// (gitremote.CheckRef); a commit SHA is a valid branch name to it.
 func checkRef(ref string) string {
-	switch {
-	case ref == "":
+	if ref == "" {
 		return ""
-	case len(ref) > MaxRefLength:
-		return fmt.Sprintf("longer than %d characters", MaxRefLength)
-	case strings.HasPrefix(ref, "-"):
-		return "must not start with '-'"
 	}
-	full := ref
-	if !strings.HasPrefix(ref, "refs/") {
-		full = "refs/heads/" + ref
-	}
-	if plumbing.ReferenceName(full).Validate() != nil {
-		return fmt.Sprintf("%q is not a valid Git branch, tag or commit (see git check-ref-format)", ref)
+	if err := gitremote.CheckRef(ref); err != nil {
+		var re *gitremote.RefError
+		if errors.As(err, &re) {
+			return re.Reason
+		}
+		return "not a valid Git branch, tag or commit"
 	}
 	return ""
 }

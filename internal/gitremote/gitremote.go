@@ -1,10 +1,11 @@
 // Package gitremote is what the hub and the agent both need to talk to a Git
 // repository safely: it validates a repository URL (network transports only,
-// never a local path) and a commit name, turns it and the repository's credentials into what
-// go-git dials with, redacts credentials from URLs and from go-git's error
-// text, normalises URLs into cache and deduplication keys, and classifies
-// go-git's permanent errors. Both sides import it, so a repository is named,
-// keyed and trusted the same way by both.
+// never a local path), a commit name and a ref name, turns the URL and the
+// repository's credentials into what go-git dials with, redacts credentials
+// from URLs and from go-git's error text, normalises URLs into cache and
+// deduplication keys, and classifies go-git's permanent errors. Both sides
+// import it, so a repository is named, keyed and trusted the same way by
+// both.
 package gitremote
 
 import (

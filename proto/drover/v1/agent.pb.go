@@ -776,7 +776,17 @@ type AppAssignment struct {
 	// Helm values (YAML) merged over the chart's defaults.
 	HelmValues string `protobuf:"bytes,10,opt,name=helm_values,json=helmValues,proto3" json:"helm_values,omitempty"`
 	// Credentials for repo_url, when the repository needs them.
-	Credentials   *RepoCredentials `protobuf:"bytes,11,opt,name=credentials,proto3" json:"credentials,omitempty"`
+	Credentials *RepoCredentials `protobuf:"bytes,11,opt,name=credentials,proto3" json:"credentials,omitempty"`
+	// The ref the hub resolved commit from, so that an agent whose server
+	// will not send a commit by its SHA can fetch that ref shallowly instead
+	// of every branch and tag: "HEAD" (the default branch), a full ref name
+	// ("refs/heads/main", "refs/tags/v1.2"), or a branch or tag name as the
+	// application names it ("main": refs/heads/main or else refs/tags/main;
+	// the hub refuses a name that is both). Empty when the application pins a
+	// commit SHA, or from a hub that predates this field: the agent then
+	// fetches as before. Agents still never resolve refs: commit is what they
+	// deploy, and the ref only says where to find it.
+	Ref           string `protobuf:"bytes,12,opt,name=ref,proto3" json:"ref,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -886,6 +896,13 @@ func (x *AppAssignment) GetCredentials() *RepoCredentials {
 		return x.Credentials
 	}
 	return nil
+}
+
+func (x *AppAssignment) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
 }
 
 // SyncPolicy says how an agent keeps an application in sync.
@@ -1315,7 +1332,7 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"Assignment\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12<\n" +
-	"\fapplications\x18\x03 \x03(\v2\x18.drover.v1.AppAssignmentR\fapplications\"\x88\x04\n" +
+	"\fapplications\x18\x03 \x03(\v2\x18.drover.v1.AppAssignmentR\fapplications\"\x9a\x04\n" +
 	"\rAppAssignment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\brepo_url\x18\x02 \x01(\tR\arepoUrl\x12\x16\n" +
@@ -1330,7 +1347,8 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\vhelm_values\x18\n" +
 	" \x01(\tR\n" +
 	"helmValues\x12<\n" +
-	"\vcredentials\x18\v \x01(\v2\x1a.drover.v1.RepoCredentialsR\vcredentials\x1a<\n" +
+	"\vcredentials\x18\v \x01(\v2\x1a.drover.v1.RepoCredentialsR\vcredentials\x12\x10\n" +
+	"\x03ref\x18\f \x01(\tR\x03ref\x1a<\n" +
 	"\x0eVariablesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
