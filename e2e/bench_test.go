@@ -26,6 +26,7 @@ import (
 	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -174,7 +175,7 @@ func BenchmarkAgentVsKubectl(b *testing.B) {
 	var requests atomic.Int64
 	cfg := rest.CopyConfig(c.Config)
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, n: &requests} })
-	applier, err := apply.New(cfg, testbed.Logger(b), apply.Options{})
+	applier, err := apply.New(cfg, testlog.New(b), apply.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -619,7 +620,7 @@ func startBenchHub(tb testing.TB, dir string) (*server.Hub, *apiClient) {
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.Hostnames = []string{"127.0.0.1"}
 	cfg.PollInterval = 5 * time.Second
-	h, err := server.Start(context.Background(), cfg, testbed.Logger(tb).With("component", "hub"), io.Discard)
+	h, err := server.Start(context.Background(), cfg, testlog.New(tb).With("component", "hub"), io.Discard)
 	if err != nil {
 		tb.Fatalf("start hub: %v", err)
 	}

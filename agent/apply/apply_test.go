@@ -27,6 +27,7 @@ import (
 	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/retry"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -112,7 +113,7 @@ spec:
 
 func newApplier(t testing.TB, c *testbed.Cluster) *Applier {
 	t.Helper()
-	a, err := New(c.Config, testbed.Logger(t), Options{WaitTimeout: time.Minute})
+	a, err := New(c.Config, testlog.New(t), Options{WaitTimeout: time.Minute})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -727,7 +728,7 @@ func TestRenderDiscoveryFailureIsTransient(t *testing.T) {
 	}
 	closed := l.Addr().String()
 	l.Close()
-	a, err := New(&rest.Config{Host: "https://" + closed, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}, testbed.Logger(t), Options{})
+	a, err := New(&rest.Config{Host: "https://" + closed, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}, testlog.New(t), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -886,10 +887,10 @@ func testInvalidInput(t *testing.T, a *Applier, kube kubernetes.Interface) {
 	if _, err := kube.CoreV1().ConfigMaps("drover-system").Get(t.Context(), inventoryName("input"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("invalid input wrote an inventory: %v", err)
 	}
-	if _, err := New(nil, testbed.Logger(t), Options{}); err == nil {
+	if _, err := New(nil, testlog.New(t), Options{}); err == nil {
 		t.Error("New(nil config) succeeded")
 	}
-	if _, err := New(&rest.Config{}, testbed.Logger(t), Options{Concurrency: -1}); err == nil || !strings.Contains(err.Error(), "Options.Concurrency") {
+	if _, err := New(&rest.Config{}, testlog.New(t), Options{Concurrency: -1}); err == nil || !strings.Contains(err.Error(), "Options.Concurrency") {
 		t.Errorf("New with a negative concurrency: %v, want an error naming Options.Concurrency", err)
 	}
 }

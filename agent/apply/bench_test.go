@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -85,7 +86,7 @@ func BenchmarkApplyVsFlux(b *testing.B) {
 	// The agent's own limits, not the test bed's.
 	cfg.QPS, cfg.Burst = DefaultQPS, DefaultBurst
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, n: &requests} })
-	a, err := New(cfg, testbed.Logger(b), Options{})
+	a, err := New(cfg, testlog.New(b), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

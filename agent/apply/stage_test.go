@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 // isApply tells a server-side apply request, and whether it is a dry-run.
@@ -95,7 +96,7 @@ func testStageConcurrent(t *testing.T, c *testbed.Cluster, dyn dynamic.Interface
 	})
 	cfg := rest.CopyConfig(c.Config)
 	cfg.Wrap(meet.wrap)
-	a, err := New(cfg, testbed.Logger(t), Options{WaitTimeout: time.Minute})
+	a, err := New(cfg, testlog.New(t), Options{WaitTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +164,7 @@ func testNoDryRunForNew(t *testing.T, c *testbed.Cluster) {
 		applies, dryRuns = 0, 0
 		return a, d
 	}
-	a, err := New(cfg, testbed.Logger(t), Options{WaitTimeout: time.Minute})
+	a, err := New(cfg, testlog.New(t), Options{WaitTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,12 +21,13 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/retry"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
 func newCache(t *testing.T, dir string, maxBytes int64) *Cache {
 	t.Helper()
-	c, err := NewCache(dir, maxBytes, testbed.Logger(t))
+	c, err := NewCache(dir, maxBytes, testlog.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/retry"
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 // TestCheckoutFetchesTheRefFromAStockServer checks what an agent fetches
@@ -58,7 +59,7 @@ func TestCheckoutFetchesTheRefFromAStockServer(t *testing.T) {
 	}
 	recordedCache := func(t *testing.T) (*Cache, *fetchRecorder) {
 		rec := &fetchRecorder{}
-		c, err := NewCache(t.TempDir(), 1<<30, slog.New(slog.NewMultiHandler(testbed.Logger(t).Handler(), rec)))
+		c, err := NewCache(t.TempDir(), 1<<30, slog.New(slog.NewMultiHandler(testlog.New(t).Handler(), rec)))
 		if err != nil {
 			t.Fatal(err)
 		}

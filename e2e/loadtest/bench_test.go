@@ -30,6 +30,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/loadtest"
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -166,7 +167,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	fl, err := loadtest.New(loadtest.Config{
 		HubAddr: env.agentAddr, ServerName: "127.0.0.1", CAPEM: h.caPEM, JoinToken: tok.GetToken(),
 		NamePrefix: "bench", ConnectRate: connectRate,
-	}, slog.New(minLevel{Handler: testbed.Logger(b).Handler(), min: slog.LevelWarn}))
+	}, testlog.NewAt(b, slog.LevelWarn))
 	if err != nil {
 		b.Fatalf("load tool: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/drover-dev/drover/e2e/loadtest"
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -72,7 +73,7 @@ func checkFleetGetsEveryVersionOnce(t *testing.T, beh loadtest.Behaviour) (*load
 	fl, err := loadtest.Start(ctx, loadtest.Config{
 		HubAddr: h.AgentAddr(), ServerName: "127.0.0.1", CAPEM: h.CACertPEM(), JoinToken: tok.GetToken(),
 		Agents: agents, NamePrefix: "load", ConnectRate: 500, Behaviour: beh,
-	}, testbed.Logger(t))
+	}, testlog.New(t))
 	if err != nil {
 		t.Fatalf("start the fleet: %v", err)
 	}
@@ -452,7 +453,7 @@ func startHub(t *testing.T) *testHub {
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.Hostnames = []string{"127.0.0.1", "localhost"}
 	cfg.PollInterval = 5 * time.Second
-	logger := slog.New(minLevel{Handler: testbed.Logger(t).Handler(), min: slog.LevelWarn})
+	logger := testlog.NewAt(t, slog.LevelWarn)
 	h, err := server.Start(context.Background(), cfg, logger, io.Discard)
 	if err != nil {
 		t.Fatalf("start hub: %v", err)
@@ -463,24 +464,6 @@ func startHub(t *testing.T) *testHub {
 		t.Fatalf("read admin token: %v", err)
 	}
 	return &testHub{Hub: h, token: strings.TrimSpace(string(tok)), httpAddr: h.HTTPAddr()}
-}
-
-// minLevel drops records below min.
-type minLevel struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return minLevel{Handler: h.Handler.WithAttrs(attrs), min: h.min}
-}
-
-func (h minLevel) WithGroup(name string) slog.Handler {
-	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
 }
 
 // call calls the JSON admin API as the admin, fails t unless the reply is

@@ -34,7 +34,7 @@
 // bed makes has a default route. The router counts the connections started
 // through it in each direction (Network.Connections).
 //
-// Logs: Logger(t) routes slog records to the test's log.
+// Logs: internal/testlog routes slog records to the test's log.
 //
 // A missing binary fails the test with how to install it; nothing is
 // skipped.

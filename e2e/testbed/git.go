@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 // Git is a Git server over smart HTTP on 127.0.0.1: `git http-backend`
@@ -108,7 +110,7 @@ func GitServer(t testing.TB, opts ...GitOption) *Git {
 		}
 	}
 
-	log := slog.NewLogLogger(Logger(t).With("component", "git-http-backend").Handler(), slog.LevelWarn)
+	log := slog.NewLogLogger(testlog.New(t).With("component", "git-http-backend").Handler(), slog.LevelWarn)
 	backend := &cgi.Handler{
 		Path:   gitBin,
 		Args:   []string{"http-backend"},

@@ -2,8 +2,6 @@ package testbed
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"sync"
@@ -86,46 +84,6 @@ func requireMain(t testing.TB) {
 	if !exit.inMain {
 		t.Fatal("testbed: this package's tests must run under testbed.Main, which stops shared processes: add\n\tfunc TestMain(m *testing.M) { testbed.Main(m) }")
 	}
-}
-
-// Logger returns a logger whose records go to t's log (shown for failed
-// tests and with -v), at every level. Records made after t and its
-// cleanups have finished are dropped, not a panic, so it is safe to hand
-// to goroutines that may outlive the test by a moment.
-func Logger(t testing.TB) *slog.Logger {
-	w := &testWriter{out: t.Output()}
-	t.Cleanup(w.close)
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
-		Level: slog.LevelDebug,
-		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-			if a.Key == slog.TimeKey && len(groups) == 0 {
-				return slog.String(slog.TimeKey, a.Value.Time().Format("15:04:05.000"))
-			}
-			return a
-		},
-	}))
-}
-
-// testWriter writes to a test's output until the test is over.
-type testWriter struct {
-	mu     sync.RWMutex // guards closed; held while writing so close waits
-	out    io.Writer
-	closed bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.RLock()
-	defer w.mu.RUnlock()
-	if w.closed {
-		return len(p), nil
-	}
-	return w.out.Write(p)
-}
-
-func (w *testWriter) close() {
-	w.mu.Lock()
-	w.closed = true
-	w.mu.Unlock()
 }
 
 // since formats the time since start for the test log.

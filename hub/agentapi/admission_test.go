@@ -25,6 +25,7 @@ import (
 	"github.com/drover-dev/drover/hub/pki"
 	"github.com/drover-dev/drover/hub/secrets"
 	"github.com/drover-dev/drover/hub/store"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -61,7 +62,7 @@ type testEndpoint struct {
 func startEndpoint(t *testing.T, cfg agentapi.Config) *testEndpoint {
 	t.Helper()
 	ctx := context.Background()
-	logger := testbed.Logger(t)
+	logger := testlog.New(t)
 	st, err := store.Open(ctx, testbed.Postgres(t), logger)
 	if err != nil {
 		t.Fatalf("open store: %v", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/drover-dev/drover/hub/gitwatch"
 	"github.com/drover-dev/drover/hub/secrets"
 	"github.com/drover-dev/drover/hub/store"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -30,7 +31,7 @@ type setup struct {
 func start(t *testing.T) *setup {
 	t.Helper()
 	ctx := context.Background()
-	logger := testbed.Logger(t)
+	logger := testlog.New(t)
 	st, err := store.Open(ctx, testbed.Postgres(t), logger)
 	if err != nil {
 		t.Fatalf("open store: %v", err)

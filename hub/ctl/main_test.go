@@ -19,6 +19,7 @@ import (
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/ctl"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -59,7 +60,7 @@ func startHub(t *testing.T) *testHub {
 	// Refs resolve only when a test asks (apply, app refresh), so which
 	// call made a release is known.
 	cfg.PollInterval = time.Hour
-	h, err := server.Start(context.Background(), cfg, testbed.Logger(t), io.Discard)
+	h, err := server.Start(context.Background(), cfg, testlog.New(t), io.Discard)
 	if err != nil {
 		t.Fatalf("start hub: %v", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/drover-dev/drover/hub/adminapi"
 	"github.com/drover-dev/drover/hub/dashboard"
 	"github.com/drover-dev/drover/hub/store"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -30,7 +31,7 @@ import (
 func BenchmarkOverview10000(b *testing.B) {
 	const clusters, apps, appsPerCluster = 10000, 50, 5
 	ctx := context.Background()
-	st, err := store.Open(ctx, testbed.Postgres(b), testbed.Logger(b))
+	st, err := store.Open(ctx, testbed.Postgres(b), testlog.New(b))
 	must(b, err)
 	b.Cleanup(st.Close)
 	now := time.Now()
@@ -83,7 +84,7 @@ func BenchmarkOverview10000(b *testing.B) {
 	tok, _, err := st.CreateAPIToken(ctx, "bench", adminapi.RoleViewer, 0, now)
 	must(b, err)
 
-	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, &fakeHub{}, nil, time.Minute, testbed.Logger(b)), Store: st})
+	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, &fakeHub{}, nil, time.Minute, testlog.New(b)), Store: st})
 	must(b, err)
 	srv := httptest.NewServer(dash)
 	b.Cleanup(srv.Close)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -187,7 +188,7 @@ func TestBrowser(t *testing.T) {
 	cfg.AgentAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Hostnames = []string{"127.0.0.1", "localhost"}
 	cfg.PollInterval = 5 * time.Second
-	h, err := server.Start(context.Background(), cfg, testbed.Logger(t), io.Discard)
+	h, err := server.Start(context.Background(), cfg, testlog.New(t), io.Discard)
 	must(t, err)
 	t.Cleanup(func() { h.Close() })
 	rawTok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin-token"))

@@ -25,6 +25,7 @@ import (
 	"github.com/drover-dev/drover/hub/adminapi"
 	"github.com/drover-dev/drover/hub/dashboard"
 	"github.com/drover-dev/drover/hub/store"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -105,7 +106,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dbURL := testbed.Postgres(t)
-	st, err := store.Open(ctx, dbURL, testbed.Logger(t))
+	st, err := store.Open(ctx, dbURL, testlog.New(t))
 	must(t, err)
 	t.Cleanup(st.Close)
 
@@ -175,8 +176,8 @@ func newFixture(t *testing.T) *fixture {
 		versions: map[string]string{"eu-1": "v-eu-1", "us-1": "v-us-1-new"},
 		refresh:  make(chan string, 1),
 	}
-	api := adminapi.New(st, hub, hub, nil, 90*time.Second, testbed.Logger(t))
-	dash, err := dashboard.New(dashboard.Config{Admin: api, Store: st, Logger: testbed.Logger(t), Now: func() time.Time { return t0 }})
+	api := adminapi.New(st, hub, hub, nil, 90*time.Second, testlog.New(t))
+	dash, err := dashboard.New(dashboard.Config{Admin: api, Store: st, Logger: testlog.New(t), Now: func() time.Time { return t0 }})
 	must(t, err)
 	srv := httptest.NewServer(dash)
 	t.Cleanup(srv.Close)
@@ -345,12 +346,12 @@ func TestPages(t *testing.T) {
 
 func TestEmptyFleet(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, testbed.Postgres(t), testbed.Logger(t))
+	st, err := store.Open(ctx, testbed.Postgres(t), testlog.New(t))
 	must(t, err)
 	t.Cleanup(st.Close)
 	tok, _, err := st.CreateAPIToken(ctx, "alice", adminapi.RoleAdmin, 0, time.Now())
 	must(t, err)
-	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, &fakeHub{}, nil, time.Minute, testbed.Logger(t)), Store: st, Now: func() time.Time { return t0 }})
+	dash, err := dashboard.New(dashboard.Config{Admin: adminapi.New(st, &fakeHub{}, &fakeHub{}, nil, time.Minute, testlog.New(t)), Store: st, Now: func() time.Time { return t0 }})
 	must(t, err)
 	srv := httptest.NewServer(dash)
 	t.Cleanup(srv.Close)

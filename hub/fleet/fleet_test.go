@@ -14,20 +14,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
-
-// testLogger routes the Fleet's logs to t.Log.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
 
 func closed(ch <-chan struct{}) bool {
 	select {
@@ -70,7 +59,7 @@ func must(t *testing.T, err error) {
 }
 
 func TestFleetRelabelGainsAndLosesApp(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	must(t, f.SetApp(simpleApp("web", sha("1"), &droverv1.Placement{Selector: matchLabels("env", "prod")})))
 	must(t, f.SetCluster("c1", map[string]string{"env": "dev"}))
 
@@ -113,7 +102,7 @@ func TestFleetRelabelGainsAndLosesApp(t *testing.T) {
 }
 
 func TestFleetAppSelectorChange(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	must(t, f.SetCluster("prod", map[string]string{"env": "prod"}))
 	must(t, f.SetCluster("dev", map[string]string{"env": "dev"}))
 	must(t, f.SetCluster("other", map[string]string{"env": "other"}))
@@ -151,7 +140,7 @@ func TestFleetAppSelectorChange(t *testing.T) {
 }
 
 func TestFleetSetCommitWakesExactlyThePlacedClusters(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	for i, env := range []string{"prod", "prod", "prod", "dev", "dev"} {
 		must(t, f.SetCluster(fmt.Sprintf("c%d", i), map[string]string{"env": env}))
 	}
@@ -181,7 +170,7 @@ func TestFleetSetCommitWakesExactlyThePlacedClusters(t *testing.T) {
 }
 
 func TestFleetWatchCoalesces(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	must(t, f.SetCluster("c1", nil))
 	must(t, f.SetApp(simpleApp("web", sha("0"), everywhere())))
 	first, ch := f.Watch("c1")
@@ -210,7 +199,7 @@ func TestFleetWatchCoalesces(t *testing.T) {
 }
 
 func TestFleetUnchangedRecomputeDoesNotWake(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	must(t, f.SetCluster("c1", map[string]string{"env": "prod", "region": "eu"}))
 	web := richApp("web")
 	must(t, f.SetApp(web))
@@ -255,7 +244,7 @@ func TestFleetUnchangedRecomputeDoesNotWake(t *testing.T) {
 }
 
 func TestFleetClusterLifecycle(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	must(t, f.SetApp(simpleApp("web", sha("1"), everywhere())))
 
 	snap, ch := f.Watch("new")
@@ -288,7 +277,7 @@ func TestFleetClusterLifecycle(t *testing.T) {
 }
 
 func TestFleetRemoveApp(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	must(t, f.SetCluster("c1", nil))
 	must(t, f.SetCluster("c2", nil))
 	must(t, f.SetApp(simpleApp("web", sha("1"), &droverv1.Placement{ClusterNames: []string{"c1"}})))
@@ -310,7 +299,7 @@ func TestFleetRemoveApp(t *testing.T) {
 }
 
 func TestFleetRefusesBadInputAndKeepsState(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	must(t, f.SetCluster("c1", map[string]string{"env": "prod"}))
 	good := simpleApp("web", sha("1"), everywhere())
 	must(t, f.SetApp(good))
@@ -367,7 +356,7 @@ func TestFleetRefusesBadInputAndKeepsState(t *testing.T) {
 // SetApp and SetCluster (the App, its pins, the labels); the spec and
 // credentials are handed over and never changed (see SetApp).
 func TestFleetKeepsItsOwnCopies(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	lbls := map[string]string{"env": "prod", "region": "eu"}
 	must(t, f.SetCluster("c1", lbls))
 	app := richApp("web")
@@ -395,7 +384,7 @@ func TestFleetKeepsItsOwnCopies(t *testing.T) {
 // and after each one checks every cluster's snapshot and placement against
 // Compute and Placed from scratch.
 func TestFleetAgreesWithCompute(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	rng := rand.New(rand.NewPCG(1, 2))
 	pick := func(xs ...string) string { return xs[rng.IntN(len(xs))] }
 	randLabels := func() map[string]string {

@@ -4,12 +4,14 @@ import (
 	"maps"
 	"reflect"
 	"testing"
+
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 // TestClusterLabels checks that the shared label view follows every change
 // of the clusters and is built again only after one.
 func TestClusterLabels(t *testing.T) {
-	f := New(testLogger(t))
+	f := New(testlog.New(t))
 	type want = map[string]map[string]string
 	steps := []struct {
 		name   string

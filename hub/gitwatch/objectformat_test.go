@@ -9,6 +9,7 @@ import (
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/gitremote"
 	"github.com/drover-dev/drover/internal/retry"
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 // A repository in Git's SHA-256 object format is refused when the hub
@@ -26,7 +27,7 @@ func TestResolveRefusesSHA256Repositories(t *testing.T) {
 		t.Fatalf("CheckCommit(%q) accepted a SHA-256 object name that agents cannot fetch", head)
 	}
 
-	r := NewResolver(t.TempDir(), testbed.Logger(t))
+	r := NewResolver(t.TempDir(), testlog.New(t))
 	got, err := r.Resolve(context.Background(), repo.URL, Credentials{}, []string{"main"})
 	if !errors.Is(err, gitremote.ErrObjectFormat) {
 		t.Fatalf("Resolve of a SHA-256 repository = %v, %v; want ErrObjectFormat", got, err)

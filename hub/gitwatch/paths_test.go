@@ -16,6 +16,7 @@ import (
 	git "github.com/go-git/go-git/v5"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 func TestPathsChanged(t *testing.T) {
@@ -61,7 +62,7 @@ func TestPathsChanged(t *testing.T) {
 			if cache == "disk" {
 				dir = t.TempDir()
 			}
-			r := NewResolver(dir, testbed.Logger(t))
+			r := NewResolver(dir, testlog.New(t))
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
 					got, err := r.PathsChanged(context.Background(), repo.URL, Credentials{}, tt.from, tt.to, tt.paths)
@@ -83,7 +84,7 @@ func TestPathsChangedUsesCache(t *testing.T) {
 	c1 := repo.Commit(t, "one", map[string]string{"a/x.yaml": "1"})
 	c2 := repo.Commit(t, "two", map[string]string{"a/x.yaml": "2"})
 	c3 := repo.Commit(t, "three", map[string]string{"b/y.yaml": "3"})
-	r := NewResolver(t.TempDir(), testbed.Logger(t))
+	r := NewResolver(t.TempDir(), testlog.New(t))
 	ctx := context.Background()
 
 	if _, err := r.PathsChanged(ctx, repo.URL, Credentials{}, c1, c2, []string{"a"}); err != nil {
@@ -110,7 +111,7 @@ func TestPathsChangedUsesCache(t *testing.T) {
 func TestPathsChangedBoundsCache(t *testing.T) {
 	srv := testbed.GitServer(t)
 	dir := t.TempDir()
-	r := NewResolver(dir, testbed.Logger(t))
+	r := NewResolver(dir, testlog.New(t))
 	r.cache.maxRepos, r.cache.maxCommits = 2, 4
 
 	// More commits than a cached repository may hold.
@@ -170,7 +171,7 @@ func TestPathsChangedConcurrent(t *testing.T) {
 	repo := git.CreateRepo(t, "apps")
 	c1 := repo.Commit(t, "one", map[string]string{"a/x.yaml": "1"})
 	c2 := repo.Commit(t, "two", map[string]string{"a/x.yaml": "2"})
-	r := NewResolver(t.TempDir(), testbed.Logger(t))
+	r := NewResolver(t.TempDir(), testlog.New(t))
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -214,7 +215,7 @@ func TestPathsChangedErrors(t *testing.T) {
 		{".git path", c1, c1, []string{".git/config"}, ErrInvalid, "paths[0]"},
 		{"commit not on the server", c1, unknown, []string{"a"}, errAny, unknown},
 	}
-	r := NewResolver(t.TempDir(), testbed.Logger(t))
+	r := NewResolver(t.TempDir(), testlog.New(t))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := r.PathsChanged(context.Background(), repo.URL, Credentials{}, tt.from, tt.to, tt.paths)
@@ -239,7 +240,7 @@ func TestPathsChangedFallsBackWithoutFetchBySHA(t *testing.T) {
 	c2 := repo.Commit(t, "two", map[string]string{"a/x.yaml": "2"})
 	url := servedWithoutSHAFetch(t, repo)
 
-	r := NewResolver(t.TempDir(), testbed.Logger(t))
+	r := NewResolver(t.TempDir(), testlog.New(t))
 	for _, tt := range []struct {
 		path string
 		want bool

@@ -13,6 +13,7 @@ import (
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/gitremote"
 	"github.com/drover-dev/drover/internal/retry"
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 func TestResolve(t *testing.T) {
@@ -57,7 +58,7 @@ func TestResolve(t *testing.T) {
 		refs[i] = tt.ref
 	}
 
-	r := NewResolver("", testbed.Logger(t))
+	r := NewResolver("", testlog.New(t))
 	before := repo.Requests()
 	got, err := r.Resolve(context.Background(), repo.URL, Credentials{}, refs)
 	if n := repo.Requests() - before; n != 1 {
@@ -157,7 +158,7 @@ func TestResolveRemoteErrors(t *testing.T) {
 		{name: "ssh key for https", url: openRepo.URL, creds: Credentials{SSHPrivateKey: "key"}, wantErr: ErrInvalid},
 		{name: "local path", url: "/etc", wantErr: ErrInvalid},
 	}
-	r := NewResolver("", testbed.Logger(t))
+	r := NewResolver("", testlog.New(t))
 	dials := testbed.WatchGitDials(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

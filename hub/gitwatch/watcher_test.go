@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 // source is a Source over a fixed list the test edits; the hub's is the
@@ -116,7 +117,7 @@ func startWatcher(t *testing.T, w *Watcher) {
 
 func newWatcher(t *testing.T, cfg Config, src Source, snk Sink) *Watcher {
 	t.Helper()
-	cfg.Logger = testbed.Logger(t)
+	cfg.Logger = testlog.New(t)
 	cfg.MinInterval = 100 * time.Millisecond
 	w, err := NewWatcher(cfg, NewResolver("", cfg.Logger), src, snk)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 // testDir returns a directory for a server's Dir. t.TempDir's parent is
@@ -37,7 +38,7 @@ func testDir(t *testing.T) string {
 
 func startServer(t *testing.T, opts Options) *Server {
 	t.Helper()
-	opts.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	opts.Logger = testlog.New(t)
 	s, err := Start(t.Context(), opts)
 	if err != nil {
 		t.Fatalf("Start: %v", err)

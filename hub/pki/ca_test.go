@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 func fileMode(t *testing.T, path string) fs.FileMode {
@@ -30,7 +32,7 @@ func fileMode(t *testing.T, path string) fs.FileMode {
 
 func TestLoadOrCreateCACreates(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data", "pki")
-	ca, err := LoadOrCreateCA(dir, testLogger(t))
+	ca, err := LoadOrCreateCA(dir, testlog.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,11 +93,11 @@ func mustPool(t *testing.T, certPEM []byte) *x509.CertPool {
 
 func TestLoadOrCreateCAReloads(t *testing.T) {
 	dir := t.TempDir()
-	first, err := LoadOrCreateCA(dir, testLogger(t))
+	first, err := LoadOrCreateCA(dir, testlog.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := LoadOrCreateCA(dir, testLogger(t))
+	second, err := LoadOrCreateCA(dir, testlog.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,14 +120,14 @@ func TestLoadOrCreateCARefusesReadableKey(t *testing.T) {
 	for _, mode := range []fs.FileMode{0o644, 0o640, 0o604, 0o660} {
 		t.Run(mode.String(), func(t *testing.T) {
 			dir := t.TempDir()
-			if _, err := LoadOrCreateCA(dir, testLogger(t)); err != nil {
+			if _, err := LoadOrCreateCA(dir, testlog.New(t)); err != nil {
 				t.Fatal(err)
 			}
 			keyFile := filepath.Join(dir, CAKeyFile)
 			if err := os.Chmod(keyFile, mode); err != nil {
 				t.Fatal(err)
 			}
-			_, err := LoadOrCreateCA(dir, testLogger(t))
+			_, err := LoadOrCreateCA(dir, testlog.New(t))
 			if !errors.Is(err, ErrKeyFileMode) {
 				t.Fatalf("err = %v, want ErrKeyFileMode", err)
 			}
@@ -140,7 +142,7 @@ func TestLoadOrCreateCARefusesHalfACA(t *testing.T) {
 	for _, keep := range []string{CACertFile, CAKeyFile} {
 		t.Run(keep, func(t *testing.T) {
 			dir := t.TempDir()
-			if _, err := LoadOrCreateCA(dir, testLogger(t)); err != nil {
+			if _, err := LoadOrCreateCA(dir, testlog.New(t)); err != nil {
 				t.Fatal(err)
 			}
 			gone := CAKeyFile
@@ -154,7 +156,7 @@ func TestLoadOrCreateCARefusesHalfACA(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := LoadOrCreateCA(dir, testLogger(t)); err == nil {
+			if _, err := LoadOrCreateCA(dir, testlog.New(t)); err == nil {
 				t.Fatal("LoadOrCreateCA made a new CA beside a lone " + keep)
 			}
 			after, err := os.ReadFile(filepath.Join(dir, keep))

@@ -13,20 +13,17 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/url"
 	"testing"
 	"time"
-)
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), nil))
-}
+	"github.com/drover-dev/drover/internal/testlog"
+)
 
 func newTestCA(t *testing.T) *CA {
 	t.Helper()
-	ca, err := LoadOrCreateCA(t.TempDir(), testLogger(t))
+	ca, err := LoadOrCreateCA(t.TempDir(), testlog.New(t))
 	if err != nil {
 		t.Fatalf("LoadOrCreateCA: %v", err)
 	}

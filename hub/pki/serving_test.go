@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-dev/drover/internal/testlog"
 )
 
 func TestIssueServingCert(t *testing.T) {
@@ -89,7 +91,7 @@ func TestLoadOrCreateServingCert(t *testing.T) {
 
 	t.Run("reuses what covers the hosts", func(t *testing.T) {
 		dir := t.TempDir()
-		first, err := ca.LoadOrCreateServingCert(dir, hosts, testLogger(t))
+		first, err := ca.LoadOrCreateServingCert(dir, hosts, testlog.New(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +100,7 @@ func TestLoadOrCreateServingCert(t *testing.T) {
 			t.Fatal("stored certificate is not the one returned")
 		}
 		for _, again := range [][]string{hosts, {"hub.example.com"}} {
-			got, err := ca.LoadOrCreateServingCert(dir, again, testLogger(t))
+			got, err := ca.LoadOrCreateServingCert(dir, again, testlog.New(t))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -172,7 +174,7 @@ func TestLoadOrCreateServingCert(t *testing.T) {
 			if want == nil {
 				want = hosts
 			}
-			got, err := ca.LoadOrCreateServingCert(dir, want, testLogger(t))
+			got, err := ca.LoadOrCreateServingCert(dir, want, testlog.New(t))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -197,7 +199,7 @@ func TestLoadOrCreateServingCert(t *testing.T) {
 func TestLoadOrCreateServingCertRefusesReadableKey(t *testing.T) {
 	ca := newTestCA(t)
 	dir := t.TempDir()
-	if _, err := ca.LoadOrCreateServingCert(dir, []string{"127.0.0.1"}, testLogger(t)); err != nil {
+	if _, err := ca.LoadOrCreateServingCert(dir, []string{"127.0.0.1"}, testlog.New(t)); err != nil {
 		t.Fatal(err)
 	}
 	keyFile := filepath.Join(dir, ServingKeyFile)
@@ -208,7 +210,7 @@ func TestLoadOrCreateServingCertRefusesReadableKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = ca.LoadOrCreateServingCert(dir, []string{"127.0.0.1"}, testLogger(t))
+	_, err = ca.LoadOrCreateServingCert(dir, []string{"127.0.0.1"}, testlog.New(t))
 	if !errors.Is(err, ErrKeyFileMode) || !strings.Contains(err.Error(), "chmod 600 "+keyFile) {
 		t.Fatalf("err = %v, want ErrKeyFileMode saying chmod 600 %s", err, keyFile)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/pgserver"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -29,7 +30,7 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	opts := pgserver.Options{Dir: filepath.Join(dir, "pg"), Ephemeral: true, Logger: testbed.Logger(t)}
+	opts := pgserver.Options{Dir: filepath.Join(dir, "pg"), Ephemeral: true, Logger: testlog.New(t)}
 	pg, err := pgserver.Start(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/loadtest"
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -159,25 +160,7 @@ func webAssignment(commit, interval string) func(*droverv1.Assignment) error {
 // agents registering and connecting would bury the results.
 func startFanoutHub(b *testing.B) *testHub {
 	b.Helper()
-	return startHubLogging(b, slog.New(minLevelHandler{Handler: testbed.Logger(b).Handler(), min: slog.LevelWarn}))
-}
-
-// minLevelHandler drops records below min.
-type minLevelHandler struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevelHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevelHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return minLevelHandler{Handler: h.Handler.WithAttrs(attrs), min: h.min}
-}
-
-func (h minLevelHandler) WithGroup(name string) slog.Handler {
-	return minLevelHandler{Handler: h.Handler.WithGroup(name), min: h.min}
+	return startHubLogging(b, testlog.NewAt(b, slog.LevelWarn))
 }
 
 // fanoutCall calls the JSON admin API as the admin, fails tb unless the

@@ -24,6 +24,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -37,7 +38,7 @@ type testHub struct {
 
 func startHub(t testing.TB, mutate ...func(*server.Config)) *testHub {
 	t.Helper()
-	return startHubLogging(t, testbed.Logger(t), mutate...)
+	return startHubLogging(t, testlog.New(t), mutate...)
 }
 
 // startHubLogging is startHub with the hub logging to logger.

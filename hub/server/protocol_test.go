@@ -24,6 +24,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -573,7 +574,7 @@ func TestUnreachableDatabaseAtStart(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	cfg.DatabaseURL = "postgres://drover:secret@" + testbed.FreeAddr(t) + "/drover?connect_timeout=2"
 	cfg.AgentAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	_, err := server.Start(context.Background(), cfg, testbed.Logger(t), io.Discard)
+	_, err := server.Start(context.Background(), cfg, testlog.New(t), io.Discard)
 	if err == nil {
 		t.Fatal("the hub started without its database")
 	}

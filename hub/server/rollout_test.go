@@ -13,6 +13,7 @@ import (
 
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/server"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -143,7 +144,7 @@ func TestRollout(t *testing.T) {
 
 	// Restart the hub: the rollout resumes where it was.
 	h.Close()
-	h2, err := server.Start(context.Background(), h.cfg, testbed.Logger(t), io.Discard)
+	h2, err := server.Start(context.Background(), h.cfg, testlog.New(t), io.Discard)
 	if err != nil {
 		t.Fatalf("restart hub: %v", err)
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -46,7 +46,7 @@ func BenchmarkWriteStatuses(b *testing.B) {
 // settings (hub/server's NewStatusWriter call) and its Run loop going: it
 // enqueues every status and returns once Flush has seen them written.
 func hubStatusWriter(b *testing.B, s *Store) func(context.Context, []*droverv1.ApplicationStatus) error {
-	w := NewStatusWriter(s, testbed.Logger(b), 0, 0)
+	w := NewStatusWriter(s, testlog.New(b), 0, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -20,7 +21,7 @@ func newStore(t testing.TB, opts ...Option) *Store {
 // openStore opens a Store on the database at url.
 func openStore(t testing.TB, url string, opts ...Option) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), url, testbed.Logger(t), opts...)
+	s, err := Open(context.Background(), url, testlog.New(t), opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

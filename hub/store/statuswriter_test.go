@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/drover-dev/drover/e2e/testbed"
+	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -15,7 +16,7 @@ func TestStatusWriterCoalescesAndFlushes(t *testing.T) {
 	ctx := context.Background()
 	registerClusters(t, s, nil, "c1", "c2")
 	// A batch size below the key count makes Flush write several batches.
-	w := NewStatusWriter(s, testbed.Logger(t), 3, time.Hour)
+	w := NewStatusWriter(s, testlog.New(t), 3, time.Hour)
 
 	for gen := 1; gen <= 10; gen++ {
 		for _, c := range []string{"c1", "c2"} {
@@ -44,7 +45,7 @@ func TestStatusWriterCoalescesAndFlushes(t *testing.T) {
 func TestStatusWriterRun(t *testing.T) {
 	s := newStore(t)
 	registerClusters(t, s, nil, "c1")
-	w := NewStatusWriter(s, testbed.Logger(t), 100, 10*time.Millisecond)
+	w := NewStatusWriter(s, testlog.New(t), 100, 10*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -77,7 +78,7 @@ func TestStatusWriterFullReport(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("WriteStatuses: %v", err)
 	}
-	w := NewStatusWriter(s, testbed.Logger(t), 10, time.Hour)
+	w := NewStatusWriter(s, testlog.New(t), 10, time.Hour)
 	// A delta for an application the full report below no longer lists:
 	// older than the report, it must not come back.
 	w.Enqueue(makeStatus("c1", "gone", 0, 1))
@@ -101,7 +102,7 @@ func TestStatusWriterFullReport(t *testing.T) {
 func TestStatusWriterBacklogBound(t *testing.T) {
 	s := newStore(t)
 	registerClusters(t, s, nil, "c1")
-	w := NewStatusWriter(s, testbed.Logger(t), 10, time.Hour, WithMaxPending(3))
+	w := NewStatusWriter(s, testlog.New(t), 10, time.Hour, WithMaxPending(3))
 	for i, app := range []string{"a", "b", "c"} {
 		if !w.Enqueue(makeStatus("c1", app, 0, i)) {
 			t.Fatalf("Enqueue(%s) refused below the bound", app)
@@ -147,7 +148,7 @@ func TestStatusWriterOutage(t *testing.T) {
 		t.Fatalf("lock: %v", err)
 	}
 
-	w := NewStatusWriter(ws, testbed.Logger(t), 10, time.Millisecond)
+	w := NewStatusWriter(ws, testlog.New(t), 10, time.Millisecond)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
