@@ -152,11 +152,7 @@ func checkRef(ref string) (string, error) {
 	case len(ref) == gitremote.CommitLength && isHex(ref):
 		return gitremote.CheckCommit(ref)
 	}
-	full := ref
-	if !strings.HasPrefix(ref, "refs/") {
-		full = "refs/heads/" + ref
-	}
-	if strings.Contains(ref, "^{}") || plumbing.ReferenceName(full).Validate() != nil {
+	if gitremote.CheckRef(ref) != nil {
 		return "", invalidf("not a valid branch, tag or commit SHA")
 	}
 	return "", nil
