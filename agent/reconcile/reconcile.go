@@ -37,7 +37,9 @@ type Fetcher interface {
 	Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit, ref string) (dir string, release func(), err error)
 }
 
-// Renderer turns a checked-out directory into objects.
+// Renderer turns a checked-out directory into objects. Its errors say
+// that rendering failed and where ("render apps/web/deploy.yaml:7: ..."),
+// as agent/render's do, so they are reported as they are.
 type Renderer func(ctx context.Context, root string, a *droverv1.AppAssignment) ([]*unstructured.Unstructured, error)
 
 // Applier makes the cluster match rendered objects, step by step.
@@ -461,7 +463,8 @@ func (r *Reconciler) renderStep(ctx context.Context, a *attempt) error {
 	if err != nil {
 		// A render fails the same way every time, unless discovery got no
 		// answer from the API server: retry.IsTransient tells them apart.
-		return fmt.Errorf("render: %w", err)
+		// The error names the render already (Renderer).
+		return err
 	}
 	a.objs = objs
 	return nil

@@ -403,7 +403,7 @@ func TestOversizedManifestFailsAlone(t *testing.T) {
 	for _, s := range h.rec.Statuses() {
 		got[s.GetApplication()] = s
 	}
-	want := "render: render big.yaml: 1025 bytes is over the agent's limit of 1 KiB (1024 bytes) per manifest file (--max-manifest-bytes)"
+	want := "render big.yaml: 1025 bytes is over the agent's limit of 1 KiB (1024 bytes) per manifest file (--max-manifest-bytes)"
 	if s := got["big"]; s.GetSync() != droverv1.SyncState_SYNC_STATE_FAILED || s.GetMessage() != want {
 		t.Errorf("big = %v; want Failed with the message %q", s, want)
 	}
