@@ -182,18 +182,13 @@ func (c *Client) Register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(c.cfg.HubAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13,
-	})))
-	if err != nil {
-		return fmt.Errorf("dial hub %s: %w", c.cfg.HubAddr, err)
-	}
-	defer conn.Close()
+	creds := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13})
+	req := &droverv1.RegisterRequest{JoinToken: c.cfg.JoinToken, ClusterName: c.cfg.ClusterName, CsrPem: csr}
 	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
 	for {
-		resp, err := droverv1.NewAgentServiceClient(conn).Register(ctx, &droverv1.RegisterRequest{
-			JoinToken: c.cfg.JoinToken, ClusterName: c.cfg.ClusterName, CsrPem: csr,
-		})
+		// One channel per attempt, as in Run: the backoff below paces
+		// the dials, not a channel's own.
+		resp, err := c.register(ctx, creds, req)
 		if err == nil {
 			if err := c.state.SaveIdentity(resp.GetCertificatePem(), resp.GetCaPem()); err != nil {
 				return err
@@ -214,35 +209,38 @@ func (c *Client) Register(ctx context.Context) error {
 	}
 }
 
+// register makes one registration attempt on a new channel.
+func (c *Client) register(ctx context.Context, creds credentials.TransportCredentials, req *droverv1.RegisterRequest) (*droverv1.RegisterResponse, error) {
+	conn, err := c.dial(creds)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return droverv1.NewAgentServiceClient(conn).Register(ctx, req)
+}
+
 // Run keeps a session with the hub until ctx ends.
+//
+// Every attempt dials on a new gRPC channel, closed when the attempt ends.
+// A channel kept across attempts redials on its own backoff and, while a
+// redial is pending, fails every new stream at once with the error of its
+// last dial: after a hub restart the agent would wait out its own backoff,
+// be told "connection refused" by a hub that had been listening for
+// seconds, and wait again — up to twice --backoff-max. With one dial per
+// attempt the session loop alone paces reconnects, and the first attempt
+// after the hub is back reaches it.
 func (c *Client) Run(ctx context.Context) error {
 	cert, pool, err := c.state.Identity()
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(c.cfg.HubAddr,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13,
-		})),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: c.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		// gRPC redials a lost connection on its own backoff, whose default
-		// cap (120 s) would keep agents away long after a restarted hub is
-		// back; cap it like the session loop's. A dial into a dead link
-		// is given up after the same time, or one started during a
-		// partition would hang on for 20 s after the link is back.
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{
-			BaseDelay: c.cfg.BackoffBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: c.cfg.BackoffMax,
-		}, MinConnectTimeout: c.cfg.BackoffMax}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
-	)
-	if err != nil {
-		return fmt.Errorf("dial hub %s: %w", c.cfg.HubAddr, err)
-	}
-	defer conn.Close()
-	client := droverv1.NewAgentServiceClient(conn)
+	creds := credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13,
+	})
 	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
 	for {
-		err := c.session(ctx, client, &c.connected)
+		start := time.Now()
+		err := c.attempt(ctx, creds)
 		established := c.connected.Swap(false)
 		if ctx.Err() != nil {
 			return nil
@@ -256,13 +254,40 @@ func (c *Client) Run(ctx context.Context) error {
 		if status.Code(err) == codes.PermissionDenied {
 			c.log.Error("the hub refused this agent; check that the cluster is registered and not revoked", "err", status.Convert(err).Message())
 		} else {
-			c.log.Warn("hub session ended; reconnecting", "err", err, "failures", b.Failures()+1)
+			c.log.Warn("hub session ended; reconnecting", "err", err, "failures", b.Failures()+1, "lasted", time.Since(start))
 		}
 		// A hub busy admitting a reconnect storm refuses with a retry
 		// delay; honouring it, jittered, is what spreads the fleet's
 		// retries out instead of repeating the storm.
 		b.WaitHint(ctx, err, retryHint(err))
 	}
+}
+
+// attempt dials the hub on a new channel and runs one session on it.
+func (c *Client) attempt(ctx context.Context, creds credentials.TransportCredentials) error {
+	conn, err := c.dial(creds)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return c.session(ctx, droverv1.NewAgentServiceClient(conn), &c.connected)
+}
+
+// dial returns a new channel to the hub; it connects on first use.
+func (c *Client) dial(creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(c.cfg.HubAddr,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: c.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// A dial into a dead link is given up after the backoff cap, or
+		// one started during a partition would hang on for 20 s after
+		// the link is back.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.DefaultConfig, MinConnectTimeout: c.cfg.BackoffMax}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dial hub %s: %w", c.cfg.HubAddr, err)
+	}
+	return conn, nil
 }
 
 // retryHint returns the delay a hub's refusal asks for, or 0.

@@ -48,7 +48,10 @@ var hubArgs = []string{"--poll-interval", "5s", "--offline-timeout", "20s", "--p
 
 // agentArgs make agents reconnect quickly; their statuses flush every
 // second (hubclient's default).
-var agentArgs = []string{"--heartbeat", "2s", "--backoff-max", "2s"}
+var agentArgs = []string{"--heartbeat", "2s", "--backoff-max", agentBackoffMax}
+
+// agentBackoffMax caps the agents' reconnect delays.
+const agentBackoffMax = "2s"
 
 // bed is a hub process, a Git repository and agent processes on local
 // clusters.

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +38,84 @@ func TestHubCrash(t *testing.T) {
 	t.Run("during a burst of status reports", func(t *testing.T) { hubCrashDuringStatusBurst(t, b.with(t)) })
 	t.Run("at an approval gate", func(t *testing.T) { hubCrashAtApprovalGate(t, b.with(t)) })
 	t.Run("during a soak", func(t *testing.T) { hubCrashDuringSoak(t, b.with(t)) })
+	t.Run("after an outage", func(t *testing.T) { hubOutage(t, b.with(t)) })
+}
+
+// hubOutage: the hub is down long enough for every agent to fail several
+// reconnects, then serves again. Every agent's first attempt after that
+// reaches it: no attempt started once the hub served failed. An agent
+// whose gRPC channel still held its last dial's error would be told
+// "connection refused" by a listening hub and wait a backoff more; this
+// is what kept agents away for up to twice their backoff cap.
+func hubOutage(t *testing.T, b *bed) {
+	const failures = 3
+	b.hub.Stop(t)
+	stopped := time.Now().Round(0)
+	for _, c := range b.names() {
+		testbed.Eventually(t, fmt.Sprintf("%s failing %d reconnects to the stopped hub", c, failures), waitLong, func() (bool, string) {
+			n := len(b.sessionEnds(c, stopped))
+			return n >= failures, fmt.Sprintf("%d failed", n)
+		})
+	}
+	b.hub.Restart(t)
+	serving := time.Now().Round(0)
+	b.waitConnectedAfter(serving)
+	var delays []time.Duration
+	for _, c := range b.names() {
+		for _, e := range b.sessionEnds(c, serving) {
+			t.Errorf("%s: an attempt started %v after the hub served again failed: %s", c, e.start.Sub(serving).Round(time.Millisecond), e.line)
+		}
+		delays = append(delays, b.connectedSince(c).Sub(serving).Round(time.Millisecond))
+	}
+	slices.Sort(delays)
+	figure(t, "hub outage of %v: hub serving to each agent connected (backoff cap %s): %v",
+		serving.Sub(stopped).Round(time.Second), agentBackoffMax, delays)
+}
+
+// sessionEnd is one "hub session ended" line of an agent's log.
+type sessionEnd struct {
+	start time.Time
+	line  string
+}
+
+// sessionEnds lists the sessions of agent cluster that ended, in its log
+// (all runs), among those started at since or later. A session's start is
+// the line's time less how long it lasted, both as the agent logged them.
+func (b *bed) sessionEnds(cluster string, since time.Time) []sessionEnd {
+	b.t.Helper()
+	data, err := os.ReadFile(b.agents[cluster].Process().LogPath())
+	if err != nil {
+		b.t.Fatalf("%s: read the agent's log: %v", cluster, err)
+	}
+	var out []sessionEnd
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, `msg="hub session ended; reconnecting"`) {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, logField(line, "time"))
+		if err != nil {
+			b.t.Fatalf("%s: no time in the agent's log line %q: %v", cluster, line, err)
+		}
+		lasted, err := time.ParseDuration(logField(line, "lasted"))
+		if err != nil {
+			b.t.Fatalf("%s: no duration in the agent's log line %q: %v", cluster, line, err)
+		}
+		if start := at.Add(-lasted); !start.Before(since) {
+			out = append(out, sessionEnd{start: start, line: line})
+		}
+	}
+	return out
+}
+
+// logField is the value of key in a line of slog's text format, for
+// values slog writes unquoted (times, durations, numbers); "" if absent.
+func logField(line, key string) string {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // mainClusters are the clusters of the bed's second wave.
