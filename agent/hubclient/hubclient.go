@@ -345,7 +345,7 @@ func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient
 
 func (c *Client) sendStatus(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], full bool) error {
 	r := c.handler.PendingStatus(full)
-	if r == nil || (len(r.GetApplications()) == 0 && !r.GetFull()) {
+	if r == nil || (len(r.GetApplications()) == 0 && len(r.GetRemoved()) == 0 && !r.GetFull()) {
 		return nil
 	}
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: r}}); err != nil {
