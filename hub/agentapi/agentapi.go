@@ -464,8 +464,14 @@ func (s *Server) resyncIfRemoving(ctx context.Context, name string, sess *sessio
 		s.log.Warn("look for removals to confirm", "cluster", name, "err", err)
 		return
 	}
-	if removing {
-		sess.commands <- commandMsg{&droverv1.Command{Type: droverv1.CommandType_COMMAND_TYPE_RESYNC_STATUS}}
+	if !removing {
+		return
+	}
+	select {
+	case sess.commands <- commandMsg{&droverv1.Command{Type: droverv1.CommandType_COMMAND_TYPE_RESYNC_STATUS}}:
+	default:
+		// Commands are hints (SendCommand): the periodic full report
+		// catches up.
 	}
 }
 

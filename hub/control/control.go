@@ -241,13 +241,15 @@ func (c *Controller) setApp(ctx context.Context, a *droverv1.Application, commit
 	c.mu.Unlock()
 }
 
-// union returns the names in a or b, once each.
-func union(a, b []string) []string {
-	seen := make(map[string]bool, len(a)+len(b))
-	out := make([]string, 0, len(a)+len(b))
+// symmetricDifference returns the names in a or b but not in both.
+func symmetricDifference(a, b []string) []string {
+	count := make(map[string]int, len(a)+len(b))
 	for _, n := range slices.Concat(a, b) {
-		if !seen[n] {
-			seen[n] = true
+		count[n]++
+	}
+	var out []string
+	for n, k := range count {
+		if k == 1 {
 			out = append(out, n)
 		}
 	}
@@ -288,11 +290,13 @@ func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Applic
 	if len(rels) > 0 {
 		commit = rels[0].GetCommit()
 	}
-	// The clusters it leaves (a new selector or cluster list) and those it
-	// reaches.
+	// Only the clusters it leaves (a new selector or cluster list) and
+	// those it reaches have statuses to mark. A change racing this one
+	// may hide a cluster from the difference; its marks catch up at that
+	// cluster's next change or the hub's next start.
 	before := c.fleet.PlacedClusters(app.GetName())
 	c.setApp(ctx, app, commit)
-	c.markRemoving(ctx, union(before, c.fleet.PlacedClusters(app.GetName()))...)
+	c.markRemoving(ctx, symmetricDifference(before, c.fleet.PlacedClusters(app.GetName()))...)
 	c.watcher.Changed()
 	if commit == "" {
 		// Resolve a new application's ref now rather than at the next poll.

@@ -673,7 +673,17 @@ func TestRemovedApplicationStatuses(t *testing.T) {
 	}
 	s.sendReport(t, &droverv1.StatusReport{Full: true})
 	eventually(t, "old forgotten after the full report", func() bool {
-		return len(h.clusterStatuses(t, "a")) == 1
+		return !slices.ContainsFunc(h.clusterStatuses(t, "a"), func(st *droverv1.ApplicationStatus) bool { return st.GetApplication() == "old" })
 	})
+	h.checkStatuses(t, "a", webSt)
+
+	// A new placement works as a relabel does, both ways.
+	h.mustAPI(t, "PUT", "/api/v1/applications/web", webApp("web", repo.URL, map[string]string{"fleet": "none"}), nil)
+	s.awaitApplications(t)
+	removing = proto.CloneOf(webSt)
+	removing.Removing = true
+	h.checkStatuses(t, "a", removing)
+	h.mustAPI(t, "PUT", "/api/v1/applications/web", webApp("web", repo.URL, map[string]string{"fleet": "all"}), nil)
+	s.awaitApplications(t, "web@"+c1)
 	h.checkStatuses(t, "a", webSt)
 }
