@@ -61,8 +61,9 @@ type Handler interface {
 	// from the sender, while the receiver may be handling an assignment.
 	SessionStarted()
 	// PendingStatus returns the statuses to send on a new session and
-	// between heartbeats; full asks for every application. Called from
-	// the sender.
+	// between heartbeats, with the applications removed since the last
+	// report; full asks for every application. A report with none of
+	// these, and not full, is not sent. Called from the sender.
 	PendingStatus(full bool) *droverv1.StatusReport
 	// StatusSent tells the handler a report was handed to the stream.
 	// Called from the sender, right after the PendingStatus it answers.
