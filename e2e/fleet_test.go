@@ -7,6 +7,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -241,6 +244,66 @@ func (f *fleet) waitReplicas(cluster string, want int32) {
 	})
 }
 
+// ctl runs droverctl against the hub and returns its standard output.
+func (f *fleet) ctl(args ...string) string {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(f.t.Context(), apiRequestTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testbed.DroverBinaries(f.t).Ctl, args...)
+	cmd.Env = append(os.Environ(), "DROVER_SERVER="+f.api.base, "DROVER_TOKEN="+f.api.token, "DROVER_CONFIG="+filepath.Join(f.t.TempDir(), "none"))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		f.t.Fatalf("droverctl %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out)
+}
+
+// describeApp is app's line in the Applications table of droverctl
+// describe cluster, "" when it has none.
+func (f *fleet) describeApp(cluster, app string) string {
+	f.t.Helper()
+	out := f.ctl("describe", "cluster", cluster)
+	_, apps, _ := strings.Cut(out, "Applications:\n")
+	apps, _, _ = strings.Cut(apps, "Resources:\n")
+	for _, line := range strings.Split(apps, "\n") {
+		if fs := strings.Fields(line); len(fs) > 0 && fs[0] == app {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
+}
+
+// healthyColumn is the HEALTHY column of cluster in droverctl get
+// clusters: healthy applications out of those counted.
+func (f *fleet) healthyColumn(cluster string) string {
+	f.t.Helper()
+	for _, line := range strings.Split(f.ctl("get", "clusters"), "\n") {
+		if fs := strings.Fields(line); len(fs) >= 3 && fs[0] == cluster {
+			return fs[2]
+		}
+	}
+	f.t.Fatalf("droverctl get clusters lists no %s", cluster)
+	return ""
+}
+
+// clustersMetric is how many clusters the hub's metric
+// drover_application_clusters_by_health counts for app, whatever their
+// health.
+func (f *fleet) clustersMetric(app string) float64 {
+	f.t.Helper()
+	var n float64
+	for _, m := range testbed.Metrics(f.t, "http://"+f.hub.HTTPAddr+"/metrics")["drover_application_clusters_by_health"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "application" && l.GetValue() == app {
+				n += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return n
+}
+
 func (f *fleet) refresh(app string) {
 	f.t.Helper()
 	f.do(http.MethodPost, "/api/v1/applications/"+app+"/refresh", nil, nil)
@@ -344,8 +407,48 @@ func TestFleetGitOps(t *testing.T) {
 		head := repo.Head(t)
 		f.do(http.MethodPatch, "/api/v1/clusters/staging/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "prod"}}, nil)
 		f.waitHealthy("web", "staging", head)
+		if n := f.clustersMetric("web"); n != 3 {
+			t.Fatalf("drover_application_clusters_by_health counts web on %v clusters before prod-2 leaves, want 3", n)
+		}
+
+		// prod-2 leaves the placement while its agent is down, so nothing
+		// has been pruned: the hub says web is being removed there, and
+		// counts it nowhere, also after a restart of its own.
+		f.agents["prod-2"].Kill(t)
 		f.do(http.MethodPatch, "/api/v1/clusters/prod-2/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"env": "dev"}}, nil)
+		check := func(when string) {
+			t.Helper()
+			if app := f.describeApp("prod-2", "web"); !strings.Contains(app, "Removing") || !strings.Contains(app, "waiting for the agent to confirm the prune") {
+				t.Fatalf("%s: droverctl describe cluster prod-2 shows web as %q, want it Removing, waiting for the agent", when, app)
+			}
+			if h := f.healthyColumn("prod-2"); h != "0/0" {
+				t.Fatalf("%s: droverctl get clusters shows prod-2 HEALTHY %s, want 0/0", when, h)
+			}
+			if n := f.clustersMetric("web"); n != 2 {
+				t.Fatalf("%s: drover_application_clusters_by_health counts web on %v clusters, want 2 (prod-1, staging)", when, n)
+			}
+			if _, err := f.deployment("prod-2"); err != nil {
+				t.Fatalf("%s: web's Deployment on prod-2 is gone (%v) with its agent down", when, err)
+			}
+		}
+		check("after the relabel")
+		f.killHub()
+		f.restartHub()
+		check("after a hub restart")
+
+		// Once its agent pruned web, the hub forgets it there.
+		f.restartAgent("prod-2")
 		f.waitNoDeployment("prod-2")
+		testbed.Eventually(t, "web gone from droverctl describe cluster prod-2", waitConverge, func() (bool, string) {
+			app := f.describeApp("prod-2", "web")
+			return app == "", "web shown as " + app
+		})
+		if h := f.healthyColumn("prod-2"); h != "0/0" {
+			t.Fatalf("droverctl get clusters shows prod-2 HEALTHY %s after the prune, want 0/0", h)
+		}
+		if n := f.clustersMetric("web"); n != 2 {
+			t.Fatalf("drover_application_clusters_by_health counts web on %v clusters after the prune, want 2", n)
+		}
 	})
 
 	t.Run("offline autonomy", func(t *testing.T) {

@@ -61,8 +61,9 @@ type Handler interface {
 	// from the sender, while the receiver may be handling an assignment.
 	SessionStarted()
 	// PendingStatus returns the statuses to send on a new session and
-	// between heartbeats; full asks for every application. Called from
-	// the sender.
+	// between heartbeats, with the applications removed since the last
+	// report; full asks for every application. A report with none of
+	// these, and not full, is not sent. Called from the sender.
 	PendingStatus(full bool) *droverv1.StatusReport
 	// StatusSent tells the handler a report was handed to the stream.
 	// Called from the sender, right after the PendingStatus it answers.
@@ -370,7 +371,7 @@ func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient
 
 func (c *Client) sendStatus(stream grpc.BidiStreamingClient[droverv1.AgentMessage, droverv1.HubMessage], full bool) error {
 	r := c.handler.PendingStatus(full)
-	if r == nil || (len(r.GetApplications()) == 0 && !r.GetFull()) {
+	if r == nil || (len(r.GetApplications()) == 0 && len(r.GetRemoved()) == 0 && !r.GetFull()) {
 		return nil
 	}
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: r}}); err != nil {

@@ -132,6 +132,9 @@ type Reconciler struct {
 	// hub; fullNext asks for the next report to list everything.
 	unsent   map[string]bool
 	fullNext bool
+	// removedUnsent lists the applications removed since the hub was last
+	// handed a report naming them, so that it forgets their statuses.
+	removedUnsent map[string]bool
 	// notes are the callbacks due once r.mu is released
 	// (unlockAndNotify).
 	notes []func()
@@ -159,11 +162,12 @@ func New(cfg Config, st *state.Dir, f Fetcher, r Renderer, a Applier, onApplied 
 	return &Reconciler{
 		cfg: cfg, log: logger, fetch: f, render: r, applier: a, state: st,
 		onApplied: onApplied, onStatus: onStatus,
-		wake:     make(chan struct{}, 1),
-		apps:     map[string]*appState{},
-		statuses: map[string]*droverv1.ApplicationStatus{},
-		unsent:   map[string]bool{},
-		applied:  st.AppliedVersion(),
+		wake:          make(chan struct{}, 1),
+		apps:          map[string]*appState{},
+		statuses:      map[string]*droverv1.ApplicationStatus{},
+		unsent:        map[string]bool{},
+		removedUnsent: map[string]bool{},
+		applied:       st.AppliedVersion(),
 	}
 }
 
@@ -204,6 +208,9 @@ func (r *Reconciler) take(a *droverv1.Assignment, fromHub bool) {
 	seen := map[string]bool{}
 	for _, aa := range a.GetApplications() {
 		seen[aa.GetName()] = true
+		// Assigned again before the hub heard of its removal: what the hub
+		// needs now is its new status, not that old news.
+		delete(r.removedUnsent, aa.GetName())
 		h := specHash(aa)
 		st := r.apps[aa.GetName()]
 		if st == nil {
@@ -574,6 +581,10 @@ func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.App
 	delete(r.statuses, name)
 	delete(r.unsent, name)
 	delete(r.waiting, name)
+	r.removedUnsent[name] = true
+	if r.onStatus != nil {
+		r.notes = append(r.notes, r.onStatus)
+	}
 	r.checkAppliedLocked()
 }
 
@@ -646,27 +657,63 @@ func sameStatus(a, b *droverv1.ApplicationStatus) bool {
 	return proto.Equal(ac, bc)
 }
 
+// MaxRemovedPerReport bounds the removed applications one report names
+// (the hub reads at most as many); the rest go in the next report.
+const MaxRemovedPerReport = 1000
+
 // PendingStatus returns the statuses not yet handed to the hub, or all of
-// them when full (or when the hub asked for a full report).
+// them when full (or when the hub asked for a full report), and the
+// applications removed since the hub was last told.
+//
+// A full report is deferred while an application is being removed: the
+// hub forgets the statuses a full report does not list, and this one has
+// not been pruned yet. The first report once the removal is done is the
+// full one; until then reports carry what changed, as usual.
 func (r *Reconciler) PendingStatus(full bool) *droverv1.StatusReport {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	full = full || r.fullNext
-	rep := &droverv1.StatusReport{Full: full}
-	for app, s := range r.statuses {
-		if full || r.unsent[app] {
-			rep.Applications = append(rep.Applications, s)
+	rep := &droverv1.StatusReport{Full: full || r.fullNext}
+	if rep.Full && r.removingLocked() {
+		rep.Full, r.fullNext = false, true
+	}
+	rep.Applications = r.statusesLocked(rep.Full)
+	for app := range r.removedUnsent {
+		rep.Removed = append(rep.Removed, app)
+	}
+	sort.Strings(rep.Removed)
+	if len(rep.Removed) > MaxRemovedPerReport {
+		rep.Removed = rep.Removed[:MaxRemovedPerReport]
+	}
+	return rep
+}
+
+// removingLocked reports whether some application is being removed.
+func (r *Reconciler) removingLocked() bool {
+	for _, st := range r.apps {
+		if st.removed {
+			return true
 		}
 	}
-	sort.Slice(rep.Applications, func(i, j int) bool {
-		return rep.Applications[i].GetApplication() < rep.Applications[j].GetApplication()
-	})
-	return rep
+	return false
+}
+
+// statusesLocked returns every status, or only the unsent, by name.
+func (r *Reconciler) statusesLocked(all bool) []*droverv1.ApplicationStatus {
+	var out []*droverv1.ApplicationStatus
+	for app, s := range r.statuses {
+		if all || r.unsent[app] {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetApplication() < out[j].GetApplication() })
+	return out
 }
 
 // Statuses returns the current status of every application, by name.
 func (r *Reconciler) Statuses() []*droverv1.ApplicationStatus {
-	return r.PendingStatus(true).GetApplications()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.statusesLocked(true)
 }
 
 // StatusSent marks the statuses of rep as handed to the hub, unless they
@@ -681,6 +728,12 @@ func (r *Reconciler) StatusSent(rep *droverv1.StatusReport) {
 		if r.statuses[s.GetApplication()] == s {
 			delete(r.unsent, s.GetApplication())
 		}
+	}
+	// A name removed, assigned again and removed again between
+	// PendingStatus and now is dropped with the first removal; the hub's
+	// next full report catches up.
+	for _, app := range rep.GetRemoved() {
+		delete(r.removedUnsent, app)
 	}
 }
 

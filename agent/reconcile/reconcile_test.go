@@ -49,8 +49,9 @@ type fakeApplier struct {
 	// applier does when the API server is down: a transient error.
 	failures map[string]int
 	// applyErr and pruneErr make every apply or prune of an application
-	// fail with that error.
+	// fail with that error; deleteErr every Delete.
 	applyErr, pruneErr map[string]error
+	deleteErr          error
 }
 
 func (f *fakeApplier) Begin(_ context.Context, app, commit string, objs []*unstructured.Unstructured, p apply.Policy) (Run, error) {
@@ -106,6 +107,9 @@ func (f *fakeApplier) Assess(_ context.Context, app string) (*apply.Result, erro
 func (f *fakeApplier) Delete(_ context.Context, app string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.deleteErr != nil {
+		return f.deleteErr
+	}
 	f.deleted = append(f.deleted, app)
 	return nil
 }
@@ -259,6 +263,75 @@ func TestRemovedApplicationIsPruned(t *testing.T) {
 	defer h.ap.mu.Unlock()
 	if len(h.ap.deleted) != 1 || h.ap.deleted[0] != "old" {
 		t.Fatalf("deleted %v, want [old]", h.ap.deleted)
+	}
+}
+
+// The hub learns of a removal from the report after it: the name is
+// listed until a report naming it is handed to the hub, once, and a new
+// session does not bring it back.
+func TestRemovedApplicationIsReportedOnce(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1), app("old", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	h.rec.StatusSent(h.rec.PendingStatus(false))
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v2", Nonce: "n2", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Acknowledged once old is removed too.
+	h.waitAck(t, "v2")
+	// Not handed over yet: a new session still has it to send.
+	h.rec.ResendStatuses()
+	rep := h.rec.PendingStatus(false)
+	if got := rep.GetRemoved(); len(got) != 1 || got[0] != "old" {
+		t.Fatalf("removed in the report after the removal %v, want [old]", got)
+	}
+	if len(rep.GetApplications()) != 1 || rep.GetApplications()[0].GetApplication() != "web" {
+		t.Fatalf("statuses in the report after the removal %v, want web's only", rep.GetApplications())
+	}
+	h.rec.StatusSent(rep)
+	if again := h.rec.PendingStatus(false); len(again.GetRemoved()) != 0 {
+		t.Fatalf("removed again in the next report: %v", again.GetRemoved())
+	}
+	h.rec.ResendStatuses()
+	if again := h.rec.PendingStatus(true); len(again.GetRemoved()) != 0 || !again.GetFull() {
+		t.Fatalf("full report of a new session %v, want full and naming no removal", again)
+	}
+}
+
+// A full report makes the hub forget the statuses it does not list, so
+// none is sent while an application is still being removed: that one
+// would be forgotten before its prune. The report once the removal is
+// done is the full one.
+func TestFullReportWaitsForRemoval(t *testing.T) {
+	h := newHarness(t, t.TempDir(), nil)
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1), app("old", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	h.rec.StatusSent(h.rec.PendingStatus(false))
+	h.ap.mu.Lock()
+	h.ap.deleteErr = errors.New("delete: connection refused")
+	h.ap.mu.Unlock()
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v2", Nonce: "n2", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.rec.RequestFullStatus()
+	for range 3 {
+		rep := h.rec.PendingStatus(true)
+		if rep.GetFull() || len(rep.GetRemoved()) != 0 {
+			t.Fatalf("report while old cannot be pruned %v, want neither full nor naming a removal", rep)
+		}
+		h.rec.StatusSent(rep)
+	}
+	h.ap.mu.Lock()
+	h.ap.deleteErr = nil
+	h.ap.mu.Unlock()
+	h.waitAck(t, "v2")
+	rep := h.rec.PendingStatus(false)
+	if !rep.GetFull() || len(rep.GetRemoved()) != 1 || len(rep.GetApplications()) != 1 {
+		t.Fatalf("report once old is removed %v, want full, with web's status and old removed", rep)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,6 +30,7 @@ import (
 
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/pki"
+	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -40,6 +43,9 @@ type Store interface {
 	RecordAck(ctx context.Context, name, version, nackErr string, now time.Time) error
 	TouchLastSeen(ctx context.Context, names []string, now time.Time) error
 	AddEvent(ctx context.Context, e *droverv1.Event) error
+	// Removing reports whether the hub waits for the cluster's agent to
+	// confirm it removed some application.
+	Removing(ctx context.Context, cluster string) (bool, error)
 }
 
 // Signer issues agent certificates.
@@ -66,8 +72,11 @@ type Controller interface {
 type StatusSink interface {
 	Enqueue(st *droverv1.ApplicationStatus) bool
 	// EnqueueFull takes a cluster's full report: statuses of applications
-	// not in sts are deleted.
-	EnqueueFull(cluster string, sts []*droverv1.ApplicationStatus) bool
+	// neither in sts nor in keep are deleted.
+	EnqueueFull(cluster string, sts []*droverv1.ApplicationStatus, keep []string) bool
+	// EnqueueRemoved takes the applications the cluster's agent removed:
+	// their statuses there are deleted.
+	EnqueueRemoved(cluster string, apps []string)
 }
 
 // Config tunes the agent endpoint. Zero values take the defaults.
@@ -89,6 +98,9 @@ type Config struct {
 	StatusBurst int
 	// MaxResources bounds resources per application status.
 	MaxResources int
+	// MaxRemoved bounds the removed applications one status report may
+	// name; the rest are ignored (a full report catches up).
+	MaxRemoved int
 	// MaxAdmissions bounds the registrations and initial stream syncs
 	// (certificate check, connection record) in progress at once; see
 	// admission.
@@ -124,6 +136,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxResources <= 0 {
 		c.MaxResources = 10000
+	}
+	if c.MaxRemoved <= 0 {
+		c.MaxRemoved = 1000
 	}
 	if c.MaxAdmissions <= 0 {
 		c.MaxAdmissions = 32
@@ -397,6 +412,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 		return err
 	}
 	s.recordConnection(ctx, name, hello)
+	s.resyncIfRemoving(ctx, name, sess)
 	release()
 	st := &streamState{sentVersion: hello.GetAppliedAssignmentVersion()}
 
@@ -434,6 +450,29 @@ func (s *Server) recordConnection(ctx context.Context, name string, hello *drove
 		log.Warn("record connection", "err", err)
 	}
 	log.Info("agent connected", "peer", peerAddr, "agent_version", hello.GetAgentVersion(), "applied", hello.GetAppliedAssignmentVersion())
+}
+
+// resyncIfRemoving asks the agent for a full report when the hub still
+// waits for it to confirm some removal: an agent that removed an
+// application and restarted before it said so has forgotten it, and only
+// a full report (which no longer lists it) tells the hub. The command is
+// queued on the new session, so it follows the first assignment.
+func (s *Server) resyncIfRemoving(ctx context.Context, name string, sess *session) {
+	removing, err := s.store.Removing(ctx, name)
+	if err != nil {
+		// The periodic full report catches up.
+		s.log.Warn("look for removals to confirm", "cluster", name, "err", err)
+		return
+	}
+	if !removing {
+		return
+	}
+	select {
+	case sess.commands <- commandMsg{&droverv1.Command{Type: droverv1.CommandType_COMMAND_TYPE_RESYNC_STATUS}}:
+	default:
+		// Commands are hints (SendCommand): the periodic full report
+		// catches up.
+	}
 }
 
 func (s *Server) recvHello(ctx context.Context, stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage]) (*droverv1.Hello, error) {
@@ -590,6 +629,7 @@ func (s *Server) handleStatus(ctx context.Context, name string, rep *droverv1.St
 	for _, a := range s.fleet.Assignment(name).GetApplications() {
 		assigned[a.GetName()] = true
 	}
+	s.handleRemoved(name, rep.GetRemoved(), assigned, log)
 	valid := make([]*droverv1.ApplicationStatus, 0, len(rep.GetApplications()))
 	for _, as := range rep.GetApplications() {
 		app := as.GetApplication()
@@ -609,7 +649,11 @@ func (s *Server) handleStatus(ctx context.Context, name string, rep *droverv1.St
 	}
 	ok := true
 	if rep.GetFull() {
-		ok = s.statuses.EnqueueFull(name, valid)
+		// What is assigned stays whether or not the report lists it: an
+		// agent that has not reconciled an application since it started
+		// has no status of it yet, and a status it has not recomputed is
+		// still the best the hub knows.
+		ok = s.statuses.EnqueueFull(name, valid, slices.Collect(maps.Keys(assigned)))
 	} else {
 		for _, as := range valid {
 			ok = s.statuses.Enqueue(as) && ok
@@ -617,6 +661,33 @@ func (s *Server) handleStatus(ctx context.Context, name string, rep *droverv1.St
 	}
 	if !ok {
 		log.Warn("status backlog full; statuses dropped until the database catches up")
+	}
+}
+
+// handleRemoved forgets the statuses of the applications the agent says
+// it removed, except those assigned to the cluster (again): that status
+// is the new placement's, and the agent reports it once it applied it.
+func (s *Server) handleRemoved(name string, removed []string, assigned map[string]bool, log *slog.Logger) {
+	if len(removed) == 0 {
+		return
+	}
+	if len(removed) > s.cfg.MaxRemoved {
+		log.Warn("status report names too many removed applications; the rest are ignored", "removed", len(removed), "max", s.cfg.MaxRemoved)
+		removed = removed[:s.cfg.MaxRemoved]
+	}
+	apps := make([]string, 0, len(removed))
+	for _, app := range removed {
+		switch err := spec.ValidateName(app); {
+		case err != nil:
+			log.Warn("invalid removed application name rejected", "app", truncate(app, 100), "err", err)
+		case assigned[app]:
+			log.Debug("removal of an application assigned again ignored", "app", app)
+		default:
+			apps = append(apps, app)
+		}
+	}
+	if len(apps) > 0 {
+		s.statuses.EnqueueRemoved(name, apps)
 	}
 }
 

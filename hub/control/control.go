@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -74,6 +75,10 @@ type Controller struct {
 	rollouts *rollouts
 	changed  func()
 	log      *slog.Logger
+
+	// removingMu serialises markRemoving, so that marks computed from an
+	// older fleet never overwrite those of a newer one.
+	removingMu sync.Mutex
 
 	mu sync.Mutex // guards the fields below
 	// sourceErrs holds the last error resolving each application's source.
@@ -168,8 +173,56 @@ func (c *Controller) load(ctx context.Context) error {
 	for _, a := range apps {
 		c.setApp(ctx, a, rels[a.GetName()].GetCommit())
 	}
+	// A hub that stopped between a placement change and its marks, or an
+	// older hub that made none, left them behind the fleet.
+	names := make([]string, 0, len(cls))
+	for _, cl := range c.fleet.Clusters() {
+		names = append(names, cl.Name)
+	}
+	c.markRemoving(ctx, names...)
 	c.log.Info("fleet loaded", "clusters", len(cls), "applications", len(apps))
 	return nil
+}
+
+// markRemoving makes the removing mark of the clusters' statuses follow
+// their assignments as the fleet holds them now. A status of an
+// application that left a cluster's assignment stays, marked removing,
+// until the cluster's agent confirms it removed the application (agentapi
+// deletes it then); meanwhile the hub shows it as being removed and counts
+// it nowhere. Placed there again, the application's status is current
+// once more, and the mark goes.
+//
+// A failure is logged: the marks catch up at the next change of the same
+// cluster or application, or at the hub's next start.
+func (c *Controller) markRemoving(ctx context.Context, clusters ...string) {
+	if len(clusters) == 0 {
+		return
+	}
+	c.removingMu.Lock()
+	defer c.removingMu.Unlock()
+	assigned := make(map[string][]string, len(clusters))
+	for _, name := range clusters {
+		a := c.fleet.Assignment(name)
+		if a == nil {
+			// Deleted: its statuses went with it. Revoked: its agent will
+			// not confirm anything.
+			continue
+		}
+		apps := make([]string, len(a.GetApplications()))
+		for i, aa := range a.GetApplications() {
+			apps[i] = aa.GetName()
+		}
+		assigned[name] = apps
+	}
+	n, err := c.store.MarkRemoving(context.WithoutCancel(ctx), assigned)
+	if err != nil {
+		c.log.Error("mark statuses of removed applications", "clusters", len(assigned), "err", err)
+		return
+	}
+	if n > 0 {
+		c.log.Info("statuses marked for removal or current again", "clusters", len(assigned), "statuses", n)
+		c.changed()
+	}
 }
 
 // setApp puts an application into the fleet with its commit and its
@@ -186,6 +239,21 @@ func (c *Controller) setApp(ctx context.Context, a *droverv1.Application, commit
 	c.mu.Lock()
 	c.specs[a.GetName()] = a.GetSpec()
 	c.mu.Unlock()
+}
+
+// symmetricDifference returns the names in a or b but not in both.
+func symmetricDifference(a, b []string) []string {
+	count := make(map[string]int, len(a)+len(b))
+	for _, n := range slices.Concat(a, b) {
+		count[n]++
+	}
+	var out []string
+	for n, k := range count {
+		if k == 1 {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // repoCredentials returns the stored credentials of a repository, or nil.
@@ -222,7 +290,13 @@ func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Applic
 	if len(rels) > 0 {
 		commit = rels[0].GetCommit()
 	}
+	// Only the clusters it leaves (a new selector or cluster list) and
+	// those it reaches have statuses to mark. A change racing this one
+	// may hide a cluster from the difference; its marks catch up at that
+	// cluster's next change or the hub's next start.
+	before := c.fleet.PlacedClusters(app.GetName())
 	c.setApp(ctx, app, commit)
+	c.markRemoving(ctx, symmetricDifference(before, c.fleet.PlacedClusters(app.GetName()))...)
 	c.watcher.Changed()
 	if commit == "" {
 		// Resolve a new application's ref now rather than at the next poll.
@@ -279,7 +353,9 @@ func (c *Controller) ClusterChanged(ctx context.Context, name string) {
 	}
 	if err := c.fleet.SetCluster(name, cl.GetLabels()); err != nil {
 		c.log.Error("place cluster", "cluster", name, "err", err)
+		return
 	}
+	c.markRemoving(ctx, name)
 }
 
 // RepositoryChanged reloads the applications of a repository, so their

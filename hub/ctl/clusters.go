@@ -162,6 +162,13 @@ func runDescribeCluster(ctx context.Context, x *invocation, args []string) error
 	return printClusterApps(x, resp.GetApplications())
 }
 
+// removingState and removingMessage describe an application that left the
+// cluster's assignment, until its agent confirms the removal.
+const (
+	removingState   = "Removing"
+	removingMessage = "waiting for the agent to confirm the prune"
+)
+
 // printClusterApps prints the applications on a cluster, then the
 // resources of each.
 func printClusterApps(x *invocation, sts []*droverv1.ApplicationStatus) error {
@@ -174,6 +181,12 @@ func printClusterApps(x *invocation, sts []*droverv1.ApplicationStatus) error {
 	now := x.now()
 	t := newIndentedTable(x.out(), "  ", "NAME", "COMMIT", "SYNC", "HEALTH", "OBSERVED", "MESSAGE")
 	for _, st := range sts {
+		if st.GetRemoving() {
+			// What the agent last said is history now: the state that
+			// matters is the removal the hub waits for.
+			t.row(st.GetApplication(), shortCommit(st.GetCommit()), removingState, "", age(now, st.GetObservedAt()), removingMessage)
+			continue
+		}
 		t.row(st.GetApplication(), shortCommit(st.GetCommit()), st.GetSync().Name(), st.GetHealth().Name(), age(now, st.GetObservedAt()), st.GetMessage())
 	}
 	if err := t.flush(); err != nil {
@@ -181,7 +194,9 @@ func printClusterApps(x *invocation, sts []*droverv1.ApplicationStatus) error {
 	}
 	var n int
 	for _, st := range sts {
-		n += len(st.GetResources())
+		if !st.GetRemoving() {
+			n += len(st.GetResources())
+		}
 	}
 	if n == 0 {
 		return nil
@@ -189,6 +204,9 @@ func printClusterApps(x *invocation, sts []*droverv1.ApplicationStatus) error {
 	fmt.Fprintln(x.out(), "Resources:")
 	t = newIndentedTable(x.out(), "  ", "APPLICATION", "KIND", "NAME", "HEALTH", "DRIFTED", "MESSAGE")
 	for _, st := range sts {
+		if st.GetRemoving() {
+			continue
+		}
 		for _, r := range st.GetResources() {
 			drifted := "no"
 			if r.GetDrifted() {

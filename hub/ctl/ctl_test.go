@@ -364,7 +364,16 @@ func TestApplications(t *testing.T) {
 		Cluster: "prod-us", Application: "web", Commit: c1, ObservedAt: observed,
 		Sync: droverv1.SyncState_SYNC_STATE_FAILED, Health: droverv1.Health_HEALTH_DEGRADED,
 		Message: "apply Deployment web/web: admission webhook \"policy\" denied the request",
+	}, {
+		// staging ran web before its labels changed; its agent has not
+		// confirmed the removal yet.
+		Cluster: "staging", Application: "web", Commit: c1, ObservedAt: observed,
+		Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_HEALTHY,
+		Resources: []*droverv1.ResourceStatus{{Version: "v1", Kind: "ConfigMap", Namespace: "web", Name: "web", Health: droverv1.Health_HEALTH_HEALTHY}},
 	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.MarkRemoving(ctx, map[string][]string{"staging": nil}); err != nil {
 		t.Fatal(err)
 	}
 

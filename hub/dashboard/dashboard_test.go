@@ -153,7 +153,14 @@ func newFixture(t *testing.T) *fixture {
 			}},
 		{Cluster: "us-1", Application: "web", Commit: commitWeb1, Sync: droverv1.SyncState_SYNC_STATE_APPLYING, Health: droverv1.Health_HEALTH_PROGRESSING,
 			ObservedAt: timestamppb.New(t0.Add(-3 * time.Hour))},
+		// api left us-1 (its labels changed) and its agent, offline, has
+		// not confirmed the prune: shown as being removed, counted nowhere
+		// (the overview's us-1 tile is not Degraded).
+		{Cluster: "us-1", Application: "api", Commit: commitAPI, Sync: droverv1.SyncState_SYNC_STATE_SYNCED, Health: droverv1.Health_HEALTH_DEGRADED,
+			ObservedAt: timestamppb.New(t0.Add(-4 * time.Hour))},
 	}))
+	_, err = st.MarkRemoving(ctx, map[string][]string{"us-1": {"web"}})
+	must(t, err)
 	must(t, st.AddEvent(ctx, &droverv1.Event{Time: timestamppb.New(t0.Add(-10 * time.Minute)), Kind: "application.source_failed", Actor: "hub", Application: "web",
 		Message: `fetch <img src=x onerror=alert(1)>: not found`}))
 	must(t, st.AddEvent(ctx, &droverv1.Event{Time: timestamppb.New(t0.Add(-5 * time.Minute)), Kind: "cluster.labels_changed", Actor: "alice", Cluster: "eu-1", Message: "labels region=eu"}))
@@ -307,7 +314,7 @@ func TestPages(t *testing.T) {
 		{"overview-search", "/?q=dev&fragment=1", 200, []string{"1 of 3 clusters"}},
 		{"overview-bad-selector", "/?selector=env+in+(%3Cscript%3E&fragment=1", 400, []string{`label selector &#34;env in (&lt;script&gt;&#34;`}},
 		{"cluster", "/clusters/eu-1?fragment=1", 200, []string{"Kubernetes v1.37.2", "✓ Acknowledged", "≠ 1 drifted", "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;"}},
-		{"cluster-offline", "/clusters/us-1?fragment=1", 200, []string{"○ Offline", "Not yet acknowledged", "✕ Rejected", "&lt;b&gt;bad&lt;/b&gt;"}},
+		{"cluster-offline", "/clusters/us-1?fragment=1", 200, []string{"○ Offline", "Not yet acknowledged", "✕ Rejected", "&lt;b&gt;bad&lt;/b&gt;", "Removing", "waiting for the agent to confirm the prune"}},
 		{"cluster-new", "/clusters/dev-1?fragment=1", 200, []string{"No application reports"}},
 		{"apps", "/apps?fragment=1", 200, []string{`href="https://github.com/acme/fleet/commit/` + commitWeb2 + `"`}},
 		{"app", "/apps/web?fragment=1", 200, []string{"Rollout: all at once (no strategy)", "Refresh source now", "! behind"}},

@@ -393,7 +393,8 @@ func (d *Dashboard) cluster(r *http.Request) (view, error) {
 	for _, st := range resp.GetApplications() {
 		row := appRow{Status: st, CommitURL: forgeCommitURL(repos[st.GetApplication()], st.GetCommit()), ID: "res-" + st.GetApplication(), ResourceCount: len(st.GetResources())}
 		row.Current = rels[st.GetApplication()].GetCommit()
-		row.Behind = row.Current != "" && st.GetCommit() != row.Current
+		// A removing application is not behind: it is leaving.
+		row.Behind = !st.GetRemoving() && row.Current != "" && st.GetCommit() != row.Current
 		for _, res := range st.GetResources() {
 			if res.GetDrifted() {
 				row.DriftedCount++

@@ -243,17 +243,29 @@ func (a *testAgent) connectWith(t *testing.T, tc *tls.Config, applied string) *s
 // nextAssignment waits for the next assignment, skipping pings.
 func (s *stream) nextAssignment(t *testing.T) *droverv1.Assignment {
 	t.Helper()
+	return s.next(t, "an assignment", func(m *droverv1.HubMessage) bool { return m.GetAssignment() != nil }).GetAssignment()
+}
+
+// nextCommand waits for the next command, skipping pings and assignments.
+func (s *stream) nextCommand(t *testing.T) *droverv1.Command {
+	t.Helper()
+	return s.next(t, "a command", func(m *droverv1.HubMessage) bool { return m.GetCommand() != nil }).GetCommand()
+}
+
+// next waits for the next message that is what, skipping the others.
+func (s *stream) next(t *testing.T, what string, is func(*droverv1.HubMessage) bool) *droverv1.HubMessage {
+	t.Helper()
 	deadline := time.After(30 * time.Second)
 	for {
 		select {
 		case m := <-s.msgs:
-			if a := m.GetAssignment(); a != nil {
-				return a
+			if is(m) {
+				return m
 			}
 		case err := <-s.errc:
-			t.Fatalf("stream ended while waiting for an assignment: %v", err)
+			t.Fatalf("stream ended while waiting for %s: %v", what, err)
 		case <-deadline:
-			t.Fatal("no assignment within 30s")
+			t.Fatalf("%s did not come within 30s", what)
 		}
 	}
 }

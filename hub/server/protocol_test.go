@@ -582,3 +582,108 @@ func TestUnreachableDatabaseAtStart(t *testing.T) {
 		t.Fatalf("error %q should say the database is the problem and hide the password", err)
 	}
 }
+
+// sendReport sends one status report.
+func (s *stream) sendReport(t *testing.T, rep *droverv1.StatusReport) {
+	t.Helper()
+	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: rep}})
+}
+
+// An application relabelled away from a cluster stays in the cluster's
+// statuses, marked removing and counted nowhere, until the agent says it
+// removed it; then it is gone. The agent's word is taken only for
+// applications not assigned to the cluster, a bad name is refused without
+// ending the stream, and an agent that may have forgotten a removal (a
+// new session while one is awaited) is asked for a full report, which
+// deletes nothing still assigned.
+func TestRemovedApplicationStatuses(t *testing.T) {
+	git := testbed.GitServer(t)
+	repo := git.CreateRepo(t, "fleet")
+	c1 := repo.Commit(t, "v1", map[string]string{"web/a.yaml": "kind: ConfigMap\n"})
+	h := startHub(t)
+	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"fleet": "all", "tier": "x"}})
+	a := h.mustRegister(t, tok, "a")
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("web", repo.URL, map[string]string{"fleet": "all"}), nil)
+	h.mustAPI(t, "POST", "/api/v1/applications", webApp("old", repo.URL, map[string]string{"tier": "x"}), nil)
+	s := a.connect(t, "")
+	s.awaitApplications(t, "old@"+c1, "web@"+c1)
+
+	status := func(app, msg string) *droverv1.ApplicationStatus {
+		return &droverv1.ApplicationStatus{Application: app, Commit: c1, Sync: droverv1.SyncState_SYNC_STATE_SYNCED,
+			Health: droverv1.Health_HEALTH_HEALTHY, Message: msg, ObservedAt: timestamppb.New(time.Now().Truncate(time.Microsecond))}
+	}
+	oldSt, webSt := status("old", "old runs"), status("web", "web runs")
+	s.sendStatuses(t, oldSt, webSt)
+	h.awaitStatus(t, "a", "web", "web runs")
+
+	healthyOn := func(app string) float64 {
+		return value(h.scrape(t), "drover_application_clusters_by_health", map[string]string{"application": app, "health": "healthy"})
+	}
+	counted := func() int32 {
+		var list droverv1.ListClustersResponse
+		h.mustAPI(t, "GET", "/api/v1/clusters", nil, &list)
+		return list.GetClusters()[0].GetHealthCounts()["Healthy"]
+	}
+	if n, m := counted(), healthyOn("old"); n != 2 || m != 1 {
+		t.Fatalf("before the relabel: a counts %d healthy, old healthy on %v clusters; want 2 and 1", n, m)
+	}
+
+	h.mustAPI(t, "PATCH", "/api/v1/clusters/a/labels", &droverv1.UpdateClusterLabelsRequest{Remove: []string{"tier"}}, nil)
+	s.awaitApplications(t, "web@"+c1)
+	removing := proto.CloneOf(oldSt)
+	removing.Removing = true
+	h.checkStatuses(t, "a", removing, webSt)
+	if n, m := counted(), healthyOn("old"); n != 1 || m != -1 {
+		t.Fatalf("while old is being removed: a counts %d healthy, old healthy on %v clusters; want 1 and none", n, m)
+	}
+
+	// web is assigned: the agent's word about it is wrong and ignored. A
+	// bad name is refused alone; old goes.
+	s.sendReport(t, &droverv1.StatusReport{Removed: []string{"web", "Not_A..Name", strings.Repeat("x", 300), "old"}})
+	webSt = status("web", "web after the removal")
+	s.sendStatuses(t, webSt)
+	h.awaitStatus(t, "a", "web", "web after the removal")
+	h.checkStatuses(t, "a", webSt)
+
+	// Placed again: a late word of its removal does not delete its new
+	// status.
+	h.mustAPI(t, "PATCH", "/api/v1/clusters/a/labels", &droverv1.UpdateClusterLabelsRequest{Set: map[string]string{"tier": "x"}}, nil)
+	s.awaitApplications(t, "old@"+c1, "web@"+c1)
+	oldSt = status("old", "old runs again")
+	s.sendStatuses(t, oldSt)
+	s.sendReport(t, &droverv1.StatusReport{Removed: []string{"old"}})
+	webSt = status("web", "web after the late removal")
+	s.sendStatuses(t, webSt)
+	h.awaitStatus(t, "a", "web", "web after the late removal")
+	h.checkStatuses(t, "a", oldSt, webSt)
+
+	// Removed again, and the agent's word lost with its session: the new
+	// session is asked for a full report. It lists nothing (the agent has
+	// reconciled nothing since it started), which deletes old but not
+	// web, still assigned.
+	h.mustAPI(t, "PATCH", "/api/v1/clusters/a/labels", &droverv1.UpdateClusterLabelsRequest{Remove: []string{"tier"}}, nil)
+	s.awaitApplications(t, "web@"+c1)
+	removing = proto.CloneOf(oldSt)
+	removing.Removing = true
+	h.checkStatuses(t, "a", removing, webSt)
+	s.cancel()
+	s = a.connect(t, "")
+	if c := s.nextCommand(t); c.GetType() != droverv1.CommandType_COMMAND_TYPE_RESYNC_STATUS {
+		t.Fatalf("first command of the new session %v, want RESYNC_STATUS", c)
+	}
+	s.sendReport(t, &droverv1.StatusReport{Full: true})
+	eventually(t, "old forgotten after the full report", func() bool {
+		return !slices.ContainsFunc(h.clusterStatuses(t, "a"), func(st *droverv1.ApplicationStatus) bool { return st.GetApplication() == "old" })
+	})
+	h.checkStatuses(t, "a", webSt)
+
+	// A new placement works as a relabel does, both ways.
+	h.mustAPI(t, "PUT", "/api/v1/applications/web", webApp("web", repo.URL, map[string]string{"fleet": "none"}), nil)
+	s.awaitApplications(t)
+	removing = proto.CloneOf(webSt)
+	removing.Removing = true
+	h.checkStatuses(t, "a", removing)
+	h.mustAPI(t, "PUT", "/api/v1/applications/web", webApp("web", repo.URL, map[string]string{"fleet": "all"}), nil)
+	s.awaitApplications(t, "web@"+c1)
+	h.checkStatuses(t, "a", webSt)
+}

@@ -19,7 +19,7 @@ type ClusterOverview struct {
 	LastSeen time.Time
 	Revoked  bool
 	// Apps counts the cluster's application statuses, Healthy those of
-	// them that are healthy.
+	// them that are healthy; statuses being removed count in neither.
 	Apps, Healthy int
 	// healths has bit 1<<h set for every health h some status reports
 	// (Health values are small enum numbers, well below 32).
@@ -58,7 +58,7 @@ func (s *Store) OverviewClusters(ctx context.Context, selector labels.Selector) 
 		WITH h AS MATERIALIZED (
 			SELECT cluster, count(*) AS apps, count(*) FILTER (WHERE health = $1) AS healthy,
 				bit_or(1 << health::int) AS healths
-			FROM app_status GROUP BY cluster
+			FROM app_status WHERE NOT removing GROUP BY cluster
 		)
 		SELECT c.name, c.labels, c.last_seen, c.revoked,
 			COALESCE(h.apps, 0), COALESCE(h.healthy, 0), COALESCE(h.healths, 0)

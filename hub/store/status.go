@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -188,25 +189,78 @@ func (s *Store) DeleteStatuses(ctx context.Context, cluster string, keep []strin
 // PruneStatuses is DeleteStatuses for many clusters (cluster → the
 // applications to keep) in one round trip.
 func (s *Store) PruneStatuses(ctx context.Context, keep map[string][]string) error {
-	if len(keep) == 0 {
-		return nil
+	_, err := s.perCluster(ctx, fmt.Sprintf("delete the statuses %d clusters no longer report", len(keep)),
+		`DELETE FROM app_status WHERE cluster = $1 AND NOT (application = ANY($2::text[]))`, keep)
+	return err
+}
+
+// RemoveStatuses deletes, per cluster, the statuses of the applications
+// listed: those its agent confirmed it removed. The caller has checked
+// that none of them is assigned to the cluster again.
+func (s *Store) RemoveStatuses(ctx context.Context, removed map[string][]string) error {
+	_, err := s.perCluster(ctx, fmt.Sprintf("delete the statuses of applications removed from %d clusters", len(removed)),
+		`DELETE FROM app_status WHERE cluster = $1 AND application = ANY($2::text[])`, removed)
+	return err
+}
+
+// MarkRemoving makes the removing mark of each given cluster's statuses
+// follow its assignment (cluster → the applications assigned to it): a
+// status of an application not assigned is removing, one of an assigned
+// application is not. Rows already right are not written. It returns how
+// many rows changed.
+func (s *Store) MarkRemoving(ctx context.Context, assigned map[string][]string) (int64, error) {
+	return s.perCluster(ctx, fmt.Sprintf("mark the statuses of applications that left %d clusters", len(assigned)), `
+		UPDATE app_status SET removing = NOT (application = ANY($2::text[]))
+		WHERE cluster = $1 AND removing IS DISTINCT FROM NOT (application = ANY($2::text[]))`, assigned)
+}
+
+// perCluster runs sql ($1 a cluster, $2 its applications) for every
+// cluster of apps in one round trip, and returns how many rows it
+// changed. Clusters go in name order, so concurrent calls lock rows in
+// the same order and cannot deadlock.
+func (s *Store) perCluster(ctx context.Context, op, sql string, apps map[string][]string) (int64, error) {
+	if len(apps) == 0 {
+		return 0, nil
 	}
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
+	clusters := slices.Sorted(maps.Keys(apps))
 	b := &pgx.Batch{}
-	for cluster, apps := range keep {
-		if apps == nil {
-			apps = []string{}
+	for _, cluster := range clusters {
+		names := apps[cluster]
+		if names == nil {
+			names = []string{}
 		}
-		b.Queue(`DELETE FROM app_status WHERE cluster = $1 AND NOT (application = ANY($2::text[]))`, cluster, apps)
+		b.Queue(sql, cluster, names)
 	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return classify(fmt.Sprintf("delete the statuses %d clusters no longer report", len(keep)), err)
+	br := s.pool.SendBatch(ctx, b)
+	var n int64
+	for range clusters {
+		tag, err := br.Exec()
+		if err != nil {
+			br.Close()
+			return n, classify(op, err)
+		}
+		n += tag.RowsAffected()
 	}
-	return nil
+	if err := br.Close(); err != nil {
+		return n, classify(op, err)
+	}
+	return n, nil
 }
 
-const statusSelect = `SELECT cluster, application, commit, sync, health, message, resources, observed_at FROM app_status`
+// Removing reports whether some status of the cluster is removing.
+func (s *Store) Removing(ctx context.Context, cluster string) (bool, error) {
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	var any bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM app_status WHERE cluster = $1 AND removing)`, cluster).Scan(&any); err != nil {
+		return false, classify(fmt.Sprintf("look for removing statuses of cluster %q", cluster), err)
+	}
+	return any, nil
+}
+
+const statusSelect = `SELECT cluster, application, commit, sync, health, message, resources, observed_at, removing FROM app_status`
 
 // GetStatuses returns the statuses of one cluster, by application.
 func (s *Store) GetStatuses(ctx context.Context, cluster string) ([]*droverv1.ApplicationStatus, error) {
@@ -249,7 +303,7 @@ func scanStatus(row pgx.Row) (*droverv1.ApplicationStatus, error) {
 		resources    []byte
 		observed     *time.Time
 	)
-	if err := row.Scan(&st.Cluster, &st.Application, &st.Commit, &sync, &health, &st.Message, &resources, &observed); err != nil {
+	if err := row.Scan(&st.Cluster, &st.Application, &st.Commit, &sync, &health, &st.Message, &resources, &observed, &st.Removing); err != nil {
 		return nil, err
 	}
 	st.Sync, st.Health = droverv1.SyncState(sync), droverv1.Health(health)
@@ -284,22 +338,23 @@ func newStatusCounts() *StatusCounts {
 }
 
 // ApplicationStatusCounts counts, per application, its statuses across the
-// fleet by health and sync state. Callers that count only placed clusters
-// use StatusesForApplication instead.
+// fleet by health and sync state; removing statuses count nowhere. Callers
+// that count only placed clusters use StatusesForApplication instead.
 func (s *Store) ApplicationStatusCounts(ctx context.Context) (map[string]*StatusCounts, error) {
 	return s.statusCounts(ctx, "count statuses by application", `
-		SELECT application, health, sync, count(*) FROM app_status GROUP BY 1, 2, 3`)
+		SELECT application, health, sync, count(*) FROM app_status WHERE NOT removing GROUP BY 1, 2, 3`)
 }
 
 // ClusterStatusCounts counts, per cluster in names, its statuses by health
-// and sync state. Clusters without statuses are absent.
+// and sync state; removing statuses count nowhere. Clusters without
+// statuses are absent.
 func (s *Store) ClusterStatusCounts(ctx context.Context, names []string) (map[string]*StatusCounts, error) {
 	if len(names) == 0 {
 		return map[string]*StatusCounts{}, nil
 	}
 	return s.statusCounts(ctx, fmt.Sprintf("count statuses of %d clusters", len(names)), `
 		SELECT cluster, health, sync, count(*) FROM app_status
-		WHERE cluster = ANY($1::text[]) GROUP BY 1, 2, 3`, names)
+		WHERE cluster = ANY($1::text[]) AND NOT removing GROUP BY 1, 2, 3`, names)
 }
 
 func (s *Store) statusCounts(ctx context.Context, op, sql string, args ...any) (map[string]*StatusCounts, error) {

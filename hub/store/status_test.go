@@ -174,3 +174,72 @@ func TestWriteStatusesBigBatch(t *testing.T) {
 		}
 	}
 }
+
+// A status of an application that left its cluster's assignment is kept,
+// marked removing, and counts nowhere until the agent confirms the
+// removal; placed there again, it is current again.
+func TestRemovingStatusesCountNowhere(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	registerClusters(t, s, nil, "c1", "c2")
+	if err := s.WriteStatuses(ctx, []*droverv1.ApplicationStatus{
+		makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c2", "old", 0, 1),
+	}); err != nil {
+		t.Fatalf("WriteStatuses: %v", err)
+	}
+	mark := func(assigned map[string][]string, want int64) {
+		t.Helper()
+		if n, err := s.MarkRemoving(ctx, assigned); err != nil || n != want {
+			t.Fatalf("MarkRemoving(%v) = %d, %v; want %d changed", assigned, n, err, want)
+		}
+	}
+	mark(map[string][]string{"c1": {"web"}}, 1)
+	// Marking what is marked changes nothing.
+	mark(map[string][]string{"c1": {"web"}}, 0)
+	// A late status of the application does not make it current again.
+	if err := s.WriteStatuses(ctx, []*droverv1.ApplicationStatus{makeStatus("c1", "old", 0, 2)}); err != nil {
+		t.Fatalf("WriteStatuses: %v", err)
+	}
+	removing := makeStatus("c1", "old", 0, 2)
+	removing.Removing = true
+	checkStatuses(t, s, map[string][]*droverv1.ApplicationStatus{
+		"c1": {removing, makeStatus("c1", "web", 0, 1)},
+		"c2": {makeStatus("c2", "old", 0, 1)},
+	})
+	for cluster, want := range map[string]bool{"c1": true, "c2": false} {
+		if got, err := s.Removing(ctx, cluster); err != nil || got != want {
+			t.Errorf("Removing(%s) = %v, %v; want %v", cluster, got, err, want)
+		}
+	}
+
+	healthy := droverv1.Health_HEALTH_HEALTHY
+	byCluster, err := s.ClusterStatusCounts(ctx, []string{"c1", "c2"})
+	if err != nil {
+		t.Fatalf("ClusterStatusCounts: %v", err)
+	}
+	if got := byCluster["c1"].Health[healthy]; got != 1 {
+		t.Errorf("c1 counts %d healthy, want 1 (web; old is being removed)", got)
+	}
+	byApp, err := s.ApplicationStatusCounts(ctx)
+	if err != nil {
+		t.Fatalf("ApplicationStatusCounts: %v", err)
+	}
+	if got := byApp["old"].Health[healthy]; got != 1 {
+		t.Errorf("old counts %d healthy clusters, want 1 (c2; c1 is removing it)", got)
+	}
+	ov, err := s.OverviewClusters(ctx, nil)
+	if err != nil {
+		t.Fatalf("OverviewClusters: %v", err)
+	}
+	for _, c := range ov {
+		if c.Name == "c1" && (c.Apps != 1 || c.Healthy != 1) {
+			t.Errorf("overview of c1: %d apps, %d healthy; want 1 and 1", c.Apps, c.Healthy)
+		}
+	}
+
+	// Placed there again: current again.
+	mark(map[string][]string{"c1": {"old", "web"}}, 1)
+	checkStatuses(t, s, map[string][]*droverv1.ApplicationStatus{
+		"c1": {makeStatus("c1", "old", 0, 2), makeStatus("c1", "web", 0, 1)},
+	})
+}

@@ -65,10 +65,13 @@ type StatusWriter struct {
 	// touches only its own cluster's backlog, not every cluster's.
 	pendingApps map[string]map[string]struct{}
 	prunes      map[string]pendingPrune // by cluster
-	seq         uint64                  // numbers enqueues
-	dropped     uint64
-	failures    int
-	lastErr     error
+	// removals are statuses to delete on their agent's word that it
+	// removed the application, with the seq of that word.
+	removals map[statusKey]uint64
+	seq      uint64 // numbers enqueues
+	dropped  uint64
+	failures int
+	lastErr  error
 }
 
 type pendingStatus struct {
@@ -125,6 +128,7 @@ func NewStatusWriter(store *Store, logger *slog.Logger, maxBatch int, maxDelay t
 		pending:     map[statusKey]pendingStatus{},
 		pendingApps: map[string]map[string]struct{}{},
 		prunes:      map[string]pendingPrune{},
+		removals:    map[statusKey]uint64{},
 	}
 	for _, o := range opts {
 		o(w)
@@ -147,12 +151,16 @@ func (w *StatusWriter) Enqueue(st *droverv1.ApplicationStatus) bool {
 }
 
 // EnqueueFull accepts a cluster's full report: sts are every status the
-// agent has, and the cluster's statuses of other applications are deleted
-// (before, in write order, anything enqueued after this call). Every
-// status must name cluster. It returns false when some of sts were refused:
-// by the backlog bound, or for naming another cluster.
-func (w *StatusWriter) EnqueueFull(cluster string, sts []*droverv1.ApplicationStatus) bool {
-	keep := make(map[string]struct{}, len(sts))
+// agent has, and the cluster's statuses of applications neither in sts
+// nor in also are deleted (before, in write order, anything enqueued after
+// this call). Every status must name cluster. It returns false when some
+// of sts were refused: by the backlog bound, or for naming another
+// cluster.
+func (w *StatusWriter) EnqueueFull(cluster string, sts []*droverv1.ApplicationStatus, also []string) bool {
+	keep := make(map[string]struct{}, len(sts)+len(also))
+	for _, app := range also {
+		keep[app] = struct{}{}
+	}
 	for _, st := range sts {
 		if st != nil && st.GetCluster() == cluster {
 			keep[st.GetApplication()] = struct{}{}
@@ -179,6 +187,27 @@ func (w *StatusWriter) EnqueueFull(cluster string, sts []*droverv1.ApplicationSt
 	}
 	w.signalLocked()
 	return ok
+}
+
+// EnqueueRemoved accepts an agent's word that it removed apps from
+// cluster: their statuses there are deleted (before, in write order,
+// anything enqueued after this call). The caller checked that none of
+// apps is assigned to cluster.
+func (w *StatusWriter) EnqueueRemoved(cluster string, apps []string) {
+	if len(apps) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.seq++
+	for _, app := range apps {
+		k := statusKey{cluster, app}
+		// A status still waiting is older than the removal; written after
+		// it, it would bring the row back.
+		w.unpendLocked(k)
+		w.removals[k] = w.seq
+	}
+	w.signalLocked()
 }
 
 func (w *StatusWriter) enqueueLocked(st *droverv1.ApplicationStatus) bool {
@@ -294,7 +323,7 @@ func (w *StatusWriter) pendingLen() int {
 func (w *StatusWriter) hasWork() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.pending) > 0 || len(w.prunes) > 0
+	return len(w.pending) > 0 || len(w.prunes) > 0 || len(w.removals) > 0
 }
 
 // Flush writes everything enqueued before it was called, retrying failed
@@ -333,11 +362,16 @@ func (w *StatusWriter) hasWorkUpTo(seq uint64) bool {
 			return true
 		}
 	}
+	for _, rs := range w.removals {
+		if rs <= seq {
+			return true
+		}
+	}
 	return false
 }
 
-// flushOnce writes the pending prunes and up to one batch of statuses.
-// What fails to be written is put back.
+// flushOnce writes the pending prunes and removals, then up to one batch
+// of statuses. What fails to be written is put back.
 func (w *StatusWriter) flushOnce(ctx context.Context) error {
 	w.flushMu.Lock()
 	defer w.flushMu.Unlock()
@@ -345,6 +379,8 @@ func (w *StatusWriter) flushOnce(ctx context.Context) error {
 	w.mu.Lock()
 	prunes := w.prunes
 	w.prunes = map[string]pendingPrune{}
+	removals := w.removals
+	w.removals = map[statusKey]uint64{}
 	batch := make([]statusKeyed, 0, min(len(w.pending), w.maxBatch))
 	for k, p := range w.pending {
 		if len(batch) == w.maxBatch {
@@ -361,7 +397,19 @@ func (w *StatusWriter) flushOnce(ctx context.Context) error {
 			keep[cluster] = slices.Collect(maps.Keys(p.keep))
 		}
 		if err := w.store.PruneStatuses(ctx, keep); err != nil {
-			w.requeue(prunes, batch)
+			w.requeue(prunes, removals, batch)
+			return w.failed(err)
+		}
+	}
+	if len(removals) > 0 {
+		byCluster := map[string][]string{}
+		for k := range removals {
+			byCluster[k.cluster] = append(byCluster[k.cluster], k.application)
+		}
+		if err := w.store.RemoveStatuses(ctx, byCluster); err != nil {
+			// The prunes are written; putting them back would only repeat
+			// them.
+			w.requeue(nil, removals, batch)
 			return w.failed(err)
 		}
 	}
@@ -384,7 +432,7 @@ func (w *StatusWriter) flushOnce(ctx context.Context) error {
 			w.drop(batch[0], err)
 			return w.succeeded()
 		}
-		w.requeue(nil, batch)
+		w.requeue(nil, nil, batch)
 		return w.failed(err)
 	}
 	return w.succeeded()
@@ -403,7 +451,7 @@ func (w *StatusWriter) writeEach(ctx context.Context, batch []statusKeyed) error
 		case isPoison(err):
 			w.drop(b, err)
 		default:
-			w.requeue(nil, batch[i:])
+			w.requeue(nil, nil, batch[i:])
 			return w.failed(err)
 		}
 	}
@@ -419,8 +467,9 @@ func (w *StatusWriter) drop(b statusKeyed, err error) {
 
 // requeue puts back what a failed flush took, unless something newer took
 // its place meanwhile: a newer status of the same key, or a newer full
-// report of the cluster that no longer lists the application.
-func (w *StatusWriter) requeue(prunes map[string]pendingPrune, batch []statusKeyed) {
+// report of the cluster that no longer lists the application, or a newer
+// removal of it.
+func (w *StatusWriter) requeue(prunes map[string]pendingPrune, removals map[statusKey]uint64, batch []statusKeyed) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for cluster, p := range prunes {
@@ -428,8 +477,19 @@ func (w *StatusWriter) requeue(prunes map[string]pendingPrune, batch []statusKey
 			w.prunes[cluster] = p
 		}
 	}
+	for k, seq := range removals {
+		// A status enqueued after the removal (the application placed on
+		// the cluster again) must still be written after it, which the
+		// flush order (removals before statuses) keeps.
+		if cur, ok := w.removals[k]; !ok || cur < seq {
+			w.removals[k] = seq
+		}
+	}
 	for _, b := range batch {
 		if _, newer := w.pending[b.key]; newer {
+			continue
+		}
+		if seq, ok := w.removals[b.key]; ok && seq > b.seq {
 			continue
 		}
 		if p, ok := w.prunes[b.key.cluster]; ok && p.seq > b.seq {

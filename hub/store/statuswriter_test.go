@@ -82,12 +82,12 @@ func TestStatusWriterFullReport(t *testing.T) {
 	// A delta for an application the full report below no longer lists:
 	// older than the report, it must not come back.
 	w.Enqueue(makeStatus("c1", "gone", 0, 1))
-	if !w.EnqueueFull("c1", []*droverv1.ApplicationStatus{makeStatus("c1", "web", 0, 2), makeStatus("c1", "api", 0, 2)}) {
+	if !w.EnqueueFull("c1", []*droverv1.ApplicationStatus{makeStatus("c1", "web", 0, 2), makeStatus("c1", "api", 0, 2)}, nil) {
 		t.Fatal("EnqueueFull refused")
 	}
 	// A delta after the report is newer than it.
 	w.Enqueue(makeStatus("c1", "new", 0, 3))
-	if w.EnqueueFull("c2", []*droverv1.ApplicationStatus{makeStatus("c1", "web", 0, 2)}) {
+	if w.EnqueueFull("c2", []*droverv1.ApplicationStatus{makeStatus("c1", "web", 0, 2)}, nil) {
 		t.Error("EnqueueFull took a status of another cluster")
 	}
 	if err := w.Flush(ctx); err != nil {
@@ -96,6 +96,46 @@ func TestStatusWriterFullReport(t *testing.T) {
 	checkStatuses(t, s, map[string][]*droverv1.ApplicationStatus{
 		"c1": {makeStatus("c1", "api", 0, 2), makeStatus("c1", "new", 0, 3), makeStatus("c1", "web", 0, 2)},
 		"c2": nil,
+	})
+}
+
+// The agent's word that it removed an application deletes that status of
+// that cluster only, and a full report deletes no status of an
+// application still assigned, listed or not.
+func TestStatusWriterRemovals(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	registerClusters(t, s, nil, "c1", "c2")
+	if err := s.WriteStatuses(ctx, []*droverv1.ApplicationStatus{
+		makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c1", "api", 0, 1), makeStatus("c2", "old", 0, 1),
+	}); err != nil {
+		t.Fatalf("WriteStatuses: %v", err)
+	}
+	w := NewStatusWriter(s, testlog.New(t), 10, time.Hour)
+	// Older than the removal: must not bring the row back.
+	w.Enqueue(makeStatus("c1", "old", 0, 2))
+	w.EnqueueRemoved("c1", []string{"old"})
+	if err := w.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	checkStatuses(t, s, map[string][]*droverv1.ApplicationStatus{
+		"c1": {makeStatus("c1", "api", 0, 1), makeStatus("c1", "web", 0, 1)},
+		"c2": {makeStatus("c2", "old", 0, 1)},
+	})
+
+	// Placed again after the removal: its new status is written after it.
+	w.EnqueueRemoved("c2", []string{"old"})
+	w.Enqueue(makeStatus("c2", "old", 0, 3))
+	// api is assigned but not reconciled yet since the agent started.
+	if !w.EnqueueFull("c1", []*droverv1.ApplicationStatus{makeStatus("c1", "web", 0, 2)}, []string{"web", "api"}) {
+		t.Fatal("EnqueueFull refused")
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	checkStatuses(t, s, map[string][]*droverv1.ApplicationStatus{
+		"c1": {makeStatus("c1", "api", 0, 1), makeStatus("c1", "web", 0, 2)},
+		"c2": {makeStatus("c2", "old", 0, 3)},
 	})
 }
 

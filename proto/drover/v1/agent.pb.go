@@ -495,8 +495,17 @@ type StatusReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Changed statuses only, unless full is set.
 	Applications []*ApplicationStatus `protobuf:"bytes,1,rep,name=applications,proto3" json:"applications,omitempty"`
-	// A full resync: every application the agent knows is listed.
-	Full          bool `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	// A full resync: every application the agent knows is listed. The hub
+	// deletes its statuses of applications neither listed nor assigned to
+	// the cluster; an agent defers a full report while it is still removing
+	// an application, so that one is not dropped before its prune.
+	Full bool `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	// Applications the agent finished removing since its last report: they
+	// left its assignment and were pruned (or left in place, prune being
+	// off). The hub then forgets their statuses on this cluster, unless the
+	// application was assigned to it again meanwhile. At most 1000 names a
+	// report, each an application name; the hub ignores the rest.
+	Removed       []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -543,6 +552,13 @@ func (x *StatusReport) GetFull() bool {
 		return x.Full
 	}
 	return false
+}
+
+func (x *StatusReport) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
 }
 
 // Heartbeat keeps the cluster's last-seen time and the connection alive.
@@ -1314,10 +1330,11 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\rAssignmentAck\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"d\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"~\n" +
 	"\fStatusReport\x12@\n" +
 	"\fapplications\x18\x01 \x03(\v2\x1c.drover.v1.ApplicationStatusR\fapplications\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\"@\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\"@\n" +
 	"\tHeartbeat\x123\n" +
 	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xa4\x01\n" +
 	"\n" +

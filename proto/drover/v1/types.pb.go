@@ -327,7 +327,12 @@ type ApplicationStatus struct {
 	Message   string            `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
 	Resources []*ResourceStatus `protobuf:"bytes,7,rep,name=resources,proto3" json:"resources,omitempty"`
 	// When the agent observed this state.
-	ObservedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=observed_at,json=observedAt,proto3" json:"observed_at,omitempty"`
+	ObservedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=observed_at,json=observedAt,proto3" json:"observed_at,omitempty"`
+	// Set by the hub, ignored when an agent sends it: the application left
+	// the cluster's assignment and the hub waits for the agent to confirm
+	// it was removed. The other fields are the agent's last report from
+	// before; a removing status counts nowhere.
+	Removing      bool `protobuf:"varint,9,opt,name=removing,proto3" json:"removing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -416,6 +421,13 @@ func (x *ApplicationStatus) GetObservedAt() *timestamppb.Timestamp {
 		return x.ObservedAt
 	}
 	return nil
+}
+
+func (x *ApplicationStatus) GetRemoving() bool {
+	if x != nil {
+		return x.Removing
+	}
+	return false
 }
 
 // LabelSelector is a Kubernetes label selector: all of match_labels and all of
@@ -552,7 +564,7 @@ const file_drover_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12)\n" +
 	"\x06health\x18\x06 \x01(\x0e2\x11.drover.v1.HealthR\x06health\x12\x18\n" +
 	"\amessage\x18\a \x01(\tR\amessage\x12\x18\n" +
-	"\adrifted\x18\b \x01(\bR\adrifted\"\xcc\x02\n" +
+	"\adrifted\x18\b \x01(\bR\adrifted\"\xe8\x02\n" +
 	"\x11ApplicationStatus\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12 \n" +
 	"\vapplication\x18\x02 \x01(\tR\vapplication\x12\x16\n" +
@@ -562,7 +574,8 @@ const file_drover_v1_types_proto_rawDesc = "" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x127\n" +
 	"\tresources\x18\a \x03(\v2\x19.drover.v1.ResourceStatusR\tresources\x12;\n" +
 	"\vobserved_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"observedAt\"\xef\x01\n" +
+	"observedAt\x12\x1a\n" +
+	"\bremoving\x18\t \x01(\bR\bremoving\"\xef\x01\n" +
 	"\rLabelSelector\x12L\n" +
 	"\fmatch_labels\x18\x01 \x03(\v2).drover.v1.LabelSelector.MatchLabelsEntryR\vmatchLabels\x12P\n" +
 	"\x11match_expressions\x18\x02 \x03(\v2#.drover.v1.LabelSelectorRequirementR\x10matchExpressions\x1a>\n" +
