@@ -26,8 +26,11 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 40m
 .PHONY: build test check proto bench demo testbed deps clean
 
 ## build: drover-hub, drover-agent and droverctl into bin/
+# Static, as in the release image: with cgo the linker exports every symbol
+# (Kustomize imports package plugin), and the agent's binary pages alone
+# took 62 MiB of resident memory instead of 44.
 build:
-	go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./hub/cmd/drover-hub ./hub/cmd/droverctl ./agent/cmd/drover-agent
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./hub/cmd/drover-hub ./hub/cmd/droverctl ./agent/cmd/drover-agent
 
 # Tests and benchmarks run in a network namespace with nothing but loopback
 # (e2e/testbed/offline.sh): no test can send a packet off the machine. The

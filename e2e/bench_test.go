@@ -516,6 +516,7 @@ func buildAgent(tb testing.TB, dir string) string {
 	}
 	bin := filepath.Join(dir, "drover-agent")
 	cmd := exec.CommandContext(tb.Context(), goBin, "build", "-o", bin, "github.com/drover-dev/drover/agent/cmd/drover-agent")
+	cmd.Env = testbed.StaticBuildEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("go build drover-agent: %v\n%s", err, out)
 	}

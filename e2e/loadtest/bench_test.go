@@ -691,6 +691,7 @@ func buildHub(b *testing.B, dir string) string {
 	bin := filepath.Join(dir, "drover-hub")
 	build := exec.Command("go", "build", "-o", bin, "./hub/cmd/drover-hub")
 	build.Dir = filepath.Join("..", "..") // the module root, from e2e/loadtest
+	build.Env = testbed.StaticBuildEnv()
 	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("build drover-hub: %v\n%s", err, out)
 	}

@@ -47,6 +47,12 @@ var droverBuild struct {
 // build them into bin/ first), so test binaries need not each build them.
 const BinDirEnv = "DROVER_BIN_DIR"
 
+// StaticBuildEnv is the environment for building Drover's binaries as
+// make build and the release image do: static, without cgo (with it the
+// linker exports every symbol, which costs the agent 18 MiB of resident
+// memory).
+func StaticBuildEnv() []string { return append(os.Environ(), "CGO_ENABLED=0") }
+
 // DroverBinaries returns drover-hub, drover-agent and droverctl: those in
 // $DROVER_BIN_DIR, or else built from the module the test runs in (the
 // first call builds them; later ones wait for it) into a directory that
@@ -97,6 +103,7 @@ func buildDrover() (Binaries, error) {
 	cmd := exec.Command(goBin, "build", "-o", dir+string(filepath.Separator),
 		"./hub/cmd/drover-hub", "./hub/cmd/droverctl", "./agent/cmd/drover-agent")
 	cmd.Dir = filepath.Dir(gomod)
+	cmd.Env = StaticBuildEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Binaries{}, fmt.Errorf("go build Drover's binaries: %w\n%s", err, out)
 	}
