@@ -253,11 +253,11 @@ func (s *Store) perCluster(ctx context.Context, op, sql string, apps map[string]
 func (s *Store) Removing(ctx context.Context, cluster string) (bool, error) {
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	var any bool
-	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM app_status WHERE cluster = $1 AND removing)`, cluster).Scan(&any); err != nil {
+	var found bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM app_status WHERE cluster = $1 AND removing)`, cluster).Scan(&found); err != nil {
 		return false, classify(fmt.Sprintf("look for removing statuses of cluster %q", cluster), err)
 	}
-	return any, nil
+	return found, nil
 }
 
 const statusSelect = `SELECT cluster, application, commit, sync, health, message, resources, observed_at, removing FROM app_status`
