@@ -35,6 +35,7 @@ type Git struct {
 	workDir  string // one worktree per repository, where commits are made
 	homeDir  string // HOME for every git process: no user config leaks in
 	stock    bool   // without the settings that let clients want any SHA
+	owners   bool   // record which process made each fetch
 
 	requests  atomic.Int64
 	sentBytes atomic.Int64
@@ -42,6 +43,9 @@ type Git struct {
 	mu           sync.Mutex // guards the fields below
 	repoRequests map[string]int
 	repos        map[string]*Repo
+	// fetchesBy counts fetches by the process that made them, with
+	// WithFetchOwners; 0 is a fetch whose process was not found.
+	fetchesBy map[int]int
 }
 
 // GitOption configures GitServer.
@@ -49,7 +53,7 @@ type GitOption func(*gitConfig)
 
 type gitConfig struct {
 	user, password string
-	stock          bool
+	stock, owners  bool
 }
 
 // WithStockConfig makes the server answer as `git http-backend` does with
@@ -101,6 +105,8 @@ func GitServer(t testing.TB, opts ...GitOption) *Git {
 		workDir:      filepath.Join(dir, "work"),
 		homeDir:      filepath.Join(dir, "home"),
 		stock:        cfg.stock,
+		owners:       cfg.owners,
+		fetchesBy:    make(map[int]int),
 		repoRequests: make(map[string]int),
 		repos:        make(map[string]*Repo),
 	}
@@ -145,6 +151,9 @@ func (g *Git) count(next http.Handler) http.Handler {
 			g.mu.Lock()
 			g.repoRequests[name]++
 			g.mu.Unlock()
+		}
+		if g.owners && r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/git-upload-pack") {
+			g.countFetch(r)
 		}
 		next.ServeHTTP(&countingWriter{ResponseWriter: w, n: &g.sentBytes}, r)
 	})

@@ -232,3 +232,32 @@ func TestGitRefs(t *testing.T) {
 		t.Errorf("b.yaml: %v", err)
 	}
 }
+
+// TestGitFetchOwners checks that a server WithFetchOwners counts each
+// fetch under the process that made it, here this test's own, and under
+// no other; a listing of refs (ls-remote) is no fetch.
+func TestGitFetchOwners(t *testing.T) {
+	t.Parallel()
+	srv := GitServer(t, WithFetchOwners())
+	repo := srv.CreateRepo(t, "owners")
+	repo.Commit(t, "first", map[string]string{"a.yaml": "a: 1\n"})
+	rem := git.NewRemote(memory.NewStorage(), &config.RemoteConfig{Name: "origin", URLs: []string{repo.URL}})
+	if _, err := rem.ListContext(t.Context(), &git.ListOptions{}); err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	if n := srv.FetchesBy(os.Getpid()); n != 0 {
+		t.Fatalf("a listing of refs counted as %d fetches", n)
+	}
+	for want := 1; want <= 2; want++ {
+		repo.Commit(t, "next", map[string]string{"a.yaml": "a: next\n"})
+		if err := rem.FetchContext(t.Context(), &git.FetchOptions{RefSpecs: []config.RefSpec{"+refs/heads/main:refs/heads/main"}}); err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		if n := srv.FetchesBy(os.Getpid()); n != want {
+			t.Errorf("FetchesBy(this process) = %d after %d fetches", n, want)
+		}
+	}
+	if n := srv.UnownedFetches(); n != 0 {
+		t.Errorf("%d fetches tied to no process", n)
+	}
+}

@@ -4,7 +4,9 @@
 // register through the agent endpoint, commits the Git watcher resolves
 // and the steps of every rollout all reach the fleet through one
 // Controller. It creates releases (a commit that changes nothing under an
-// application's paths is a no-op release), keeps each application's last
+// application's paths is a no-op release: its clusters keep the content
+// commit they have, so none moves and no agent fetches), keeps each
+// application's last
 // source error, and runs the rollout engine that moves releases across
 // the clusters in waves.
 //
@@ -171,7 +173,7 @@ func (c *Controller) load(ctx context.Context) error {
 		return fmt.Errorf("load releases: %w", err)
 	}
 	for _, a := range apps {
-		c.setApp(ctx, a, rels[a.GetName()].GetCommit())
+		c.setApp(ctx, a, rels[a.GetName()].GetContentCommit())
 	}
 	// A hub that stopped between a placement change and its marks, or an
 	// older hub that made none, left them behind the fleet.
@@ -288,7 +290,7 @@ func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Applic
 	}
 	commit := ""
 	if len(rels) > 0 {
-		commit = rels[0].GetCommit()
+		commit = rels[0].GetContentCommit()
 	}
 	// Only the clusters it leaves (a new selector or cluster list) and
 	// those it reaches have statuses to mark. A change racing this one
@@ -453,60 +455,70 @@ func (c *Controller) newCommit(ctx context.Context, app, commit string) (bool, e
 	if hadErr {
 		c.event(ctx, "application.source_recovered", app, "the source resolves again")
 	}
-	managed := c.rollouts.manages(app)
-	from, noop := "", false
-	if managed {
-		from = c.rollouts.release(app)
-		noop = c.unchanged(ctx, app, spec.GetSource(), from, commit)
-		if noop {
-			// Before the release is stored, so the engine never sees the
-			// release's noop flag without the release it holds against.
-			c.rollouts.noop(app, commit, from)
-		}
+	content, err := c.content(ctx, app, spec.GetSource(), commit)
+	if err != nil {
+		return false, err
 	}
-	created, err := c.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), noop, time.Now())
+	created, err := c.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), content, time.Now())
 	if err != nil {
 		return false, err
 	}
 	if created {
-		c.log.Info("new release", "app", app, "commit", commit, "noop", noop)
+		c.log.Info("new release", "app", app, "commit", commit, "content", content)
 		msg := "new release at commit " + commit
-		if noop {
-			msg += ": nothing changed under the application's paths, so every cluster moves to it at once"
+		if content != commit {
+			msg += fmt.Sprintf(": nothing changed under the application's paths since %s, so the clusters keep its content and no cluster moves", content)
 		}
 		c.event(ctx, "release.created", app, msg)
 	}
-	if managed {
-		// The rollout engine moves the release across the clusters.
+	if c.rollouts.manages(app) {
+		// The rollout engine moves the release's content across the
+		// clusters; one they run already needs no rollout.
 		c.rollouts.poke()
 		return created, nil
 	}
-	if err := c.fleet.SetCommit(app, commit); err != nil && !errors.Is(err, fleet.ErrNotFound) {
+	if err := c.fleet.SetCommit(app, content); err != nil && !errors.Is(err, fleet.ErrNotFound) {
 		return created, err
 	}
 	return created, nil
 }
 
-// unchanged reports whether commit changes nothing under the paths of
-// src since from, the release of the application's rollout: such a
-// release needs no rollout. Any doubt (no rollout yet, a fetch that
-// fails) means changed, which costs only a rollout.
-func (c *Controller) unchanged(ctx context.Context, app string, src *droverv1.Source, from, commit string) bool {
-	if from == "" || from == commit {
-		return false
+// content is the commit whose tree the clusters get for a release of
+// commit: the current release's content commit when commit changes
+// nothing under the application's paths since it, else commit itself.
+// Any doubt (no release yet, credentials or a compare that fail) means
+// changed, which costs only a fetch per cluster.
+func (c *Controller) content(ctx context.Context, app string, src *droverv1.Source, commit string) (string, error) {
+	rels, err := c.store.ListReleases(ctx, app, 1)
+	if err != nil {
+		return "", err
+	}
+	if len(rels) == 0 {
+		return commit, nil
+	}
+	if rels[0].GetCommit() == commit {
+		// Resolved again: the release keeps the content it has.
+		return rels[0].GetContentCommit(), nil
+	}
+	from := rels[0].GetContentCommit()
+	if from == commit {
+		return commit, nil
 	}
 	creds, err := c.Credentials(ctx, src.GetRepoUrl())
 	if err != nil {
 		c.log.Warn("compare releases: read repository credentials", "app", app, "err", err)
-		return false
+		return commit, nil
 	}
 	paths := append([]string{src.GetPath()}, src.GetExtraPaths()...)
 	changed, err := c.resolver.PathsChanged(ctx, src.GetRepoUrl(), creds, from, commit, paths)
 	if err != nil {
 		c.log.Warn("compare releases", "app", app, "commit", commit, "from", from, "err", err)
-		return false
+		return commit, nil
 	}
-	return !changed
+	if changed {
+		return commit, nil
+	}
+	return from, nil
 }
 
 // OnError records that an application's source could not be resolved.

@@ -30,9 +30,16 @@ type setup struct {
 
 func start(t *testing.T) *setup {
 	t.Helper()
+	return startOn(t, testbed.Postgres(t))
+}
+
+// startOn is start over the database at dsn: a second one over the same
+// database is a hub that restarted.
+func startOn(t *testing.T, dsn string) *setup {
+	t.Helper()
 	ctx := context.Background()
 	logger := testlog.New(t)
-	st, err := store.Open(ctx, testbed.Postgres(t), logger)
+	st, err := store.Open(ctx, dsn, logger)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}

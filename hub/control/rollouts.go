@@ -58,12 +58,6 @@ type rollouts struct {
 	apps map[string]*engineApp
 	// states is each application's rollout as last stored.
 	states map[string]rollout.State
-	// noops holds, for each application whose newest release was found
-	// to change nothing under its paths, the release it was compared
-	// with. A release's noop flag holds only against that release: if
-	// the rollout moved on meanwhile, the release is rolled out as any
-	// other. Lost on restart, which costs only a rollout.
-	noops map[string]noopRelease
 }
 
 // engineApp is an application as the engine keeps it: what goes into the
@@ -75,10 +69,6 @@ type engineApp struct {
 	strategy    *spec.Strategy
 	strategyErr error
 }
-
-// noopRelease says that commit changes nothing under its application's
-// paths since from.
-type noopRelease struct{ commit, from string }
 
 type controlRequest struct {
 	app, actor string
@@ -100,7 +90,6 @@ func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTi
 		control: make(chan controlRequest),
 		apps:    map[string]*engineApp{},
 		states:  states,
-		noops:   map[string]noopRelease{},
 	}, nil
 }
 
@@ -146,7 +135,6 @@ func (e *rollouts) removeApp(name string) {
 	defer e.mu.Unlock()
 	delete(e.apps, name)
 	delete(e.states, name)
-	delete(e.noops, name)
 	e.fleet.RemoveApp(name)
 }
 
@@ -157,22 +145,6 @@ func (e *rollouts) manages(app string) bool {
 	defer e.mu.Unlock()
 	a := e.apps[app]
 	return a != nil && a.Spec.GetRollout() != nil
-}
-
-// release is the release an application's rollout moves (or moved) to
-// its clusters, "" before its first: what a new commit is compared with.
-func (e *rollouts) release(app string) string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.states[app].Release
-}
-
-// noop records that commit changes nothing under app's paths since from,
-// the rollout's release when they were compared.
-func (e *rollouts) noop(app, commit, from string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.noops[app] = noopRelease{commit: commit, from: from}
 }
 
 // poke wakes the engine without waiting.
@@ -314,7 +286,6 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 	e.mu.Lock()
 	app := e.apps[name]
 	prev := e.states[name]
-	noop := e.noops[name]
 	e.mu.Unlock()
 	if app == nil || app.Spec.GetRollout() == nil {
 		return nil
@@ -323,20 +294,20 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 		// Stored before a stricter rule: hold every cluster where it is.
 		return fmt.Errorf("rollout strategy: %w", app.strategyErr)
 	}
-	rel, obs, now, err := e.observe(ctx, name, prev, lbls)
+	_, obs, now, err := e.observe(ctx, name, prev, lbls)
 	if err != nil {
 		return err
 	}
 	obs.Strategy = app.strategy
-	// The planner compares with its own release; a release found a no-op
-	// against another one is a change to roll out.
-	obs.NoOp = rel.GetNoop() && noop == noopRelease{commit: obs.Commit, from: prev.Release}
 	next, actions := rollout.Step(prev, obs, now)
 	return e.commit(ctx, name, prev, next, actions, "hub")
 }
 
 // observe reads what the planner needs about an application: its newest
-// release (nil before the first), its placed clusters and what is known
+// release (nil before the first), whose content commit is what the
+// planner rolls out (a release that changes nothing under the
+// application's paths has the content of the one before, so it starts no
+// rollout and moves no cluster), its placed clusters and what is known
 // about each, and the database's clock. prev is the rollout the
 // observations are for, so that the objects of a Degraded report are read
 // only while the planner has yet to take the report in.
@@ -349,7 +320,7 @@ func (e *rollouts) observe(ctx context.Context, name string, prev rollout.State,
 	var rel *droverv1.Release
 	if len(rels) > 0 {
 		rel = rels[0]
-		obs.Commit = rel.GetCommit()
+		obs.Commit = rel.GetContentCommit()
 	}
 	placed := e.fleet.PlacedClusters(name)
 	for _, c := range placed {

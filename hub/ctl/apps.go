@@ -66,6 +66,7 @@ func runDescribeApp(ctx context.Context, x *invocation, args []string) error {
 	f.add("Generation", fmt.Sprint(a.GetGeneration()))
 	f.add("Created", ago(now, a.GetCreatedAt()))
 	f.add("Updated", ago(now, a.GetUpdatedAt()))
+	f.add("Commit", releaseCommit(resp.GetReleases()))
 	f.section("Source")
 	f.add("Repository", src.GetRepoUrl())
 	f.add("Ref", orDefault(src.GetRef(), "(default branch)"))
@@ -92,19 +93,42 @@ func runDescribeApp(ctx context.Context, x *invocation, args []string) error {
 	if len(resp.GetReleases()) == 0 {
 		fmt.Fprintln(x.out(), "  "+none)
 	} else {
-		t := newIndentedTable(x.out(), "  ", "COMMIT", "REF", "AGE", "NOOP")
+		t := newIndentedTable(x.out(), "  ", "COMMIT", "REF", "AGE", "NOOP", "CONTENT")
 		for _, r := range resp.GetReleases() { // the hub sends them newest first
 			noop := "no"
 			if r.GetNoop() {
 				noop = "yes"
 			}
-			t.row(shortCommit(r.GetCommit()), r.GetRef(), age(now, r.GetCreatedAt()), noop)
+			t.row(shortCommit(r.GetCommit()), r.GetRef(), age(now, r.GetCreatedAt()), noop, shortCommit(contentCommit(r)))
 		}
 		if err := t.flush(); err != nil {
 			return err
 		}
 	}
 	return printAppClusters(x, resp.GetPlacedClusters(), resp.GetStatuses())
+}
+
+// releaseCommit says which commit the current release (the first of
+// rels) is at and, when its clusters get an earlier commit's content,
+// which and why.
+func releaseCommit(rels []*droverv1.Release) string {
+	if len(rels) == 0 {
+		return ""
+	}
+	r := rels[0]
+	if c := contentCommit(r); c != r.GetCommit() {
+		return fmt.Sprintf("%s (content from %s: nothing under the application's paths changed since)", shortCommit(r.GetCommit()), shortCommit(c))
+	}
+	return shortCommit(r.GetCommit())
+}
+
+// contentCommit is the commit whose tree a release's clusters get; a hub
+// from before content commits sends none, and its releases get their own.
+func contentCommit(r *droverv1.Release) string {
+	if c := r.GetContentCommit(); c != "" {
+		return c
+	}
+	return r.GetCommit()
 }
 
 // printAppClusters prints one line per placed cluster; a cluster that has

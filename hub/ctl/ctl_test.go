@@ -393,6 +393,12 @@ func TestApplications(t *testing.T) {
 		t.Errorf("app refresh after a new commit printed %q, want commit %s as a new release", r.stdout, c2)
 	}
 	s.must("", "describe", "application", "web")
+	// A commit outside web's path: a release whose clusters keep c2's
+	// content, which describe says.
+	c3 := repo.Commit(t, "docs", map[string]string{"docs/readme.md": "# fleet\n"})
+	s.replace(c3, "<commit-3>", c3[:7], "<sha-3>")
+	s.must("", "app", "refresh", "web")
+	s.must("", "describe", "application", "web")
 	s.must("", "get", "events", "--app", "web")
 	s.must("", "get", "events", "--app", "web", "--kind", "release.", "--limit", "1")
 	s.fails(1, "", "describe", "app", "nope")

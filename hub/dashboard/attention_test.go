@@ -92,6 +92,29 @@ func TestAppSummaryCountsOfflineAndBehind(t *testing.T) {
 	}
 }
 
+// TestUnrelatedReleaseIsNotBehind: a release of web whose commit changed
+// nothing under web's paths keeps commitWeb2's content, so eu-1, at
+// commitWeb2, is not behind it, and the application's page says where
+// the content comes from.
+func TestUnrelatedReleaseIsNotBehind(t *testing.T) {
+	f := newFixture(t)
+	const unrelated = "4444444444444444444444444444444444444444"
+	_, err := f.store.AddRelease(t.Context(), "web", unrelated, "main", commitWeb2, t0.Add(-time.Minute))
+	must(t, err)
+	b := f.browser(t)
+	b.login(f.viewer)
+	_, body := b.get("/apps/web?fragment=1")
+	for _, want := range []string{"1 behind the current release", "<code>4444444444</code>", "content from <code>2222222222</code>: nothing under the application's paths changed since"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("application page lacks %q:\n%s", want, body)
+		}
+	}
+	_, body = b.get("/clusters/eu-1?fragment=1")
+	if strings.Contains(body, "! behind") {
+		t.Errorf("eu-1, at the content of web's release, shows as behind:\n%s", body)
+	}
+}
+
 // TestPagesAreCompressed: pages go gzip-compressed to a browser that
 // accepts it; the live stream does not, so its events are never held back.
 func TestPagesAreCompressed(t *testing.T) {

@@ -352,7 +352,7 @@ func (d *Dashboard) appHealthCounts(ctx context.Context) ([]countBadge, int, err
 type appRow struct {
 	Status        *droverv1.ApplicationStatus
 	CommitURL     string
-	Current       string // the application's current release commit
+	Current       string // the commit the application's clusters should run: its current release's content commit
 	Behind        bool
 	ID            string
 	DriftedCount  int
@@ -392,7 +392,7 @@ func (d *Dashboard) cluster(r *http.Request) (view, error) {
 	}
 	for _, st := range resp.GetApplications() {
 		row := appRow{Status: st, CommitURL: forgeCommitURL(repos[st.GetApplication()], st.GetCommit()), ID: "res-" + st.GetApplication(), ResourceCount: len(st.GetResources())}
-		row.Current = rels[st.GetApplication()].GetCommit()
+		row.Current = rels[st.GetApplication()].GetContentCommit()
 		// A removing application is not behind: it is leaving.
 		row.Behind = !st.GetRemoving() && row.Current != "" && st.GetCommit() != row.Current
 		for _, res := range st.GetResources() {
@@ -541,7 +541,9 @@ func (d *Dashboard) app(r *http.Request) (view, error) {
 	healthN := map[state]int{}
 	current := ""
 	if data.Current != nil {
-		current = data.Current.Release.GetCommit()
+		// A release that changed nothing under the application's paths
+		// leaves its clusters on the content commit, not behind.
+		current = data.Current.Release.GetContentCommit()
 	}
 	if len(placed) > 0 {
 		err = d.eachCluster(ctx, sel, func(c *droverv1.Cluster, _ *store.StatusCounts) {

@@ -74,9 +74,9 @@ func addShop(t *testing.T, f *fixture) {
 	}}
 	_, err := f.store.CreateApplication(ctx, a, "alice")
 	must(t, err)
-	_, err = f.store.AddRelease(ctx, "shop", commitWeb2, "main", false, t0.Add(-3*time.Hour))
+	_, err = f.store.AddRelease(ctx, "shop", commitWeb2, "main", "", t0.Add(-3*time.Hour))
 	must(t, err)
-	_, err = f.store.AddRelease(ctx, "shop", commitNew, "main", false, t0.Add(-40*time.Minute))
+	_, err = f.store.AddRelease(ctx, "shop", commitNew, "main", "", t0.Add(-40*time.Minute))
 	must(t, err)
 	conn, err := pgx.Connect(ctx, f.databaseURL)
 	must(t, err)

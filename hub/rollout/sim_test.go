@@ -89,7 +89,6 @@ func (m *sim) fork(t testing.TB) *sim {
 func (m *sim) release(name string) []Action {
 	m.t.Helper()
 	m.obs.Commit = sha(name)
-	m.obs.NoOp = false
 	return m.step()
 }
 

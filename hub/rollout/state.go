@@ -248,14 +248,12 @@ func Pins(s State) map[string]string {
 
 // Observations is what the engine knows when it calls Step.
 type Observations struct {
-	// Commit is the application's current release, "" while its ref has
-	// never been resolved. A commit other than the State's starts a new
-	// rollout that supersedes the running one.
+	// Commit is the content commit of the application's current release
+	// (what its clusters get), "" while its ref has never been resolved. A
+	// commit other than the State's starts a new rollout that supersedes
+	// the running one; a release that changes nothing under the
+	// application's paths keeps the content commit, so it starts none.
 	Commit string
-	// NoOp says that Commit changes nothing under the application's paths
-	// since the State's release: clusters on that release move to Commit
-	// at once and the rollout carries on as it was.
-	NoOp bool
 	// Strategy is the application's rollout strategy now, nil for none.
 	// Edits apply to the running rollout: waves done stay done, and a new
 	// or renamed wave is a pending wave in its place.
@@ -331,7 +329,6 @@ func (*Event) action() {}
 const (
 	EventStarted       = "rollout.started"
 	EventSuperseded    = "rollout.superseded"
-	EventNoOp          = "rollout.noop-release"
 	EventWaveStarted   = "rollout.wave.started"
 	EventWaveWaiting   = "rollout.wave.waiting-approval"
 	EventWaveApproved  = "rollout.wave.approved"

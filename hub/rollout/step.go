@@ -19,8 +19,7 @@ import (
 //
 //   - starts a new rollout when obs.Commit is a new release (superseding a
 //     running one: clusters keep what they run until their wave reaches
-//     them), or, for a no-op release, moves the clusters on the old release
-//     to it;
+//     them);
 //   - follows placement: a new cluster runs the last completed release
 //     until its wave reaches it, a cluster that left is forgotten, and a
 //     cluster whose labels moved it to another wave goes with them;
@@ -40,8 +39,6 @@ func Step(s State, obs Observations, now time.Time) (State, []Action) {
 	r := newStepper(s, obs.Strategy, obs.Clusters, now)
 	switch {
 	case obs.Commit == "" || obs.Commit == s.Release:
-	case obs.NoOp && s.Release != "":
-		r.noop(obs.Commit)
 	default:
 		r.begin(obs.Commit)
 	}
@@ -170,22 +167,6 @@ func (r *stepper) begin(commit string) {
 		return
 	}
 	r.event(EventStarted, "", "", "Rolling out %s; clusters not reached yet stay on %s", short(commit), short(r.s.Good))
-}
-
-// noop moves the clusters on the release to commit, which has the same
-// content, and carries on with commit as the release.
-func (r *stepper) noop(commit string) {
-	old := r.s.Release
-	r.s.Release = commit
-	moved := 0
-	r.forEach(func(name string, c *ClusterState) {
-		if c.Commit == old {
-			r.pin(name, c, commit)
-			moved++
-		}
-	})
-	r.event(EventNoOp, "", "", "%s changes nothing under the application's paths since %s: %d clusters moved to it at once",
-		short(commit), short(old), moved)
 }
 
 // place follows placement: Plan over the placed clusters, their waves, the

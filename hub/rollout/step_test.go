@@ -696,34 +696,6 @@ func TestRevertToGoodRelease(t *testing.T) {
 	}
 }
 
-func TestNoOpRelease(t *testing.T) {
-	m := released(t, mustParse(t, "waves: [{name: all, maxParallel: 1}]"), cluster("a"), cluster("b"), cluster("c"))
-	m.release("y")
-	m.succeed("a")
-	m.wantPins("a=y b=y c=w")
-	m.obs.Commit, m.obs.NoOp = sha("y2"), true
-	actions := m.step()
-	if got, want := describe(actions), "pin a=y2; pin b=y2; event rollout.noop-release"; got != want {
-		t.Fatalf("actions:\n got %s\nwant %s", got, want)
-	}
-	if m.s.ID != 2 || m.s.Release != sha("y2") {
-		t.Fatalf("rollout %d of %s", m.s.ID, commits[m.s.Release])
-	}
-	m.wantPhases("a:succeeded b:updating c:pending")
-	m.succeed("b")
-	m.succeed("c")
-	m.wantPhase(PhaseCompleted)
-	m.wantPins("a=y2 b=y2 c=y2")
-	// After completion a no-op release moves everyone at once.
-	m.obs.Commit, m.obs.NoOp = sha("y3"), true
-	m.step()
-	m.wantPhase(PhaseCompleted)
-	m.wantPins("a=y3 b=y3 c=y3")
-	if m.s.LastGood() != sha("y3") {
-		t.Fatal("last good release")
-	}
-}
-
 func TestPlacementChanges(t *testing.T) {
 	strategy := "waves:\n- {name: canary, selector: {matchLabels: {ring: canary}}}\n- {name: europe, selector: {matchLabels: {region: eu}}, requireApproval: true}\n- {name: rest}"
 	setup := func(t *testing.T) *sim {

@@ -259,9 +259,11 @@ func rolloutFleet(t *testing.T, app *droverv1.Application, c1 string) (*testHub,
 	return h, names, streams
 }
 
-// TestRolloutNoOpRelease moves a commit that changes nothing under the
-// application's paths to every cluster at once, without a rollout; the
-// next commit that does change them is rolled out again.
+// TestRolloutNoOpRelease: a commit that changes nothing under the
+// application's paths needs no rollout: no cluster moves (their
+// assignments keep the earlier commit, whose content it has) and the
+// completed rollout stays as it was. The next commit that does change
+// them is rolled out again.
 func TestRolloutNoOpRelease(t *testing.T) {
 	git := testbed.GitServer(t)
 	repo := git.CreateRepo(t, "fleet")
@@ -272,18 +274,27 @@ func TestRolloutNoOpRelease(t *testing.T) {
 
 	c2 := repo.Commit(t, "another application's change", map[string]string{"other/b.yaml": "kind: ConfigMap\nmetadata: {name: b2}\n"})
 	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
-	// No status report and no approval: nothing to roll out.
-	eventually(t, "the no-op release everywhere", func() bool {
-		for _, n := range names {
-			if commitOn(h, n) != c2 {
-				return false
-			}
+	var app droverv1.GetApplicationResponse
+	h.mustAPI(t, "GET", "/api/v1/applications/web", nil, &app)
+	if rel := app.GetReleases()[0]; rel.GetCommit() != c2 || rel.GetContentCommit() != c1 || !rel.GetNoop() {
+		t.Fatalf("release %v, want %s with the content of %s", rel, c2, c1)
+	}
+	// The engine takes one command at a time and steps every rollout
+	// after each: once the second is answered, a step that began after
+	// the release was stored has ended. A completed rollout refuses both.
+	for range 2 {
+		if code, body := h.api(t, h.token, "POST", "/api/v1/applications/web/rollout/promote", nil, nil); code != http.StatusBadRequest {
+			t.Fatalf("promote a completed rollout: HTTP %d %s, want 400", code, body)
 		}
-		return true
-	})
+	}
+	for _, n := range names {
+		if got := commitOn(h, n); got != c1 {
+			t.Fatalf("%s on %s after a commit that changes nothing under the application's paths, want %s", n, got, c1)
+		}
+	}
 	r := getRollout(t, h)
-	if r.GetId() != first.GetId() || r.GetPhase() != "completed" || r.GetCommit() != c2 || len(r.GetWaves()) != len(first.GetWaves()) {
-		t.Fatalf("rollout after a no-op release = %v, want rollout %d still completed, at %s", r, first.GetId(), c2)
+	if r.GetId() != first.GetId() || r.GetPhase() != "completed" || r.GetCommit() != c1 || len(r.GetWaves()) != len(first.GetWaves()) {
+		t.Fatalf("rollout after a no-op release = %v, want rollout %d still completed, at %s", r, first.GetId(), c1)
 	}
 	for i, w := range r.GetWaves() {
 		if w.GetPhase() != first.GetWaves()[i].GetPhase() {
@@ -292,17 +303,17 @@ func TestRolloutNoOpRelease(t *testing.T) {
 	}
 
 	// A change under the application's path is rolled out: the canary
-	// first, the main clusters held on the no-op release.
+	// first, the main clusters held where they were.
 	c3 := repo.Commit(t, "v3", map[string]string{"web/a.yaml": "kind: ConfigMap\nmetadata: {name: v3}\n"})
 	h.mustAPI(t, "POST", "/api/v1/applications/web/refresh", nil, nil)
 	eventually(t, "the canary on v3", func() bool { return commitOn(h, "canary") == c3 })
 	for _, n := range names[1:] {
-		if got := commitOn(h, n); got != c2 {
-			t.Fatalf("%s on %s while the canary tries v3, want %s", n, got, c2)
+		if got := commitOn(h, n); got != c1 {
+			t.Fatalf("%s on %s while the canary tries v3, want %s", n, got, c1)
 		}
 	}
-	if r := getRollout(t, h); r.GetId() == first.GetId() || r.GetCommit() != c3 || r.GetPreviousCommit() != c2 {
-		t.Fatalf("rollout of v3 = %v, want a new rollout of %s from %s", r, c3, c2)
+	if r := getRollout(t, h); r.GetId() == first.GetId() || r.GetCommit() != c3 || r.GetPreviousCommit() != c1 {
+		t.Fatalf("rollout of v3 = %v, want a new rollout of %s from %s", r, c3, c1)
 	}
 }
 

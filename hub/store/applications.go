@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -91,7 +92,10 @@ func (s *Store) CreateApplication(ctx context.Context, app *droverv1.Application
 // UpdateApplication replaces an application's spec. When the spec changes,
 // the generation goes up by one and an application.updated event by actor
 // is recorded, in one transaction; an equal spec changes nothing (applying
-// the same file twice is not a change). Only Name and Spec of app are read.
+// the same file twice is not a change). When the spec reads its content from
+// other paths (repoURL, path or extraPaths changed), the current release's
+// clusters get its own commit again: an earlier commit's content was the
+// same only under the old paths. Only Name and Spec of app are read.
 func (s *Store) UpdateApplication(ctx context.Context, app *droverv1.Application, actor string) (*droverv1.Application, error) {
 	if err := validateApplication(app); err != nil {
 		return nil, err
@@ -116,6 +120,14 @@ func (s *Store) UpdateApplication(ctx context.Context, app *droverv1.Application
 			WHERE name = $1 RETURNING `+applicationColumns, app.GetName(), spec))
 		if err != nil {
 			return classify("update", err)
+		}
+		if !samePaths(cur.GetSpec().GetSource(), app.GetSpec().GetSource()) {
+			if _, err := tx.Exec(ctx, `
+				UPDATE releases SET content_commit = '', noop = false
+				WHERE id = (SELECT max(id) FROM releases WHERE application = $1) AND content_commit <> ''`,
+				app.GetName()); err != nil {
+				return classify("reset release content", err)
+			}
 		}
 		return insertEvent(ctx, tx, &droverv1.Event{
 			Time: out.UpdatedAt, Kind: EventApplicationUpdated, Actor: actor, Application: out.Name,
@@ -192,24 +204,43 @@ func (s *Store) DeleteApplication(ctx context.Context, name, actor string) error
 
 // Releases.
 
+// samePaths reports whether two sources read the same paths of the same
+// repository: what a release's content commit was found under.
+func samePaths(a, b *droverv1.Source) bool {
+	return a.GetRepoUrl() == b.GetRepoUrl() && a.GetPath() == b.GetPath() && slices.Equal(a.GetExtraPaths(), b.GetExtraPaths())
+}
+
 // validateCommit accepts what every agent accepts (gitremote.CheckCommit),
 // in lower case: releases pin commits, never refs or abbreviations.
-func validateCommit(commit string) error {
+func validateCommit(field, commit string) error {
 	if sha, err := gitremote.CheckCommit(commit); err != nil || sha != commit {
-		return invalid("commit", "%q is not a full commit SHA in lower-case hex", commit)
+		return invalid(field, "%q is not a full commit SHA in lower-case hex", commit)
 	}
 	return nil
 }
 
-// AddRelease makes commit the application's current release. created is
-// true when that changed anything: a new release, or an older release of
-// the same commit made current again (a branch reset or reverted by force
-// push), which then counts as the newest with ref, noop and now. created is
-// false when commit is the current release already, so calling again is
-// harmless. An unknown application is ErrNotFound.
-func (s *Store) AddRelease(ctx context.Context, app, commit, ref string, noop bool, now time.Time) (created bool, err error) {
-	if err := validateCommit(commit); err != nil {
+// AddRelease makes commit the application's current release, whose
+// clusters get the tree of content: commit itself ("" says the same), or
+// an earlier commit with the same content under the application's paths
+// (the release is then a no-op). created is true when that changed
+// anything: a new release, or an older release of the same commit made
+// current again (a branch reset or reverted by force push), which then
+// counts as the newest with ref, content and now. created is false when
+// commit is the current release already, so calling again is harmless. An
+// unknown application is ErrNotFound.
+func (s *Store) AddRelease(ctx context.Context, app, commit, ref, content string, now time.Time) (created bool, err error) {
+	if err := validateCommit("commit", commit); err != nil {
 		return false, err
+	}
+	if content == "" {
+		content = commit
+	}
+	if err := validateCommit("content", content); err != nil {
+		return false, err
+	}
+	noop := content != commit
+	if !noop {
+		content = "" // the rows before content commits mean the same
 	}
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
@@ -217,14 +248,15 @@ func (s *Store) AddRelease(ctx context.Context, app, commit, ref string, noop bo
 	// made current again takes a fresh id.
 	var id int64
 	err = s.pool.QueryRow(ctx, `
-		INSERT INTO releases AS r (application, commit, ref, noop, created_at)
-		VALUES ($1, $2, $3, $4, $5)
+		INSERT INTO releases AS r (application, commit, ref, noop, content_commit, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (application, commit) DO UPDATE
 		SET id = nextval(pg_get_serial_sequence('releases', 'id')),
-		    ref = EXCLUDED.ref, noop = EXCLUDED.noop, created_at = EXCLUDED.created_at
+		    ref = EXCLUDED.ref, noop = EXCLUDED.noop, content_commit = EXCLUDED.content_commit,
+		    created_at = EXCLUDED.created_at
 		WHERE r.id <> (SELECT max(id) FROM releases WHERE application = EXCLUDED.application)
 		RETURNING r.id`,
-		app, commit, cleanText(ref, maxShortTextBytes), noop, now).Scan(&id)
+		app, commit, cleanText(ref, maxShortTextBytes), noop, content, now).Scan(&id)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return false, nil // already current
@@ -246,7 +278,7 @@ func (s *Store) ListReleases(ctx context.Context, app string, limit int) ([]*dro
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
 	rows, err := s.pool.Query(ctx, `
-		SELECT commit, ref, noop, created_at FROM releases
+		SELECT commit, ref, noop, content_commit, created_at FROM releases
 		WHERE application = $1 ORDER BY id DESC LIMIT $2`, app, limit)
 	if err != nil {
 		return nil, classify(fmt.Sprintf("list releases of application %q", app), err)
@@ -271,23 +303,19 @@ func (s *Store) CurrentReleases(ctx context.Context) (map[string]*droverv1.Relea
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
 	rows, err := s.pool.Query(ctx, `
-		SELECT DISTINCT ON (application) application, commit, ref, noop, created_at
+		SELECT DISTINCT ON (application) application, commit, ref, noop, content_commit, created_at
 		FROM releases ORDER BY application, id DESC`)
 	if err != nil {
 		return nil, classify("current releases", err)
 	}
 	out := map[string]*droverv1.Release{}
 	for rows.Next() {
-		var (
-			app     string
-			r       droverv1.Release
-			created time.Time
-		)
-		if err := rows.Scan(&app, &r.Commit, &r.Ref, &r.Noop, &created); err != nil {
+		var app string
+		r, err := scanRelease(rows, &app)
+		if err != nil {
 			return nil, classify("current releases", err)
 		}
-		r.CreatedAt = ts(created)
-		out[app] = &r
+		out[app] = r
 	}
 	if err := rows.Err(); err != nil {
 		return nil, classify("current releases", err)
@@ -295,13 +323,17 @@ func (s *Store) CurrentReleases(ctx context.Context) (map[string]*droverv1.Relea
 	return out, nil
 }
 
-func scanRelease(row pgx.Row) (*droverv1.Release, error) {
+// scanRelease reads the release columns, after the ones in before.
+func scanRelease(row pgx.Row, before ...any) (*droverv1.Release, error) {
 	var (
 		r       droverv1.Release
 		created time.Time
 	)
-	if err := row.Scan(&r.Commit, &r.Ref, &r.Noop, &created); err != nil {
+	if err := row.Scan(append(before, &r.Commit, &r.Ref, &r.Noop, &r.ContentCommit, &created)...); err != nil {
 		return nil, err
+	}
+	if r.ContentCommit == "" {
+		r.ContentCommit = r.Commit
 	}
 	r.CreatedAt = ts(created)
 	return &r, nil

@@ -81,7 +81,7 @@ func TestApplications(t *testing.T) {
 
 	// Deleting takes releases and statuses along.
 	registerClusters(t, s, nil, "c1")
-	if _, err := s.AddRelease(ctx, "web", strings.Repeat("a", 40), "main", false, testNow); err != nil {
+	if _, err := s.AddRelease(ctx, "web", strings.Repeat("a", 40), "main", "", testNow); err != nil {
 		t.Fatalf("AddRelease: %v", err)
 	}
 	if err := s.WriteStatuses(ctx, []*droverv1.ApplicationStatus{{Cluster: "c1", Application: "web"}, {Cluster: "c1", Application: "api"}}); err != nil {
@@ -158,19 +158,19 @@ func TestReleases(t *testing.T) {
 	c := strings.Repeat("c", 40)
 	steps := []struct {
 		app, commit string
-		noop        bool
+		content     string // "" is the commit's own
 		at          time.Duration
 		wantCreated bool
 	}{
-		{"web", a, false, 0, true},
-		{"web", a, false, time.Minute, false}, // idempotent
-		{"web", b, true, 2 * time.Minute, true},
-		{"web", b, true, 3 * time.Minute, false},
-		{"web", a, false, 4 * time.Minute, true}, // back to a: current again
-		{"api", c, false, 0, true},
+		{"web", a, "", 0, true},
+		{"web", a, "", time.Minute, false}, // idempotent
+		{"web", b, a, 2 * time.Minute, true},
+		{"web", b, a, 3 * time.Minute, false},
+		{"web", a, a, 4 * time.Minute, true}, // back to a: current again
+		{"api", c, "", 0, true},
 	}
 	for i, st := range steps {
-		created, err := s.AddRelease(ctx, st.app, st.commit, "main", st.noop, testNow.Add(st.at))
+		created, err := s.AddRelease(ctx, st.app, st.commit, "main", st.content, testNow.Add(st.at))
 		if err != nil {
 			t.Fatalf("step %d: AddRelease: %v", i, err)
 		}
@@ -182,7 +182,8 @@ func TestReleases(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ListReleases: %v", err)
 	}
-	if len(rs) != 2 || rs[0].GetCommit() != a || rs[1].GetCommit() != b || !rs[1].GetNoop() ||
+	if len(rs) != 2 || rs[0].GetCommit() != a || rs[1].GetCommit() != b || !rs[1].GetNoop() || rs[0].GetNoop() ||
+		rs[1].GetContentCommit() != a || rs[0].GetContentCommit() != a ||
 		!rs[0].GetCreatedAt().AsTime().Equal(testNow.Add(4*time.Minute)) {
 		t.Errorf("web releases = %v", rs)
 	}
@@ -193,19 +194,73 @@ func TestReleases(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CurrentReleases: %v", err)
 	}
-	if len(cur) != 2 || cur["web"].GetCommit() != a || cur["api"].GetCommit() != c || cur["idle"] != nil {
+	if len(cur) != 2 || cur["web"].GetCommit() != a || cur["api"].GetCommit() != c || cur["api"].GetContentCommit() != c || cur["idle"] != nil {
 		t.Errorf("CurrentReleases = %v", cur)
 	}
 
-	if _, err := s.AddRelease(ctx, "nope", a, "main", false, testNow); !errors.Is(err, ErrNotFound) {
+	if _, err := s.AddRelease(ctx, "nope", a, "main", "", testNow); !errors.Is(err, ErrNotFound) {
 		t.Errorf("AddRelease(unknown app): %v, want ErrNotFound", err)
 	}
 	// A SHA-256 object name is refused as every agent refuses it
 	// (gitremote.CheckCommit): a release the fleet would NACK is never made.
 	for _, bad := range []string{"", "main", strings.Repeat("a", 39), strings.Repeat("A", 40), strings.Repeat("g", 40), strings.Repeat("c", 64), strings.Repeat("0", 40)} {
 		var ve *ValidationError
-		if _, err := s.AddRelease(ctx, "web", bad, "main", false, testNow); !errors.As(err, &ve) || ve.Field != "commit" {
+		if _, err := s.AddRelease(ctx, "web", bad, "main", "", testNow); !errors.As(err, &ve) || ve.Field != "commit" {
 			t.Errorf("AddRelease(commit %q): %v, want a *ValidationError for commit", bad, err)
 		}
+		if bad == "" {
+			continue // the commit's own
+		}
+		if _, err := s.AddRelease(ctx, "web", c, "main", bad, testNow); !errors.As(err, &ve) || ve.Field != "content" {
+			t.Errorf("AddRelease(content %q): %v, want a *ValidationError for content", bad, err)
+		}
+	}
+	if rs, err := s.ListReleases(ctx, "web", 1); err != nil || rs[0].GetCommit() != a {
+		t.Errorf("a refused release changed the current one: %v, %v", rs, err)
+	}
+}
+
+// TestReleaseContentAfterNewPaths checks that a release's content commit
+// holds only for the paths it was found under: when the application reads
+// other paths, its clusters get the release's own commit again.
+func TestReleaseContentAfterNewPaths(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	app := testApp("web", "main")
+	if _, err := s.CreateApplication(ctx, app, "alice"); err != nil {
+		t.Fatalf("CreateApplication: %v", err)
+	}
+	a, b := strings.Repeat("a", 40), strings.Repeat("b", 40)
+	for _, r := range [][2]string{{a, ""}, {b, a}} {
+		if _, err := s.AddRelease(ctx, "web", r[0], "main", r[1], testNow); err != nil {
+			t.Fatalf("AddRelease: %v", err)
+		}
+	}
+	content := func() string {
+		t.Helper()
+		rs, err := s.ListReleases(ctx, "web", 1)
+		if err != nil || len(rs) != 1 || rs[0].GetCommit() != b {
+			t.Fatalf("ListReleases = %v, %v", rs, err)
+		}
+		if rs[0].GetNoop() != (rs[0].GetContentCommit() != b) {
+			t.Errorf("noop %v with content %s of %s", rs[0].GetNoop(), rs[0].GetContentCommit(), b)
+		}
+		return rs[0].GetContentCommit()
+	}
+
+	app = proto.Clone(app).(*droverv1.Application)
+	app.Spec.Source.PollInterval = "5m" // not a path
+	if _, err := s.UpdateApplication(ctx, app, "alice"); err != nil {
+		t.Fatalf("UpdateApplication: %v", err)
+	}
+	if got := content(); got != a {
+		t.Errorf("content after a change of poll interval = %s, want %s", got, a)
+	}
+	app.Spec.Source.ExtraPaths = []string{"bases/web"}
+	if _, err := s.UpdateApplication(ctx, app, "alice"); err != nil {
+		t.Fatalf("UpdateApplication: %v", err)
+	}
+	if got := content(); got != b {
+		t.Errorf("content after extraPaths changed = %s, want the release's own %s", got, b)
 	}
 }

@@ -1666,8 +1666,15 @@ type Release struct {
 	// The ref it was resolved from.
 	Ref       string                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	// The commit changed nothing under the application's paths.
-	Noop          bool `protobuf:"varint,4,opt,name=noop,proto3" json:"noop,omitempty"`
+	// The commit changed nothing under the application's paths: its
+	// clusters get content_commit, an earlier commit with the same content
+	// there.
+	Noop bool `protobuf:"varint,4,opt,name=noop,proto3" json:"noop,omitempty"`
+	// The commit whose tree the clusters get: commit itself, or, when commit
+	// changes nothing under the application's paths (source.path and
+	// source.extraPaths), the content commit of the release before it. The
+	// clusters' assignments pin it, so such a commit moves no cluster.
+	ContentCommit string `protobuf:"bytes,5,opt,name=content_commit,json=contentCommit,proto3" json:"content_commit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1728,6 +1735,13 @@ func (x *Release) GetNoop() bool {
 		return x.Noop
 	}
 	return false
+}
+
+func (x *Release) GetContentCommit() string {
+	if x != nil {
+		return x.ContentCommit
+	}
+	return ""
 }
 
 type CreateApplicationRequest struct {
@@ -4087,13 +4101,14 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\tvariables\x18\x04 \x03(\v2\".drover.v1.Override.VariablesEntryR\tvariables\x1a<\n" +
 	"\x0eVariablesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x01\n" +
 	"\aRelease\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\tR\x06commit\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\x129\n" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x12\n" +
-	"\x04noop\x18\x04 \x01(\bR\x04noop\"T\n" +
+	"\x04noop\x18\x04 \x01(\bR\x04noop\x12%\n" +
+	"\x0econtent_commit\x18\x05 \x01(\tR\rcontentCommit\"T\n" +
 	"\x18CreateApplicationRequest\x128\n" +
 	"\vapplication\x18\x01 \x01(\v2\x16.drover.v1.ApplicationR\vapplication\"U\n" +
 	"\x19CreateApplicationResponse\x128\n" +
