@@ -440,8 +440,9 @@ func trim(obj any) (any, error) {
 
 // changed reports whether an update from o to n may have changed what
 // Drover applied (both trimmed). On objects with a generation, the API
-// server moves it on every change of their spec and on nothing else, so
-// status updates and controllers' annotations do not count. Objects
+// server moves it on every change of their spec (of a Deployment's
+// annotations too, which cost a sync that finds nothing) and not on status
+// updates, so those and controllers' status-side writes do not count. Objects
 // without one (ConfigMaps, Secrets, ServiceAccounts, ...) have hardly
 // anything but what is applied, so any write that is not a status update
 // counts. Either way, Drover's own label and content hash, and what
