@@ -123,9 +123,15 @@ type kindWatch struct {
 	done   chan struct{}
 }
 
+// pending is an application waiting out its debounce.
 type pending struct {
-	first time.Time
-	timer *time.Timer
+	// first is when the wait began (after any backoff); notBefore is
+	// when the backoff ends.
+	first, notBefore time.Time
+	// continues: the first change came within Settle of the last sync
+	// asked for, so this sync continues its streak.
+	continues bool
+	timer     *time.Timer
 }
 
 // New returns a Watcher that reads through client. current reports
@@ -348,21 +354,29 @@ func (w *Watcher) changedObject(gk schema.GroupKind, namespace, name string) {
 	now := time.Now()
 	p := w.pending[app]
 	if p == nil {
-		p = &pending{first: now}
-		// An application whose syncs keep following each other waits
-		// longer each time: a fight with another writer must not become a
-		// loop of writes.
-		wait := w.cfg.Quiet
-		if last, ok := w.last[app]; ok && now.Sub(last) < w.cfg.Settle && w.streak[app] >= 2 {
-			wait = min(w.cfg.Quiet<<min(w.streak[app]-1, 16), w.cfg.MaxBackoff)
-			p.first = now.Add(wait - w.cfg.Quiet)
-		}
+		wait, continues := w.delayLocked(app, now)
+		p = &pending{first: now.Add(wait - w.cfg.Quiet), notBefore: now.Add(wait), continues: continues}
 		p.timer = time.AfterFunc(wait, func() { w.fire(app, p) })
 		w.pending[app] = p
 		return
 	}
 	wait := min(w.cfg.Quiet, p.first.Add(w.cfg.MaxDelay).Sub(now))
-	p.timer.Reset(max(wait, 0))
+	p.timer.Reset(max(wait, p.notBefore.Sub(now), 0))
+}
+
+// delayLocked returns how long app waits before its sync after a first
+// change at now, and whether that change continues a streak of syncs
+// (it came within Settle of the last one). From the third sync of a
+// streak on, the wait doubles each time up to MaxBackoff: a fight with
+// another writer over a field must not become a loop of writes. A heal
+// makes two syncs in a row (the heal, then one for its own writes).
+func (w *Watcher) delayLocked(app string, now time.Time) (time.Duration, bool) {
+	last, ok := w.last[app]
+	continues := ok && now.Sub(last) < w.cfg.Settle
+	if !continues || w.streak[app] < 2 {
+		return w.cfg.Quiet, continues
+	}
+	return min(w.cfg.Quiet<<min(w.streak[app]-1, 16), w.cfg.MaxBackoff), true
 }
 
 // fire hands app to drift once its debounce is over.
@@ -374,13 +388,12 @@ func (w *Watcher) fire(app string, p *pending) {
 		return
 	}
 	delete(w.pending, app)
-	now := time.Now()
-	if last, ok := w.last[app]; ok && now.Sub(last) < w.cfg.Settle+w.cfg.MaxDelay {
+	if p.continues {
 		w.streak[app]++
 	} else {
 		w.streak[app] = 0
 	}
-	w.last[app] = now
+	w.last[app] = time.Now()
 	w.syncs[app]++
 	w.mu.Unlock()
 	w.drift(app)

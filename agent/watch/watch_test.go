@@ -292,3 +292,37 @@ func TestTrimTwice(t *testing.T) {
 		t.Errorf("trimmed again: %v, was %v", twice, once)
 	}
 }
+
+// TestBackoff: syncs that keep following each other are spaced ever
+// further apart, up to MaxBackoff; a change after a quiet spell starts
+// over.
+func TestBackoff(t *testing.T) {
+	w := New(Config{}, nil, nil, func(string) bool { return true }, func(string) {}, testlog.New(t))
+	now := time.Now()
+	for _, tt := range []struct {
+		name      string
+		sinceLast time.Duration // 0: never synced
+		streak    int
+		want      time.Duration
+		continues bool
+	}{
+		{"first change", 0, 0, time.Second, false},
+		{"after a quiet spell", time.Minute, 7, time.Second, false},
+		{"a heal's own writes", 100 * time.Millisecond, 0, time.Second, true},
+		{"a third sync in a row", 100 * time.Millisecond, 1, time.Second, true},
+		{"a fourth", 100 * time.Millisecond, 2, 2 * time.Second, true},
+		{"a seventh", 100 * time.Millisecond, 5, 16 * time.Second, true},
+		{"many", 100 * time.Millisecond, 40, time.Minute, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			delete(w.last, "web")
+			if tt.sinceLast > 0 {
+				w.last["web"] = now.Add(-tt.sinceLast)
+			}
+			w.streak["web"] = tt.streak
+			if wait, continues := w.delayLocked("web", now); wait != tt.want || continues != tt.continues {
+				t.Errorf("delay = %v, continues %v; want %v, %v", wait, continues, tt.want, tt.continues)
+			}
+		})
+	}
+}
