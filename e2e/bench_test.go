@@ -386,7 +386,8 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // BenchmarkAgentIdleMemory measures the resident memory of a real
 // drover-agent process, with its default configuration, that manages 10
-// small applications on one cluster and has nothing left to do: built
+// small applications on one cluster, watching their objects for drift (one
+// watch per kind), and has nothing left to do: built
 // from this tree, registered with an in-process hub, every application
 // Synced and Healthy, then idle for 10 s before each reading of
 // /proc/PID/status. It reports the largest VmRSS read and the peak
@@ -438,13 +439,8 @@ spec:
 
 	c := testbed.ClustersWithOptions(b, testbed.Options{N: 1})[0]
 	hub, api := startBenchHub(b, dir)
-	caFile := filepath.Join(dir, "hub-ca.crt")
-	if err := os.WriteFile(caFile, hub.CACertPEM(), 0o644); err != nil {
-		b.Fatal(err)
-	}
 	labels := map[string]string{"bench": "idle"}
-	var tok droverv1.CreateJoinTokenResponse
-	api.do(b, http.MethodPost, "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Labels: labels}, &tok)
+	caFile, token := joinBenchHub(b, dir, hub, api, labels)
 	names := make([]string, apps)
 	for i := range apps {
 		names[i] = fmt.Sprintf("idle-%02d", i)
@@ -458,7 +454,7 @@ spec:
 	agent := startAgentProcess(b, agentBin, filepath.Join(dir, "agent.log"),
 		"--hub", hub.AgentAddr(),
 		"--hub-ca", caFile,
-		"--join-token", tok.GetToken(),
+		"--join-token", token,
 		"--cluster-name", c.Name,
 		"--state-dir", filepath.Join(dir, "agent-state"),
 		"--kubeconfig", c.Kubeconfig,
@@ -608,6 +604,19 @@ func readProcStatus(pid int) (map[string]int64, error) {
 		}
 	}
 	return out, nil
+}
+
+// joinBenchHub writes hub's CA certificate into dir and makes a join
+// token for a cluster with labels: what an agent's first start needs.
+func joinBenchHub(tb testing.TB, dir string, hub *server.Hub, api *apiClient, labels map[string]string) (caFile, token string) {
+	tb.Helper()
+	caFile = filepath.Join(dir, "hub-ca.crt")
+	if err := os.WriteFile(caFile, hub.CACertPEM(), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	var tok droverv1.CreateJoinTokenResponse
+	api.do(tb, http.MethodPost, "/api/v1/join-tokens", &droverv1.CreateJoinTokenRequest{Labels: labels}, &tok)
+	return caFile, tok.GetToken()
 }
 
 // startBenchHub starts a hub in-process, as newFleet does, on ports of

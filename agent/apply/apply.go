@@ -946,7 +946,7 @@ func (r *Result) Summarize(err error, policy *Policy) {
 	var drifted []string
 	for _, rs := range r.Resources {
 		if rs.Drifted {
-			ref := ObjectRef{Group: rs.Group, Version: rs.Version, Kind: rs.Kind, Namespace: rs.Namespace, Name: rs.Name}
+			ref := refOfStatus(rs)
 			drifted = append(drifted, ref.String()+": "+rs.Message)
 		}
 	}
@@ -1050,6 +1050,19 @@ func inSync(objects int, commit string, applied, pruned int) string {
 	return msg
 }
 
+// Objects returns the objects the Result has a status of.
+func (r *Result) Objects() []ObjectRef {
+	out := make([]ObjectRef, len(r.Resources))
+	for i, rs := range r.Resources {
+		out[i] = refOfStatus(rs)
+	}
+	return out
+}
+
+func refOfStatus(rs *droverv1.ResourceStatus) ObjectRef {
+	return ObjectRef{Group: rs.GetGroup(), Version: rs.GetVersion(), Kind: rs.GetKind(), Namespace: rs.GetNamespace(), Name: rs.GetName()}
+}
+
 // Detect returns the objects of the application whose live state differs
 // from the last apply (drift.go says exactly how), applying nothing.
 func (a *Applier) Detect(ctx context.Context, app string) ([]ObjectRef, error) {
@@ -1060,7 +1073,7 @@ func (a *Applier) Detect(ctx context.Context, app string) ([]ObjectRef, error) {
 	var drifted []ObjectRef
 	for _, rs := range res.Resources {
 		if rs.Drifted {
-			drifted = append(drifted, ObjectRef{Group: rs.Group, Version: rs.Version, Kind: rs.Kind, Namespace: rs.Namespace, Name: rs.Name})
+			drifted = append(drifted, refOfStatus(rs))
 		}
 	}
 	return drifted, nil

@@ -23,3 +23,14 @@ func (a *Applier) IsNamespaced(gvk schema.GroupVersionKind) (bool, error) {
 	}
 	return m.Scope.Name() == meta.RESTScopeNameNamespace, nil
 }
+
+// ResourceFor returns the resource that serves objects of gvk, from the
+// same discovery information the applies use: for watching what was
+// applied (agent/watch).
+func (a *Applier) ResourceFor(gvk schema.GroupVersionKind) (schema.GroupVersionResource, error) {
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return schema.GroupVersionResource{}, err
+	}
+	return m.Resource, nil
+}

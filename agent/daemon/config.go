@@ -33,6 +33,10 @@ type Config struct {
 	Kubeconfig string
 	// Concurrency is how many applications are reconciled at once.
 	Concurrency int
+	// SyncInterval is how often an application whose sync policy names
+	// no interval is synced again. Drift is healed within seconds by the
+	// watches on what the agent applied; the interval is their backstop.
+	SyncInterval time.Duration
 	// KubeAPIQPS and KubeAPIBurst are the client-side rate limits of the
 	// agent's requests to its cluster's API server: a sustained rate per
 	// second and the burst above it.
@@ -62,6 +66,7 @@ func DefaultConfig() Config {
 	return Config{
 		StateDir:      "/var/lib/drover-agent",
 		Concurrency:   4,
+		SyncInterval:  5 * time.Minute,
 		KubeAPIQPS:    apply.DefaultQPS,
 		KubeAPIBurst:  apply.DefaultBurst,
 		CacheMaxBytes: 1 << 30,
@@ -88,6 +93,7 @@ func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
 	fs.LogLevel(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL")
 	fs.String(&c.MetricsAddr, "metrics-addr", "DROVER_METRICS_ADDR", "listen address for Prometheus metrics on /metrics, such as :9090; off when empty")
 	fs.Int(&c.Concurrency, "concurrency", "DROVER_CONCURRENCY", "applications reconciled at once")
+	fs.Duration(&c.SyncInterval, "sync-interval", "DROVER_SYNC_INTERVAL", "how often an application is synced again when its syncPolicy.interval is empty; drift is healed within seconds regardless, by watches on what the agent applied")
 	fs.Float64(&c.KubeAPIQPS, "kube-api-qps", "DROVER_KUBE_API_QPS", "requests per second the agent sends its cluster's API server, sustained")
 	fs.Int(&c.KubeAPIBurst, "kube-api-burst", "DROVER_KUBE_API_BURST", "requests the agent may send its cluster's API server at once above --kube-api-qps")
 	fs.Int64(&c.CacheMaxBytes, "cache-max-bytes", "DROVER_CACHE_MAX_BYTES", "size bound of the Git cache")
@@ -115,6 +121,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Concurrency <= 0 || c.Concurrency > 64 {
 		bad("--concurrency %d: between 1 and 64", c.Concurrency)
+	}
+	if c.SyncInterval < time.Second {
+		bad("--sync-interval %v: at least 1s, such as 5m", c.SyncInterval)
 	}
 	if !(c.KubeAPIQPS > 0) || c.KubeAPIQPS > math.MaxFloat32 {
 		bad("--kube-api-qps %v: a positive number of requests per second, such as %d", c.KubeAPIQPS, apply.DefaultQPS)

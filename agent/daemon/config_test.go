@@ -4,6 +4,7 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/drover-dev/drover/internal/envflag"
 )
@@ -100,5 +101,19 @@ func TestKubeAPIRateLimitsConfig(t *testing.T) {
 	t.Setenv("DROVER_KUBE_API_QPS", "fast")
 	if _, err := parseFirstStart(t); err == nil || !strings.Contains(err.Error(), `DROVER_KUBE_API_QPS="fast"`) {
 		t.Errorf("DROVER_KUBE_API_QPS=fast: %v; want it refused, naming the variable", err)
+	}
+}
+
+func TestSyncIntervalConfig(t *testing.T) {
+	if c := firstStart(t); c.SyncInterval != 5*time.Minute {
+		t.Errorf("default --sync-interval = %v, want 5m", c.SyncInterval)
+	}
+	t.Setenv("DROVER_SYNC_INTERVAL", "90s")
+	if c := firstStart(t); c.SyncInterval != 90*time.Second || c.Validate() != nil {
+		t.Errorf("DROVER_SYNC_INTERVAL=90s: %v (%v), want 1m30s", c.SyncInterval, c.Validate())
+	}
+	c := firstStart(t, "--sync-interval", "0s")
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--sync-interval 0s: at least 1s") {
+		t.Errorf("--sync-interval 0s: Validate = %v", err)
 	}
 }

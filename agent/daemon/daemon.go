@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -26,6 +27,7 @@ import (
 	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/agent/source"
 	"github.com/drover-dev/drover/agent/state"
+	"github.com/drover-dev/drover/agent/watch"
 	"github.com/drover-dev/drover/internal/version"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -37,6 +39,7 @@ type Agent struct {
 	kube  kubernetes.Interface
 	rec   *reconcile.Reconciler
 	hub   *hubclient.Client
+	watch *watch.Watcher
 	state *state.Dir
 
 	cancel context.CancelFunc
@@ -78,6 +81,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 	if err != nil {
 		return nil, fmt.Errorf("apply engine: %w", err)
 	}
+	meta, err := metadata.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes metadata client: %w", err)
+	}
 	cache, err := source.NewCache(filepath.Join(cfg.StateDir, "git"), cfg.CacheMaxBytes, logger)
 	if err != nil {
 		return nil, err
@@ -105,7 +112,13 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 			MaxFileBytes: cfg.MaxManifestBytes, MaxBytes: cfg.MaxRenderBytes, MaxObjects: cfg.MaxRenderObjects,
 		}.Render(ctx, root, aa)
 	}
-	a.rec = reconcile.New(reconcile.Config{Concurrency: cfg.Concurrency}, st, cache, renderer, reconcile.Engine(applier),
+	// The watches heal drift within seconds; the reconciler's interval
+	// stays as a backstop for what they miss.
+	a.watch = watch.New(watch.Config{}, meta, applier,
+		func(app string) bool { return a.rec.Holds(app) },
+		func(app string) { a.rec.Drifted(app) }, logger)
+	a.rec = reconcile.New(reconcile.Config{Concurrency: cfg.Concurrency, DefaultInterval: cfg.SyncInterval, Reconciled: a.watchApplied},
+		st, cache, renderer, reconcile.Engine(applier),
 		func(version, nonce string) { a.hub.Ack(version, nonce, nil) }, a.hub.StatusChanged, logger)
 
 	if err := a.hub.Register(ctx); err != nil {
@@ -122,7 +135,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 			return nil, fmt.Errorf("listen on --metrics-addr: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", newAgentMetrics(a.hub.Connected, a.rec.AppliedVersion, a.rec.Statuses).handler(logger))
+		mux.Handle("/metrics", newAgentMetrics(a.hub.Connected, a.rec.AppliedVersion, a.rec.Statuses, a.watch.Syncs).handler(logger))
 		metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := metrics.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
@@ -139,6 +152,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 		a.err = a.hub.Run(runCtx)
 		cancel()
 		<-recDone
+		a.watch.Close()
 		if metrics != nil {
 			metrics.Close()
 		}
@@ -166,7 +180,23 @@ func (a *Agent) AppliedVersion() string { return a.rec.AppliedVersion() }
 
 // Assignment implements hubclient.Handler.
 func (a *Agent) Assignment(ctx context.Context, asg *droverv1.Assignment) error {
-	return a.rec.SetAssignment(ctx, asg)
+	if err := a.rec.SetAssignment(ctx, asg); err != nil {
+		return err
+	}
+	// Applications that left stop being watched at once; their objects
+	// are pruned or left, as their policy says, and are no drift.
+	a.watch.Prune()
+	return nil
+}
+
+// watchApplied watches the objects an application's reconcile listed.
+// A reconcile that failed before it knew them (fetch, render) changes
+// nothing: the objects applied before are still there to watch.
+func (a *Agent) watchApplied(app string, res *apply.Result, err error) {
+	if err != nil && len(res.Resources) == 0 {
+		return
+	}
+	a.watch.Hold(app, res.Objects())
 }
 
 // Command implements hubclient.Handler.

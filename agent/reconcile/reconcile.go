@@ -83,6 +83,12 @@ type Config struct {
 	ProgressingInterval time.Duration
 	// RetryBase and RetryMax bound the delays after retryable failures.
 	RetryBase, RetryMax time.Duration
+	// Reconciled, when set, is called after every reconcile of an
+	// application still in the assignment, with its result and the first
+	// failure (nil when none): the agent watches the objects it lists
+	// (agent/watch). It is called from the reconciling goroutine without
+	// r.mu held and must not block for long.
+	Reconciled func(app string, res *apply.Result, err error)
 }
 
 func (c *Config) setDefaults() {
@@ -151,6 +157,9 @@ type appState struct {
 	running     bool
 	// forceSync skips the assess-only shortcut once.
 	forceSync bool
+	// again: a sync was asked for while one ran, which may have read
+	// the objects before the change that asked; run again when it ends.
+	again bool
 	// removed: the application left the assignment and is being pruned.
 	removed bool
 	retry   *backoff.Backoff
@@ -298,10 +307,39 @@ func (r *Reconciler) SyncNow(app string) {
 	for name, st := range r.apps {
 		if app == "" || name == app {
 			st.due, st.forceSync = time.Time{}, true
+			st.again = st.running
 		}
 	}
 	r.mu.Unlock()
 	r.signal()
+}
+
+// Drifted syncs an application now because an object it applied was
+// changed by someone else (agent/watch): with selfHeal its sync re-applies
+// what drifted, without it the sync reports OutOfSync and changes nothing.
+// Either way the application's next sync is not left to its interval,
+// which stays as a backstop.
+func (r *Reconciler) Drifted(app string) {
+	r.mu.Lock()
+	st := r.apps[app]
+	if st == nil || st.removed {
+		r.mu.Unlock()
+		return
+	}
+	st.due, st.forceSync = time.Time{}, true
+	st.again = st.running
+	selfHeal := st.spec.GetSyncPolicy().GetSelfHeal()
+	r.mu.Unlock()
+	r.log.Debug("objects changed by another writer: syncing", "app", app, "self_heal", selfHeal)
+	r.signal()
+}
+
+// Holds reports whether app is in the assignment and not being removed.
+func (r *Reconciler) Holds(app string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.apps[app]
+	return st != nil && !st.removed
 }
 
 // AppliedVersion is the last assignment version applied and acknowledged.
@@ -454,6 +492,9 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 	res := at.summarize(ctx, err)
 	next := r.schedule(name, spec, res, err)
 	r.finish(name, hash, res, err == nil && !assessOnly, next)
+	if r.cfg.Reconciled != nil && r.Holds(name) {
+		r.cfg.Reconciled(name, res, err)
+	}
 }
 
 func (r *Reconciler) fetchStep(ctx context.Context, a *attempt) error {
@@ -597,6 +638,9 @@ func (r *Reconciler) finish(name, hash string, res *apply.Result, synced bool, n
 		return
 	}
 	st.running = false
+	// Asked for during this run (SyncNow, Drifted): run again at once.
+	again := st.again
+	st.again = false
 	if res == nil {
 		return
 	}
@@ -610,6 +654,9 @@ func (r *Reconciler) finish(name, hash string, res *apply.Result, synced bool, n
 	st.ran = hash
 	st.health = res.Health
 	st.due = next
+	if again {
+		st.due = time.Time{}
+	}
 	r.setStatusLocked(toStatus(name, res))
 	delete(r.waiting, name)
 	r.checkAppliedLocked()

@@ -611,3 +611,50 @@ func TestTransientRenderFailureIsRetried(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestDriftedDuringARunSyncsAgain: a change seen while the application's
+// sync runs may have come after the sync read its objects, so another
+// sync follows at once rather than at the interval (an hour here).
+func TestDriftedDuringARunSyncsAgain(t *testing.T) {
+	started := make(chan struct{}, 4)
+	release := make(chan struct{})
+	var renders sync.WaitGroup
+	renders.Add(2)
+	var calls int
+	var mu sync.Mutex
+	render := func(context.Context, string, *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n == 1 {
+			started <- struct{}{}
+			<-release
+		}
+		if n <= 2 {
+			renders.Done()
+		}
+		return nil, nil
+	}
+	h := newHarness(t, t.TempDir(), render)
+	a := app("web", sha1)
+	a.SyncPolicy.Interval = "1h"
+	a.SyncPolicy.SelfHeal = true
+	if err := h.rec.SetAssignment(context.Background(), &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{a}}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	h.rec.Drifted("web")
+	h.rec.Drifted("not-assigned") // nothing to sync, no failure
+	close(release)
+	done := make(chan struct{})
+	go func() { renders.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no second sync after Drifted during the first; the next would wait for the 1h interval")
+	}
+	if !h.rec.Holds("web") || h.rec.Holds("not-assigned") {
+		t.Errorf("Holds(web) = %v, Holds(not-assigned) = %v; want true, false", h.rec.Holds("web"), h.rec.Holds("not-assigned"))
+	}
+}

@@ -67,7 +67,7 @@ func (d *demo) banner(commit string) banner {
 		{comment: "prod-1 and prod-2 move to the new commit; staging, env=staging, has nothing", cmd: "watch -n 2 " + ctl + " describe app web", untested: true},
 	}
 	drift := []step{
-		{comment: fmt.Sprintf("scale web by hand on prod-1: its agent puts back 2 replicas at its next reconcile (every %s)", syncInterval), cmd: kubectl + "scale deploy nginx --replicas 5", untested: true},
+		{comment: "scale web by hand on prod-1: its agent puts back 2 replicas within seconds (it watches what it applied)", cmd: kubectl + "scale deploy nginx --replicas 5", untested: true},
 		{cmd: kubectl + "get deploy nginx -w", untested: true},
 	}
 

@@ -46,9 +46,10 @@ const (
 	// hubPollInterval is how often the hub resolves Git refs: short, so a
 	// push shows up even without `droverctl app refresh`.
 	hubPollInterval = 15 * time.Second
-	// syncInterval is the application's reconcile interval on the agents,
-	// which bounds how long hand-made drift lasts.
-	syncInterval = "10s"
+	// syncInterval is the application's sync interval on the agents:
+	// the default, as a user's would be. Hand-made drift is put back
+	// within seconds regardless, by the agents' watches.
+	syncInterval = "5m"
 	// convergeTimeout bounds each wait for the hub or the fleet; a loaded
 	// 2-core machine needs a fraction of it.
 	convergeTimeout = 5 * time.Minute
