@@ -79,6 +79,7 @@ func TestUnrelatedCommitsReachNoAgent(t *testing.T) {
 			t.Errorf("%s runs %v (err %v), want nginx:1.24.0", c, d.Spec.Template.Spec.Containers, err)
 		}
 	}
+	t.Logf("figure: fetches by agent: %v at the first release, the same after %d unrelated commits, %v after one commit under web's path", before, unrelated, after)
 	if n := git.UnownedFetches(); n != 0 {
 		t.Errorf("%d fetches the server tied to no process", n)
 	}
