@@ -141,6 +141,9 @@ type Reconciler struct {
 	// removedUnsent lists the applications removed since the hub was last
 	// handed a report naming them, so that it forgets their statuses.
 	removedUnsent map[string]bool
+	// removingStored: the state directory lists applications being
+	// removed (saveRemovingLocked).
+	removingStored bool
 	// notes are the callbacks due once r.mu is released
 	// (unlockAndNotify).
 	notes []func()
@@ -181,30 +184,93 @@ func New(cfg Config, st *state.Dir, f Fetcher, r Renderer, a Applier, onApplied 
 }
 
 // Resume takes the assignment stored on disk, if any, so the cluster is
-// reconciled before (or without) the hub.
+// reconciled before (or without) the hub, and goes on removing the
+// applications that had left it when the agent stopped.
 func (r *Reconciler) Resume() error {
 	a, err := r.state.Assignment()
-	if err != nil || a == nil {
+	if err != nil {
 		return err
 	}
-	if err := Validate(a); err != nil {
-		return fmt.Errorf("stored assignment: %w", err)
+	removing, err := r.state.Removing()
+	if err != nil {
+		return err
 	}
-	r.take(a, false)
-	r.log.Info("resumed the stored assignment", "version", a.GetVersion(), "applications", len(a.GetApplications()))
+	if err := Validate(&droverv1.Assignment{Version: "removing", Applications: removing}); err != nil {
+		return fmt.Errorf("stored applications being removed: %w", err)
+	}
+	if a != nil {
+		if err := Validate(a); err != nil {
+			return fmt.Errorf("stored assignment: %w", err)
+		}
+		r.take(a, false)
+		r.log.Info("resumed the stored assignment", "version", a.GetVersion(), "applications", len(a.GetApplications()))
+	}
+	r.mu.Lock()
+	defer r.unlockAndNotify()
+	if r.waiting == nil {
+		r.waiting = map[string]bool{}
+	}
+	r.removingStored = len(removing) > 0
+	for _, aa := range removing {
+		if _, assigned := r.apps[aa.GetName()]; assigned {
+			continue
+		}
+		r.apps[aa.GetName()] = &appState{
+			spec: aa, specHash: specHash(aa), removed: true, due: time.Now(),
+			retry: backoff.New(r.cfg.RetryBase, r.cfg.RetryMax),
+		}
+		r.waiting[aa.GetName()] = true
+		r.log.Info("resumed removing an application that left the assignment", "app", aa.GetName())
+	}
+	r.signal()
 	return nil
 }
 
 // SetAssignment takes a new assignment from the hub. An invalid one is
 // refused with the reason and changes nothing.
+//
+// The applications it drops are stored as being removed before the
+// assignment itself, so that an agent that stops before it removed them
+// finds them again when it resumes.
 func (r *Reconciler) SetAssignment(ctx context.Context, a *droverv1.Assignment) error {
 	if err := Validate(a); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	err := r.saveRemovingLocked(a)
+	r.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	if err := r.state.SaveAssignment(a); err != nil {
 		return fmt.Errorf("store the assignment: %w", err)
 	}
 	r.take(a, true)
+	return nil
+}
+
+// saveRemovingLocked stores the applications being removed once next is
+// the assignment (nil: the current one): those it does not name that the
+// agent holds.
+func (r *Reconciler) saveRemovingLocked(next *droverv1.Assignment) error {
+	assigned := map[string]bool{}
+	for _, aa := range next.GetApplications() {
+		assigned[aa.GetName()] = true
+	}
+	var removing []*droverv1.AppAssignment
+	for name, st := range r.apps {
+		if next == nil && st.removed || next != nil && !assigned[name] {
+			removing = append(removing, st.spec)
+		}
+	}
+	if len(removing) == 0 && !r.removingStored {
+		return nil
+	}
+	sort.Slice(removing, func(i, j int) bool { return removing[i].GetName() < removing[j].GetName() })
+	if err := r.state.SaveRemoving(removing); err != nil {
+		return fmt.Errorf("store the applications being removed: %w", err)
+	}
+	r.removingStored = len(removing) > 0
 	return nil
 }
 
@@ -622,6 +688,11 @@ func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.App
 	delete(r.statuses, name)
 	delete(r.unsent, name)
 	delete(r.waiting, name)
+	if err := r.saveRemovingLocked(nil); err != nil {
+		// Stored as still being removed: an agent restarted before the
+		// next store removes it again, which finds nothing to do.
+		log.Warn("removed application", "err", err)
+	}
 	r.removedUnsent[name] = true
 	if r.onStatus != nil {
 		r.notes = append(r.notes, r.onStatus)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -364,6 +365,52 @@ func TestResumesStoredAssignmentWithoutHub(t *testing.T) {
 	case v := <-h2.acks:
 		t.Fatalf("acknowledged %q with no hub", v)
 	default:
+	}
+}
+
+// An agent stopped while an application that left its assignment was
+// still being removed removes it when it resumes, although the stored
+// assignment no longer names it; once removed, a later restart has
+// nothing left to remove.
+func TestResumeFinishesRemovals(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir, nil)
+	ctx := context.Background()
+	if err := h.rec.SetAssignment(ctx, &droverv1.Assignment{Version: "v1", Nonce: "n1", Applications: []*droverv1.AppAssignment{app("web", sha1), app("old", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitAck(t, "v1")
+	h.ap.mu.Lock()
+	h.ap.deleteErr = errors.New("delete: connection refused")
+	h.ap.mu.Unlock()
+	if err := h.rec.SetAssignment(ctx, &droverv1.Assignment{Version: "v2", Nonce: "n2", Applications: []*droverv1.AppAssignment{app("web", sha1)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+
+	h2 := newHarness(t, dir, nil)
+	if err := h2.rec.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h2.ap.mu.Lock()
+		deleted := slices.Clone(h2.ap.deleted)
+		h2.ap.mu.Unlock()
+		if slices.Equal(deleted, []string{"old"}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a restart the agent removed %v, want [old]: it left old's objects behind", deleted)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h2.rec.PendingStatus(false).GetRemoved(); !slices.Equal(got, []string{"old"}) {
+		t.Fatalf("removed in the report after the restart's removal %v, want [old]", got)
+	}
+	h2.close()
+	if removing, err := h2.st.Removing(); err != nil || len(removing) != 0 {
+		t.Fatalf("stored as being removed after the removal: %v (err %v), want nothing", removing, err)
 	}
 }
 

@@ -33,6 +33,7 @@ const (
 	caFile         = "hub-ca.crt"
 	assignmentFile = "assignment.pb"
 	appliedFile    = "applied-version"
+	removingFile   = "removing.pb"
 )
 
 // Dir is an agent's state directory.
@@ -135,6 +136,33 @@ func (d *Dir) Assignment() (*droverv1.Assignment, error) {
 		return nil, fmt.Errorf("decode stored assignment: %w", err)
 	}
 	return &a, nil
+}
+
+// SaveRemoving stores the applications that left the assignment and are
+// not removed from the cluster yet, so that an agent restarted meanwhile
+// still removes them: the stored assignment no longer names them.
+func (d *Dir) SaveRemoving(apps []*droverv1.AppAssignment) error {
+	b, err := proto.Marshal(&droverv1.Assignment{Applications: apps})
+	if err != nil {
+		return fmt.Errorf("encode the applications being removed: %w", err)
+	}
+	return d.write(removingFile, b)
+}
+
+// Removing returns the applications stored by SaveRemoving.
+func (d *Dir) Removing() ([]*droverv1.AppAssignment, error) {
+	b, err := os.ReadFile(filepath.Join(d.path, removingFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the applications being removed: %w", err)
+	}
+	var a droverv1.Assignment
+	if err := proto.Unmarshal(b, &a); err != nil {
+		return nil, fmt.Errorf("decode the applications being removed: %w", err)
+	}
+	return a.GetApplications(), nil
 }
 
 // SaveAppliedVersion records the assignment version the agent applied and
