@@ -64,7 +64,9 @@ func WithLogger(log *slog.Logger) Option {
 }
 
 // Up applies every migration db has not had yet, holding a session
-// advisory lock so concurrent callers (hub replicas) take turns.
+// advisory lock so concurrent callers (hub replicas) take turns. A
+// database with a newer schema than this binary knows is refused with a
+// *NewerSchemaError, and nothing is changed.
 func Up(ctx context.Context, db *sql.DB, opts ...Option) error {
 	var cfg config
 	for _, o := range opts {
@@ -73,6 +75,13 @@ func Up(ctx context.Context, db *sql.DB, opts ...Option) error {
 	p, err := newProvider(db)
 	if err != nil {
 		return err
+	}
+	current, latest, err := versions(ctx, db, p)
+	if err != nil {
+		return err
+	}
+	if current > latest {
+		return &NewerSchemaError{Current: current, Latest: latest}
 	}
 	results, err := p.Up(ctx)
 	if err != nil {
@@ -84,6 +93,19 @@ func Up(ctx context.Context, db *sql.DB, opts ...Option) error {
 		}
 	}
 	return nil
+}
+
+// NewerSchemaError is Up's refusal of a database whose schema is newer
+// than this binary knows: a newer hub migrated it, and this one could
+// misread or damage what it does not know.
+type NewerSchemaError struct {
+	// Current is the database's schema version, Latest the newest this
+	// binary knows.
+	Current, Latest int64
+}
+
+func (e *NewerSchemaError) Error() string {
+	return fmt.Sprintf("the database's schema is at version %d, newer than this drover-hub knows (%d): a newer drover-hub migrated it; run that version or a later one (schemas are never migrated down by the hub)", e.Current, e.Latest)
 }
 
 // UpURL opens the database at url (a postgres:// URL or key=value DSN),
@@ -114,6 +136,10 @@ func Version(ctx context.Context, db *sql.DB) (current, latest int64, err error)
 	if err != nil {
 		return 0, 0, err
 	}
+	return versions(ctx, db, p)
+}
+
+func versions(ctx context.Context, db *sql.DB, p *goose.Provider) (current, latest int64, err error) {
 	sources := p.ListSources()
 	latest = sources[len(sources)-1].Version
 	var hasTable bool

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/pressly/goose/v3"
@@ -45,5 +47,43 @@ func TestMigrationDownUp(t *testing.T) {
 	}
 	if n := count(); n != len(tables) {
 		t.Errorf("%d of the store's tables after Up again, want %d", n, len(tables))
+	}
+}
+
+// A hub refuses a database that a newer hub migrated, saying so, and
+// changes nothing there.
+func TestNewerSchemaIsRefused(t *testing.T) {
+	ctx := context.Background()
+	db, err := migrations.Open(testbed.Postgres(t))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer db.Close()
+	current, latest, err := migrations.Version(ctx, db)
+	if err != nil || current != latest {
+		t.Fatalf("a migrated database is at version %d of %d (err %v), want the latest", current, latest, err)
+	}
+	newer := latest + 1
+	if _, err := db.ExecContext(ctx, `INSERT INTO goose_db_version (version_id, is_applied) VALUES ($1, true)`, newer); err != nil {
+		t.Fatalf("record a newer migration: %v", err)
+	}
+	rows := func() int {
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM goose_db_version`).Scan(&n); err != nil {
+			t.Fatalf("count applied migrations: %v", err)
+		}
+		return n
+	}
+	before := rows()
+	err = migrations.Up(ctx, db)
+	var newerErr *migrations.NewerSchemaError
+	if !errors.As(err, &newerErr) || newerErr.Current != newer || newerErr.Latest != latest {
+		t.Fatalf("Up on a database at version %d: %v, want a NewerSchemaError naming %d and %d", newer, err, newer, latest)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "newer than this drover-hub knows") {
+		t.Errorf("the refusal says %q: want it to say the schema is newer than the hub knows", msg)
+	}
+	if after := rows(); after != before {
+		t.Errorf("%d applied migrations recorded after the refusal, %d before", after, before)
 	}
 }
