@@ -17,11 +17,13 @@
 // drifted: with selfHeal it re-applies, without it reports OutOfSync.
 // The sync interval stays as a backstop for anything a watch missed.
 //
-// The agent's own re-apply is seen like any write and costs one more sync,
-// which finds nothing to do and writes nothing, so it settles. An
-// application whose objects keep changing under it (a controller fighting
-// Drover over a field) is synced ever less often, up to once a minute,
-// until its objects stay quiet.
+// The agent's own applies are recognised by their managed fields (the
+// newest write is Drover's) and ask for nothing. A Deployment's controller
+// writing its revision annotation after a new template moves its
+// generation, which costs one sync that finds nothing and writes nothing,
+// so it settles. An application whose objects keep changing under it (a
+// controller fighting Drover over a field) is synced ever less often, up
+// to once a minute, until its objects stay quiet.
 package watch
 
 import (
@@ -430,8 +432,12 @@ func (h handler) OnDelete(obj any) {
 }
 
 // annotationSignature, on the watch's trimmed copies only (never sent
-// anywhere), holds signature's digest.
-const annotationSignature = "watch.drover.dev/signature"
+// anywhere), holds signature's digest; annotationOwnWrite, there too,
+// marks an object whose last write was Drover's own apply (ownWrite).
+const (
+	annotationSignature = "watch.drover.dev/signature"
+	annotationOwnWrite  = "watch.drover.dev/own-write"
+)
 
 // trim keeps of an object what changed needs: the cache then holds a few
 // hundred bytes per object, whatever its managed fields. The informer may
@@ -444,11 +450,41 @@ func trim(obj any) (any, error) {
 	if _, done := m.Annotations[annotationSignature]; done && len(m.ManagedFields) == 0 {
 		return m, nil
 	}
+	annotations := map[string]string{annotationSignature: signature(m)}
+	if ownWrite(m) {
+		annotations[annotationOwnWrite] = "true"
+	}
 	return &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{
 		Name: m.Name, Namespace: m.Namespace, UID: m.UID,
 		ResourceVersion: m.ResourceVersion, Generation: m.Generation,
-		Annotations: map[string]string{annotationSignature: signature(m)},
+		Annotations: annotations,
 	}}, nil
+}
+
+// ownWrite reports whether the newest write to m that was not a status
+// update was Drover's own apply: every entry of its managed fields with
+// the newest time is Drover's. The agent's sync, healing or taking a new
+// commit, would otherwise ask for one more sync that finds nothing. The
+// times have whole seconds: another writer in the same second as Drover
+// shares the newest time, and its write counts.
+func ownWrite(m *metav1.PartialObjectMetadata) bool {
+	var newest time.Time
+	ours := false
+	for _, mf := range m.ManagedFields {
+		// kubectl scale writes through the scale subresource: that one
+		// counts, only status updates do not.
+		if mf.Subresource == "status" || mf.Time == nil {
+			continue
+		}
+		isOurs := mf.Manager == apply.FieldManager && mf.Operation == metav1.ManagedFieldsOperationApply
+		switch t := mf.Time.Time; {
+		case t.After(newest):
+			newest, ours = t, isOurs
+		case t.Equal(newest):
+			ours = ours && isOurs
+		}
+	}
+	return ours
 }
 
 // changed reports whether an update from o to n may have changed what
@@ -464,6 +500,9 @@ func trim(obj any) (any, error) {
 func changed(o, n *metav1.PartialObjectMetadata) bool {
 	if o.UID != n.UID {
 		return true // deleted and made again between two events
+	}
+	if n.Annotations[annotationOwnWrite] != "" {
+		return false // Drover's own apply, not drift
 	}
 	return o.Generation != n.Generation || o.Annotations[annotationSignature] != n.Annotations[annotationSignature]
 }

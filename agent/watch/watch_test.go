@@ -53,11 +53,17 @@ func TestChanged(t *testing.T) {
 	edit := entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", 150, `{"f:data":{"f:greeting":{}}}`)
 	edit2 := entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", 160, `{"f:data":{"f:greeting":{}}}`)
 	taken := entry(apply.FieldManager, metav1.ManagedFieldsOperationApply, "", 100, takenFields)
+	taker := entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", 150, `{"f:data":{"f:greeting":{}}}`)
+	scaled := entry("kubectl", metav1.ManagedFieldsOperationUpdate, "scale", 150, `{"f:spec":{"f:replicas":{}}}`)
+	sameSecond := entry("kubectl-edit", metav1.ManagedFieldsOperationUpdate, "", 200, `{"f:data":{"f:greeting":{}}}`)
+	byHand := entry("kubectl-label", metav1.ManagedFieldsOperationUpdate, "", 150, `{"f:metadata":{"f:labels":{}}}`)
 
-	relabelled := object(2, "12", drover)
+	relabelled := object(2, "12", drover, byHand)
 	relabelled.Labels[apply.LabelApplication] = "other"
-	rehashed := object(2, "12", drover)
+	rehashed := object(2, "12", drover, byHand)
 	rehashed.Annotations[apply.AnnotationContentHash] = "h2"
+	reapplied := object(2, "12", droverLater)
+	reapplied.Annotations[apply.AnnotationContentHash] = "h2"
 	recreated := object(1, "12", drover)
 	recreated.UID = "u2"
 
@@ -68,8 +74,12 @@ func TestChanged(t *testing.T) {
 	}{
 		{"status update", object(2, "10", drover, status1), object(2, "11", drover, status2), false},
 		{"controller's annotation on an object with a generation", object(2, "10", drover), object(2, "11", drover, revision), false},
-		{"spec changed (kubectl scale, set image)", object(2, "10", drover), object(3, "11", drover), true},
-		{"a field Drover applied taken over", object(2, "10", drover), object(2, "11", taken), true},
+		{"spec changed (kubectl set image)", object(2, "10", drover), object(3, "11", drover, edit), true},
+		{"kubectl scale, through the scale subresource", object(2, "10", drover), object(3, "11", drover, scaled), true},
+		{"Drover's own apply of a new spec", object(2, "10", drover), object(3, "11", droverLater), false},
+		{"Drover's own apply of a new content hash", object(2, "10", drover), reapplied, false},
+		{"another writer in the same second as Drover", object(0, "10", drover), object(0, "11", droverLater, sameSecond), true},
+		{"a field Drover applied taken over", object(2, "10", drover), object(2, "11", taken, taker), true},
 		{"Drover's own apply of the same fields", object(0, "10", drover), object(0, "11", droverLater), false},
 		{"data edited by hand (no generation)", object(0, "10", drover), object(0, "11", drover, edit), true},
 		{"edited again by the same hand", object(0, "10", drover, edit), object(0, "11", drover, edit2), true},
