@@ -498,6 +498,14 @@ func TestFleetGitOps(t *testing.T) {
 			}
 			return s.GetSync() == droverv1.SyncState_SYNC_STATE_FAILED && strings.Contains(s.GetMessage(), "bad.yaml"), fmt.Sprintf("hub says %v", s)
 		})
-		f.waitHealthy("web", "prod-1", bad)
+		// web stays where it was: the commit changed nothing under its
+		// path, so its release keeps the content it had.
+		var web droverv1.GetApplicationResponse
+		f.do(http.MethodGet, "/api/v1/applications/web", nil, &web)
+		rel := web.GetReleases()[0]
+		if rel.GetCommit() != bad || rel.GetContentCommit() == bad {
+			t.Errorf("web's release after a commit under apps/broken only: %.7s with the content of %.7s, want %.7s with an older content", rel.GetCommit(), rel.GetContentCommit(), bad)
+		}
+		f.waitHealthy("web", "prod-1", rel.GetContentCommit())
 	})
 }
