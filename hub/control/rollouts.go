@@ -483,13 +483,19 @@ func (e *rollouts) Rollout(ctx context.Context, name string) (*droverv1.RolloutS
 	if a != nil {
 		spec = a.Spec
 	}
+	// The state as the engine last committed it, which it stores and
+	// pins the fleet to under e.mu: one read from the store could show a
+	// phase ("rolled-back") before the fleet's assignments follow it.
+	st, known := e.states[name]
 	e.mu.Unlock()
 	if a != nil && spec.GetRollout() == nil {
 		return e.atOnce(ctx, name)
 	}
-	st, err := e.store.GetRolloutState(ctx, name)
-	if err != nil {
-		return nil, err
+	if !known {
+		var err error
+		if st, err = e.store.GetRolloutState(ctx, name); err != nil {
+			return nil, err
+		}
 	}
 	approval := map[string]bool{}
 	for _, w := range spec.GetRollout().GetWaves() {
