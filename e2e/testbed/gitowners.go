@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Who fetched.
@@ -41,14 +42,25 @@ func (g *Git) FetchesBy(pid int) int {
 func (g *Git) UnownedFetches() int { return g.FetchesBy(0) }
 
 func (g *Git) countFetch(r *http.Request) {
-	pid, err := socketOwner(r.RemoteAddr)
-	if err != nil {
+	// The kernel writes /proc/net/tcp a page at a time, so a socket can
+	// be missed while others on the machine come and go: look again. The
+	// client's end stays open meanwhile, waiting for the response.
+	var pid int
+	for range ownerLookups {
+		var err error
+		if pid, err = socketOwner(r.RemoteAddr); err == nil {
+			break
+		}
 		pid = 0
+		time.Sleep(10 * time.Millisecond)
 	}
 	g.mu.Lock()
 	g.fetchesBy[pid]++
 	g.mu.Unlock()
 }
+
+// ownerLookups bounds the tries to find a fetch's process.
+const ownerLookups = 20
 
 // socketOwner returns the process holding the local end of the TCP
 // connection from addr (an IPv4 address in this network namespace), while
