@@ -171,7 +171,16 @@ func (d *Dashboard) action(role string, next http.HandlerFunc) http.Handler {
 // safeNext returns next when it is a path on this site, else "/": the
 // login form must not redirect people elsewhere.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+	// Browsers drop tabs and newlines from a Location and read a backslash
+	// as a slash, so "/\t/evil.example" or "/\\evil.example" would lead
+	// off-site: refuse them outright, then accept only a path.
+	if strings.ContainsFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
+		return "/"
+	}
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+		return "/"
+	}
+	if u, err := url.Parse(next); err != nil || u.Scheme != "" || u.Host != "" || u.Opaque != "" {
 		return "/"
 	}
 	return next

@@ -450,6 +450,25 @@ func TestAccess(t *testing.T) {
 		if code != 303 || hdr.Get("Location") != "/" {
 			t.Errorf("login with an off-site next = %d %q, want 303 /", code, hdr.Get("Location"))
 		}
+		// Forms a browser turns into another site: it drops tabs and
+		// newlines and reads a backslash as a slash.
+		for _, next := range []string{"/\t/evil.example/x", "/\n/evil.example", "/\\evil.example", "\\/evil.example", "https://evil.example/", "/\r\n/evil.example"} {
+			b := f.browser(t)
+			_, body := b.get("/login?next=" + url.QueryEscape(next))
+			nonce := csrfRE.FindStringSubmatch(body)[1]
+			code, hdr, _ := b.do("POST", "/login", url.Values{"token": {f.viewer}, "csrf": {nonce}, "next": {next}})
+			if code != 303 || hdr.Get("Location") != "/" {
+				t.Errorf("login with next %q = %d %q, want 303 /", next, code, hdr.Get("Location"))
+			}
+		}
+		for _, next := range []string{"/clusters/eu-1?x=1", "/applications/web#res"} {
+			b := f.browser(t)
+			_, body := b.get("/login?next=" + url.QueryEscape(next))
+			nonce := csrfRE.FindStringSubmatch(body)[1]
+			if code, hdr, _ := b.do("POST", "/login", url.Values{"token": {f.viewer}, "csrf": {nonce}, "next": {next}}); code != 303 || hdr.Get("Location") != next {
+				t.Errorf("login with next %q = %d %q, want 303 to it", next, code, hdr.Get("Location"))
+			}
+		}
 		var sess *http.Cookie
 		for _, c := range (&http.Response{Header: hdr}).Cookies() {
 			if c.Name == "drover_session" {
