@@ -54,6 +54,7 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	var health string
 	eventually(t, "the hub to report itself degraded", func() bool {
 		resp, err := http.Get("http://" + h.HTTPAddr() + "/healthz")
 		if err != nil {
@@ -61,8 +62,14 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(string(body), "database")
+		health = string(body)
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(health, "database unreachable")
 	})
+	// /healthz answers anyone: nothing of the driver's error, which can
+	// name the database's user, host and port.
+	if want := "degraded\ndatabase unreachable\n"; health != want {
+		t.Errorf("/healthz says %q, want %q and nothing of the driver's error", health, want)
+	}
 	// The agent's stream is still served while the database is away.
 	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Heartbeat{Heartbeat: &droverv1.Heartbeat{SentAt: timestamppb.Now()}}})
 	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{
