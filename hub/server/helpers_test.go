@@ -44,6 +44,13 @@ func startHub(t testing.TB, mutate ...func(*server.Config)) *testHub {
 // startHubLogging is startHub with the hub logging to logger.
 func startHubLogging(t testing.TB, logger *slog.Logger, mutate ...func(*server.Config)) *testHub {
 	t.Helper()
+	return startHubWriting(t, logger, io.Discard, mutate...)
+}
+
+// startHubWriting is startHubLogging with the hub's messages to the
+// operator (server.Start's out) written to out.
+func startHubWriting(t testing.TB, logger *slog.Logger, out io.Writer, mutate ...func(*server.Config)) *testHub {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "drover-hub-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +66,7 @@ func startHubLogging(t testing.TB, logger *slog.Logger, mutate ...func(*server.C
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	h, err := server.Start(context.Background(), cfg, logger, io.Discard)
+	h, err := server.Start(context.Background(), cfg, logger, out)
 	if err != nil {
 		t.Fatalf("start hub: %v", err)
 	}

@@ -77,7 +77,8 @@ type Hub struct {
 var _ adminapi.Hub = (*Hub)(nil)
 
 // Start starts a hub and returns once it serves. The initial admin token,
-// on first start, is written to DataDir/admin-token and printed to out.
+// on first start, is written to DataDir/admin-token, whose path (never the
+// token) is printed to out.
 func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) (_ *Hub, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
@@ -386,7 +387,8 @@ func (h *Hub) initialAdminToken(ctx context.Context, out io.Writer) error {
 	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write the initial admin token: %w", err)
 	}
-	fmt.Fprintf(out, "\nThe initial admin API token (shown once; also in %s, mode 0600):\n\n    %s\n\n", path, tok)
+	// Only where it is: standard output ends up in container logs.
+	fmt.Fprintf(out, "\nThe initial admin API token is in %s (mode 0600); sign in with:\n\n    droverctl login --server URL < %s\n\n", path, path)
 	return nil
 }
 
