@@ -11,6 +11,18 @@ import (
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
+// storeWithStatuses returns a store with clusters c1 and c2 and sts
+// written.
+func storeWithStatuses(t *testing.T, sts ...*droverv1.ApplicationStatus) *Store {
+	t.Helper()
+	s := newStore(t)
+	registerClusters(t, s, nil, "c1", "c2")
+	if err := s.WriteStatuses(context.Background(), sts); err != nil {
+		t.Fatalf("WriteStatuses: %v", err)
+	}
+	return s
+}
+
 // makeStatus is a status of app on cluster with n resources; gen varies
 // the content.
 func makeStatus(cluster, app string, n, gen int) *droverv1.ApplicationStatus {
@@ -179,14 +191,8 @@ func TestWriteStatusesBigBatch(t *testing.T) {
 // marked removing, and counts nowhere until the agent confirms the
 // removal; placed there again, it is current again.
 func TestRemovingStatusesCountNowhere(t *testing.T) {
-	s := newStore(t)
+	s := storeWithStatuses(t, makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c2", "old", 0, 1))
 	ctx := context.Background()
-	registerClusters(t, s, nil, "c1", "c2")
-	if err := s.WriteStatuses(ctx, []*droverv1.ApplicationStatus{
-		makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c2", "old", 0, 1),
-	}); err != nil {
-		t.Fatalf("WriteStatuses: %v", err)
-	}
 	mark := func(assigned map[string][]string, want int64) {
 		t.Helper()
 		if n, err := s.MarkRemoving(ctx, assigned); err != nil || n != want {

@@ -70,14 +70,8 @@ func TestStatusWriterRun(t *testing.T) {
 }
 
 func TestStatusWriterFullReport(t *testing.T) {
-	s := newStore(t)
+	s := storeWithStatuses(t, makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c2", "old", 0, 1))
 	ctx := context.Background()
-	registerClusters(t, s, nil, "c1", "c2")
-	if err := s.WriteStatuses(ctx, []*droverv1.ApplicationStatus{
-		makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c2", "old", 0, 1),
-	}); err != nil {
-		t.Fatalf("WriteStatuses: %v", err)
-	}
 	w := NewStatusWriter(s, testlog.New(t), 10, time.Hour)
 	// A delta for an application the full report below no longer lists:
 	// older than the report, it must not come back.
@@ -103,14 +97,8 @@ func TestStatusWriterFullReport(t *testing.T) {
 // that cluster only, and a full report deletes no status of an
 // application still assigned, listed or not.
 func TestStatusWriterRemovals(t *testing.T) {
-	s := newStore(t)
+	s := storeWithStatuses(t, makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c1", "api", 0, 1), makeStatus("c2", "old", 0, 1))
 	ctx := context.Background()
-	registerClusters(t, s, nil, "c1", "c2")
-	if err := s.WriteStatuses(ctx, []*droverv1.ApplicationStatus{
-		makeStatus("c1", "old", 0, 1), makeStatus("c1", "web", 0, 1), makeStatus("c1", "api", 0, 1), makeStatus("c2", "old", 0, 1),
-	}); err != nil {
-		t.Fatalf("WriteStatuses: %v", err)
-	}
 	w := NewStatusWriter(s, testlog.New(t), 10, time.Hour)
 	// Older than the removal: must not bring the row back.
 	w.Enqueue(makeStatus("c1", "old", 0, 2))
