@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -37,14 +36,7 @@ func BenchmarkSelfHeal(b *testing.B) {
 	hub, api := startBenchHub(b, dir)
 	caFile, token := joinBenchHub(b, dir, hub, api, map[string]string{"env": "prod"})
 	api.do(b, http.MethodPost, "/api/v1/applications", hourly(repo.URL, "heal", true), nil)
-	startAgentProcess(b, agentBin, filepath.Join(dir, "agent.log"),
-		"--hub", hub.AgentAddr(),
-		"--hub-ca", caFile,
-		"--join-token", token,
-		"--cluster-name", c.Name,
-		"--state-dir", filepath.Join(dir, "agent-state"),
-		"--kubeconfig", c.Kubeconfig,
-	)
+	startBenchAgent(b, agentBin, dir, hub, caFile, token, c)
 	testbed.Eventually(b, fmt.Sprintf("heal Synced and Healthy at %.7s on %s", commit, c.Name), 3*time.Minute, func() (bool, string) {
 		var resp droverv1.GetApplicationResponse
 		if err := api.call(b.Context(), http.MethodGet, "/api/v1/applications/heal", nil, &resp); err != nil {

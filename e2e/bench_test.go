@@ -451,14 +451,7 @@ spec:
 		}}, nil)
 	}
 
-	agent := startAgentProcess(b, agentBin, filepath.Join(dir, "agent.log"),
-		"--hub", hub.AgentAddr(),
-		"--hub-ca", caFile,
-		"--join-token", token,
-		"--cluster-name", c.Name,
-		"--state-dir", filepath.Join(dir, "agent-state"),
-		"--kubeconfig", c.Kubeconfig,
-	)
+	agent := startBenchAgent(b, agentBin, dir, hub, caFile, token, c)
 	testbed.Eventually(b, fmt.Sprintf("%d applications Synced and Healthy at %.7s on %s", apps, commit, c.Name), 3*time.Minute, func() (bool, string) {
 		for _, app := range names {
 			var resp droverv1.GetApplicationResponse
@@ -517,6 +510,20 @@ func buildAgent(tb testing.TB, dir string) string {
 		tb.Fatalf("go build drover-agent: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// startBenchAgent starts the agent binary for cluster c, joining hub with
+// token, its state and log in dir.
+func startBenchAgent(b *testing.B, agentBin, dir string, hub *server.Hub, caFile, token string, c *testbed.Cluster) *exec.Cmd {
+	b.Helper()
+	return startAgentProcess(b, agentBin, filepath.Join(dir, "agent.log"),
+		"--hub", hub.AgentAddr(),
+		"--hub-ca", caFile,
+		"--join-token", token,
+		"--cluster-name", c.Name,
+		"--state-dir", filepath.Join(dir, "agent-state"),
+		"--kubeconfig", c.Kubeconfig,
+	)
 }
 
 // startAgentProcess starts the agent binary with args, its output in

@@ -124,16 +124,21 @@ func (d *Dir) SaveAssignment(a *droverv1.Assignment) error {
 
 // Assignment returns the stored assignment, or nil when there is none.
 func (d *Dir) Assignment() (*droverv1.Assignment, error) {
-	b, err := os.ReadFile(filepath.Join(d.path, assignmentFile))
+	return d.readAssignment(assignmentFile, "the stored assignment")
+}
+
+// readAssignment decodes file, an Assignment; nil when there is none.
+func (d *Dir) readAssignment(file, what string) (*droverv1.Assignment, error) {
+	b, err := os.ReadFile(filepath.Join(d.path, file))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read assignment: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	var a droverv1.Assignment
 	if err := proto.Unmarshal(b, &a); err != nil {
-		return nil, fmt.Errorf("decode stored assignment: %w", err)
+		return nil, fmt.Errorf("decode %s: %w", what, err)
 	}
 	return &a, nil
 }
@@ -151,18 +156,8 @@ func (d *Dir) SaveRemoving(apps []*droverv1.AppAssignment) error {
 
 // Removing returns the applications stored by SaveRemoving.
 func (d *Dir) Removing() ([]*droverv1.AppAssignment, error) {
-	b, err := os.ReadFile(filepath.Join(d.path, removingFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read the applications being removed: %w", err)
-	}
-	var a droverv1.Assignment
-	if err := proto.Unmarshal(b, &a); err != nil {
-		return nil, fmt.Errorf("decode the applications being removed: %w", err)
-	}
-	return a.GetApplications(), nil
+	a, err := d.readAssignment(removingFile, "the applications being removed")
+	return a.GetApplications(), err
 }
 
 // SaveAppliedVersion records the assignment version the agent applied and
