@@ -70,6 +70,12 @@ func insertEvent(ctx context.Context, db execer, ev *droverv1.Event) error {
 // AddEvents appends events in one statement, in order (ids increase in
 // slice order).
 func (s *Store) AddEvents(ctx context.Context, evs []*droverv1.Event) error {
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	return insertEvents(ctx, s.pool, evs)
+}
+
+func insertEvents(ctx context.Context, db execer, evs []*droverv1.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
@@ -89,10 +95,8 @@ func (s *Store) AddEvents(ctx context.Context, evs []*droverv1.Event) error {
 		}
 		times[i], kinds[i], actors[i], clusters[i], apps[i], messages[i] = r.time, r.kind, r.actor, r.cluster, r.application, r.message
 	}
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
 	// WITH ORDINALITY keeps slice order in the ids.
-	_, err := s.pool.Exec(ctx, `
+	_, err := db.Exec(ctx, `
 		INSERT INTO events (time, kind, actor, cluster, application, message)
 		SELECT COALESCE(t, now()), k, a, c, ap, m
 		FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])

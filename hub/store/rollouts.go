@@ -3,55 +3,92 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/drover-dev/drover/hub/rollout"
+	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
+
+// Rollout is an application's rollout state as stored, with the version
+// of that write. Versions come from one sequence: a later write of any
+// rollout has a higher version.
+type Rollout struct {
+	State   rollout.State
+	Version int64
+}
+
+// ErrStale: a rollout state was written since the version a write was
+// based on; the write changed nothing, and the writer reads the state
+// again.
+var ErrStale = errors.New("written meanwhile")
+
+// GetRollout returns an application's rollout; ErrNotFound when the
+// application has none yet.
+func (s *Store) GetRollout(ctx context.Context, app string) (Rollout, error) {
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	return getRollout(ctx, s.pool, app, false)
+}
 
 // GetRolloutState returns an application's rollout state; ErrNotFound when
 // the application has none yet.
 func (s *Store) GetRolloutState(ctx context.Context, app string) (rollout.State, error) {
-	op := fmt.Sprintf("rollout of application %q", app)
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
-	var raw []byte
-	if err := s.pool.QueryRow(ctx, `SELECT state FROM rollouts WHERE application = $1`, app).Scan(&raw); err != nil {
-		return rollout.State{}, classify(op, err)
-	}
-	var st rollout.State
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return rollout.State{}, fmt.Errorf("%s: decode state: %w", op, err)
-	}
-	return st, nil
+	r, err := s.GetRollout(ctx, app)
+	return r.State, err
 }
 
-// ListRolloutStates returns every application's rollout state, by
-// application.
-func (s *Store) ListRolloutStates(ctx context.Context) (map[string]rollout.State, error) {
+type queryRower interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func getRollout(ctx context.Context, db queryRower, app string, forUpdate bool) (Rollout, error) {
+	op := fmt.Sprintf("rollout of application %q", app)
+	q := `SELECT state, version FROM rollouts WHERE application = $1`
+	if forUpdate {
+		q += ` FOR UPDATE`
+	}
+	var (
+		raw []byte
+		r   Rollout
+	)
+	if err := db.QueryRow(ctx, q, app).Scan(&raw, &r.Version); err != nil {
+		return Rollout{}, classify(op, err)
+	}
+	if err := json.Unmarshal(raw, &r.State); err != nil {
+		return Rollout{}, fmt.Errorf("%s: decode state: %w", op, err)
+	}
+	return r, nil
+}
+
+// ListRollouts returns every application's rollout, by application.
+func (s *Store) ListRollouts(ctx context.Context) (map[string]Rollout, error) {
 	const op = "list rollouts"
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `SELECT application, state FROM rollouts`)
+	rows, err := s.pool.Query(ctx, `SELECT application, state, version FROM rollouts`)
 	if err != nil {
 		return nil, classify(op, err)
 	}
 	defer rows.Close()
-	out := map[string]rollout.State{}
+	out := map[string]Rollout{}
 	for rows.Next() {
 		var (
 			app string
 			raw []byte
+			r   Rollout
 		)
-		if err := rows.Scan(&app, &raw); err != nil {
+		if err := rows.Scan(&app, &raw, &r.Version); err != nil {
 			return nil, classify(op, err)
 		}
-		var st rollout.State
-		if err := json.Unmarshal(raw, &st); err != nil {
+		if err := json.Unmarshal(raw, &r.State); err != nil {
 			return nil, fmt.Errorf("%s: decode state of %q: %w", op, app, err)
 		}
-		out[app] = st
+		out[app] = r
 	}
 	if err := rows.Err(); err != nil {
 		return nil, classify(op, err)
@@ -59,36 +96,124 @@ func (s *Store) ListRolloutStates(ctx context.Context) (map[string]rollout.State
 	return out, nil
 }
 
+// ListRolloutStates returns every application's rollout state, by
+// application.
+func (s *Store) ListRolloutStates(ctx context.Context) (map[string]rollout.State, error) {
+	rs, err := s.ListRollouts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]rollout.State, len(rs))
+	for app, r := range rs {
+		out[app] = r.State
+	}
+	return out, nil
+}
+
 // PutRolloutState stores an application's rollout state, replacing the
-// one stored. ErrNotFound when the application does not exist (deleted
-// meanwhile).
+// one stored, unconditionally: for tools and tests. The hub's rollout
+// engine writes with CommitRollout, operators' commands with
+// UpdateRollout. ErrNotFound when the application does not exist.
 func (s *Store) PutRolloutState(ctx context.Context, app string, st rollout.State) error {
+	ctx, cancel := s.queryCtx(ctx)
+	defer cancel()
+	_, err := putRollout(ctx, s.pool, app, -1, st)
+	return err
+}
+
+// CommitRollout stores the rollout state of app that one step of its
+// owner made from the stored state at version (0: none was stored), with
+// the step's events, in one transaction and only under lease: the events
+// are recorded exactly when the state is. It returns the new version.
+// ErrLeaseLost when the lease lapsed or moved, ErrStale when the state
+// was written since version (an operator's command), ErrNotFound when the
+// application is gone; each changes nothing.
+func (s *Store) CommitRollout(ctx context.Context, lease Lease, app string, version int64, st rollout.State, events []*droverv1.Event) (int64, error) {
+	var next int64
+	err := s.underLease(ctx, fmt.Sprintf("store rollout of application %q", app), lease, func(tx pgx.Tx) error {
+		var err error
+		if next, err = putRollout(ctx, tx, app, version, st); err != nil {
+			return err
+		}
+		return insertEvents(ctx, tx, events)
+	})
+	return next, err
+}
+
+// UpdateRollout applies change to the stored rollout of app (the zero
+// state at version 0 when none is stored) and stores what it returns with
+// its events, in one transaction holding the row: an operator's command,
+// taken by whichever replica the operator reached. The owner's next
+// CommitRollout, based on the version before, fails with ErrStale and
+// reads this one. An error from change stores nothing and is returned as
+// is.
+func (s *Store) UpdateRollout(ctx context.Context, app string, change func(Rollout) (rollout.State, []*droverv1.Event, error)) (Rollout, error) {
+	var out Rollout
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		cur, err := getRollout(ctx, tx, app, true)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		next, events, err := change(cur)
+		if err != nil {
+			return err
+		}
+		v, err := putRollout(ctx, tx, app, cur.Version, next)
+		if err != nil {
+			return err
+		}
+		out = Rollout{State: next, Version: v}
+		return insertEvents(ctx, tx, events)
+	})
+	return out, err
+}
+
+// putRollout writes app's rollout state when the stored one is at version
+// (0: none stored; -1: whatever is stored) and returns the new version.
+func putRollout(ctx context.Context, db queryRower, app string, version int64, st rollout.State) (int64, error) {
 	op := fmt.Sprintf("store rollout of application %q", app)
 	raw, err := json.Marshal(st)
 	if err != nil {
-		return fmt.Errorf("%s: encode state: %w", op, err)
+		return 0, fmt.Errorf("%s: encode state: %w", op, err)
 	}
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
-	_, err = s.pool.Exec(ctx, `
-		INSERT INTO rollouts (application, state, updated_at) VALUES ($1, $2, now())
-		ON CONFLICT (application) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at`,
-		app, string(raw))
-	if pgCode(err) == codeForeignKeyViolation {
-		return fmt.Errorf("%s: %w", op, ErrNotFound)
+	var next int64
+	err = db.QueryRow(ctx, `
+		INSERT INTO rollouts AS r (application, state, updated_at) VALUES ($1, $2, now())
+		ON CONFLICT (application) DO UPDATE
+		SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, version = nextval('rollout_versions')
+		WHERE $3 < 0 OR r.version = $3
+		RETURNING version`,
+		app, string(raw), version).Scan(&next)
+	switch {
+	case pgCode(err) == codeForeignKeyViolation:
+		return 0, fmt.Errorf("%s: %w", op, ErrNotFound)
+	case errors.Is(err, pgx.ErrNoRows):
+		return 0, fmt.Errorf("%s: %w", op, retry.Permanent(ErrStale))
+	case err != nil:
+		return 0, classify(op, err)
 	}
-	if err != nil {
-		return classify(op, err)
-	}
-	return nil
+	return next, nil
 }
 
 // DeleteRolloutState forgets an application's rollout; deleting none is
-// not an error.
+// not an error. For tools and tests; the engine deletes with
+// DeleteRollout.
 func (s *Store) DeleteRolloutState(ctx context.Context, app string) error {
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	if _, err := s.pool.Exec(ctx, `DELETE FROM rollouts WHERE application = $1`, app); err != nil {
+	return deleteRollout(ctx, s.pool, app)
+}
+
+// DeleteRollout forgets an application's rollout under lease (nothing
+// when the lease is lost, with ErrLeaseLost).
+func (s *Store) DeleteRollout(ctx context.Context, lease Lease, app string) error {
+	return s.underLease(ctx, fmt.Sprintf("delete rollout of application %q", app), lease, func(tx pgx.Tx) error {
+		return deleteRollout(ctx, tx, app)
+	})
+}
+
+func deleteRollout(ctx context.Context, db execer, app string) error {
+	if _, err := db.Exec(ctx, `DELETE FROM rollouts WHERE application = $1`, app); err != nil {
 		return classify(fmt.Sprintf("delete rollout of application %q", app), err)
 	}
 	return nil

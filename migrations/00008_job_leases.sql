@@ -1,0 +1,43 @@
+-- Background work shared by hub replicas. Every job (an application's
+-- rollout, a repository's Git polling, event retention) is run by one
+-- replica at a time: membership (hashicorp/memberlist) says which replica
+-- should hold it, and a row here says which one does. A lease is
+-- held until expires_at (the database's clock) and renewed by its holder
+-- well before; epoch grows by one each time the lease changes hands, and
+-- every write of a job's results checks, in its own transaction, that the
+-- writer still holds the lease at the epoch it acquired. A replica cut
+-- off from the others by a gossip partition, or paused past its lease,
+-- therefore writes nothing for a job it has lost.
+--
+-- rollouts.version is drawn from one sequence at every write of a rollout
+-- state: a write names the version it read, so an operator's command taken
+-- by any replica and the owner's next step never overwrite each other
+-- unseen, and a replica reloading a state keeps the newer of what it has
+-- and what it reads (a sequence, not a per-row count, so that a state
+-- deleted and made again still counts up).
+
+-- +goose Up
+
+CREATE TABLE job_leases (
+    job         text        NOT NULL,
+    replica     text        NOT NULL,
+    instance    text        NOT NULL,
+    epoch       bigint      NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    CONSTRAINT job_leases_pkey PRIMARY KEY (job)
+);
+
+CREATE SEQUENCE rollout_versions;
+
+ALTER TABLE rollouts
+    ADD COLUMN version bigint NOT NULL DEFAULT nextval('rollout_versions');
+
+-- +goose Down
+
+ALTER TABLE rollouts
+    DROP COLUMN version;
+
+DROP SEQUENCE rollout_versions;
+
+DROP TABLE job_leases;
