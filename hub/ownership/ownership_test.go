@@ -94,7 +94,7 @@ type replica struct {
 func startReplica(t *testing.T, st *store.Store, name string, v *view, jobs []string) *replica {
 	t.Helper()
 	k := New(Config{
-		Holder: store.Holder{Replica: name, Instance: name + "-" + fmt.Sprint(time.Now().UnixNano())},
+		Holder:  store.Holder{Replica: name, Instance: name + "-" + fmt.Sprint(time.Now().UnixNano())},
 		Members: v, Store: st, TTL: 2 * time.Second, Renew: 100 * time.Millisecond,
 		Logger: testlog.New(t).With("replica", name),
 	})
