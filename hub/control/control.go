@@ -33,6 +33,7 @@ import (
 	"github.com/drover-dev/drover/hub/agentapi"
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/gitwatch"
+	"github.com/drover-dev/drover/hub/ownership"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -59,11 +60,26 @@ type Config struct {
 	// OfflineTimeout is the hub's online window: a cluster silent for
 	// longer is offline to rollouts.
 	OfflineTimeout time.Duration
+	// Owner says which background jobs (rollouts, repositories to poll)
+	// this replica holds the leases of. Nil: the Controller keeps the
+	// leases itself, as a replica alone named Replica.
+	Owner Owner
+	// Replica names this hub replica when the Controller keeps its own
+	// leases.
+	Replica string
 	// Changed, when set, is told that something an operator sees changed
 	// (an event recorded, an application or a rollout changed): the
 	// dashboard's notifier. It must not block.
 	Changed func()
 	Logger  *slog.Logger
+}
+
+// Owner is what the Controller needs of ownership.Keeper: the jobs there
+// are, the leases held, and when they change.
+type Owner interface {
+	SetJobs(jobs []string)
+	Lease(job string) (store.Lease, bool)
+	Changes() <-chan struct{}
 }
 
 // Controller is the hub's control logic and the fleet's only writer. Its
@@ -75,8 +91,12 @@ type Controller struct {
 	resolver *gitwatch.Resolver
 	watcher  *gitwatch.Watcher
 	rollouts *rollouts
-	changed  func()
-	log      *slog.Logger
+	owner    Owner
+	// keeper is the Controller's own lease keeper when Config.Owner was
+	// nil; Run runs it.
+	keeper  *ownership.Keeper
+	changed func()
+	log     *slog.Logger
 
 	// removingMu serialises markRemoving, so that marks computed from an
 	// older fleet never overwrite those of a newer one.
@@ -95,6 +115,7 @@ var (
 	_ agentapi.Controller        = (*Controller)(nil)
 	_ gitwatch.Source            = (*Controller)(nil)
 	_ gitwatch.Sink              = (*Controller)(nil)
+	_ gitwatch.RepoOwner         = (*Controller)(nil)
 )
 
 // New loads the store into a new fleet: every cluster, every application
@@ -115,11 +136,22 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c := &Controller{
 		store: cfg.Store, fleet: cfg.Fleet, box: cfg.Secrets, resolver: cfg.Resolver,
-		changed: changed, log: logger,
+		owner: cfg.Owner, changed: changed, log: logger,
 		sourceErrs: map[string]string{}, specs: map[string]*droverv1.ApplicationSpec{},
 	}
+	if c.owner == nil {
+		replica := cfg.Replica
+		if replica == "" {
+			replica = "hub"
+		}
+		c.keeper = ownership.New(ownership.Config{
+			Holder: store.Holder{Replica: replica, Instance: ownership.NewInstance()},
+			Store:  cfg.Store, Logger: logger,
+		})
+		c.owner = c.keeper
+	}
 	var err error
-	if c.rollouts, err = newRollouts(ctx, cfg.Store, cfg.Fleet, cfg.OfflineTimeout, changed, logger); err != nil {
+	if c.rollouts, err = newRollouts(ctx, cfg.Store, cfg.Fleet, c.owner, cfg.OfflineTimeout, changed, logger); err != nil {
 		return nil, err
 	}
 	if err := c.load(ctx); err != nil {
@@ -134,9 +166,46 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 // Run polls Git and steps rollouts until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
+	if c.keeper != nil {
+		g.Go(func() error { return c.keeper.Run(ctx) })
+	}
 	g.Go(func() error { return c.watcher.Run(ctx) })
 	g.Go(func() error { return c.rollouts.run(ctx) })
+	g.Go(func() error {
+		// Jobs gained or lost: the watcher polls what is this replica's
+		// now, and the engine steps the rollouts it holds.
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-c.owner.Changes():
+				c.watcher.Changed()
+				c.rollouts.poke()
+			}
+		}
+	})
 	return g.Wait()
+}
+
+// updateJobs tells the owner which jobs there are: every application's
+// repository to poll, and the rollout of every application with a
+// strategy (and of those whose strategy was just removed, until the
+// engine forgets their rollout).
+func (c *Controller) updateJobs() {
+	c.mu.Lock()
+	jobs := make([]string, 0, 2*len(c.specs))
+	for name, spec := range c.specs {
+		jobs = append(jobs, ownership.GitJob(gitwatch.NormalizeURL(spec.GetSource().GetRepoUrl())), ownership.RolloutJob(name))
+	}
+	c.mu.Unlock()
+	c.owner.SetJobs(jobs)
+}
+
+// PollsRepo reports whether this replica polls a repository on schedule:
+// it holds the lease of its polling.
+func (c *Controller) PollsRepo(key string) bool {
+	_, ok := c.owner.Lease(ownership.GitJob(key))
+	return ok
 }
 
 // Poke says that what rollouts observe changed (a status written, an ACK
@@ -241,6 +310,7 @@ func (c *Controller) setApp(ctx context.Context, a *droverv1.Application, commit
 	c.mu.Lock()
 	c.specs[a.GetName()] = a.GetSpec()
 	c.mu.Unlock()
+	c.updateJobs()
 }
 
 // symmetricDifference returns the names in a or b but not in both.
@@ -323,6 +393,7 @@ func (c *Controller) removeApp(name string) {
 	delete(c.specs, name)
 	delete(c.sourceErrs, name)
 	c.mu.Unlock()
+	c.updateJobs()
 	c.watcher.Changed()
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/drover-dev/drover/hub/fleet"
+	"github.com/drover-dev/drover/hub/ownership"
 	"github.com/drover-dev/drover/hub/rollout"
 	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
@@ -40,6 +42,7 @@ const rolloutRetryMax = 15 * time.Second
 type rollouts struct {
 	store *store.Store
 	fleet *fleet.Fleet
+	owner Owner
 	log   *slog.Logger
 	// offlineTimeout is the hub's online window.
 	offlineTimeout time.Duration
@@ -56,8 +59,11 @@ type rollouts struct {
 	mu sync.Mutex // guards the fields below
 	// apps is the application last set for each name, pins aside.
 	apps map[string]*engineApp
-	// states is each application's rollout as last stored.
-	states map[string]rollout.State
+	// states is each application's rollout as last stored, and versions
+	// the version of that write: a state read back is taken only when it
+	// is newer than the one held.
+	states   map[string]rollout.State
+	versions map[string]int64
 }
 
 // engineApp is an application as the engine keeps it: what goes into the
@@ -78,19 +84,24 @@ type controlRequest struct {
 
 // newRollouts loads the stored rollout states, so that the fleet gets
 // their pins as it loads (the hub resumes every rollout where it was).
-func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTimeout time.Duration, changed func(), logger *slog.Logger) (*rollouts, error) {
-	states, err := st.ListRolloutStates(ctx)
+func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, owner Owner, offlineTimeout time.Duration, changed func(), logger *slog.Logger) (*rollouts, error) {
+	stored, err := st.ListRollouts(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load rollouts: %w", err)
 	}
-	return &rollouts{
-		store: st, fleet: f, log: logger, offlineTimeout: offlineTimeout,
-		changed: changed,
-		wake:    make(chan struct{}, 1),
-		control: make(chan controlRequest),
-		apps:    map[string]*engineApp{},
-		states:  states,
-	}, nil
+	e := &rollouts{
+		store: st, fleet: f, owner: owner, log: logger, offlineTimeout: offlineTimeout,
+		changed:  changed,
+		wake:     make(chan struct{}, 1),
+		control:  make(chan controlRequest),
+		apps:     map[string]*engineApp{},
+		states:   make(map[string]rollout.State, len(stored)),
+		versions: make(map[string]int64, len(stored)),
+	}
+	for app, r := range stored {
+		e.states[app], e.versions[app] = r.State, r.Version
+	}
+	return e, nil
 }
 
 // setApp puts an application into the fleet. With a rollout strategy and
@@ -135,6 +146,7 @@ func (e *rollouts) removeApp(name string) {
 	defer e.mu.Unlock()
 	delete(e.apps, name)
 	delete(e.states, name)
+	delete(e.versions, name)
 	e.fleet.RemoveApp(name)
 }
 
@@ -201,7 +213,6 @@ func (e *rollouts) Control(ctx context.Context, app string, op rollout.Op, actor
 func (e *rollouts) doControl(ctx context.Context, req controlRequest) error {
 	e.mu.Lock()
 	app := e.apps[req.app]
-	st := e.states[req.app]
 	e.mu.Unlock()
 	if app == nil {
 		return fmt.Errorf("application %s: %w", req.app, store.ErrNotFound)
@@ -213,13 +224,22 @@ func (e *rollouts) doControl(ctx context.Context, req controlRequest) error {
 	if err != nil {
 		return err
 	}
-	next, actions, err := rollout.Control(st, req.op, in.Now)
+	// On the stored state, whichever replica owns the rollout: the owner's
+	// next step, made from the state before, is refused as stale and
+	// reads this one.
+	var next rollout.State
+	r, err := e.store.UpdateRollout(ctx, req.app, func(cur store.Rollout) (rollout.State, []*droverv1.Event, error) {
+		var actions []rollout.Action
+		var err error
+		if next, actions, err = rollout.Control(cur.State, req.op, in.Now); err != nil {
+			return rollout.State{}, nil, err
+		}
+		return next, e.events(req.app, actions, req.actor), nil
+	})
 	if err != nil {
 		return err
 	}
-	if err := e.commit(ctx, req.app, st, next, actions, req.actor); err != nil {
-		return err
-	}
+	e.adopt(req.app, r)
 	e.log.Info("rollout command", "app", req.app, "op", req.op, "actor", req.actor, "phase", next.Phase)
 	// Step at once, as after any change: a promote starts the wave now.
 	e.stepOne(ctx, req.app)
@@ -231,14 +251,19 @@ func (e *rollouts) doControl(ctx context.Context, req controlRequest) error {
 // a step failed.
 func (e *rollouts) stepAll(ctx context.Context) (failed bool) {
 	e.mu.Lock()
-	names := slices.Sorted(maps.Keys(e.apps))
-	var dropped []string
+	var names, dropped []string
 	for name, app := range e.apps {
+		if _, ok := e.owner.Lease(ownership.RolloutJob(name)); !ok {
+			continue // another replica's, or nobody's yet
+		}
 		if _, ok := e.states[name]; ok && app.Spec.GetRollout() == nil {
 			dropped = append(dropped, name)
+		} else {
+			names = append(names, name)
 		}
 	}
 	e.mu.Unlock()
+	slices.Sort(names)
 	for _, name := range dropped {
 		e.drop(ctx, name)
 	}
@@ -267,13 +292,18 @@ func (e *rollouts) stepOne(ctx context.Context, name string) {
 // strategy: its releases go everywhere at once again, and a strategy added
 // later starts from what the clusters run then.
 func (e *rollouts) drop(ctx context.Context, name string) {
-	if err := e.store.DeleteRolloutState(ctx, name); err != nil {
+	lease, ok := e.owner.Lease(ownership.RolloutJob(name))
+	if !ok {
+		return
+	}
+	if err := e.store.DeleteRollout(ctx, lease, name); err != nil {
 		e.log.Warn("delete rollout", "app", name, "err", err)
 		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.states, name)
+	delete(e.versions, name)
 	if app := e.apps[name]; app != nil {
 		if err := e.fleet.SetApp(app.App); err != nil {
 			e.log.Error("place application", "app", name, "err", err)
@@ -283,11 +313,12 @@ func (e *rollouts) drop(ctx context.Context, name string) {
 
 // step observes one application and advances its rollout.
 func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[string]string) error {
+	lease, owned := e.owner.Lease(ownership.RolloutJob(name))
 	e.mu.Lock()
 	app := e.apps[name]
-	prev := e.states[name]
+	prev, version := e.states[name], e.versions[name]
 	e.mu.Unlock()
-	if app == nil || app.Spec.GetRollout() == nil {
+	if !owned || app == nil || app.Spec.GetRollout() == nil {
 		return nil
 	}
 	if app.strategyErr != nil {
@@ -300,7 +331,7 @@ func (e *rollouts) step(ctx context.Context, name string, lbls map[string]map[st
 	}
 	obs.Strategy = app.strategy
 	next, actions := rollout.Step(prev, obs, now)
-	return e.commit(ctx, name, prev, next, actions, "hub")
+	return e.commit(ctx, lease, name, version, prev, next, actions)
 }
 
 // observe reads what the planner needs about an application: its newest
@@ -413,10 +444,14 @@ func (e *rollouts) nack(app, cluster string, n store.Nack) *rollout.Nack {
 	return nil
 }
 
-// commit stores next (when it differs from prev), then gives the fleet its
-// pins, then records its events: a hub that stops in between resumes from
-// the stored state and applies its pins at start.
-func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.State, actions []rollout.Action, actor string) error {
+// commit stores next (when it differs from prev) with the step's events
+// under the rollout's lease, then gives the fleet its pins: a hub that
+// stops in between resumes from the stored state and applies its pins at
+// start. A step from a state written meanwhile (an operator's command
+// through any replica) stores nothing: the engine reads the state again
+// and steps from it. A lost lease stores nothing either: the rollout is
+// another replica's now.
+func (e *rollouts) commit(ctx context.Context, lease store.Lease, name string, version int64, prev, next rollout.State, actions []rollout.Action) error {
 	a, err := json.Marshal(prev)
 	if err != nil {
 		return err
@@ -428,11 +463,51 @@ func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.S
 	if bytes.Equal(a, b) && len(actions) == 0 {
 		return nil
 	}
-	if err := e.store.PutRolloutState(ctx, name, next); err != nil {
+	v, err := e.store.CommitRollout(ctx, lease, name, version, next, e.events(name, actions, "hub"))
+	switch {
+	case errors.Is(err, store.ErrStale):
+		e.log.Info("rollout written meanwhile; stepping from the stored state", "app", name)
+		e.reloadState(ctx, name)
+		e.poke()
+		return nil
+	case errors.Is(err, store.ErrLeaseLost):
+		e.log.Info("rollout moved to another replica", "app", name)
+		return nil
+	case err != nil:
 		return err
 	}
+	e.adopt(name, store.Rollout{State: next, Version: v})
+	for _, act := range actions {
+		if ev, ok := act.(*rollout.Event); ok {
+			e.log.Info("rollout", "app", name, "kind", ev.Kind, "cluster", ev.Cluster, "wave", ev.Wave, "msg", ev.Message)
+		}
+	}
+	return nil
+}
+
+// events are the events among a step's or a command's actions, to be
+// stored with its state.
+func (e *rollouts) events(app string, actions []rollout.Action, actor string) []*droverv1.Event {
+	var out []*droverv1.Event
+	for _, act := range actions {
+		if ev, ok := act.(*rollout.Event); ok {
+			out = append(out, &droverv1.Event{
+				Time: timestamppb.Now(), Kind: ev.Kind, Actor: actor, Cluster: ev.Cluster, Application: app, Message: ev.Message,
+			})
+		}
+	}
+	return out
+}
+
+// adopt takes r as an application's rollout unless the engine holds a
+// newer one already, and gives the fleet its pins.
+func (e *rollouts) adopt(name string, r store.Rollout) {
 	e.mu.Lock()
-	e.states[name] = next
+	if v, ok := e.versions[name]; ok && v > r.Version {
+		e.mu.Unlock()
+		return
+	}
+	e.states[name], e.versions[name] = r.State, r.Version
 	var setErr error
 	if app := e.apps[name]; app != nil {
 		// The fleet recomputes nothing when the pins did not change.
@@ -442,20 +517,33 @@ func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.S
 	if setErr != nil {
 		e.log.Error("pin application", "app", name, "err", setErr)
 	}
-	for _, act := range actions {
-		ev, ok := act.(*rollout.Event)
-		if !ok {
-			continue
-		}
-		e.log.Info("rollout", "app", name, "kind", ev.Kind, "cluster", ev.Cluster, "wave", ev.Wave, "msg", ev.Message)
-		if err := e.store.AddEvent(context.WithoutCancel(ctx), &droverv1.Event{
-			Time: timestamppb.Now(), Kind: ev.Kind, Actor: actor, Cluster: ev.Cluster, Application: name, Message: ev.Message,
-		}); err != nil {
-			e.log.Warn("record event", "kind", ev.Kind, "err", err)
-		}
-	}
 	e.changed()
-	return nil
+}
+
+// reloadState reads an application's rollout from the store: one another
+// replica stepped or an operator commanded, or one deleted.
+func (e *rollouts) reloadState(ctx context.Context, name string) {
+	r, err := e.store.GetRollout(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		e.mu.Lock()
+		_, had := e.states[name]
+		delete(e.states, name)
+		delete(e.versions, name)
+		var setErr error
+		if app := e.apps[name]; had && app != nil {
+			setErr = e.fleet.SetApp(app.App)
+		}
+		e.mu.Unlock()
+		if setErr != nil {
+			e.log.Error("place application", "app", name, "err", setErr)
+		}
+		return
+	}
+	if err != nil {
+		e.log.Warn("reload rollout", "app", name, "err", err)
+		return
+	}
+	e.adopt(name, r)
 }
 
 // Rollout reports an application's rollout (for the admin API).

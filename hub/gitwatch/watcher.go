@@ -36,6 +36,16 @@ type Source interface {
 	Credentials(ctx context.Context, repoURL string) (Credentials, error)
 }
 
+// RepoOwner is a Source that polls only some repositories on schedule: a
+// hub replica polls those whose polling it owns, so that a repository is
+// polled once however many replicas run. Refresh still resolves any
+// application's source. Call Changed when the answer changes.
+type RepoOwner interface {
+	// PollsRepo reports whether the repository (by NormalizeURL) is
+	// polled here.
+	PollsRepo(key string) bool
+}
+
 // Sink receives the outcome of every poll. Reports are level-triggered:
 // every poll reports every application of the repository, so OnResolved
 // with an unchanged commit is normal and should be cheap, and OnResolved
@@ -346,6 +356,13 @@ func (w *Watcher) reloadIfStale(now time.Time) {
 		return
 	}
 	groups := w.group(w.src.Targets())
+	if o, ok := w.src.(RepoOwner); ok {
+		for key := range groups {
+			if !o.PollsRepo(key) {
+				delete(groups, key)
+			}
+		}
+	}
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
