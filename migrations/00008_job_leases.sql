@@ -15,6 +15,10 @@
 -- unseen, and a replica reloading a state keeps the newer of what it has
 -- and what it reads (a sequence, not a per-row count, so that a state
 -- deleted and made again still counts up).
+--
+-- events.replica is the hub replica that recorded each event: a hub's
+-- connections carry application_name "drover-hub:NAME", which the
+-- column's default reads, so every writer of events records it.
 
 -- +goose Up
 
@@ -33,7 +37,16 @@ CREATE SEQUENCE rollout_versions;
 ALTER TABLE rollouts
     ADD COLUMN version bigint NOT NULL DEFAULT nextval('rollout_versions');
 
+ALTER TABLE events
+    ADD COLUMN replica text NOT NULL DEFAULT
+        CASE WHEN current_setting('application_name') LIKE 'drover-hub:%'
+             THEN substr(current_setting('application_name'), length('drover-hub:') + 1)
+             ELSE '' END;
+
 -- +goose Down
+
+ALTER TABLE events
+    DROP COLUMN replica;
 
 ALTER TABLE rollouts
     DROP COLUMN version;

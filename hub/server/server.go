@@ -112,7 +112,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	if err := migrations.UpURL(ctx, dbURL, migrations.WithLogger(logger)); err != nil {
 		return nil, fmt.Errorf("database: %w (is PostgreSQL running and --database-url right?)", err)
 	}
-	if h.store, err = store.Open(ctx, dbURL, logger); err != nil {
+	if h.store, err = store.Open(ctx, dbURL, logger, store.WithReplica(cfg.Replica)); err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
 

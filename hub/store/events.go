@@ -155,7 +155,7 @@ func (s *Store) ListEvents(ctx context.Context, filter EventFilter, pageSize int
 	if filter.KindPrefix != "" {
 		add(`kind LIKE $%d ESCAPE '\'`, escapeLike(filter.KindPrefix)+"%")
 	}
-	q := `SELECT id, time, kind, actor, cluster, application, message FROM events`
+	q := `SELECT id, time, kind, actor, cluster, application, message, replica FROM events`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -174,7 +174,7 @@ func (s *Store) ListEvents(ctx context.Context, filter EventFilter, pageSize int
 			ev droverv1.Event
 			t  time.Time
 		)
-		if err := rows.Scan(&ev.Id, &t, &ev.Kind, &ev.Actor, &ev.Cluster, &ev.Application, &ev.Message); err != nil {
+		if err := rows.Scan(&ev.Id, &t, &ev.Kind, &ev.Actor, &ev.Cluster, &ev.Application, &ev.Message, &ev.HubReplica); err != nil {
 			return nil, "", classify("list events", err)
 		}
 		ev.Time = ts(t)

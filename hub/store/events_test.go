@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-dev/drover/e2e/testbed"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -108,5 +109,31 @@ func TestEvents(t *testing.T) {
 	page, _, _ = s.ListEvents(ctx, EventFilter{KindPrefix: "hub."}, 1, "")
 	if len(page) != 1 || page[0].Time == nil || page[0].Message != "nulbyte" {
 		t.Errorf("hub.started event = %v", page)
+	}
+}
+
+// TestEventsSayWhichReplicaRecordedThem: events recorded through a
+// replica's store name it, those from elsewhere name none.
+func TestEventsSayWhichReplicaRecordedThem(t *testing.T) {
+	ctx := context.Background()
+	url := testbed.Postgres(t)
+	plain := openStore(t, url)
+	hub1 := openStore(t, url, WithReplica("hub-1"))
+	if err := plain.AddEvent(ctx, &droverv1.Event{Kind: "test.plain", Actor: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hub1.AddEvents(ctx, []*droverv1.Event{{Kind: "test.replica", Actor: "hub"}}); err != nil {
+		t.Fatal(err)
+	}
+	evs, _, err := plain.ListEvents(ctx, EventFilter{KindPrefix: "test."}, 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range evs {
+		got[e.GetKind()] = e.GetHubReplica()
+	}
+	if got["test.plain"] != "" || got["test.replica"] != "hub-1" {
+		t.Errorf("replicas by kind %v, want test.plain none and test.replica hub-1", got)
 	}
 }

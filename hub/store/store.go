@@ -53,6 +53,15 @@ type Option func(*options)
 type options struct {
 	queryTimeout time.Duration
 	maxConns     int32
+	replica      string
+}
+
+// WithReplica names the hub replica the store serves. Its connections
+// carry application_name "drover-hub:NAME" (pg_stat_activity shows which
+// replica holds each), and events recorded through them say which replica
+// recorded them.
+func WithReplica(name string) Option {
+	return func(o *options) { o.replica = name }
 }
 
 // WithQueryTimeout bounds every database call (default 10 s). Calls whose
@@ -101,6 +110,9 @@ func Open(ctx context.Context, url string, logger *slog.Logger, opts ...Option) 
 		// Recycle connections so a failover or a changed DNS name is picked
 		// up; pgxpool jitters the lifetime.
 		cfg.MaxConnLifetime = 30 * time.Minute
+	}
+	if o.replica != "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "drover-hub:" + o.replica
 	}
 	cfg.MaxConnIdleTime = 5 * time.Minute
 	cfg.HealthCheckPeriod = 30 * time.Second

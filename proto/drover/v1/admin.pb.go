@@ -3076,10 +3076,12 @@ type Event struct {
 	// Dotted kind, e.g. "cluster.registered", "application.updated".
 	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Who caused it: an API token name, "cluster:NAME", or "hub".
-	Actor         string `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
-	Cluster       string `protobuf:"bytes,5,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Application   string `protobuf:"bytes,6,opt,name=application,proto3" json:"application,omitempty"`
-	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	Actor       string `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	Cluster     string `protobuf:"bytes,5,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Application string `protobuf:"bytes,6,opt,name=application,proto3" json:"application,omitempty"`
+	Message     string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	// The hub replica that recorded it.
+	HubReplica    string `protobuf:"bytes,8,opt,name=hub_replica,json=hubReplica,proto3" json:"hub_replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3159,6 +3161,13 @@ func (x *Event) GetApplication() string {
 func (x *Event) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *Event) GetHubReplica() string {
+	if x != nil {
+		return x.HubReplica
 	}
 	return ""
 }
@@ -4193,7 +4202,7 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"api_tokens\x18\x01 \x03(\v2\x13.drover.v1.APITokenR\tapiTokens\"'\n" +
 	"\x15DeleteAPITokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x18\n" +
-	"\x16DeleteAPITokenResponse\"\xc7\x01\n" +
+	"\x16DeleteAPITokenResponse\"\xe8\x01\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -4201,7 +4210,9 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\x05actor\x18\x04 \x01(\tR\x05actor\x12\x18\n" +
 	"\acluster\x18\x05 \x01(\tR\acluster\x12 \n" +
 	"\vapplication\x18\x06 \x01(\tR\vapplication\x12\x18\n" +
-	"\amessage\x18\a \x01(\tR\amessage\"\x9f\x01\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x12\x1f\n" +
+	"\vhub_replica\x18\b \x01(\tR\n" +
+	"hubReplica\"\x9f\x01\n" +
 	"\x11ListEventsRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12 \n" +
 	"\vapplication\x18\x02 \x01(\tR\vapplication\x12\x12\n" +
