@@ -131,6 +131,9 @@ type HubOptions struct {
 	Hostnames []string
 	// Args are extra flags, e.g. --offline-timeout 5s.
 	Args []string
+	// AdminToken is the initial admin token when the database has it
+	// already, made by another replica: this hub makes none.
+	AdminToken string
 }
 
 // HubProcess is a drover-hub process of a test.
@@ -207,8 +210,9 @@ func StartHub(t testing.TB, o HubOptions) *HubProcess {
 		o.Hostnames = []string{"127.0.0.1", "localhost"}
 	}
 	h := &HubProcess{
-		DataDir: o.DataDir,
-		CAFile:  filepath.Join(o.DataDir, "pki", "ca.crt"),
+		DataDir:    o.DataDir,
+		CAFile:     filepath.Join(o.DataDir, "pki", "ca.crt"),
+		AdminToken: o.AdminToken,
 		program: program{
 			name:    "drover-hub",
 			bin:     bins.Hub,
@@ -243,11 +247,13 @@ func StartHub(t testing.TB, o HubOptions) *HubProcess {
 		}
 		break
 	}
-	tok, err := os.ReadFile(filepath.Join(o.DataDir, "admin-token"))
-	if err != nil {
-		t.Fatalf("testbed: drover-hub's admin token: %v", err)
+	if h.AdminToken == "" {
+		tok, err := os.ReadFile(filepath.Join(o.DataDir, "admin-token"))
+		if err != nil {
+			t.Fatalf("testbed: drover-hub's admin token: %v", err)
+		}
+		h.AdminToken = strings.TrimSpace(string(tok))
 	}
-	h.AdminToken = strings.TrimSpace(string(tok))
 	return h
 }
 
@@ -264,6 +270,9 @@ func (h *HubProcess) start() error {
 	return waitUntil(ctx, "drover-hub on "+h.HTTPAddr, []*Process{p}, func(ctx context.Context) (bool, error) {
 		if ok, err := httpOK(ctx, client, "http://"+h.HTTPAddr+"/healthz"); !ok {
 			return false, err
+		}
+		if h.AdminToken != "" {
+			return true, nil // another replica made it
 		}
 		// Written before the hub serves; a hub that died in between is
 		// caught by waitUntil.
