@@ -19,6 +19,9 @@
 -- events.replica is the hub replica that recorded each event: a hub's
 -- connections carry application_name "drover-hub:NAME", which the
 -- column's default reads, so every writer of events records it.
+--
+-- Events older than the hub's retention are deleted by the replica that
+-- holds the "retention" job, under its lease.
 
 -- +goose Up
 
@@ -43,7 +46,12 @@ ALTER TABLE events
              THEN substr(current_setting('application_name'), length('drover-hub:') + 1)
              ELSE '' END;
 
+-- Event retention deletes by age.
+CREATE INDEX events_time_idx ON events (time);
+
 -- +goose Down
+
+DROP INDEX events_time_idx;
 
 ALTER TABLE events
     DROP COLUMN replica;

@@ -60,6 +60,8 @@ type Config struct {
 	// OfflineTimeout is the hub's online window: a cluster silent for
 	// longer is offline to rollouts.
 	OfflineTimeout time.Duration
+	// EventRetention is how long events are kept; 0 keeps them forever.
+	EventRetention time.Duration
 	// Owner says which background jobs (rollouts, repositories to poll)
 	// this replica holds the leases of. Nil: the Controller keeps the
 	// leases itself, as a replica alone named Replica.
@@ -92,6 +94,8 @@ type Controller struct {
 	watcher  *gitwatch.Watcher
 	rollouts *rollouts
 	owner    Owner
+	// retention is Config.EventRetention.
+	retention time.Duration
 	// keeper is the Controller's own lease keeper when Config.Owner was
 	// nil; Run runs it.
 	keeper  *ownership.Keeper
@@ -136,7 +140,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c := &Controller{
 		store: cfg.Store, fleet: cfg.Fleet, box: cfg.Secrets, resolver: cfg.Resolver,
-		owner: cfg.Owner, changed: changed, log: logger,
+		owner: cfg.Owner, retention: cfg.EventRetention, changed: changed, log: logger,
 		sourceErrs: map[string]string{}, specs: map[string]*droverv1.ApplicationSpec{},
 	}
 	if c.owner == nil {
@@ -157,6 +161,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if err := c.load(ctx); err != nil {
 		return nil, err
 	}
+	c.updateJobs()
 	if c.watcher, err = gitwatch.NewWatcher(gitwatch.Config{Interval: cfg.PollInterval, Logger: logger}, cfg.Resolver, c, c); err != nil {
 		return nil, err
 	}
@@ -171,9 +176,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return c.watcher.Run(ctx) })
 	g.Go(func() error { return c.rollouts.run(ctx) })
+	prune := time.NewTicker(pruneInterval)
+	defer prune.Stop()
 	g.Go(func() error {
 		// Jobs gained or lost: the watcher polls what is this replica's
-		// now, and the engine steps the rollouts it holds.
+		// now, the engine steps the rollouts it holds, and a replica that
+		// gains the retention job prunes at once.
 		for {
 			select {
 			case <-ctx.Done():
@@ -181,21 +189,64 @@ func (c *Controller) Run(ctx context.Context) error {
 			case <-c.owner.Changes():
 				c.watcher.Changed()
 				c.rollouts.poke()
+				c.pruneEvents(ctx)
+			case <-prune.C:
+				c.pruneEvents(ctx)
 			}
 		}
 	})
 	return g.Wait()
 }
 
+// pruneInterval is how often the holder of the retention job deletes
+// events older than the retention.
+const pruneInterval = 10 * time.Minute
+
+// retentionJob is the job of deleting old events.
+const retentionJob = "retention"
+
+// pruneEvents deletes events older than the retention, in batches so that
+// no transaction holds many rows, while this replica holds the job.
+func (c *Controller) pruneEvents(ctx context.Context) {
+	if c.retention <= 0 {
+		return
+	}
+	const batch = 5000
+	var total int64
+	for ctx.Err() == nil {
+		lease, ok := c.owner.Lease(retentionJob)
+		if !ok {
+			break
+		}
+		n, err := c.store.PruneEvents(ctx, lease, time.Now().Add(-c.retention), batch)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("delete old events", "err", err)
+			}
+			break
+		}
+		total += n
+		if n < batch {
+			break
+		}
+	}
+	if total > 0 {
+		c.log.Info("old events deleted", "events", total, "retention", c.retention)
+	}
+}
+
 // updateJobs tells the owner which jobs there are: every application's
-// repository to poll, and the rollout of every application with a
-// strategy (and of those whose strategy was just removed, until the
-// engine forgets their rollout).
+// repository to poll, every application's rollout (the engine steps those
+// with a strategy, and forgets the rollout of one whose strategy was
+// removed), and event retention.
 func (c *Controller) updateJobs() {
 	c.mu.Lock()
-	jobs := make([]string, 0, 2*len(c.specs))
+	jobs := make([]string, 0, 2*len(c.specs)+1)
 	for name, spec := range c.specs {
 		jobs = append(jobs, ownership.GitJob(gitwatch.NormalizeURL(spec.GetSource().GetRepoUrl())), ownership.RolloutJob(name))
+	}
+	if c.retention > 0 {
+		jobs = append(jobs, retentionJob)
 	}
 	c.mu.Unlock()
 	c.owner.SetJobs(jobs)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/control"
 	"github.com/drover-dev/drover/hub/fleet"
@@ -37,6 +39,12 @@ func start(t *testing.T) *setup {
 // database is a hub that restarted.
 func startOn(t *testing.T, dsn string) *setup {
 	t.Helper()
+	return startWith(t, dsn, func(*control.Config) {})
+}
+
+// startWith is startOn with a Config that change changes.
+func startWith(t *testing.T, dsn string, change func(*control.Config)) *setup {
+	t.Helper()
 	ctx := context.Background()
 	logger := testlog.New(t)
 	st, err := store.Open(ctx, dsn, logger)
@@ -50,11 +58,13 @@ func startOn(t *testing.T, dsn string) *setup {
 		t.Fatal(err)
 	}
 	fl := fleet.New(logger)
-	ctl, err := control.New(ctx, control.Config{
+	cfg := control.Config{
 		Store: st, Fleet: fl, Secrets: box,
 		Resolver:       gitwatch.NewResolver(filepath.Join(dir, "git-cache"), logger),
 		OfflineTimeout: time.Minute, Logger: logger,
-	})
+	}
+	change(&cfg)
+	ctl, err := control.New(ctx, cfg)
 	if err != nil {
 		t.Fatalf("control.New: %v", err)
 	}
@@ -218,4 +228,39 @@ func events(t *testing.T, st *store.Store, kind string) []*droverv1.Event {
 		t.Fatal(err)
 	}
 	return evs
+}
+
+// TestControllerDeletesOldEvents: the holder of the retention job deletes
+// events older than the retention and keeps the others.
+func TestControllerDeletesOldEvents(t *testing.T) {
+	ctx := context.Background()
+	dsn := testbed.Postgres(t)
+	st, err := store.Open(ctx, dsn, testlog.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	now := time.Now()
+	for i, age := range []time.Duration{3 * time.Hour, 2 * time.Hour, 30 * time.Minute, time.Minute} {
+		if err := st.AddEvent(ctx, &droverv1.Event{Time: timestamppb.New(now.Add(-age)), Kind: "test.aged", Actor: "test", Message: fmt.Sprintf("event %d, %v old", i, age)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startWith(t, dsn, func(c *control.Config) { c.EventRetention = time.Hour })
+	var left []string
+	testbed.Eventually(t, "events older than an hour deleted", time.Minute, func() (bool, string) {
+		evs, _, err := st.ListEvents(ctx, store.EventFilter{KindPrefix: "test."}, 10, "")
+		if err != nil {
+			return false, err.Error()
+		}
+		left = left[:0]
+		for _, e := range evs {
+			left = append(left, e.GetMessage())
+		}
+		return len(evs) == 2, fmt.Sprint(left)
+	})
+	slices.Sort(left)
+	if want := []string{"event 2, 30m0s old", "event 3, 1m0s old"}; !slices.Equal(left, want) {
+		t.Errorf("events left %q, want %q", left, want)
+	}
 }

@@ -51,6 +51,8 @@ type Config struct {
 	// retry later, so a reconnect storm queues at the agents rather than
 	// in the hub and PostgreSQL.
 	MaxAgentAdmissions int
+	// EventRetention is how long events are kept; 0 keeps them forever.
+	EventRetention time.Duration
 	// DebugAddr, when set, serves net/http/pprof there so a live hub can be
 	// profiled. It has no authentication: bind it to loopback.
 	DebugAddr string
@@ -76,6 +78,7 @@ func DefaultConfig() Config {
 		// A new stream costs two or three queries; with the pool's few
 		// connections, more in flight than this only wait longer.
 		MaxAgentAdmissions: 32,
+		EventRetention:     90 * 24 * time.Hour,
 	}
 }
 
@@ -96,6 +99,7 @@ func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
 	fs.Duration(&c.PingInterval, "ping-interval", "DROVER_PING_INTERVAL", "interval of hub pings on idle agent streams")
 	fs.LogLevel(&c.LogLevel, "log-level", "DROVER_LOG_LEVEL")
 	fs.Int(&c.MaxAgentAdmissions, "max-agent-admissions", "DROVER_MAX_AGENT_ADMISSIONS", "agent registrations and new-stream syncs handled at once; others are told to retry later")
+	fs.Duration(&c.EventRetention, "event-retention", "DROVER_EVENT_RETENTION", "how long events are kept, e.g. 2160h (90 days); 0 keeps them forever")
 	fs.String(&c.DebugAddr, "debug-addr", "DROVER_DEBUG_ADDR", "listen address for Go profiling (net/http/pprof under /debug/pprof/), off when empty; it has no authentication, so use loopback such as 127.0.0.1:6060")
 }
 
@@ -129,6 +133,9 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			bad("%s: must be a positive duration such as 90s or 1m", name)
 		}
+	}
+	if c.EventRetention < 0 || (c.EventRetention > 0 && c.EventRetention < time.Hour) {
+		bad("--event-retention %v: at least 1h, or 0 to keep events forever", c.EventRetention)
 	}
 	if c.MaxAgentAdmissions <= 0 {
 		bad("--max-agent-admissions: must be a positive number such as 32")

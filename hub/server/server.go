@@ -143,6 +143,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 		Store: h.store, Fleet: h.fleet, Secrets: h.box,
 		Resolver:     gitwatch.NewResolver(filepath.Join(cfg.DataDir, "git-cache"), logger),
 		PollInterval: cfg.PollInterval, OfflineTimeout: cfg.OfflineTimeout,
+		EventRetention: cfg.EventRetention, Replica: cfg.Replica,
 		Changed: h.changes.Notify, Logger: logger,
 	}); err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
@@ -107,6 +108,25 @@ func insertEvents(ctx context.Context, db execer, evs []*droverv1.Event) error {
 		return classify(fmt.Sprintf("add %d events", len(evs)), err)
 	}
 	return nil
+}
+
+// PruneEvents deletes up to limit of the oldest events recorded before
+// before, under lease (the event-retention job's), and returns how many it
+// deleted: fewer than limit when none older are left.
+func (s *Store) PruneEvents(ctx context.Context, lease Lease, before time.Time, limit int) (int64, error) {
+	var n int64
+	err := s.underLease(ctx, "prune events", lease, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+			DELETE FROM events WHERE id IN (
+				SELECT id FROM events WHERE time < $1 ORDER BY time LIMIT $2)`,
+			before, limit)
+		if err != nil {
+			return classify("prune events", err)
+		}
+		n = tag.RowsAffected()
+		return nil
+	})
+	return n, err
 }
 
 // EventFilter narrows ListEvents; empty fields match everything.
