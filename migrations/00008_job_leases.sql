@@ -46,12 +46,20 @@ ALTER TABLE events
              THEN substr(current_setting('application_name'), length('drover-hub:') + 1)
              ELSE '' END;
 
+-- The last error resolving each application's source: the replica that
+-- polls its repository records it, and every replica shows it.
+ALTER TABLE applications
+    ADD COLUMN source_error text NOT NULL DEFAULT '';
+
 -- Event retention deletes by age.
 CREATE INDEX events_time_idx ON events (time);
 
 -- +goose Down
 
 DROP INDEX events_time_idx;
+
+ALTER TABLE applications
+    DROP COLUMN source_error;
 
 ALTER TABLE events
     DROP COLUMN replica;

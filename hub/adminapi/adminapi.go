@@ -47,6 +47,7 @@ type Store interface {
 	ListReleases(ctx context.Context, app string, limit int) ([]*droverv1.Release, error)
 	CurrentReleases(ctx context.Context) (map[string]*droverv1.Release, error)
 	StatusesForApplication(ctx context.Context, app string) ([]*droverv1.ApplicationStatus, error)
+	SourceError(ctx context.Context, app string) (string, error)
 
 	SetRepository(ctx context.Context, url, authType, username string, sealed []byte, now time.Time) (*droverv1.Repository, error)
 	ListRepositories(ctx context.Context) ([]*droverv1.Repository, error)
@@ -77,7 +78,6 @@ type Controller interface {
 	Refresh(ctx context.Context, app string) (commit string, newRelease bool, err error)
 	PlacedClusters(app string) []string
 	AssignmentVersion(cluster string) string
-	SourceError(app string) string
 }
 
 // Hub is the serving side of the hub: its agent streams and its own health.
@@ -393,12 +393,16 @@ func (s *Server) GetApplication(ctx context.Context, req *droverv1.GetApplicatio
 			kept = append(kept, st)
 		}
 	}
+	srcErr, err := s.store.SourceError(ctx, app.GetName())
+	if err != nil {
+		return nil, s.toStatus("get application", err)
+	}
 	return &droverv1.GetApplicationResponse{
 		Application:    app,
 		Releases:       rels,
 		Statuses:       kept,
 		PlacedClusters: placed,
-		SourceError:    s.ctl.SourceError(app.GetName()),
+		SourceError:    srcErr,
 	}, nil
 }
 

@@ -107,7 +107,9 @@ type Controller struct {
 	removingMu sync.Mutex
 
 	mu sync.Mutex // guards the fields below
-	// sourceErrs holds the last error resolving each application's source.
+	// sourceErrs holds the last error resolving each application's
+	// source, as this replica knows it stored ("" when it resolves); an
+	// application absent has not been resolved here yet.
 	sourceErrs map[string]string
 	// specs caches application specs for the Git watcher's Targets.
 	specs map[string]*droverv1.ApplicationSpec
@@ -568,15 +570,11 @@ func (c *Controller) OnResolved(ctx context.Context, app, ref, commit string) {
 func (c *Controller) newCommit(ctx context.Context, app, commit string) (bool, error) {
 	c.mu.Lock()
 	spec, known := c.specs[app]
-	hadErr := c.sourceErrs[app] != ""
-	delete(c.sourceErrs, app)
 	c.mu.Unlock()
 	if !known {
 		return false, nil // deleted meanwhile
 	}
-	if hadErr {
-		c.event(ctx, "application.source_recovered", app, "the source resolves again")
-	}
+	c.recordSourceError(ctx, app, "", "application.source_recovered", "the source resolves again")
 	content, err := c.content(ctx, app, spec.GetSource(), commit)
 	if err != nil {
 		return false, err
@@ -645,18 +643,42 @@ func (c *Controller) content(ctx context.Context, app string, src *droverv1.Sour
 
 // OnError records that an application's source could not be resolved.
 func (c *Controller) OnError(ctx context.Context, app string, err error) {
-	msg := err.Error()
 	c.mu.Lock()
 	_, known := c.specs[app]
-	prev := c.sourceErrs[app]
+	c.mu.Unlock()
 	if known {
+		c.recordSourceError(ctx, app, err.Error(), "application.source_failed", err.Error())
+	}
+}
+
+// recordSourceError stores msg as app's source error, unless this replica
+// knows it is stored already, and records an event when that changed what
+// was stored: a replica that takes over a repository's polling neither
+// repeats the last replica's event nor misses a recovery.
+func (c *Controller) recordSourceError(ctx context.Context, app, msg, kind, eventMsg string) {
+	c.mu.Lock()
+	stored, ok := c.sourceErrs[app]
+	c.mu.Unlock()
+	if ok && stored == msg {
+		return
+	}
+	changed, err := c.store.SetSourceError(ctx, app, msg)
+	if err != nil {
+		c.log.Warn("record the source error", "app", app, "err", err)
+		return
+	}
+	c.mu.Lock()
+	if _, known := c.specs[app]; known {
 		c.sourceErrs[app] = msg
 	}
 	c.mu.Unlock()
-	if known && prev != msg {
-		c.log.Warn("application source unresolved", "app", app, "err", msg)
-		c.event(ctx, "application.source_failed", app, msg)
+	if !changed {
+		return
 	}
+	if msg != "" {
+		c.log.Warn("application source unresolved", "app", app, "err", msg)
+	}
+	c.event(ctx, kind, app, eventMsg)
 }
 
 func (c *Controller) event(ctx context.Context, kind, app, msg string) {
