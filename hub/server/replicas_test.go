@@ -75,27 +75,34 @@ func healthz(t *testing.T, h *server.Hub) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
+// startReplica starts a hub as replica name of the database db, with its
+// data in dataDir ("" for a new one), gossiping on peerAddr ("" for none).
+func startReplica(t *testing.T, db, dataDir, name, peerAddr string, peers ...string) (*server.Hub, error) {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.DataDir = dataDir
+	if dataDir == "" {
+		cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	}
+	cfg.DatabaseURL = db
+	cfg.AgentAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Hostnames = []string{"127.0.0.1"}
+	cfg.Replica, cfg.PeerAddr, cfg.Peers = name, peerAddr, peers
+	cfg.GossipKey = base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	h, err := server.Start(context.Background(), cfg, testlog.New(t).With("hub", name), io.Discard)
+	if err == nil {
+		t.Cleanup(func() { h.Close() })
+	}
+	return h, err
+}
+
 // Two hubs on one database, each naming the other as its peer: the first
 // is degraded while alone, both see both once the second is up, and a
 // second process under a live hub's name is refused.
 func TestHubReplicas(t *testing.T) {
 	db := testbed.Postgres(t)
-	key := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
 	addrA, addrB := testbed.FreeAddr(t), testbed.FreeAddr(t)
-	start := func(name, peerAddr, peer string) (*server.Hub, error) {
-		cfg := server.DefaultConfig()
-		cfg.DataDir = filepath.Join(t.TempDir(), "data")
-		cfg.DatabaseURL = db
-		cfg.AgentAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-		cfg.Hostnames = []string{"127.0.0.1"}
-		cfg.Replica, cfg.PeerAddr, cfg.Peers, cfg.GossipKey = name, peerAddr, []string{peer}, key
-		h, err := server.Start(context.Background(), cfg, testlog.New(t).With("hub", name), io.Discard)
-		if err == nil {
-			t.Cleanup(func() { h.Close() })
-		}
-		return h, err
-	}
-	a, err := start("hub-a", addrA, addrB)
+	a, err := startReplica(t, db, "", "hub-a", addrA, addrB)
 	if err != nil {
 		t.Fatalf("start hub-a: %v", err)
 	}
@@ -103,7 +110,7 @@ func TestHubReplicas(t *testing.T) {
 		t.Fatalf("hub-a alone: /healthz %d %q, want 503 saying it is not joined", code, body)
 	}
 
-	b, err := start("hub-b", addrB, addrA)
+	b, err := startReplica(t, db, "", "hub-b", addrB, addrA)
 	if err != nil {
 		t.Fatalf("start hub-b: %v", err)
 	}
@@ -118,11 +125,30 @@ func TestHubReplicas(t *testing.T) {
 		}
 	}
 
-	_, err = start("hub-a", testbed.FreeAddr(t), addrB)
+	_, err = startReplica(t, db, "", "hub-a", testbed.FreeAddr(t), addrB)
 	if err == nil || !strings.Contains(err.Error(), `replica name "hub-a" is held by another hub process`) {
 		t.Fatalf("second hub-a: err = %v, want the name refused", err)
 	}
 	if got := a.Members(); !slices.Equal(got, want) {
 		t.Fatalf("hub-a after the refused duplicate sees %v", got)
+	}
+}
+
+// A hub started again on its data directory while its name still looks
+// held (it was killed, so nothing freed it) is the same replica: it starts
+// at once, as drover-hub killed and restarted by its supervisor must.
+func TestHubRestartedOnItsDataDir(t *testing.T) {
+	db := testbed.Postgres(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := startReplica(t, db, dir, "hub-a", ""); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	again, err := startReplica(t, db, dir, "hub-a", "")
+	if err != nil {
+		t.Fatalf("start again on the same data directory: %v", err)
+	}
+	rs, err := again.Store().ListReplicas(context.Background())
+	if err != nil || len(rs) != 1 || rs[0].Name != "hub-a" || rs[0].Stopped {
+		t.Fatalf("replicas %+v (%v), want hub-a running", rs, err)
 	}
 }
