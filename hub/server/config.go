@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/drover-dev/drover/hub/replicas"
 	"github.com/drover-dev/drover/internal/envflag"
 )
 
@@ -35,8 +37,22 @@ type Config struct {
 	// SecretKeyFile holds the key that encrypts stored credentials; empty
 	// means DataDir/secret.key, generated on first start.
 	SecretKeyFile string
-	// Replica names this hub process.
+	// Replica names this hub process, unique among the live replicas on
+	// one database.
 	Replica string
+	// PeerAddr is where this replica gossips with the others (memberlist,
+	// UDP and TCP), HOST:PORT; empty runs a single replica.
+	PeerAddr string
+	// Peers are HOST:PORT addresses of the other replicas' PeerAddr, or a
+	// name resolving to them all (a headless Service).
+	Peers []string
+	// GossipKeyFile holds the key that encrypts gossip, base64 of 16, 24
+	// or 32 bytes; the same on every replica.
+	GossipKeyFile string
+	// GossipKey is that key given directly, base64, from the environment
+	// variable DROVER_GOSSIP_KEY only (a Kubernetes Secret as env): flags
+	// show in the process list.
+	GossipKey string
 	// OfflineTimeout is how long after its last heartbeat a cluster is shown
 	// offline.
 	OfflineTimeout time.Duration
@@ -93,7 +109,13 @@ func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
 	fs.String(&c.CACertFile, "ca-cert", "DROVER_CA_CERT", "PEM CA certificate for agent identities (default: generated in the data directory)")
 	fs.String(&c.CAKeyFile, "ca-key", "DROVER_CA_KEY", "PEM CA private key for agent identities")
 	fs.String(&c.SecretKeyFile, "secret-key-file", "DROVER_SECRET_KEY_FILE", "key file for encrypting stored credentials (default: DATA_DIR/secret.key)")
-	fs.String(&c.Replica, "replica", "DROVER_REPLICA", "name of this hub replica")
+	fs.String(&c.Replica, "replica", "DROVER_REPLICA", "name of this hub replica, unique among the replicas sharing the database")
+	fs.String(&c.PeerAddr, "peer-addr", "DROVER_PEER_ADDR", "HOST:PORT where this replica gossips with the other replicas (UDP and TCP); empty runs a single replica")
+	fs.List(&c.Peers, "peers", "DROVER_PEERS", "comma-separated HOST:PORT gossip addresses of the other replicas, or a name resolving to them all")
+	fs.String(&c.GossipKeyFile, "gossip-key-file", "DROVER_GOSSIP_KEY_FILE", "file holding the gossip encryption key, base64 of 16, 24 or 32 bytes, the same on every replica (or set DROVER_GOSSIP_KEY)")
+	if v, ok := os.LookupEnv(gossipKeyEnv); ok {
+		c.GossipKey = v
+	}
 	fs.Duration(&c.OfflineTimeout, "offline-timeout", "DROVER_OFFLINE_TIMEOUT", "time since the last heartbeat after which a cluster is offline")
 	fs.Duration(&c.PollInterval, "poll-interval", "DROVER_POLL_INTERVAL", "default interval for resolving Git refs")
 	fs.Duration(&c.PingInterval, "ping-interval", "DROVER_PING_INTERVAL", "interval of hub pings on idle agent streams")
@@ -120,6 +142,25 @@ func (c *Config) Validate() error {
 			bad("--debug-addr %q: want HOST:PORT such as 127.0.0.1:6060, or empty to turn it off (%v)", c.DebugAddr, err)
 		}
 	}
+	if c.Replica == "" {
+		bad("--replica: required (a name for this hub process, unique among the replicas sharing the database)")
+	}
+	if c.PeerAddr != "" {
+		if err := replicas.CheckPeerAddr(c.PeerAddr); err != nil {
+			bad("--peer-addr: %v", err)
+		}
+	}
+	for _, p := range c.Peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			bad("--peers %q: want HOST:PORT, the other replicas' --peer-addr (%v)", p, err)
+		}
+	}
+	if len(c.Peers) > 0 && c.PeerAddr == "" {
+		bad("--peers: needs --peer-addr, this replica's own gossip address")
+	}
+	if _, err := c.gossipKey(); err != nil {
+		bad("%v", err)
+	}
 	if len(c.Hostnames) == 0 {
 		bad("--hostnames: give at least one name or IP agents use to reach the hub")
 	}
@@ -144,6 +185,37 @@ func (c *Config) Validate() error {
 		bad("--poll-interval %v: at least 5s, to spare the Git servers (use webhooks or `droverctl app refresh` for speed)", c.PollInterval)
 	}
 	return errors.Join(errs...)
+}
+
+// gossipKeyEnv holds the gossip key itself, for a Secret given as env.
+const gossipKeyEnv = "DROVER_GOSSIP_KEY"
+
+// gossipKey returns the gossip encryption key from GossipKeyFile or
+// GossipKey, or nil when neither is set.
+func (c *Config) gossipKey() ([]byte, error) {
+	var text, from string
+	switch {
+	case c.GossipKeyFile != "" && c.GossipKey != "":
+		return nil, fmt.Errorf("--gossip-key-file and %s: give one of them", gossipKeyEnv)
+	case c.GossipKeyFile != "":
+		b, err := os.ReadFile(c.GossipKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--gossip-key-file: %w", err)
+		}
+		text, from = string(b), "--gossip-key-file "+c.GossipKeyFile
+	case c.GossipKey != "":
+		text, from = c.GossipKey, gossipKeyEnv
+	default:
+		return nil, nil
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(text))
+	if err != nil {
+		return nil, fmt.Errorf("%s: not base64 (make a key with `head -c 32 /dev/urandom | base64`)", from)
+	}
+	if err := replicas.CheckGossipKey(key); err != nil {
+		return nil, fmt.Errorf("%s: %w", from, err)
+	}
+	return key, nil
 }
 
 func (c *Config) secretKeyFile() string {

@@ -34,6 +34,7 @@ import (
 	"github.com/drover-dev/drover/hub/gitwatch"
 	"github.com/drover-dev/drover/hub/pgserver"
 	"github.com/drover-dev/drover/hub/pki"
+	"github.com/drover-dev/drover/hub/replicas"
 	"github.com/drover-dev/drover/hub/secrets"
 	"github.com/drover-dev/drover/hub/store"
 	"github.com/drover-dev/drover/internal/version"
@@ -51,6 +52,7 @@ type Hub struct {
 
 	pg       *pgserver.Server // nil with an external database
 	store    *store.Store
+	members  *replicas.Membership
 	ca       *pki.CA
 	box      *secrets.Box
 	fleet    *fleet.Fleet
@@ -114,6 +116,11 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	}
 	if h.store, err = store.Open(ctx, dbURL, logger, store.WithReplica(cfg.Replica)); err != nil {
 		return nil, fmt.Errorf("database: %w", err)
+	}
+	// First after the store: a second process under this replica's name
+	// must be refused before it does anything as that replica.
+	if err := h.startMembership(ctx); err != nil {
+		return nil, err
 	}
 
 	if cfg.CACertFile != "" {
@@ -237,6 +244,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	g.Go(func() error { return h.agents.Run(gctx) })
 	g.Go(func() error { h.statuses.Run(gctx); return nil })
 	g.Go(func() error { return h.ctl.Run(gctx) })
+	g.Go(func() error { return h.runMembership(gctx) })
 	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
 	return h, nil
 }
@@ -280,6 +288,10 @@ func (h *Hub) Fleet() *fleet.Fleet { return h.fleet }
 // Controller is the hub's control logic, for tests and tools that change
 // the store directly and must tell it.
 func (h *Hub) Controller() *control.Controller { return h.ctl }
+
+// Members returns the names of the live hub replicas, sorted, this one
+// included.
+func (h *Hub) Members() []string { return h.members.Members() }
 
 // Disconnect closes a cluster's stream on this replica.
 func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(cluster, reason) }
@@ -335,6 +347,11 @@ func (h *Hub) closeResources() {
 	}
 	if h.gateway != nil {
 		h.gateway.Close()
+	}
+	if h.members != nil {
+		// Leaves the gossip and frees the replica name, so it needs the
+		// store.
+		_ = h.members.Close()
 	}
 	if h.store != nil {
 		h.store.Close()
@@ -438,6 +455,10 @@ func (h *Hub) Status(ctx context.Context) *droverv1.HubStatus {
 		st.State = "degraded"
 		st.Problems = append(st.Problems, "database unreachable")
 		h.log.Debug("health check: database unreachable", "err", err)
+	}
+	if len(h.cfg.Peers) > 0 && len(h.members.Members()) < 2 {
+		st.State = "degraded"
+		st.Problems = append(st.Problems, "not joined to the other replicas")
 	}
 	return st
 }
