@@ -112,3 +112,53 @@ func freeAddrOn(host string) (string, error) {
 	}
 	return "", fmt.Errorf("no port free for both TCP and UDP on %s", host)
 }
+
+// CutGossip drops every packet, TCP and UDP, sent to any replica's gossip
+// address, with an nftables table in the test's network namespace, so
+// that each replica sees the others fail while PostgreSQL, agents and
+// API clients still reach every one. It returns when the rules are in;
+// HealGossip (or the end of the test) removes them.
+func (r *Replicas) CutGossip(t testing.TB) {
+	t.Helper()
+	if err := requireNetAdmin(); err != nil {
+		t.Fatal(err)
+	}
+	var rules strings.Builder
+	fmt.Fprintf(&rules, "table ip %s {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n", r.gossipTable())
+	for _, addr := range r.GossipAddrs {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&rules, "\t\tip daddr %s tcp dport %s drop\n\t\tip daddr %s udp dport %s drop\n", host, port, host, port)
+	}
+	rules.WriteString("\t}\n}\n")
+	if _, err := runInput(rules.String(), "nft", "-f", "-"); err != nil {
+		t.Fatalf("testbed: cut gossip: %v", err)
+	}
+	t.Cleanup(func() { r.healGossip() })
+}
+
+// HealGossip lets gossip between the replicas through again.
+func (r *Replicas) HealGossip(t testing.TB) {
+	t.Helper()
+	if err := r.healGossip(); err != nil {
+		t.Fatalf("testbed: heal gossip: %v", err)
+	}
+}
+
+func (r *Replicas) healGossip() error {
+	out, err := run("nft", "list", "tables")
+	if err != nil || !strings.Contains(out, r.gossipTable()) {
+		return err
+	}
+	_, err = run("nft", "delete", "table", "ip", r.gossipTable())
+	return err
+}
+
+// gossipTable names the nftables table of the replicas' cut: one per
+// process and set of replicas, so tests running at once keep apart.
+func (r *Replicas) gossipTable() string {
+	_, port, _ := net.SplitHostPort(r.GossipAddrs[0])
+	return fmt.Sprintf("drover_gossip_%d_%s", os.Getpid(), port)
+}
