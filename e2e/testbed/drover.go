@@ -194,7 +194,7 @@ func (p *program) run() (*Process, error) {
 	return proc, nil
 }
 
-// StartHub starts drover-hub and returns once its /healthz answers 200 and
+// StartHub starts drover-hub and returns once its /readyz answers 200 and
 // it has written its admin token. It stops when t ends; its log's tail is
 // shown when t failed.
 func StartHub(t testing.TB, o HubOptions) *HubProcess {
@@ -268,7 +268,9 @@ func (h *HubProcess) start() error {
 	client := &http.Client{}
 	tokenFile := filepath.Join(h.DataDir, "admin-token")
 	return waitUntil(ctx, "drover-hub on "+h.HTTPAddr, []*Process{p}, func(ctx context.Context) (bool, error) {
-		if ok, err := httpOK(ctx, client, "http://"+h.HTTPAddr+"/healthz"); !ok {
+		// Ready, not healthy: a replica started before the others is
+		// healthy only once they join it.
+		if ok, err := httpOK(ctx, client, "http://"+h.HTTPAddr+"/readyz"); !ok {
 			return false, err
 		}
 		if h.AdminToken != "" {

@@ -13,7 +13,7 @@
 //     that through Lost, and the hub stops.
 //   - hashicorp/memberlist (SWIM gossip over UDP and TCP on --peer-addr)
 //     says who is *alive*, within seconds, without a database round trip:
-//     Members is the input of rendezvous hashing (Owner), which decides
+//     Members is the input of rendezvous hashing (hub/ownership), which decides
 //     the one replica that should run each background job. Gossip only
 //     proposes owners; the job leases in PostgreSQL fence every write, so
 //     a gossip split never gives a job two actors.

@@ -70,6 +70,11 @@ func TestDatabaseLostWhileRunning(t *testing.T) {
 	if want := "degraded\ndatabase unreachable\n"; health != want {
 		t.Errorf("/healthz says %q, want %q and nothing of the driver's error", health, want)
 	}
+	// Not ready either: a new agent or API client is better served by a
+	// replica that reaches the database.
+	if code, body := probe(t, h.Hub, "/readyz"); code != http.StatusServiceUnavailable || body != "not ready: database unreachable\n" {
+		t.Errorf("/readyz with the database away: %d %q", code, body)
+	}
 	// The agent's stream is still served while the database is away.
 	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Heartbeat{Heartbeat: &droverv1.Heartbeat{SentAt: timestamppb.Now()}}})
 	s.send(t, &droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Status{Status: &droverv1.StatusReport{Applications: []*droverv1.ApplicationStatus{

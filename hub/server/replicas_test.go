@@ -64,11 +64,15 @@ func TestBadReplicaConfig(t *testing.T) {
 }
 
 // healthz returns a hub's /healthz status code and body.
-func healthz(t *testing.T, h *server.Hub) (int, string) {
+func healthz(t *testing.T, h *server.Hub) (int, string) { return probe(t, h, "/healthz") }
+
+// probe returns the status code and body of a hub's health or readiness
+// path.
+func probe(t *testing.T, h *server.Hub, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get("http://" + h.HTTPAddr() + "/healthz")
+	resp, err := http.Get("http://" + h.HTTPAddr() + path)
 	if err != nil {
-		t.Fatalf("GET /healthz: %v", err)
+		t.Fatalf("GET %s: %v", path, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
@@ -108,6 +112,10 @@ func TestHubReplicas(t *testing.T) {
 	}
 	if code, body := healthz(t, a); code != http.StatusServiceUnavailable || !strings.Contains(body, "not joined to the other replicas") {
 		t.Fatalf("hub-a alone: /healthz %d %q, want 503 saying it is not joined", code, body)
+	}
+	// Alone, it still serves: the others may be down.
+	if code, body := probe(t, a, "/readyz"); code != http.StatusOK || body != "ready\n" {
+		t.Fatalf("hub-a alone: /readyz %d %q, want 200 ready", code, body)
 	}
 
 	b, err := startReplica(t, db, "", "hub-b", addrB, addrA)

@@ -32,6 +32,7 @@ import (
 	"github.com/drover-dev/drover/hub/dashboard"
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/gitwatch"
+	"github.com/drover-dev/drover/hub/ownership"
 	"github.com/drover-dev/drover/hub/pgserver"
 	"github.com/drover-dev/drover/hub/pki"
 	"github.com/drover-dev/drover/hub/replicas"
@@ -53,6 +54,7 @@ type Hub struct {
 	pg       *pgserver.Server // nil with an external database
 	store    *store.Store
 	members  *replicas.Membership
+	owner    *ownership.Keeper
 	ca       *pki.CA
 	box      *secrets.Box
 	fleet    *fleet.Fleet
@@ -146,7 +148,12 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 
 	h.fleet = fleet.New(logger)
 	h.changes = dashboard.NewChanges()
+	h.owner = ownership.New(ownership.Config{
+		Holder:  store.Holder{Replica: cfg.Replica, Instance: h.members.Instance()},
+		Members: h.members, Store: h.store, Logger: logger,
+	})
 	if h.ctl, err = control.New(ctx, control.Config{
+		Owner: h.owner,
 		Store: h.store, Fleet: h.fleet, Secrets: h.box,
 		Resolver:     gitwatch.NewResolver(filepath.Join(cfg.DataDir, "git-cache"), logger),
 		PollInterval: cfg.PollInterval, OfflineTimeout: cfg.OfflineTimeout,
@@ -202,6 +209,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	mux := http.NewServeMux()
 	mux.Handle("/api/", h.gateway)
 	mux.HandleFunc("/healthz", h.healthz)
+	mux.HandleFunc("/readyz", h.readyz)
 	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, cfg.OfflineTimeout, logger).handler())
 	mux.Handle("/", h.dash)
 	h.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -245,6 +253,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	g.Go(func() error { h.statuses.Run(gctx); return nil })
 	g.Go(func() error { return h.ctl.Run(gctx) })
 	g.Go(func() error { return h.runMembership(gctx) })
+	g.Go(func() error { return h.owner.Run(gctx) })
 	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
 	return h, nil
 }
@@ -441,6 +450,24 @@ func (h *Hub) healthz(w http.ResponseWriter, r *http.Request) {
 	for _, p := range st.GetProblems() {
 		fmt.Fprintln(w, p)
 	}
+}
+
+// readyz answers 200 while this replica can serve: its database answers.
+// Unlike /healthz it does not count a replica alone as a problem: the
+// others may be down, and then it is the one that must serve. It is the
+// readiness probe of deploy/hub; by the time the hub listens, it has
+// claimed its name and made its first attempt to join the others.
+func (h *Hub) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := h.store.Ping(ctx); err != nil {
+		h.log.Debug("readiness check: database unreachable", "err", err)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "not ready: database unreachable")
+		return
+	}
+	fmt.Fprintln(w, "ready")
 }
 
 // Status reports the hub's own health: degraded while the database does not

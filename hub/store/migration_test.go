@@ -25,7 +25,7 @@ func TestMigrationDownUp(t *testing.T) {
 	if err != nil {
 		t.Fatalf("goose: %v", err)
 	}
-	tables := []string{"clusters", "join_tokens", "api_tokens", "repositories", "applications", "releases", "app_status", "events", "settings", "hub_replicas"}
+	tables := []string{"clusters", "join_tokens", "api_tokens", "repositories", "applications", "releases", "app_status", "events", "settings", "hub_replicas", "job_leases"}
 	count := func() int {
 		var n int
 		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY($1)`, tables).Scan(&n); err != nil {
