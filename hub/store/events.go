@@ -49,7 +49,7 @@ func newEventRow(ev *droverv1.Event) (eventRow, error) {
 func (s *Store) AddEvent(ctx context.Context, ev *droverv1.Event) error {
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	return insertEvent(ctx, s.pool, ev)
+	return s.signalOnSuccess(ChangeEvents, insertEvent(ctx, s.pool, ev))
 }
 
 func insertEvent(ctx context.Context, db execer, ev *droverv1.Event) error {
@@ -102,6 +102,7 @@ func (s *Store) AddEvents(ctx context.Context, evs []*droverv1.Event) error {
 	if err != nil {
 		return classify(fmt.Sprintf("add %d events", len(evs)), err)
 	}
+	s.signal(ChangeEvents)
 	return nil
 }
 
