@@ -37,6 +37,24 @@ func start(t *testing.T) *setup {
 // database is a hub that restarted.
 func startOn(t *testing.T, dsn string) *setup {
 	t.Helper()
+	s := newSetup(t, dsn, nil)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ctl.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s
+}
+
+// newSetup is a Controller over the database at dsn that does not run:
+// neither Git polls nor rollout steps move anything. owns is its
+// Config.Owns.
+func newSetup(t *testing.T, dsn string, owns func(job string) bool) *setup {
+	t.Helper()
 	ctx := context.Background()
 	logger := testlog.New(t)
 	st, err := store.Open(ctx, dsn, logger)
@@ -53,20 +71,11 @@ func startOn(t *testing.T, dsn string) *setup {
 	ctl, err := control.New(ctx, control.Config{
 		Store: st, Fleet: fl, Secrets: box,
 		Resolver:       gitwatch.NewResolver(filepath.Join(dir, "git-cache"), logger),
-		OfflineTimeout: time.Minute, Logger: logger,
+		OfflineTimeout: time.Minute, Owns: owns, Logger: logger,
 	})
 	if err != nil {
 		t.Fatalf("control.New: %v", err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- ctl.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
 	return &setup{ctl: ctl, store: st, fleet: fl}
 }
 

@@ -43,6 +43,8 @@ type rollouts struct {
 	log   *slog.Logger
 	// offlineTimeout is the hub's online window.
 	offlineTimeout time.Duration
+	// owns reports whether this replica runs a job (Config.Owns).
+	owns func(job string) bool
 
 	wake    chan struct{}
 	control chan controlRequest
@@ -76,21 +78,22 @@ type controlRequest struct {
 	reply      chan error
 }
 
-// newRollouts loads the stored rollout states, so that the fleet gets
-// their pins as it loads (the hub resumes every rollout where it was).
-func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, offlineTimeout time.Duration, changed func(), logger *slog.Logger) (*rollouts, error) {
-	states, err := st.ListRolloutStates(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("load rollouts: %w", err)
+// newRollouts returns an engine with no rollout states: the Controller's
+// load reads them (reloadStates) before it sets the applications, so that
+// the fleet gets their pins as it loads (the hub resumes every rollout
+// where it was).
+func newRollouts(st *store.Store, f *fleet.Fleet, offlineTimeout time.Duration, changed func(), owns func(job string) bool, logger *slog.Logger) *rollouts {
+	if owns == nil {
+		owns = func(string) bool { return false }
 	}
 	return &rollouts{
 		store: st, fleet: f, log: logger, offlineTimeout: offlineTimeout,
-		changed: changed,
+		changed: changed, owns: owns,
 		wake:    make(chan struct{}, 1),
 		control: make(chan controlRequest),
 		apps:    map[string]*engineApp{},
-		states:  states,
-	}, nil
+		states:  map[string]rollout.State{},
+	}
 }
 
 // setApp puts an application into the fleet. With a rollout strategy and

@@ -1,0 +1,193 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/drover-dev/drover/hub/store"
+)
+
+var _ store.ChangeHandler = (*Controller)(nil)
+
+// RolloutJob names the background job that runs an application's rollout,
+// for Config.Owns.
+func RolloutJob(app string) string { return "rollout/" + app }
+
+// Changed reloads into the fleet what other replicas changed in the store
+// (a store.Listener's handler). Work those replicas did once for all (marking
+// statuses, resolving a new application's ref) is not done again. Calls
+// must not overlap; a Listener makes them one at a time.
+func (c *Controller) Changed(ctx context.Context, changes []store.Change) {
+	signal := false
+	for _, ch := range changes {
+		switch ch.Kind {
+		case store.ChangeApp, store.ChangeRelease:
+			c.reload(ctx, ch.Name, false)
+		case store.ChangeCluster:
+			c.clusterChanged(ctx, ch.Name, false)
+		case store.ChangeRepo:
+			c.repositoryChanged(ctx, ch.Name, false)
+		case store.ChangeRollout:
+			if err := c.rollouts.reloadState(ctx, ch.Name); err != nil {
+				c.log.Error("reload rollout", "app", ch.Name, "err", err)
+			}
+		case store.ChangeStatuses, store.ChangeAgents, store.ChangeEvents:
+			signal = true
+		default:
+			// A kind this version does not know of: read everything.
+			c.Resync(ctx)
+			return
+		}
+	}
+	if signal {
+		c.notify()
+	}
+}
+
+// Resync brings the fleet to what the store holds, after changes may have
+// been missed: every cluster and application is set again (the fleet
+// recomputes only what differs), those gone from the store are removed,
+// and every rollout this replica does not own is read again. Failures are
+// logged; the next resync or change catches up.
+func (c *Controller) Resync(ctx context.Context) {
+	defer c.notify()
+	clusters, apps, err := c.sync(ctx)
+	if err != nil {
+		c.log.Error("resync the fleet with the store", "err", err)
+		return
+	}
+	c.log.Info("fleet resynced with the store", "clusters", clusters, "applications", apps)
+}
+
+// sync sets every cluster, application and rollout state the store holds
+// into the fleet and removes what it no longer holds: the fleet recomputes
+// only what differs. It returns how many clusters and applications the
+// fleet holds.
+func (c *Controller) sync(ctx context.Context) (clusters, apps int, err error) {
+	cls, err := c.store.ListAllClusters(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("load clusters: %w", err)
+	}
+	stored, err := c.store.ListApplications(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("load applications: %w", err)
+	}
+	rels, err := c.store.CurrentReleases(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("load releases: %w", err)
+	}
+	// Before the applications, so that each is set with its pins once.
+	if err := c.rollouts.reloadStates(ctx); err != nil {
+		return 0, 0, err
+	}
+
+	live := make(map[string]bool, len(cls))
+	for _, cl := range cls {
+		if cl.Revoked {
+			continue
+		}
+		live[cl.Name] = true
+		if err := c.fleet.SetCluster(cl.Name, cl.Labels); err != nil {
+			c.log.Warn("cluster not loaded", "cluster", cl.Name, "err", err)
+		}
+	}
+	for _, cl := range c.fleet.Clusters() {
+		if !live[cl.Name] {
+			c.fleet.RemoveCluster(cl.Name)
+		}
+	}
+
+	names := make(map[string]bool, len(stored))
+	for _, a := range stored {
+		names[a.GetName()] = true
+		c.setApp(ctx, a, rels[a.GetName()].GetContentCommit())
+	}
+	c.mu.Lock()
+	var gone []string
+	for name := range c.specs {
+		if !names[name] {
+			gone = append(gone, name)
+		}
+	}
+	c.mu.Unlock()
+	for _, name := range gone {
+		c.removeApp(name)
+	}
+	return len(live), len(stored), nil
+}
+
+// reloadState reads an application's rollout state from the store into
+// the engine and the fleet's pins: the replica that runs the rollout
+// stored it.
+func (e *rollouts) reloadState(ctx context.Context, app string) error {
+	e.mu.Lock()
+	mine := e.ownsLocked(app)
+	e.mu.Unlock()
+	if mine {
+		return nil
+	}
+	st, err := e.store.GetRolloutState(ctx, app)
+	found := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	e.mu.Lock()
+	if e.ownsLocked(app) {
+		// Taken over meanwhile: the engine's state wins.
+		e.mu.Unlock()
+		return nil
+	}
+	if found {
+		e.states[app] = st
+	} else {
+		delete(e.states, app)
+	}
+	e.pinLocked(app)
+	e.mu.Unlock()
+	e.changed()
+	return nil
+}
+
+// reloadStates is reloadState for every application.
+func (e *rollouts) reloadStates(ctx context.Context) error {
+	states, err := e.store.ListRolloutStates(ctx)
+	if err != nil {
+		return fmt.Errorf("list rollouts: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for app := range e.states {
+		if _, ok := states[app]; !ok && !e.ownsLocked(app) {
+			delete(e.states, app)
+			e.pinLocked(app)
+		}
+	}
+	for app, st := range states {
+		if e.ownsLocked(app) {
+			continue
+		}
+		e.states[app] = st
+		e.pinLocked(app)
+	}
+	return nil
+}
+
+// ownsLocked reports whether the engine's rollout state of app is newer
+// than the store's: this replica runs the rollout and holds its state. A
+// rollout it runs but holds no state of (at start) is read like any other.
+func (e *rollouts) ownsLocked(app string) bool {
+	_, held := e.states[app]
+	return held && e.owns(RolloutJob(app))
+}
+
+// pinLocked gives the fleet an application's pins as e.states has them.
+func (e *rollouts) pinLocked(app string) {
+	a := e.apps[app]
+	if a == nil {
+		return // not loaded (yet): setApp pins it
+	}
+	if err := e.fleet.SetApp(e.withPinsLocked(a.App)); err != nil {
+		e.log.Error("pin application", "app", app, "err", err)
+	}
+}
