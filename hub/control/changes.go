@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
+	"github.com/drover-dev/drover/hub/rollout"
 	"github.com/drover-dev/drover/hub/store"
 )
 
@@ -65,6 +68,8 @@ func (c *Controller) Resync(ctx context.Context) {
 // only what differs. It returns how many clusters and applications the
 // fleet holds.
 func (c *Controller) sync(ctx context.Context) (clusters, apps int, err error) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	cls, err := c.store.ListAllClusters(ctx)
 	if err != nil {
 		return 0, 0, fmt.Errorf("load clusters: %w", err)
@@ -122,7 +127,7 @@ func (c *Controller) sync(ctx context.Context) (clusters, apps int, err error) {
 // stored it.
 func (e *rollouts) reloadState(ctx context.Context, app string) error {
 	e.mu.Lock()
-	mine := e.ownsLocked(app)
+	mine, writes := e.ownsLocked(app), e.writes[app]
 	e.mu.Unlock()
 	if mine {
 		return nil
@@ -133,17 +138,9 @@ func (e *rollouts) reloadState(ctx context.Context, app string) error {
 		return err
 	}
 	e.mu.Lock()
-	if e.ownsLocked(app) {
-		// Taken over meanwhile: the engine's state wins.
-		e.mu.Unlock()
-		return nil
+	if e.writes[app] == writes && !e.ownsLocked(app) {
+		e.setStateLocked(app, st, found)
 	}
-	if found {
-		e.states[app] = st
-	} else {
-		delete(e.states, app)
-	}
-	e.pinLocked(app)
 	e.mu.Unlock()
 	e.changed()
 	return nil
@@ -151,26 +148,37 @@ func (e *rollouts) reloadState(ctx context.Context, app string) error {
 
 // reloadStates is reloadState for every application.
 func (e *rollouts) reloadStates(ctx context.Context) error {
+	e.mu.Lock()
+	writes := maps.Clone(e.writes)
+	e.mu.Unlock()
 	states, err := e.store.ListRolloutStates(ctx)
 	if err != nil {
-		return fmt.Errorf("list rollouts: %w", err)
+		return fmt.Errorf("load rollouts: %w", err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for app := range e.states {
-		if _, ok := states[app]; !ok && !e.ownsLocked(app) {
-			delete(e.states, app)
-			e.pinLocked(app)
+	for _, app := range slices.Collect(maps.Keys(e.states)) {
+		if _, ok := states[app]; !ok && e.writes[app] == writes[app] && !e.ownsLocked(app) {
+			e.setStateLocked(app, rollout.State{}, false)
 		}
 	}
 	for app, st := range states {
-		if e.ownsLocked(app) {
-			continue
+		if e.writes[app] == writes[app] && !e.ownsLocked(app) {
+			e.setStateLocked(app, st, true)
 		}
-		e.states[app] = st
-		e.pinLocked(app)
 	}
 	return nil
+}
+
+// setStateLocked sets (or, without found, forgets) an application's
+// rollout state as read from the store, and its pins.
+func (e *rollouts) setStateLocked(app string, st rollout.State, found bool) {
+	if found {
+		e.states[app] = st
+	} else {
+		delete(e.states, app)
+	}
+	e.pinLocked(app)
 }
 
 // ownsLocked reports whether the engine's rollout state of app is newer

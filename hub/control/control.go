@@ -83,6 +83,13 @@ type Controller struct {
 	changed  func()
 	log      *slog.Logger
 
+	// syncMu serialises each read of the store with its writes into the
+	// fleet, so that nothing read earlier lands after something read
+	// later: a resync, which also removes what its read did not find,
+	// would otherwise undo a cluster registered meanwhile, and an older
+	// release could overwrite a newer one. Lock order: syncMu, then
+	// removingMu, then the engine's and the fleet's.
+	syncMu sync.Mutex
 	// removingMu serialises markRemoving, so that marks computed from an
 	// older fleet never overwrite those of a newer one.
 	removingMu sync.Mutex
@@ -266,14 +273,16 @@ func (c *Controller) repoCredentials(ctx context.Context, url string) (*droverv1
 // into the fleet, at its current release. app is the stored application,
 // so it is not read again; the Controller keeps it and it must not change.
 func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Application) {
-	c.applicationStored(ctx, app, true)
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	c.applicationStoredLocked(ctx, app, true)
 }
 
-// applicationStored puts a stored application into the fleet. local says
+// applicationStoredLocked puts a stored application into the fleet. local says
 // that this replica stored it: then it also does what is done once for
 // every replica, marking the statuses of the clusters the application
 // left or reached and resolving a new application's ref.
-func (c *Controller) applicationStored(ctx context.Context, app *droverv1.Application, local bool) {
+func (c *Controller) applicationStoredLocked(ctx context.Context, app *droverv1.Application, local bool) {
 	defer c.notify()
 	rels, err := c.store.ListReleases(ctx, app.GetName(), 1)
 	if err != nil {
@@ -309,6 +318,8 @@ func (c *Controller) applicationStored(ctx context.Context, app *droverv1.Applic
 // of the fleet.
 func (c *Controller) ApplicationDeleted(ctx context.Context, name string) {
 	defer c.notify()
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	c.removeApp(name)
 }
 
@@ -322,8 +333,10 @@ func (c *Controller) removeApp(name string) {
 }
 
 // reload reads one application from the store into the fleet; local as
-// for applicationStored.
+// for applicationStoredLocked.
 func (c *Controller) reload(ctx context.Context, name string, local bool) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	a, err := c.store.GetApplication(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		c.removeApp(name)
@@ -334,7 +347,7 @@ func (c *Controller) reload(ctx context.Context, name string, local bool) {
 		c.log.Error("reload application", "app", name, "err", err)
 		return
 	}
-	c.applicationStored(ctx, a, local)
+	c.applicationStoredLocked(ctx, a, local)
 }
 
 // ClusterChanged reloads one cluster from the store.
@@ -347,6 +360,8 @@ func (c *Controller) ClusterChanged(ctx context.Context, name string) {
 // replica.
 func (c *Controller) clusterChanged(ctx context.Context, name string, local bool) {
 	defer c.notify()
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	cl, err := c.store.GetCluster(ctx, name)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && cl.GetRevoked()) {
 		c.fleet.RemoveCluster(name)
@@ -468,6 +483,8 @@ func (c *Controller) newCommit(ctx context.Context, app, commit string) (bool, e
 	if err != nil {
 		return false, err
 	}
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	created, err := c.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), content, time.Now())
 	if err != nil {
 		return false, err

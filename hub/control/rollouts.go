@@ -60,6 +60,9 @@ type rollouts struct {
 	apps map[string]*engineApp
 	// states is each application's rollout as last stored.
 	states map[string]rollout.State
+	// writes counts the engine's writes of each application's state, so
+	// that a reload whose read began before one leaves the newer state.
+	writes map[string]uint64
 }
 
 // engineApp is an application as the engine keeps it: what goes into the
@@ -93,6 +96,7 @@ func newRollouts(st *store.Store, f *fleet.Fleet, offlineTimeout time.Duration, 
 		control: make(chan controlRequest),
 		apps:    map[string]*engineApp{},
 		states:  map[string]rollout.State{},
+		writes:  map[string]uint64{},
 	}
 }
 
@@ -138,6 +142,7 @@ func (e *rollouts) removeApp(name string) {
 	defer e.mu.Unlock()
 	delete(e.apps, name)
 	delete(e.states, name)
+	e.writes[name]++ // a reload that read before this must not bring it back
 	e.fleet.RemoveApp(name)
 }
 
@@ -277,6 +282,7 @@ func (e *rollouts) drop(ctx context.Context, name string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.states, name)
+	e.writes[name]++
 	if app := e.apps[name]; app != nil {
 		if err := e.fleet.SetApp(app.App); err != nil {
 			e.log.Error("place application", "app", name, "err", err)
@@ -436,6 +442,7 @@ func (e *rollouts) commit(ctx context.Context, name string, prev, next rollout.S
 	}
 	e.mu.Lock()
 	e.states[name] = next
+	e.writes[name]++
 	var setErr error
 	if app := e.apps[name]; app != nil {
 		// The fleet recomputes nothing when the pins did not change.
