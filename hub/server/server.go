@@ -19,6 +19,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -49,13 +50,15 @@ type Hub struct {
 	cfg Config
 	log *slog.Logger
 
-	pg       *pgserver.Server // nil with an external database
-	store    *store.Store
-	ca       *pki.CA
-	box      *secrets.Box
-	fleet    *fleet.Fleet
-	ctl      *control.Controller
-	changes  *dashboard.Changes
+	pg      *pgserver.Server // nil with an external database
+	store   *store.Store
+	ca      *pki.CA
+	box     *secrets.Box
+	fleet   *fleet.Fleet
+	ctl     *control.Controller
+	changes *dashboard.Changes
+	// listener hears what other replicas change in the store.
+	listener *store.Listener
 	statuses *store.StatusWriter
 	agents   *agentapi.Server
 	admin    *adminapi.Server
@@ -155,6 +158,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 		// flap offline when the timeout is short.
 		LastSeenFlush: min(5*time.Second, cfg.OfflineTimeout/4),
 	}, notifyingStore{h.store, h.notify}, h.ca, h.fleet, h.ctl, h.statuses, logger)
+	h.listener = h.store.NewListener(replicaChanges{h})
 	h.admin = adminapi.New(h.store, h.ctl, h, h.box, cfg.OfflineTimeout, logger)
 	if h.dash, err = dashboard.New(dashboard.Config{Admin: h.admin, Store: h.store, Logger: logger, OfflineTimeout: cfg.OfflineTimeout, Changes: h.changes}); err != nil {
 		return nil, err
@@ -236,6 +240,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	g.Go(func() error { return h.agents.Run(gctx) })
 	g.Go(func() error { h.statuses.Run(gctx); return nil })
 	g.Go(func() error { return h.ctl.Run(gctx) })
+	g.Go(func() error { return h.listener.Run(gctx) })
 	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
 	return h, nil
 }
@@ -351,6 +356,48 @@ func (h *Hub) closeResources() {
 func (h *Hub) notify() {
 	h.ctl.Poke()
 	h.changes.Notify()
+}
+
+// replicaChanges is the hub's store.ChangeHandler: the Controller reloads
+// what other replicas changed, and a stream this replica holds for a
+// cluster another replica revoked or deleted is closed, as the admin API
+// closes it on the replica that serves the request.
+type replicaChanges struct{ h *Hub }
+
+func (r replicaChanges) Changed(ctx context.Context, changes []store.Change) {
+	r.h.ctl.Changed(ctx, changes)
+	var clusters []string
+	for _, ch := range changes {
+		if ch.Kind == store.ChangeCluster {
+			clusters = append(clusters, ch.Name)
+		}
+	}
+	if len(clusters) > 0 {
+		held := r.h.agents.Clusters()
+		r.h.disconnectGone(ctx, slices.DeleteFunc(clusters, func(c string) bool { return !slices.Contains(held, c) }))
+	}
+}
+
+func (r replicaChanges) Resync(ctx context.Context) {
+	r.h.ctl.Resync(ctx)
+	r.h.disconnectGone(ctx, r.h.agents.Clusters())
+}
+
+// disconnectGone closes the streams of those clusters that the store says
+// are revoked or deleted. A cluster it cannot look up keeps its stream:
+// the next change or resync looks again.
+func (h *Hub) disconnectGone(ctx context.Context, clusters []string) {
+	for _, name := range clusters {
+		_, revoked, err := h.store.ClusterCertSerial(ctx, name)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			h.agents.Disconnect(name, errors.New("the cluster was deleted"))
+		case err != nil:
+			h.log.Warn("look up a cluster another replica changed", "cluster", name, "err", err)
+		case revoked:
+			h.agents.Disconnect(name, errors.New("the cluster's certificate was revoked"))
+		}
+	}
 }
 
 // notifyingStore is the agent endpoint's store: connections, ACKs and

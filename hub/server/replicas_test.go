@@ -1,0 +1,62 @@
+package server_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/drover-dev/drover/hub/pki"
+	"github.com/drover-dev/drover/hub/server"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
+)
+
+// startReplica starts a second hub on a's database, sharing a's CA and
+// credential key as every replica does, with its own data directory.
+func startReplica(t *testing.T, a *testHub, replica string) *testHub {
+	t.Helper()
+	return startHub(t, func(c *server.Config) {
+		c.Replica = replica
+		c.DatabaseURL = a.cfg.DatabaseURL
+		c.CACertFile = filepath.Join(a.cfg.DataDir, "pki", pki.CACertFile)
+		c.CAKeyFile = filepath.Join(a.cfg.DataDir, "pki", pki.CAKeyFile)
+		c.SecretKeyFile = filepath.Join(a.cfg.DataDir, "secret.key")
+		// Only the first replica creates the initial admin token; the
+		// test signs in to this one with it.
+		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(c.DataDir, "admin-token"), []byte(a.token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRevokeClosesStreamOnOtherReplica: a cluster revoked through one
+// replica's admin API loses the stream another replica holds for it, and
+// leaves that replica's fleet.
+func TestRevokeClosesStreamOnOtherReplica(t *testing.T) {
+	a := startHub(t, func(c *server.Config) { c.Replica = "a" })
+	b := startReplica(t, a, "b")
+
+	tok := a.joinToken(t, &droverv1.CreateJoinTokenRequest{Labels: map[string]string{"env": "prod"}})
+	agent := b.mustRegister(t, tok, "edge")
+	s := agent.connect(t, "")
+	s.nextAssignment(t)
+	eventually(t, "edge in a's fleet", func() bool { return a.Fleet().Assignment("edge") != nil })
+
+	a.mustAPI(t, "POST", "/api/v1/clusters/edge/revoke", nil, nil)
+	select {
+	case err := <-s.errc:
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
+			t.Fatalf("b's stream ended with %v, want PermissionDenied saying the certificate was revoked", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stream b holds for a cluster revoked through a stayed open")
+	}
+	eventually(t, "edge out of b's fleet", func() bool { return b.Fleet().Assignment("edge") == nil })
+}
