@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -102,19 +103,24 @@ func replicas(t *testing.T, recs []*recorder, opts ...Option) []*replica {
 
 // TestListenerHearsOtherReplicas: a write through one store reaches the
 // other store's listener once committed, and its own listener skips it; a
-// write that rolls back reaches nobody.
+// transaction that rolls back notifies nobody.
 func TestListenerHearsOtherReplicas(t *testing.T) {
 	ctx := context.Background()
 	rs := replicas(t, []*recorder{{}, {}})
 	a, b := rs[0], rs[1]
 
-	// Refused (the name is taken on the second try): its notification
-	// rolls back with it.
 	if _, err := a.CreateApplication(ctx, testApp("web", "main"), "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.CreateApplication(ctx, testApp("web", "main"), "test"); err == nil {
-		t.Fatal("second CreateApplication of web: no error")
+	// A write that rolls back takes its notification with it.
+	rolledBack := errors.New("roll back")
+	if err := a.inTx(ctx, func(tx pgx.Tx) error {
+		if err := a.notifyTx(ctx, tx, Change{Kind: ChangeApp, Name: "ghost"}); err != nil {
+			return err
+		}
+		return rolledBack
+	}); !errors.Is(err, rolledBack) {
+		t.Fatalf("rolled back transaction: %v", err)
 	}
 	if _, err := a.CreateApplication(ctx, testApp("api", "main"), "test"); err != nil {
 		t.Fatal(err)
