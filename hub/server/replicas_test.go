@@ -1,12 +1,14 @@
 package server_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -59,4 +61,45 @@ func TestRevokeClosesStreamOnOtherReplica(t *testing.T) {
 		t.Fatal("the stream b holds for a cluster revoked through a stayed open")
 	}
 	eventually(t, "edge out of b's fleet", func() bool { return b.Fleet().Assignment("edge") == nil })
+}
+
+// TestResyncClosesStreamOfClusterRevokedUnheard: a replica that missed a
+// revocation (its listening connection was down) closes the stream when it
+// resyncs after reconnecting.
+func TestResyncClosesStreamOfClusterRevokedUnheard(t *testing.T) {
+	ctx := context.Background()
+	h := startHub(t)
+	tok := h.joinToken(t, &droverv1.CreateJoinTokenRequest{})
+	s := h.mustRegister(t, tok, "edge").connect(t, "")
+	s.nextAssignment(t)
+
+	db, err := pgx.Connect(ctx, h.cfg.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	// Revoked behind the hubs' backs: no notification.
+	if _, err := db.Exec(ctx, `UPDATE clusters SET revoked = true WHERE name = 'edge'`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-s.errc:
+		t.Fatalf("the stream ended before the hub could know: %v", err)
+	default:
+	}
+	// The listening connection drops; the hub reconnects and resyncs.
+	var n int
+	if err := db.QueryRow(ctx, `
+		SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE application_name LIKE 'drover-hub listener %') t`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("terminated %d listening connections (%v), want 1", n, err)
+	}
+	select {
+	case err := <-s.errc:
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
+			t.Fatalf("stream ended with %v, want PermissionDenied saying the certificate was revoked", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stream of a cluster revoked while the hub was not listening stayed open after it resynced")
+	}
 }

@@ -380,7 +380,20 @@ func (r replicaChanges) Changed(ctx context.Context, changes []store.Change) {
 
 func (r replicaChanges) Resync(ctx context.Context) {
 	r.h.ctl.Resync(ctx)
-	r.h.disconnectGone(ctx, r.h.agents.Clusters())
+	// One read for every stream held, rather than one per stream.
+	cls, err := r.h.store.ListAllClusters(ctx)
+	if err != nil {
+		r.h.log.Warn("look up the clusters whose streams this replica holds", "err", err)
+		return
+	}
+	revoked := make(map[string]bool, len(cls))
+	for _, c := range cls {
+		revoked[c.Name] = c.Revoked
+	}
+	for _, name := range r.h.agents.Clusters() {
+		rev, found := revoked[name]
+		r.h.disconnectIfGone(name, found, rev)
+	}
 }
 
 // disconnectGone closes the streams of those clusters that the store says
@@ -389,14 +402,22 @@ func (r replicaChanges) Resync(ctx context.Context) {
 func (h *Hub) disconnectGone(ctx context.Context, clusters []string) {
 	for _, name := range clusters {
 		_, revoked, err := h.store.ClusterCertSerial(ctx, name)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			h.agents.Disconnect(name, errors.New("the cluster was deleted"))
-		case err != nil:
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			h.log.Warn("look up a cluster another replica changed", "cluster", name, "err", err)
-		case revoked:
-			h.agents.Disconnect(name, errors.New("the cluster's certificate was revoked"))
+			continue
 		}
+		h.disconnectIfGone(name, err == nil, revoked)
+	}
+}
+
+// disconnectIfGone closes a cluster's stream unless the store has the
+// cluster (found), unrevoked.
+func (h *Hub) disconnectIfGone(name string, found, revoked bool) {
+	switch {
+	case !found:
+		h.agents.Disconnect(name, errors.New("the cluster was deleted"))
+	case revoked:
+		h.agents.Disconnect(name, errors.New("the cluster's certificate was revoked"))
 	}
 }
 
