@@ -256,6 +256,10 @@ func (s *Server) flushAnswers(ctx context.Context) {
 // Connected reports how many agent streams this replica holds.
 func (s *Server) Connected() int { return s.sessions.count() }
 
+// Clusters lists the clusters whose live streams this replica holds, in
+// no order.
+func (s *Server) Clusters() []string { return s.sessions.clusters() }
+
 // Disconnect closes the live stream of a cluster, if this replica holds
 // one; used when its certificate is revoked or the cluster is deleted.
 func (s *Server) Disconnect(cluster string, reason error) {

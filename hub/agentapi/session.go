@@ -2,6 +2,8 @@ package agentapi
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -48,6 +50,12 @@ func (ss *sessions) get(cluster string) *session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.byCluster[cluster]
+}
+
+func (ss *sessions) clusters() []string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return slices.Collect(maps.Keys(ss.byCluster))
 }
 
 func (ss *sessions) count() int {
