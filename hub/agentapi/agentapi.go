@@ -264,6 +264,37 @@ func (s *Server) Disconnect(cluster string, reason error) {
 	}
 }
 
+// Shed ends up to n of the agent streams this replica holds, the longest
+// held first, and reports how many. Each agent is told to come back after
+// about hint, and goes to another replica when it has one: the streams
+// that moved here last are the last shed, so load moved between replicas
+// does not move the same agents again and again. A hint of zero lets
+// them come back at once.
+func (s *Server) Shed(n int, hint time.Duration) int {
+	if n <= 0 {
+		return 0
+	}
+	hint = max(hint, 0)
+	ended := s.sessions.ending(n)
+	for _, sess := range ended {
+		sess.cancel(&shedError{hint: hint})
+	}
+	if len(ended) > 0 {
+		s.log.Info("shedding agent streams", "streams", len(ended), "retry_after", hint)
+	}
+	return len(ended)
+}
+
+// shedError is the cause of a stream's end that Shed chose.
+type shedError struct{ hint time.Duration }
+
+func (e *shedError) Error() string { return "shed to spread the load over the hub's replicas" }
+
+// status tells the agent to go to another replica after about the hint.
+func (e *shedError) status() error {
+	return retryLater(codes.Unavailable, "this hub replica is shedding load; connect to another in %v", e.hint)
+}
+
 // SendCommand hands a command to the cluster's stream. It reports false when
 // this replica holds no stream for the cluster or its command buffer is
 // full (commands are hints; the periodic resync catches up).
@@ -397,7 +428,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 	}
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
-	sess := &session{cluster: name, cancel: cancel, commands: make(chan commandMsg, 8)}
+	sess := &session{cluster: name, since: s.now(), cancel: cancel, commands: make(chan commandMsg, 8)}
 	if old := s.sessions.add(sess); old != nil {
 		old.cancel(errReplaced)
 	}
@@ -421,7 +452,11 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 
 	err = s.sendLoop(ctx, name, stream, st, sess, errc)
 	cause := context.Cause(ctx)
+	var shed *shedError
 	switch {
+	case errors.As(cause, &shed):
+		log.Info("agent stream shed", "retry_after", shed.hint)
+		return shed.status()
 	case errors.Is(cause, errReplaced):
 		log.Info("agent stream replaced")
 		return status.Error(codes.Aborted, errReplaced.Error())

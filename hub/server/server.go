@@ -283,6 +283,11 @@ func (h *Hub) Controller() *control.Controller { return h.ctl }
 // Disconnect closes a cluster's stream on this replica.
 func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(cluster, reason) }
 
+// Shed ends up to n of the agent streams this replica holds, telling each
+// agent to go to another replica after about hint (see agentapi.Server.Shed),
+// and reports how many it ended.
+func (h *Hub) Shed(n int, hint time.Duration) int { return h.agents.Shed(n, hint) }
+
 // FlushStatuses writes pending statuses now.
 func (h *Hub) FlushStatuses(ctx context.Context) error { return h.statuses.Flush(ctx) }
 
