@@ -552,6 +552,10 @@ type streamState struct {
 func (s *Server) sendLoop(ctx context.Context, name string, stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage], st *streamState, sess *session, recvErr <-chan error) error {
 	ping := time.NewTicker(s.cfg.PingInterval)
 	defer ping.Stop()
+	sendPing := func() error {
+		return stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Ping{Ping: &droverv1.Ping{SentAt: timestamppb.New(s.now())}}})
+	}
+	answered := false
 	for {
 		snap, changed := s.fleet.Watch(name)
 		if snap != nil {
@@ -559,7 +563,18 @@ func (s *Server) sendLoop(ctx context.Context, name string, stream grpc.BidiStre
 				if err := stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Assignment{Assignment: msg}}); err != nil {
 					return err
 				}
+				answered = true
 			}
+		}
+		// The agent counts its session as up once the hub says
+		// something; an agent that has its assignment already (a
+		// reconnect, or a move from another replica) is told at once
+		// rather than at the first ping.
+		if !answered {
+			if err := sendPing(); err != nil {
+				return err
+			}
+			answered = true
 		}
 		select {
 		case <-ctx.Done():
@@ -572,7 +587,7 @@ func (s *Server) sendLoop(ctx context.Context, name string, stream grpc.BidiStre
 				return err
 			}
 		case <-ping.C:
-			if err := stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Ping{Ping: &droverv1.Ping{SentAt: timestamppb.New(s.now())}}}); err != nil {
+			if err := sendPing(); err != nil {
 				return err
 			}
 		}
