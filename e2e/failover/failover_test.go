@@ -253,7 +253,8 @@ func (b *bed) statusesWrittenAfter(db *pgx.Conn, cluster string, since time.Time
 }
 
 // TestAgentsFailOverBetweenReplicas is one fleet through a replica's
-// stop, both replicas' outage and a shed.
+// stop, both replicas' outage and a shed. The subtests are its phases, in
+// order, each starting where the last left the fleet: run them together.
 func TestAgentsFailOverBetweenReplicas(t *testing.T) {
 	b := newBed(t, 3)
 	names := b.names()
