@@ -8,6 +8,7 @@
 package agentapi
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -435,12 +436,14 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 	defer s.sessions.remove(sess)
 	log := s.log.With("cluster", name)
 
+	// A stream the hub ends before its Hello or admission says why, as
+	// one it ends later does: a shed agent must get its hint either way.
 	hello, err := s.recvHello(ctx, stream)
 	if err != nil {
-		return err
+		return cmp.Or(endedByHub(ctx, log), err)
 	}
 	if release, err = s.admit.acquire(ctx); err != nil {
-		return err
+		return cmp.Or(endedByHub(ctx, log), err)
 	}
 	s.recordConnection(ctx, name, hello)
 	s.resyncIfRemoving(ctx, name, sess)
@@ -451,6 +454,19 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 	go func() { errc <- s.recvLoop(ctx, name, stream, st) }()
 
 	err = s.sendLoop(ctx, name, stream, st, sess, errc)
+	if ended := endedByHub(ctx, log); ended != nil {
+		return ended
+	}
+	if err != nil && stream.Context().Err() == nil {
+		log.Info("agent stream ended", "err", err)
+	}
+	return err
+}
+
+// endedByHub is the status of a stream the hub ended (the cause of its
+// context: shed, replaced, or closed by Disconnect), or nil when the hub
+// did not end it.
+func endedByHub(ctx context.Context, log *slog.Logger) error {
 	cause := context.Cause(ctx)
 	var shed *shedError
 	switch {
@@ -464,10 +480,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 		log.Info("agent stream closed", "reason", cause)
 		return status.Error(codes.PermissionDenied, cause.Error())
 	}
-	if err != nil && stream.Context().Err() == nil {
-		log.Info("agent stream ended", "err", err)
-	}
-	return err
+	return nil
 }
 
 // recordConnection stores that the cluster's stream is up. The first
