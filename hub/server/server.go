@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -56,11 +57,14 @@ type Hub struct {
 	store   *store.Store
 	members *replicas.Membership
 	owner   *ownership.Keeper
-	ca      *pki.CA
-	box     *secrets.Box
-	fleet   *fleet.Fleet
-	ctl     *control.Controller
-	changes *dashboard.Changes
+	// agentsShed counts the agents this replica asked to reconnect to
+	// another replica.
+	agentsShed atomic.Int64
+	ca         *pki.CA
+	box        *secrets.Box
+	fleet      *fleet.Fleet
+	ctl        *control.Controller
+	changes    *dashboard.Changes
 	// listener hears what other replicas change in the store.
 	listener *store.Listener
 	statuses *store.StatusWriter
@@ -258,6 +262,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	g.Go(func() error { return h.ctl.Run(gctx) })
 	g.Go(func() error { return h.runMembership(gctx) })
 	g.Go(func() error { return h.owner.Run(gctx) })
+	g.Go(func() error { h.rebalance(gctx); return nil })
 	g.Go(func() error { return h.listener.Run(gctx) })
 	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
 	return h, nil
@@ -309,6 +314,11 @@ func (h *Hub) Members() []string { return h.members.Members() }
 
 // Disconnect closes a cluster's stream on this replica.
 func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(cluster, reason) }
+
+// Shed ends up to n of the agent streams this replica holds, telling each
+// agent to go to another replica after about hint (see agentapi.Server.Shed),
+// and reports how many it ended.
+func (h *Hub) Shed(n int, hint time.Duration) int { return h.agents.Shed(n, hint) }
 
 // FlushStatuses writes pending statuses now.
 func (h *Hub) FlushStatuses(ctx context.Context) error { return h.statuses.Flush(ctx) }
