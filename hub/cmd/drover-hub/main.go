@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -42,7 +43,7 @@ func run(args []string) error {
 		return nil
 	}
 	if len(args) > 0 && args[0] == "admin-token" {
-		return adminToken(args[1:])
+		return adminToken(args[1:], os.Stdout, os.Stderr)
 	}
 	cfg := server.DefaultConfig()
 	fs := envflag.New(flag.NewFlagSet("drover-hub", flag.ContinueOnError))
@@ -69,10 +70,11 @@ func run(args []string) error {
 // adminToken makes a new admin API token straight in the database and
 // prints it, alone, to standard output: for bootstrap and recovery by
 // whoever holds the database's credentials (in Kubernetes, kubectl exec
-// into any replica, whose environment has them).
-func adminToken(args []string) error {
+// into any replica, whose environment has them). Messages go to stderr.
+func adminToken(args []string, stdout, stderr io.Writer) error {
 	var databaseURL, name string
 	flags := flag.NewFlagSet("drover-hub admin-token", flag.ContinueOnError)
+	flags.SetOutput(stderr)
 	flags.StringVar(&name, "name", "", "name of the new token, unique among API tokens (it is the actor in the audit log)")
 	fs := envflag.New(flags)
 	fs.String(&databaseURL, "database-url", "DROVER_DATABASE_URL", "PostgreSQL URL of the hub's database")
@@ -87,12 +89,12 @@ func adminToken(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	tok, err := server.CreateAdminToken(ctx, databaseURL, name, logger)
 	if err != nil {
 		return fmt.Errorf("admin-token: %w", err)
 	}
-	fmt.Println(tok)
-	fmt.Fprintf(os.Stderr, "Admin API token %q made; it is shown only this once. Sign in with:\n    droverctl login --server URL < FILE\n", name)
+	fmt.Fprintln(stdout, tok)
+	fmt.Fprintf(stderr, "Admin API token %q made; it is shown only this once. Sign in with:\n    droverctl login --server URL < FILE\n", name)
 	return nil
 }
