@@ -144,10 +144,11 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
-	if h.box, err = secrets.LoadOrCreateKey(cfg.secretKeyFile()); err != nil {
+	var keyFrom string
+	if h.box, keyFrom, err = cfg.credentialKey(); err != nil {
 		return nil, fmt.Errorf("credential key: %w", err)
 	}
-	logger.Info("credential key loaded", "key_id", h.box.KeyID(), "file", cfg.secretKeyFile())
+	logger.Info("credential key loaded", "key_id", h.box.KeyID(), "from", keyFrom)
 
 	if err := h.initialAdminToken(ctx, out); err != nil {
 		return nil, err
