@@ -63,6 +63,10 @@ func StartReplicas(t testing.TB, n int, o HubOptions) *Replicas {
 	for i := range n {
 		ro := o
 		ro.DataDir = filepath.Join(dir, fmt.Sprintf("hub-%d", i), "data")
+		// Its log goes beside the data directory.
+		if err := os.MkdirAll(filepath.Dir(ro.DataDir), 0o700); err != nil {
+			t.Fatal(err)
+		}
 		ro.Args = append([]string{
 			"--replica", fmt.Sprintf("hub-%d", i),
 			"--ca-cert", r.CAFile,
