@@ -210,7 +210,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	mux.Handle("/api/", h.gateway)
 	mux.HandleFunc("/healthz", h.healthz)
 	mux.HandleFunc("/readyz", h.readyz)
-	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, cfg.OfflineTimeout, logger).handler())
+	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, h.members.Members, func() int { return len(h.owner.Held()) }, cfg.OfflineTimeout, logger).handler())
 	mux.Handle("/", h.dash)
 	h.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	// Open dashboard pages hold a live stream; end them so shutdown need
@@ -301,6 +301,9 @@ func (h *Hub) Controller() *control.Controller { return h.ctl }
 // Members returns the names of the live hub replicas, sorted, this one
 // included.
 func (h *Hub) Members() []string { return h.members.Members() }
+
+// Replica is this replica's name.
+func (h *Hub) Replica() string { return h.cfg.Replica }
 
 // Disconnect closes a cluster's stream on this replica.
 func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(cluster, reason) }
