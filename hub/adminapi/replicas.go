@@ -54,7 +54,7 @@ func (s *Server) ListReplicas(ctx context.Context, req *droverv1.ListReplicasReq
 		return nil, s.toStatus(op, err)
 	}
 	if req.GetName() != "" && len(views) == 0 {
-		return nil, status.Errorf(codes.NotFound, "replica %q: not found; `droverctl get replicas` lists them", req.GetName())
+		return nil, status.Errorf(codes.NotFound, "replica %q: not found", req.GetName())
 	}
 	members := map[string]bool{}
 	for _, m := range s.hub.Members() {
