@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/drover-dev/drover/agent/apply"
+	"github.com/drover-dev/drover/agent/hubclient"
 	"github.com/drover-dev/drover/agent/render"
 	"github.com/drover-dev/drover/internal/envflag"
 )
@@ -18,11 +19,13 @@ import (
 // Config is drover-agent's configuration. Every field has a flag and a
 // DROVER_... environment variable; flags win.
 type Config struct {
-	// HubAddr is the hub's agent endpoint, HOST:PORT.
+	// HubAddr is the agent endpoint of the hub, HOST:PORT, or of each of
+	// its replicas, separated by commas (see hubclient.ParseAddrs).
 	HubAddr string
 	// HubCAFile is the PEM CA of the hub, needed for the first start.
 	HubCAFile string
-	// HubServerName overrides the name checked in the hub's certificate.
+	// HubServerName overrides the name checked in the certificate of
+	// every hub replica; empty means the host of each address.
 	HubServerName string
 	// JoinToken and ClusterName register the agent on its first start.
 	JoinToken   string
@@ -83,9 +86,9 @@ func DefaultConfig() Config {
 // RegisterFlags binds c's fields to flags on fs, each with its DROVER_...
 // environment variable.
 func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
-	fs.String(&c.HubAddr, "hub", "DROVER_HUB", "the hub's agent endpoint, HOST:PORT")
+	fs.String(&c.HubAddr, "hub", "DROVER_HUB", "the hub's agent endpoint, HOST:PORT; for several hub replicas, their endpoints separated by commas (a name may also resolve to several addresses)")
 	fs.String(&c.HubCAFile, "hub-ca", "DROVER_HUB_CA", "PEM file with the hub's CA certificate (first start)")
-	fs.String(&c.HubServerName, "hub-server-name", "DROVER_HUB_SERVER_NAME", "name to verify in the hub's certificate (default: the host of --hub)")
+	fs.String(&c.HubServerName, "hub-server-name", "DROVER_HUB_SERVER_NAME", "name to verify in the hub's certificate (default: the host of each --hub address)")
 	fs.String(&c.JoinToken, "join-token", "DROVER_JOIN_TOKEN", "join token for the first start (droverctl token create)")
 	fs.String(&c.ClusterName, "cluster-name", "DROVER_CLUSTER_NAME", "name to register this cluster under (first start)")
 	fs.String(&c.StateDir, "state-dir", "DROVER_STATE_DIR", "directory for the agent's identity, last assignment and Git cache")
@@ -108,8 +111,8 @@ func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if _, _, err := net.SplitHostPort(c.HubAddr); err != nil {
-		bad("--hub %q: want HOST:PORT of the hub's agent endpoint", c.HubAddr)
+	if _, err := hubclient.ParseAddrs(c.HubAddr); err != nil {
+		bad("--hub %q: %v", c.HubAddr, err)
 	}
 	if c.StateDir == "" {
 		bad("--state-dir: required")

@@ -117,3 +117,33 @@ func TestSyncIntervalConfig(t *testing.T) {
 		t.Errorf("--sync-interval 0s: Validate = %v", err)
 	}
 }
+
+func TestHubAddrsConfig(t *testing.T) {
+	for _, hub := range []string{"hub.example:8443", "10.0.0.1:8443,10.0.0.2:8443,hub-c.example:8443"} {
+		if c := firstStart(t, "--hub", hub); c.Validate() != nil {
+			t.Errorf("--hub %s: %v", hub, c.Validate())
+		}
+	}
+	t.Setenv("DROVER_HUB", "a.example:8443,b.example:8443")
+	c := DefaultConfig()
+	fs := envflag.New(flag.NewFlagSet("drover-agent", flag.ContinueOnError))
+	c.RegisterFlags(fs)
+	err := fs.Parse([]string{"--hub-ca", "ca.crt", "--join-token", "t", "--cluster-name", "c", "--state-dir", t.TempDir()})
+	if err != nil || c.HubAddr != "a.example:8443,b.example:8443" || c.Validate() != nil {
+		t.Errorf("DROVER_HUB: %q (%v, %v)", c.HubAddr, err, c.Validate())
+	}
+
+	for _, tt := range []struct{ hub, want string }{
+		{"", `--hub "": no address: want HOST:PORT`},
+		{"hub.example", `--hub "hub.example": address "hub.example": want HOST:PORT`},
+		{"a.example:8443,", `--hub "a.example:8443,": address 2 is empty`},
+		{"a.example:8443,b.example", `address "b.example": want HOST:PORT`},
+		{"a.example:https", `port "https" is not a number from 1 to 65535`},
+		{"a.example:8443,a.example:8443", `address "a.example:8443" is given twice`},
+	} {
+		c := firstStart(t, "--hub", tt.hub)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("--hub %q: Validate = %v; want %q", tt.hub, err, tt.want)
+		}
+	}
+}

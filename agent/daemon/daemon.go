@@ -97,12 +97,12 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 			return nil, err
 		}
 	}
-	serverName := cfg.HubServerName
-	if serverName == "" {
-		serverName, _, _ = net.SplitHostPort(cfg.HubAddr)
+	hubAddrs, err := hubclient.ParseAddrs(cfg.HubAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--hub: %w", err) // Validate let it pass
 	}
 	a.hub = hubclient.New(hubclient.Config{
-		HubAddr: cfg.HubAddr, ServerName: serverName, HubCA: caPEM,
+		HubAddrs: hubAddrs, ServerName: cfg.HubServerName, HubCA: caPEM,
 		JoinToken: cfg.JoinToken, ClusterName: cfg.ClusterName,
 		Heartbeat: cfg.Heartbeat, BackoffMax: cfg.BackoffMax,
 	}, st, a, logger)
@@ -177,6 +177,16 @@ func (a *Agent) Stop() error {
 
 // AppliedVersion is the last assignment version the agent applied.
 func (a *Agent) AppliedVersion() string { return a.rec.AppliedVersion() }
+
+// Hub is the address of the hub replica the agent's session is with, or
+// "" while it has none.
+func (a *Agent) Hub() string { return a.hub.Hub() }
+
+// HubAttempts counts the registrations and sessions the agent tried.
+func (a *Agent) HubAttempts() int64 { return a.hub.Attempts() }
+
+// AssignmentsReceived counts the assignments hubs sent the agent.
+func (a *Agent) AssignmentsReceived() int64 { return a.hub.AssignmentsReceived() }
 
 // Assignment implements hubclient.Handler.
 func (a *Agent) Assignment(ctx context.Context, asg *droverv1.Assignment) error {

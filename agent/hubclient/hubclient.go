@@ -72,9 +72,12 @@ type Handler interface {
 
 // Config configures a Client.
 type Config struct {
-	// HubAddr is the hub's agent endpoint, HOST:PORT.
-	HubAddr string
-	// ServerName overrides the name checked in the hub's certificate.
+	// HubAddrs are the agent endpoints of the hub's replicas, HOST:PORT
+	// each (see ParseAddrs). The agent holds one session at a time, with
+	// one of them, and moves to the next when it ends.
+	HubAddrs []string
+	// ServerName overrides the name checked in the hub's certificate;
+	// empty means the host each address was given with.
 	ServerName string
 	// HubCA is the PEM CA the hub's serving certificate chains to; needed
 	// for the first registration, afterwards the stored one is used.
@@ -129,10 +132,32 @@ type Client struct {
 	statusWake chan struct{}
 	// connected is set while a session the hub has answered is up.
 	connected atomic.Bool
+	// hub is the address of the replica of the current or last attempt.
+	hub atomic.Pointer[string]
+	// attempts counts registrations and sessions tried; received counts
+	// the assignments the hub sent.
+	attempts, received atomic.Int64
 }
 
 // Connected reports whether a session the hub has answered is up.
 func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Hub is the address of the hub replica the current session is with, or
+// "" while there is none.
+func (c *Client) Hub() string {
+	addr := c.hub.Load()
+	if addr == nil || !c.connected.Load() {
+		return ""
+	}
+	return *addr
+}
+
+// Attempts counts the registrations and sessions the agent tried, one per
+// dial of a replica.
+func (c *Client) Attempts() int64 { return c.attempts.Load() }
+
+// AssignmentsReceived counts the assignments hubs sent the agent.
+func (c *Client) AssignmentsReceived() int64 { return c.received.Load() }
 
 // New returns a Client.
 func New(cfg Config, st *state.Dir, h Handler, logger *slog.Logger) *Client {
@@ -179,22 +204,27 @@ func (c *Client) Register(ctx context.Context) error {
 	if !pool.AppendCertsFromPEM(c.cfg.HubCA) {
 		return errors.New("the hub CA (--hub-ca) holds no PEM certificate")
 	}
+	if len(c.cfg.HubAddrs) == 0 {
+		return errors.New("no hub address: give --hub")
+	}
 	csr, err := c.state.NewKeyAndCSR(c.cfg.ClusterName)
 	if err != nil {
 		return err
 	}
-	creds := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13})
+	tlsCfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
 	req := &droverv1.RegisterRequest{JoinToken: c.cfg.JoinToken, ClusterName: c.cfg.ClusterName, CsrPem: csr}
 	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
+	hubs := newHubs(c.cfg.HubAddrs, c.cfg.ServerName, c.log)
 	for {
 		// One channel per attempt, as in Run: the backoff below paces
 		// the dials, not a channel's own.
-		resp, err := c.register(ctx, creds, req)
+		t := hubs.pick(ctx)
+		resp, err := c.register(ctx, t, tlsCfg, req)
 		if err == nil {
 			if err := c.state.SaveIdentity(resp.GetCertificatePem(), resp.GetCaPem()); err != nil {
 				return err
 			}
-			c.log.Info("registered with the hub", "cluster", c.cfg.ClusterName)
+			c.log.Info("registered with the hub", "cluster", c.cfg.ClusterName, "hub", t.addr)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -205,14 +235,14 @@ func (c *Client) Register(ctx context.Context) error {
 		case codes.PermissionDenied, codes.InvalidArgument, codes.AlreadyExists, codes.Unauthenticated:
 			return fmt.Errorf("register with the hub: %s", status.Convert(err).Message())
 		}
-		c.log.Warn("register with the hub; retrying", "err", err)
-		b.WaitHint(ctx, err, retryHint(err))
+		c.log.Warn("register with the hub; retrying", "hub", t.addr, "err", err)
+		hubs.pause(ctx, b, err)
 	}
 }
 
-// register makes one registration attempt on a new channel.
-func (c *Client) register(ctx context.Context, creds credentials.TransportCredentials, req *droverv1.RegisterRequest) (*droverv1.RegisterResponse, error) {
-	conn, err := c.dial(creds)
+// register makes one registration attempt on a new channel to t.
+func (c *Client) register(ctx context.Context, t target, tlsCfg *tls.Config, req *droverv1.RegisterRequest) (*droverv1.RegisterResponse, error) {
+	conn, err := c.dial(t, tlsCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -230,18 +260,25 @@ func (c *Client) register(ctx context.Context, creds credentials.TransportCreden
 // seconds, and wait again — up to twice --backoff-max. With one dial per
 // attempt the session loop alone paces reconnects, and the first attempt
 // after the hub is back reaches it.
+//
+// With several hub replicas, each attempt goes to the next one; the agent
+// waits only once every replica failed since its last wait (see hubs), or
+// as long as a replica asked it to when it refused or shed the session.
 func (c *Client) Run(ctx context.Context) error {
+	if len(c.cfg.HubAddrs) == 0 {
+		return errors.New("no hub address: give --hub")
+	}
 	cert, pool, err := c.state.Identity()
 	if err != nil {
 		return err
 	}
-	creds := credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.cfg.ServerName, MinVersion: tls.VersionTLS13,
-	})
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}
 	b := backoff.New(c.cfg.BackoffBase, c.cfg.BackoffMax)
+	hubs := newHubs(c.cfg.HubAddrs, c.cfg.ServerName, c.log)
 	for {
 		start := time.Now()
-		err := c.attempt(ctx, creds)
+		t := hubs.pick(ctx)
+		err := c.attempt(ctx, t, tlsCfg)
 		established := c.connected.Swap(false)
 		if ctx.Err() != nil {
 			return nil
@@ -251,33 +288,45 @@ func (c *Client) Run(ctx context.Context) error {
 			// reconnect starts over. A dial or a refusal, however long
 			// it took, does not count.
 			b.Reset()
+			// A session that held gives every replica a fresh try; one
+			// that a hub ended at once counts against the round, so
+			// hubs that admit and drop the agent do not spin it.
+			if time.Since(start) >= c.cfg.BackoffBase {
+				hubs.newRound()
+			}
 		}
 		if status.Code(err) == codes.PermissionDenied {
-			c.log.Error("the hub refused this agent; check that the cluster is registered and not revoked", "err", status.Convert(err).Message())
+			c.log.Error("the hub refused this agent; check that the cluster is registered and not revoked", "hub", t.addr, "err", status.Convert(err).Message())
 		} else {
-			c.log.Warn("hub session ended; reconnecting", "err", err, "failures", b.Failures()+1, "lasted", time.Since(start))
+			c.log.Warn("hub session ended; reconnecting", "hub", t.addr, "err", err, "failures", b.Failures()+1, "lasted", time.Since(start))
 		}
-		// A hub busy admitting a reconnect storm refuses with a retry
-		// delay; honouring it, jittered, is what spreads the fleet's
-		// retries out instead of repeating the storm.
-		b.WaitHint(ctx, err, retryHint(err))
+		// A hub busy admitting a reconnect storm, or shedding load,
+		// ends the session with a retry delay; honouring it, jittered,
+		// is what spreads the fleet's retries out instead of repeating
+		// the storm, and the next attempt goes to another replica.
+		hubs.pause(ctx, b, err)
 	}
 }
 
-// attempt dials the hub on a new channel and runs one session on it.
-func (c *Client) attempt(ctx context.Context, creds credentials.TransportCredentials) error {
-	conn, err := c.dial(creds)
+// attempt dials the replica t on a new channel and runs one session on it.
+func (c *Client) attempt(ctx context.Context, t target, tlsCfg *tls.Config) error {
+	conn, err := c.dial(t, tlsCfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	return c.session(ctx, droverv1.NewAgentServiceClient(conn), &c.connected)
+	c.hub.Store(&t.addr)
+	return c.session(ctx, t.addr, droverv1.NewAgentServiceClient(conn), &c.connected)
 }
 
-// dial returns a new channel to the hub; it connects on first use.
-func (c *Client) dial(creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(c.cfg.HubAddr,
-		grpc.WithTransportCredentials(creds),
+// dial returns a new channel to the replica t, counted as an attempt; it
+// connects on first use.
+func (c *Client) dial(t target, tlsCfg *tls.Config) (*grpc.ClientConn, error) {
+	c.attempts.Add(1)
+	tlsCfg = tlsCfg.Clone()
+	tlsCfg.ServerName = t.serverName
+	conn, err := grpc.NewClient(t.addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: c.cfg.KeepaliveTime, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		// A dial into a dead link is given up after the backoff cap, or
 		// one started during a partition would hang on for 20 s after
@@ -286,7 +335,7 @@ func (c *Client) dial(creds credentials.TransportCredentials) (*grpc.ClientConn,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("dial hub %s: %w", c.cfg.HubAddr, err)
+		return nil, fmt.Errorf("dial hub %s: %w", t.addr, err)
 	}
 	return conn, nil
 }
@@ -305,10 +354,10 @@ func retryHint(err error) time.Duration {
 // maxRetryHint caps the delay a hub can ask an agent to wait.
 const maxRetryHint = 5 * time.Minute
 
-// session is one Connect stream: Hello, then assignments in and answers,
-// statuses and heartbeats out.
+// session is one Connect stream with the replica at hub: Hello, then
+// assignments in and answers, statuses and heartbeats out.
 // established is set once the hub's first message arrives.
-func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient, established *atomic.Bool) error {
+func (c *Client) session(ctx context.Context, hub string, client droverv1.AgentServiceClient, established *atomic.Bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Connect(ctx)
@@ -319,7 +368,7 @@ func (c *Client) session(ctx context.Context, client droverv1.AgentServiceClient
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: hello}}); err != nil {
 		return err
 	}
-	c.log.Info("connected to the hub", "hub", c.cfg.HubAddr, "applied", hello.GetAppliedAssignmentVersion())
+	c.log.Info("connected to the hub", "hub", hub, "applied", hello.GetAppliedAssignmentVersion())
 
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- c.recv(ctx, stream, established) }()
@@ -390,6 +439,7 @@ func (c *Client) recv(ctx context.Context, stream grpc.BidiStreamingClient[drove
 		established.Store(true)
 		switch k := msg.GetKind().(type) {
 		case *droverv1.HubMessage_Assignment:
+			c.received.Add(1)
 			a := k.Assignment
 			if err := c.handler.Assignment(ctx, a); err != nil {
 				c.log.Warn("assignment rejected", "version", a.GetVersion(), "err", err)

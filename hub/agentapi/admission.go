@@ -70,8 +70,16 @@ func (a *admission) release() { <-a.slots }
 // jittered here too, so that even agents that do not add their own jitter
 // come back spread out.
 func (a *admission) refusal() error {
-	d := backoff.Jitter(a.retryAfter, 0.5)
-	st := status.New(codes.ResourceExhausted, fmt.Sprintf("the hub is admitting other agents; retry in %v", d.Round(time.Millisecond)))
+	return retryLater(codes.ResourceExhausted, "the hub is admitting other agents; retry in %v", a.retryAfter)
+}
+
+// retryLater is an error with code that asks the agent to come back after
+// about d (jittered by ±50%, so that the agents told together do not return
+// together), as a gRPC RetryInfo the agent honours; format says so in
+// words with the delay as its one argument.
+func retryLater(code codes.Code, format string, d time.Duration) error {
+	d = backoff.Jitter(d, 0.5)
+	st := status.New(code, fmt.Sprintf(format, d.Round(time.Millisecond)))
 	if withHint, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)}); err == nil {
 		st = withHint
 	}

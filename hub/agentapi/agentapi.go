@@ -8,6 +8,7 @@
 package agentapi
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -256,12 +257,47 @@ func (s *Server) flushAnswers(ctx context.Context) {
 // Connected reports how many agent streams this replica holds.
 func (s *Server) Connected() int { return s.sessions.count() }
 
+// Clusters lists the clusters whose live streams this replica holds, in
+// no order.
+func (s *Server) Clusters() []string { return s.sessions.clusters() }
+
 // Disconnect closes the live stream of a cluster, if this replica holds
 // one; used when its certificate is revoked or the cluster is deleted.
 func (s *Server) Disconnect(cluster string, reason error) {
 	if sess := s.sessions.get(cluster); sess != nil {
 		sess.cancel(reason)
 	}
+}
+
+// Shed ends up to n of the agent streams this replica holds, the longest
+// held first, and reports how many. Each agent is told to come back after
+// about hint, and goes to another replica when it has one: the streams
+// that moved here last are the last shed, so load moved between replicas
+// does not move the same agents again and again. A hint of zero lets
+// them come back at once.
+func (s *Server) Shed(n int, hint time.Duration) int {
+	if n <= 0 {
+		return 0
+	}
+	hint = max(hint, 0)
+	ended := s.sessions.ending(n)
+	for _, sess := range ended {
+		sess.cancel(&shedError{hint: hint})
+	}
+	if len(ended) > 0 {
+		s.log.Info("shedding agent streams", "streams", len(ended), "retry_after", hint)
+	}
+	return len(ended)
+}
+
+// shedError is the cause of a stream's end that Shed chose.
+type shedError struct{ hint time.Duration }
+
+func (e *shedError) Error() string { return "shed to spread the load over the hub's replicas" }
+
+// status tells the agent to go to another replica after about the hint.
+func (e *shedError) status() error {
+	return retryLater(codes.Unavailable, "this hub replica is shedding load; connect to another in %v", e.hint)
 }
 
 // SendCommand hands a command to the cluster's stream. It reports false when
@@ -397,19 +433,21 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 	}
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
-	sess := &session{cluster: name, cancel: cancel, commands: make(chan commandMsg, 8)}
+	sess := &session{cluster: name, since: s.now(), cancel: cancel, commands: make(chan commandMsg, 8)}
 	if old := s.sessions.add(sess); old != nil {
 		old.cancel(errReplaced)
 	}
 	defer s.sessions.remove(sess)
 	log := s.log.With("cluster", name)
 
+	// A stream the hub ends before its Hello or admission says why, as
+	// one it ends later does: a shed agent must get its hint either way.
 	hello, err := s.recvHello(ctx, stream)
 	if err != nil {
-		return err
+		return cmp.Or(endedByHub(ctx, log), err)
 	}
 	if release, err = s.admit.acquire(ctx); err != nil {
-		return err
+		return cmp.Or(endedByHub(ctx, log), err)
 	}
 	s.recordConnection(ctx, name, hello)
 	s.resyncIfRemoving(ctx, name, sess)
@@ -420,8 +458,25 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 	go func() { errc <- s.recvLoop(ctx, name, stream, st) }()
 
 	err = s.sendLoop(ctx, name, stream, st, sess, errc)
+	if ended := endedByHub(ctx, log); ended != nil {
+		return ended
+	}
+	if err != nil && stream.Context().Err() == nil {
+		log.Info("agent stream ended", "err", err)
+	}
+	return err
+}
+
+// endedByHub is the status of a stream the hub ended (the cause of its
+// context: shed, replaced, or closed by Disconnect), or nil when the hub
+// did not end it.
+func endedByHub(ctx context.Context, log *slog.Logger) error {
 	cause := context.Cause(ctx)
+	var shed *shedError
 	switch {
+	case errors.As(cause, &shed):
+		log.Info("agent stream shed", "retry_after", shed.hint)
+		return shed.status()
 	case errors.Is(cause, errReplaced):
 		log.Info("agent stream replaced")
 		return status.Error(codes.Aborted, errReplaced.Error())
@@ -429,10 +484,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[droverv1.AgentMessage, 
 		log.Info("agent stream closed", "reason", cause)
 		return status.Error(codes.PermissionDenied, cause.Error())
 	}
-	if err != nil && stream.Context().Err() == nil {
-		log.Info("agent stream ended", "err", err)
-	}
-	return err
+	return nil
 }
 
 // recordConnection stores that the cluster's stream is up. The first
@@ -517,6 +569,10 @@ type streamState struct {
 func (s *Server) sendLoop(ctx context.Context, name string, stream grpc.BidiStreamingServer[droverv1.AgentMessage, droverv1.HubMessage], st *streamState, sess *session, recvErr <-chan error) error {
 	ping := time.NewTicker(s.cfg.PingInterval)
 	defer ping.Stop()
+	sendPing := func() error {
+		return stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Ping{Ping: &droverv1.Ping{SentAt: timestamppb.New(s.now())}}})
+	}
+	answered := false
 	for {
 		snap, changed := s.fleet.Watch(name)
 		if snap != nil {
@@ -524,7 +580,18 @@ func (s *Server) sendLoop(ctx context.Context, name string, stream grpc.BidiStre
 				if err := stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Assignment{Assignment: msg}}); err != nil {
 					return err
 				}
+				answered = true
 			}
+		}
+		// The agent counts its session as up once the hub says
+		// something; an agent that has its assignment already (a
+		// reconnect, or a move from another replica) is told at once
+		// rather than at the first ping.
+		if !answered {
+			if err := sendPing(); err != nil {
+				return err
+			}
+			answered = true
 		}
 		select {
 		case <-ctx.Done():
@@ -537,7 +604,7 @@ func (s *Server) sendLoop(ctx context.Context, name string, stream grpc.BidiStre
 				return err
 			}
 		case <-ping.C:
-			if err := stream.Send(&droverv1.HubMessage{Kind: &droverv1.HubMessage_Ping{Ping: &droverv1.Ping{SentAt: timestamppb.New(s.now())}}}); err != nil {
+			if err := sendPing(); err != nil {
 				return err
 			}
 		}

@@ -2,6 +2,8 @@ package agentapi
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -17,7 +19,9 @@ type sessions struct {
 // session is one cluster's live stream.
 type session struct {
 	cluster string
-	cancel  context.CancelCauseFunc
+	// since is when the stream arrived; the longest held are shed first.
+	since  time.Time
+	cancel context.CancelCauseFunc
 	// commands is the hand-off from the admin side to the stream's sender;
 	// it is buffered and never blocks the caller (see Server.SendCommand).
 	commands chan commandMsg
@@ -48,6 +52,31 @@ func (ss *sessions) get(cluster string) *session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.byCluster[cluster]
+}
+
+// clusters lists the clusters whose streams are held.
+func (ss *sessions) clusters() []string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return slices.Collect(maps.Keys(ss.byCluster))
+}
+
+// ending takes up to n sessions to end, the longest held first, and
+// forgets them, so that a second call does not count them again while
+// they end. The caller cancels them.
+func (ss *sessions) ending(n int) []*session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	all := make([]*session, 0, len(ss.byCluster))
+	for _, s := range ss.byCluster {
+		all = append(all, s)
+	}
+	slices.SortFunc(all, func(a, b *session) int { return a.since.Compare(b.since) })
+	all = all[:min(n, len(all))]
+	for _, s := range all {
+		delete(ss.byCluster, s.cluster)
+	}
+	return all
 }
 
 func (ss *sessions) count() int {

@@ -1,6 +1,7 @@
 package agentapi
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -38,5 +39,32 @@ func TestUnrecordedAnswersKeepTheirOrder(t *testing.T) {
 	u.done(taken)
 	if got := u.take()["a"].version; got != "v3" {
 		t.Fatalf("after the failed flush a holds %q, want v3", got)
+	}
+}
+
+// Shedding takes the longest held streams first, so the agents that just
+// moved here are the last to move again, and a stream taken once is not
+// counted by the next call while it ends.
+func TestSessionsEndingLongestHeldFirst(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ss := newSessions()
+	for i, name := range []string{"c", "a", "d", "b"} {
+		ss.add(&session{cluster: name, since: t0.Add(time.Duration([]int{3, 1, 4, 2}[i]) * time.Second)})
+	}
+	names := func(l []*session) []string {
+		var out []string
+		for _, s := range l {
+			out = append(out, s.cluster)
+		}
+		return out
+	}
+	if got := names(ss.ending(2)); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("first shed of 2 took %v; want the longest held, [a b]", got)
+	}
+	if got := names(ss.ending(5)); !slices.Equal(got, []string{"c", "d"}) {
+		t.Errorf("second shed took %v; want the rest, [c d]", got)
+	}
+	if n := ss.count(); n != 0 {
+		t.Errorf("%d sessions left; want none", n)
 	}
 }

@@ -102,6 +102,13 @@ type Controller struct {
 	changed func()
 	log     *slog.Logger
 
+	// syncMu serialises each read of the store with its writes into the
+	// fleet, so that nothing read earlier lands after something read
+	// later: a resync, which also removes what its read did not find,
+	// would otherwise undo a cluster registered meanwhile, and an older
+	// release could overwrite a newer one. Lock order: syncMu, then
+	// removingMu, then the engine's and the fleet's.
+	syncMu sync.Mutex
 	// removingMu serialises markRemoving, so that marks computed from an
 	// older fleet never overwrite those of a newer one.
 	removingMu sync.Mutex
@@ -156,14 +163,12 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		})
 		c.owner = c.keeper
 	}
-	var err error
-	if c.rollouts, err = newRollouts(ctx, cfg.Store, cfg.Fleet, c.owner, cfg.OfflineTimeout, changed, logger); err != nil {
-		return nil, err
-	}
+	c.rollouts = newRollouts(cfg.Store, cfg.Fleet, c.owner, cfg.OfflineTimeout, changed, logger)
 	if err := c.load(ctx); err != nil {
 		return nil, err
 	}
 	c.updateJobs()
+	var err error
 	if c.watcher, err = gitwatch.NewWatcher(gitwatch.Config{Interval: cfg.PollInterval, Logger: logger}, cfg.Resolver, c, c); err != nil {
 		return nil, err
 	}
@@ -274,37 +279,18 @@ func (c *Controller) notify() {
 
 // load fills the fleet from the store at start.
 func (c *Controller) load(ctx context.Context) error {
-	cls, err := c.store.ListAllClusters(ctx)
+	clusters, apps, err := c.sync(ctx)
 	if err != nil {
-		return fmt.Errorf("load clusters: %w", err)
-	}
-	for _, cl := range cls {
-		if cl.Revoked {
-			continue
-		}
-		if err := c.fleet.SetCluster(cl.Name, cl.Labels); err != nil {
-			c.log.Warn("cluster not loaded", "cluster", cl.Name, "err", err)
-		}
-	}
-	apps, err := c.store.ListApplications(ctx)
-	if err != nil {
-		return fmt.Errorf("load applications: %w", err)
-	}
-	rels, err := c.store.CurrentReleases(ctx)
-	if err != nil {
-		return fmt.Errorf("load releases: %w", err)
-	}
-	for _, a := range apps {
-		c.setApp(ctx, a, rels[a.GetName()].GetContentCommit())
+		return err
 	}
 	// A hub that stopped between a placement change and its marks, or an
 	// older hub that made none, left them behind the fleet.
-	names := make([]string, 0, len(cls))
+	names := make([]string, 0, clusters)
 	for _, cl := range c.fleet.Clusters() {
 		names = append(names, cl.Name)
 	}
 	c.markRemoving(ctx, names...)
-	c.log.Info("fleet loaded", "clusters", len(cls), "applications", len(apps))
+	c.log.Info("fleet loaded", "clusters", clusters, "applications", apps)
 	return nil
 }
 
@@ -405,6 +391,16 @@ func (c *Controller) repoCredentials(ctx context.Context, url string) (*droverv1
 // into the fleet, at its current release. app is the stored application,
 // so it is not read again; the Controller keeps it and it must not change.
 func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Application) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	c.applicationStoredLocked(ctx, app, true)
+}
+
+// applicationStoredLocked puts a stored application into the fleet. local says
+// that this replica stored it: then it also does what is done once for
+// every replica, marking the statuses of the clusters the application
+// left or reached and resolving a new application's ref.
+func (c *Controller) applicationStoredLocked(ctx context.Context, app *droverv1.Application, local bool) {
 	defer c.notify()
 	rels, err := c.store.ListReleases(ctx, app.GetName(), 1)
 	if err != nil {
@@ -421,8 +417,11 @@ func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Applic
 	// cluster's next change or the hub's next start.
 	before := c.fleet.PlacedClusters(app.GetName())
 	c.setApp(ctx, app, commit)
-	c.markRemoving(ctx, symmetricDifference(before, c.fleet.PlacedClusters(app.GetName()))...)
 	c.watcher.Changed()
+	if !local {
+		return
+	}
+	c.markRemoving(ctx, symmetricDifference(before, c.fleet.PlacedClusters(app.GetName()))...)
 	if commit == "" {
 		// Resolve a new application's ref now rather than at the next poll.
 		go func() {
@@ -437,6 +436,8 @@ func (c *Controller) ApplicationStored(ctx context.Context, app *droverv1.Applic
 // of the fleet.
 func (c *Controller) ApplicationDeleted(ctx context.Context, name string) {
 	defer c.notify()
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	c.removeApp(name)
 }
 
@@ -450,8 +451,11 @@ func (c *Controller) removeApp(name string) {
 	c.watcher.Changed()
 }
 
-// reload reads one application from the store into the fleet.
-func (c *Controller) reload(ctx context.Context, name string) {
+// reload reads one application from the store into the fleet; local as
+// for applicationStoredLocked.
+func (c *Controller) reload(ctx context.Context, name string, local bool) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	a, err := c.store.GetApplication(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		c.removeApp(name)
@@ -462,12 +466,21 @@ func (c *Controller) reload(ctx context.Context, name string) {
 		c.log.Error("reload application", "app", name, "err", err)
 		return
 	}
-	c.ApplicationStored(ctx, a)
+	c.applicationStoredLocked(ctx, a, local)
 }
 
 // ClusterChanged reloads one cluster from the store.
 func (c *Controller) ClusterChanged(ctx context.Context, name string) {
+	c.clusterChanged(ctx, name, true)
+}
+
+// clusterChanged reloads one cluster from the store; local (this replica
+// changed it) also marks its statuses, which is done once for every
+// replica.
+func (c *Controller) clusterChanged(ctx context.Context, name string, local bool) {
 	defer c.notify()
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	cl, err := c.store.GetCluster(ctx, name)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && cl.GetRevoked()) {
 		c.fleet.RemoveCluster(name)
@@ -481,12 +494,18 @@ func (c *Controller) ClusterChanged(ctx context.Context, name string) {
 		c.log.Error("place cluster", "cluster", name, "err", err)
 		return
 	}
-	c.markRemoving(ctx, name)
+	if local {
+		c.markRemoving(ctx, name)
+	}
 }
 
 // RepositoryChanged reloads the applications of a repository, so their
 // assignments carry its new credentials.
 func (c *Controller) RepositoryChanged(ctx context.Context, url string) {
+	c.repositoryChanged(ctx, url, true)
+}
+
+func (c *Controller) repositoryChanged(ctx context.Context, url string, local bool) {
 	want := gitwatch.NormalizeURL(url)
 	c.mu.Lock()
 	var names []string
@@ -497,7 +516,7 @@ func (c *Controller) RepositoryChanged(ctx context.Context, url string) {
 	}
 	c.mu.Unlock()
 	for _, n := range names {
-		c.reload(ctx, n)
+		c.reload(ctx, n, local)
 	}
 	c.watcher.Trigger(url)
 }
@@ -579,6 +598,8 @@ func (c *Controller) newCommit(ctx context.Context, app, commit string) (bool, e
 	if err != nil {
 		return false, err
 	}
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	created, err := c.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), content, time.Now())
 	if err != nil {
 		return false, err

@@ -39,11 +39,29 @@ func start(t *testing.T) *setup {
 // database is a hub that restarted.
 func startOn(t *testing.T, dsn string) *setup {
 	t.Helper()
-	return startWith(t, dsn, func(*control.Config) {})
+	return startWith(t, dsn, nil)
 }
 
 // startWith is startOn with a Config that change changes.
 func startWith(t *testing.T, dsn string, change func(*control.Config)) *setup {
+	t.Helper()
+	s := newSetup(t, dsn, change)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ctl.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s
+}
+
+// newSetup is a Controller over the database at dsn, with a Config that
+// change (unless nil) changes, that does not run: neither Git polls nor
+// rollout steps move anything.
+func newSetup(t *testing.T, dsn string, change func(*control.Config)) *setup {
 	t.Helper()
 	ctx := context.Background()
 	logger := testlog.New(t)
@@ -63,20 +81,13 @@ func startWith(t *testing.T, dsn string, change func(*control.Config)) *setup {
 		Resolver:       gitwatch.NewResolver(filepath.Join(dir, "git-cache"), logger),
 		OfflineTimeout: time.Minute, Logger: logger,
 	}
-	change(&cfg)
+	if change != nil {
+		change(&cfg)
+	}
 	ctl, err := control.New(ctx, cfg)
 	if err != nil {
 		t.Fatalf("control.New: %v", err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- ctl.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
 	return &setup{ctl: ctl, store: st, fleet: fl}
 }
 

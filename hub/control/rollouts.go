@@ -82,26 +82,20 @@ type controlRequest struct {
 	reply      chan error
 }
 
-// newRollouts loads the stored rollout states, so that the fleet gets
-// their pins as it loads (the hub resumes every rollout where it was).
-func newRollouts(ctx context.Context, st *store.Store, f *fleet.Fleet, owner Owner, offlineTimeout time.Duration, changed func(), logger *slog.Logger) (*rollouts, error) {
-	stored, err := st.ListRollouts(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("load rollouts: %w", err)
-	}
-	e := &rollouts{
+// newRollouts returns an engine with no rollout states: the Controller's
+// load reads them (reloadStates) before it sets the applications, so that
+// the fleet gets their pins as it loads (the hub resumes every rollout
+// where it was).
+func newRollouts(st *store.Store, f *fleet.Fleet, owner Owner, offlineTimeout time.Duration, changed func(), logger *slog.Logger) *rollouts {
+	return &rollouts{
 		store: st, fleet: f, owner: owner, log: logger, offlineTimeout: offlineTimeout,
 		changed:  changed,
 		wake:     make(chan struct{}, 1),
 		control:  make(chan controlRequest),
 		apps:     map[string]*engineApp{},
-		states:   make(map[string]rollout.State, len(stored)),
-		versions: make(map[string]int64, len(stored)),
+		states:   map[string]rollout.State{},
+		versions: map[string]int64{},
 	}
-	for app, r := range stored {
-		e.states[app], e.versions[app] = r.State, r.Version
-	}
-	return e, nil
 }
 
 // setApp puts an application into the fleet. With a rollout strategy and
@@ -467,7 +461,9 @@ func (e *rollouts) commit(ctx context.Context, lease store.Lease, name string, v
 	switch {
 	case errors.Is(err, store.ErrStale):
 		e.log.Info("rollout written meanwhile; stepping from the stored state", "app", name)
-		e.reloadState(ctx, name)
+		if err := e.reloadState(ctx, name); err != nil {
+			return err
+		}
 		e.poke()
 		return nil
 	case errors.Is(err, store.ErrLeaseLost):
@@ -518,32 +514,6 @@ func (e *rollouts) adopt(name string, r store.Rollout) {
 		e.log.Error("pin application", "app", name, "err", setErr)
 	}
 	e.changed()
-}
-
-// reloadState reads an application's rollout from the store: one another
-// replica stepped or an operator commanded, or one deleted.
-func (e *rollouts) reloadState(ctx context.Context, name string) {
-	r, err := e.store.GetRollout(ctx, name)
-	if errors.Is(err, store.ErrNotFound) {
-		e.mu.Lock()
-		_, had := e.states[name]
-		delete(e.states, name)
-		delete(e.versions, name)
-		var setErr error
-		if app := e.apps[name]; had && app != nil {
-			setErr = e.fleet.SetApp(app.App)
-		}
-		e.mu.Unlock()
-		if setErr != nil {
-			e.log.Error("place application", "app", name, "err", setErr)
-		}
-		return
-	}
-	if err != nil {
-		e.log.Warn("reload rollout", "app", name, "err", err)
-		return
-	}
-	e.adopt(name, r)
 }
 
 // Rollout reports an application's rollout (for the admin API).

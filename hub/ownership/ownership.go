@@ -37,13 +37,13 @@ import (
 )
 
 // Default lease timing. A lease lapses TTL after its last renewal; it is
-// renewed every Renew, so a replica survives a few failed renewals (a
+// renewed every Renew, so a replica survives three failed renewals (a
 // database hiccup) before its jobs move, and a killed replica's jobs move
-// within TTL plus one round, the same order as membership's failure
-// detection (about 5 s).
+// within TTL plus one round after its last renewal: at most 7.5 s, the
+// same order as membership's failure detection (about 5 s).
 const (
-	DefaultTTL   = 8 * time.Second
-	DefaultRenew = 2 * time.Second
+	DefaultTTL   = 6 * time.Second
+	DefaultRenew = 1500 * time.Millisecond
 )
 
 // Members is the membership the keeper hashes over.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drover-dev/drover/hub/replicas"
+	"github.com/drover-dev/drover/hub/secrets"
 	"github.com/drover-dev/drover/internal/envflag"
 )
 
@@ -37,6 +38,11 @@ type Config struct {
 	// SecretKeyFile holds the key that encrypts stored credentials; empty
 	// means DataDir/secret.key, generated on first start.
 	SecretKeyFile string
+	// SecretKey is that key given directly, base64 of 32 bytes, from the
+	// environment variable DROVER_SECRET_KEY only (a Kubernetes Secret as
+	// env): flags show in the process list, and a Secret mounted as files
+	// is group-readable, which the key file loader refuses.
+	SecretKey string
 	// Replica names this hub process, unique among the live replicas on
 	// one database.
 	Replica string
@@ -108,7 +114,10 @@ func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
 	fs.List(&c.Hostnames, "hostnames", "DROVER_HOSTNAMES", "comma-separated names and IPs agents use to reach the hub, for its serving certificate")
 	fs.String(&c.CACertFile, "ca-cert", "DROVER_CA_CERT", "PEM CA certificate for agent identities (default: generated in the data directory)")
 	fs.String(&c.CAKeyFile, "ca-key", "DROVER_CA_KEY", "PEM CA private key for agent identities")
-	fs.String(&c.SecretKeyFile, "secret-key-file", "DROVER_SECRET_KEY_FILE", "key file for encrypting stored credentials (default: DATA_DIR/secret.key)")
+	fs.String(&c.SecretKeyFile, "secret-key-file", "DROVER_SECRET_KEY_FILE", "key file for encrypting stored credentials (default: DATA_DIR/secret.key; or set DROVER_SECRET_KEY)")
+	if v, ok := os.LookupEnv(secretKeyEnv); ok {
+		c.SecretKey = v
+	}
 	fs.String(&c.Replica, "replica", "DROVER_REPLICA", "name of this hub replica, unique among the replicas sharing the database")
 	fs.String(&c.PeerAddr, "peer-addr", "DROVER_PEER_ADDR", "HOST:PORT where this replica gossips with the other replicas (UDP and TCP); empty runs a single replica")
 	fs.List(&c.Peers, "peers", "DROVER_PEERS", "comma-separated HOST:PORT gossip addresses of the other replicas, or a name resolving to them all")
@@ -160,6 +169,13 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.gossipKey(); err != nil {
 		bad("%v", err)
+	}
+	if c.SecretKeyFile != "" && c.SecretKey != "" {
+		bad("--secret-key-file and %s: give one of them", secretKeyEnv)
+	} else if c.SecretKey != "" {
+		if _, err := secrets.NewBox([]byte(c.SecretKey)); err != nil {
+			bad("%s: %v", secretKeyEnv, err)
+		}
 	}
 	if len(c.Hostnames) == 0 {
 		bad("--hostnames: give at least one name or IP agents use to reach the hub")
@@ -218,9 +234,24 @@ func (c *Config) gossipKey() ([]byte, error) {
 	return key, nil
 }
 
-func (c *Config) secretKeyFile() string {
-	if c.SecretKeyFile != "" {
-		return c.SecretKeyFile
+// secretKeyEnv holds the credential key itself, for a Secret given as env.
+const secretKeyEnv = "DROVER_SECRET_KEY"
+
+// credentialKey returns the Box for stored credentials and where its key
+// came from (for the log: never the key): SecretKey, SecretKeyFile, or
+// DataDir/secret.key, created on first start.
+func (c *Config) credentialKey() (box *secrets.Box, from string, err error) {
+	if c.SecretKey != "" {
+		box, err = secrets.NewBox([]byte(c.SecretKey))
+		if err != nil {
+			return nil, secretKeyEnv, fmt.Errorf("%s: %w", secretKeyEnv, err)
+		}
+		return box, secretKeyEnv, nil
 	}
-	return filepath.Join(c.DataDir, "secret.key")
+	path := c.SecretKeyFile
+	if path == "" {
+		path = filepath.Join(c.DataDir, "secret.key")
+	}
+	box, err = secrets.LoadOrCreateKey(path)
+	return box, path, err
 }

@@ -120,9 +120,13 @@ func TestAssignmentProtocol(t *testing.T) {
 	s.ack(t, a2, "")
 
 	// A reconnect that says it has the current version gets nothing:
-	// the first assignment on the new stream is the next change's.
+	// the first assignment on the new stream is the next change's. The
+	// hub answers at once with a ping, so the agent knows it is admitted.
 	s.cancel()
 	s2 := east.connect(t, a2.GetVersion())
+	if m := s2.next(t, "the first message", func(*droverv1.HubMessage) bool { return true }); m.GetPing() == nil {
+		t.Fatalf("the reconnect that has version %s was first sent %v; want a ping", a2.GetVersion(), m)
+	}
 
 	// Relabelling the cluster away from the placement removes the
 	// application from its next assignment.

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"log/slog"
 	"math/rand/v2"
 	"time"
 )
@@ -49,37 +48,27 @@ func toShed(self string, loads map[string]int) int {
 	return int(min(excess, step))
 }
 
-// loadReporter is the membership's view of the replicas' loads.
-type loadReporter interface {
-	SetLoad(n int)
-	Loads() map[string]int
-}
-
-// streamShedder holds agent streams.
-type streamShedder interface {
-	Connected() int
-	Shed(n int, hint time.Duration) int
-}
-
-// rebalance publishes this replica's stream count and sheds streams while
-// it holds more than its share, until ctx ends.
-func rebalance(ctx context.Context, self string, m loadReporter, s streamShedder, log *slog.Logger) {
+// rebalance sheds streams while this replica holds more than its share of
+// them, as loads (every live replica's stream count, published over
+// gossip) says, until ctx ends. It returns nothing: a replica that cannot
+// rebalance still serves.
+func (h *Hub) rebalance(ctx context.Context) {
 	t := time.NewTicker(rebalanceInterval)
 	defer t.Stop()
 	for {
-		m.SetLoad(s.Connected())
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		loads := m.Loads()
-		n := toShed(self, loads)
+		loads := h.members.Loads()
+		n := toShed(h.cfg.Replica, loads)
 		if n == 0 {
 			continue
 		}
 		hint := time.Second + rand.N(rebalanceHintMax-time.Second)
-		shed := s.Shed(n, hint)
-		log.Info("agents asked to reconnect to another replica", "agents", shed, "loads", loads, "retry_after", hint.Round(time.Millisecond))
+		shed := h.agents.Shed(n, hint)
+		h.agentsShed.Add(int64(shed))
+		h.log.Info("agents asked to reconnect to another replica", "agents", shed, "loads", loads, "retry_after", hint.Round(time.Millisecond))
 	}
 }

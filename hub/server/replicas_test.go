@@ -43,23 +43,7 @@ func TestBadReplicaConfig(t *testing.T) {
 		{"peers without port", func(c *server.Config) { c.PeerAddr = "127.0.0.1:0"; c.Peers = []string{"hub-0.hub"} }, `--peers "hub-0.hub": want HOST:PORT`},
 		{"peers without peer address", func(c *server.Config) { c.Peers = []string{"127.0.0.1:7946"} }, "--peers: needs --peer-addr"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg := server.DefaultConfig()
-			cfg.DataDir = filepath.Join(t.TempDir(), "data")
-			cfg.DatabaseURL = "postgres://drover@127.0.0.1:1/drover"
-			tc.mutate(&cfg)
-			h, err := server.Start(context.Background(), cfg, testlog.New(t), io.Discard)
-			if err == nil {
-				h.Close()
-				t.Fatal("the hub started")
-			}
-			if !strings.Contains(err.Error(), "invalid configuration") || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v\nwant the configuration error %q", err, tc.want)
-			}
-			if _, err := os.Stat(cfg.DataDir); !os.IsNotExist(err) {
-				t.Errorf("the refused hub created its data directory (%v)", err)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { startRefused(t, tc.mutate, tc.want) })
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -51,15 +53,20 @@ type Hub struct {
 	cfg Config
 	log *slog.Logger
 
-	pg       *pgserver.Server // nil with an external database
-	store    *store.Store
-	members  *replicas.Membership
-	owner    *ownership.Keeper
-	ca       *pki.CA
-	box      *secrets.Box
-	fleet    *fleet.Fleet
-	ctl      *control.Controller
-	changes  *dashboard.Changes
+	pg      *pgserver.Server // nil with an external database
+	store   *store.Store
+	members *replicas.Membership
+	owner   *ownership.Keeper
+	// agentsShed counts the agents this replica asked to reconnect to
+	// another replica.
+	agentsShed atomic.Int64
+	ca         *pki.CA
+	box        *secrets.Box
+	fleet      *fleet.Fleet
+	ctl        *control.Controller
+	changes    *dashboard.Changes
+	// listener hears what other replicas change in the store.
+	listener *store.Listener
 	statuses *store.StatusWriter
 	agents   *agentapi.Server
 	admin    *adminapi.Server
@@ -137,10 +144,11 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
-	if h.box, err = secrets.LoadOrCreateKey(cfg.secretKeyFile()); err != nil {
+	var keyFrom string
+	if h.box, keyFrom, err = cfg.credentialKey(); err != nil {
 		return nil, fmt.Errorf("credential key: %w", err)
 	}
-	logger.Info("credential key loaded", "key_id", h.box.KeyID(), "file", cfg.secretKeyFile())
+	logger.Info("credential key loaded", "key_id", h.box.KeyID(), "from", keyFrom)
 
 	if err := h.initialAdminToken(ctx, out); err != nil {
 		return nil, err
@@ -170,6 +178,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 		// flap offline when the timeout is short.
 		LastSeenFlush: min(5*time.Second, cfg.OfflineTimeout/4),
 	}, notifyingStore{h.store, h.notify}, h.ca, h.fleet, h.ctl, h.statuses, logger)
+	h.listener = h.store.NewListener(replicaChanges{h})
 	h.admin = adminapi.New(h.store, h.ctl, h, h.box, cfg.OfflineTimeout, logger)
 	if h.dash, err = dashboard.New(dashboard.Config{Admin: h.admin, Store: h.store, Logger: logger, OfflineTimeout: cfg.OfflineTimeout, Changes: h.changes}); err != nil {
 		return nil, err
@@ -254,6 +263,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	g.Go(func() error { return h.ctl.Run(gctx) })
 	g.Go(func() error { return h.runMembership(gctx) })
 	g.Go(func() error { return h.owner.Run(gctx) })
+	g.Go(func() error { h.rebalance(gctx); return nil })
+	g.Go(func() error { return h.listener.Run(gctx) })
 	logger.Info("hub started", "version", version.Version, "agent_addr", h.agentLis.Addr().String(), "http_addr", h.httpLis.Addr().String(), "replica", cfg.Replica)
 	return h, nil
 }
@@ -307,6 +318,11 @@ func (h *Hub) Replica() string { return h.cfg.Replica }
 
 // Disconnect closes a cluster's stream on this replica.
 func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(cluster, reason) }
+
+// Shed ends up to n of the agent streams this replica holds, telling each
+// agent to go to another replica after about hint (see agentapi.Server.Shed),
+// and reports how many it ended.
+func (h *Hub) Shed(n int, hint time.Duration) int { return h.agents.Shed(n, hint) }
 
 // FlushStatuses writes pending statuses now.
 func (h *Hub) FlushStatuses(ctx context.Context) error { return h.statuses.Flush(ctx) }
@@ -381,6 +397,69 @@ func (h *Hub) closeResources() {
 func (h *Hub) notify() {
 	h.ctl.Poke()
 	h.changes.Notify()
+}
+
+// replicaChanges is the hub's store.ChangeHandler: the Controller reloads
+// what other replicas changed, and a stream this replica holds for a
+// cluster another replica revoked or deleted is closed, as the admin API
+// closes it on the replica that serves the request.
+type replicaChanges struct{ h *Hub }
+
+func (r replicaChanges) Changed(ctx context.Context, changes []store.Change) {
+	r.h.ctl.Changed(ctx, changes)
+	var clusters []string
+	for _, ch := range changes {
+		if ch.Kind == store.ChangeCluster {
+			clusters = append(clusters, ch.Name)
+		}
+	}
+	if len(clusters) > 0 {
+		held := r.h.agents.Clusters()
+		r.h.disconnectGone(ctx, slices.DeleteFunc(clusters, func(c string) bool { return !slices.Contains(held, c) }))
+	}
+}
+
+func (r replicaChanges) Resync(ctx context.Context) {
+	r.h.ctl.Resync(ctx)
+	// One read for every stream held, rather than one per stream.
+	cls, err := r.h.store.ListAllClusters(ctx)
+	if err != nil {
+		r.h.log.Warn("look up the clusters whose streams this replica holds", "err", err)
+		return
+	}
+	revoked := make(map[string]bool, len(cls))
+	for _, c := range cls {
+		revoked[c.Name] = c.Revoked
+	}
+	for _, name := range r.h.agents.Clusters() {
+		rev, found := revoked[name]
+		r.h.disconnectIfGone(name, found, rev)
+	}
+}
+
+// disconnectGone closes the streams of those clusters that the store says
+// are revoked or deleted. A cluster it cannot look up keeps its stream:
+// the next change or resync looks again.
+func (h *Hub) disconnectGone(ctx context.Context, clusters []string) {
+	for _, name := range clusters {
+		_, revoked, err := h.store.ClusterCertSerial(ctx, name)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			h.log.Warn("look up a cluster another replica changed", "cluster", name, "err", err)
+			continue
+		}
+		h.disconnectIfGone(name, err == nil, revoked)
+	}
+}
+
+// disconnectIfGone closes a cluster's stream unless the store has the
+// cluster (found), unrevoked.
+func (h *Hub) disconnectIfGone(name string, found, revoked bool) {
+	switch {
+	case !found:
+		h.agents.Disconnect(name, errors.New("the cluster was deleted"))
+	case revoked:
+		h.agents.Disconnect(name, errors.New("the cluster's certificate was revoked"))
+	}
 }
 
 // notifyingStore is the agent endpoint's store: connections, ACKs and

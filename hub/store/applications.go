@@ -78,6 +78,9 @@ func (s *Store) CreateApplication(ctx context.Context, app *droverv1.Application
 		if err != nil {
 			return classify("insert", err)
 		}
+		if err := s.notifyTx(ctx, tx, Change{Kind: ChangeApp, Name: out.Name}); err != nil {
+			return err
+		}
 		return insertEvent(ctx, tx, &droverv1.Event{
 			Time: out.CreatedAt, Kind: EventApplicationCreated, Actor: actor, Application: out.Name,
 			Message: fmt.Sprintf("application %s created", out.Name),
@@ -128,6 +131,9 @@ func (s *Store) UpdateApplication(ctx context.Context, app *droverv1.Application
 				app.GetName()); err != nil {
 				return classify("reset release content", err)
 			}
+		}
+		if err := s.notifyTx(ctx, tx, Change{Kind: ChangeApp, Name: out.Name}); err != nil {
+			return err
 		}
 		return insertEvent(ctx, tx, &droverv1.Event{
 			Time: out.UpdatedAt, Kind: EventApplicationUpdated, Actor: actor, Application: out.Name,
@@ -191,6 +197,9 @@ func (s *Store) DeleteApplication(ctx context.Context, name, actor string) error
 		if _, err := tx.Exec(ctx, `DELETE FROM app_status WHERE application = $1`, name); err != nil {
 			return classify("delete statuses", err)
 		}
+		if err := s.notifyTx(ctx, tx, Change{Kind: ChangeApp, Name: name}); err != nil {
+			return err
+		}
 		return insertEvent(ctx, tx, &droverv1.Event{
 			Kind: EventApplicationDeleted, Actor: actor, Application: name,
 			Message: fmt.Sprintf("application %s deleted", name),
@@ -242,21 +251,26 @@ func (s *Store) AddRelease(ctx context.Context, app, commit, ref, content string
 	if !noop {
 		content = "" // the rows before content commits mean the same
 	}
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
 	// The current release is the row with the highest id; an older row
 	// made current again takes a fresh id.
-	var id int64
-	err = s.pool.QueryRow(ctx, `
-		INSERT INTO releases AS r (application, commit, ref, noop, content_commit, created_at)
-		VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (application, commit) DO UPDATE
-		SET id = nextval(pg_get_serial_sequence('releases', 'id')),
-		    ref = EXCLUDED.ref, noop = EXCLUDED.noop, content_commit = EXCLUDED.content_commit,
-		    created_at = EXCLUDED.created_at
-		WHERE r.id <> (SELECT max(id) FROM releases WHERE application = EXCLUDED.application)
-		RETURNING r.id`,
-		app, commit, cleanText(ref, maxShortTextBytes), noop, content, now).Scan(&id)
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		var id int64
+		err := tx.QueryRow(ctx, `
+			INSERT INTO releases AS r (application, commit, ref, noop, content_commit, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (application, commit) DO UPDATE
+			SET id = nextval(pg_get_serial_sequence('releases', 'id')),
+			    ref = EXCLUDED.ref, noop = EXCLUDED.noop, content_commit = EXCLUDED.content_commit,
+			    created_at = EXCLUDED.created_at
+			WHERE r.id <> (SELECT max(id) FROM releases WHERE application = EXCLUDED.application)
+			RETURNING r.id`,
+			app, commit, cleanText(ref, maxShortTextBytes), noop, content, now).Scan(&id)
+		if err != nil {
+			return err
+		}
+		created = true
+		return s.notifyTx(ctx, tx, Change{Kind: ChangeRelease, Name: app})
+	})
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return false, nil // already current
@@ -265,7 +279,7 @@ func (s *Store) AddRelease(ctx context.Context, app, commit, ref, content string
 	case err != nil:
 		return false, classify(fmt.Sprintf("add release of application %q", app), err)
 	}
-	return true, nil
+	return created, nil
 }
 
 // ListReleases returns up to limit releases of an application, newest

@@ -265,13 +265,22 @@ func (s *Store) UpdateClusterLabels(ctx context.Context, name string, set map[st
 	if remove == nil {
 		remove = []string{}
 	}
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
-	c, err := scanCluster(s.pool.QueryRow(ctx, `
+	return s.updateCluster(ctx, fmt.Sprintf("update labels of cluster %q", name), name, `
 		UPDATE clusters SET labels = (labels || $2::jsonb) - $3::text[]
-		WHERE name = $1 RETURNING `+clusterColumns, name, setJSON, remove))
+		WHERE name = $1 RETURNING `+clusterColumns, name, setJSON, remove)
+}
+
+// updateCluster runs sql, which updates the cluster name and returns its
+// clusterColumns, and tells the other replicas, in one transaction.
+func (s *Store) updateCluster(ctx context.Context, op, name, sql string, args ...any) (*droverv1.Cluster, error) {
+	var c *droverv1.Cluster
+	err := s.inTxNotify(ctx, Change{Kind: ChangeCluster, Name: name}, func(tx pgx.Tx) error {
+		var err error
+		c, err = scanCluster(tx.QueryRow(ctx, sql, args...))
+		return err
+	})
 	if err != nil {
-		return nil, classify(fmt.Sprintf("update labels of cluster %q", name), err)
+		return nil, classify(op, err)
 	}
 	return c, nil
 }
@@ -279,20 +288,15 @@ func (s *Store) UpdateClusterLabels(ctx context.Context, name string, set map[st
 // RevokeCluster marks the cluster's certificate revoked and returns the
 // cluster. Revoking twice is not an error.
 func (s *Store) RevokeCluster(ctx context.Context, name string) (*droverv1.Cluster, error) {
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
-	c, err := scanCluster(s.pool.QueryRow(ctx, `
-		UPDATE clusters SET revoked = true WHERE name = $1 RETURNING `+clusterColumns, name))
-	if err != nil {
-		return nil, classify(fmt.Sprintf("revoke cluster %q", name), err)
-	}
-	return c, nil
+	return s.updateCluster(ctx, fmt.Sprintf("revoke cluster %q", name), name, `
+		UPDATE clusters SET revoked = true WHERE name = $1 RETURNING `+clusterColumns, name)
 }
 
 // DeleteCluster deletes a cluster and its statuses. Its name is free to
 // register again.
 func (s *Store) DeleteCluster(ctx context.Context, name string) error {
-	return s.execOne(ctx, fmt.Sprintf("delete cluster %q", name), `DELETE FROM clusters WHERE name = $1`, name)
+	return s.execOneNotify(ctx, fmt.Sprintf("delete cluster %q", name), Change{Kind: ChangeCluster, Name: name},
+		`DELETE FROM clusters WHERE name = $1`, name)
 }
 
 // ClusterCertSerial returns the serial of the cluster's current certificate
@@ -321,12 +325,12 @@ func (s *Store) MarkConnected(ctx context.Context, name, replica, peerAddr strin
 			return fmt.Errorf("mark cluster %q connected: encode facts: %w", name, err)
 		}
 	}
-	return s.execOne(ctx, fmt.Sprintf("mark cluster %q connected", name), `
+	return s.signalOnSuccess(ChangeAgents, s.execOne(ctx, fmt.Sprintf("mark cluster %q connected", name), `
 		UPDATE clusters
 		SET hub_replica = $2, peer_address = $3, facts = COALESCE($4::jsonb, facts),
 		    connected_since = $5, last_seen = GREATEST(last_seen, $5)
 		WHERE name = $1`,
-		name, cleanText(replica, maxShortTextBytes), cleanText(peerAddr, maxShortTextBytes), factsJSON, now)
+		name, cleanText(replica, maxShortTextBytes), cleanText(peerAddr, maxShortTextBytes), factsJSON, now))
 }
 
 // MarkDisconnected records the end of the session that replica started at
@@ -344,6 +348,7 @@ func (s *Store) MarkDisconnected(ctx context.Context, name, replica string, conn
 	if err != nil {
 		return classify(fmt.Sprintf("mark cluster %q disconnected", name), err)
 	}
+	s.signal(ChangeAgents)
 	return nil
 }
 
@@ -382,14 +387,14 @@ func (s *Store) TouchLastSeen(ctx context.Context, names []string, now time.Time
 func (s *Store) RecordAck(ctx context.Context, name, version, nackErr string, now time.Time) error {
 	op := fmt.Sprintf("record ack of cluster %q", name)
 	if nackErr != "" {
-		return s.execOne(ctx, op, `
+		return s.signalOnSuccess(ChangeAgents, s.execOne(ctx, op, `
 			UPDATE clusters SET nack_error = $2, nacked_version = $3, nacked_at = now() WHERE name = $1`,
-			name, cleanText(nackErr, maxNackErrorBytes), cleanText(version, maxShortTextBytes))
+			name, cleanText(nackErr, maxNackErrorBytes), cleanText(version, maxShortTextBytes)))
 	}
-	return s.execOne(ctx, op, `
+	return s.signalOnSuccess(ChangeAgents, s.execOne(ctx, op, `
 		UPDATE clusters SET acked_version = $2, acked_at = $3, nack_error = '', nacked_version = '', nacked_at = NULL
 		WHERE name = $1`,
-		name, cleanText(version, maxShortTextBytes), now)
+		name, cleanText(version, maxShortTextBytes), now))
 }
 
 // SetAssignmentVersions records the assignment version the hub wants each

@@ -50,7 +50,7 @@ func newEventRow(ev *droverv1.Event) (eventRow, error) {
 func (s *Store) AddEvent(ctx context.Context, ev *droverv1.Event) error {
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	return insertEvent(ctx, s.pool, ev)
+	return s.signalOnSuccess(ChangeEvents, insertEvent(ctx, s.pool, ev))
 }
 
 func insertEvent(ctx context.Context, db execer, ev *droverv1.Event) error {
@@ -73,7 +73,10 @@ func insertEvent(ctx context.Context, db execer, ev *droverv1.Event) error {
 func (s *Store) AddEvents(ctx context.Context, evs []*droverv1.Event) error {
 	ctx, cancel := s.queryCtx(ctx)
 	defer cancel()
-	return insertEvents(ctx, s.pool, evs)
+	if len(evs) == 0 {
+		return nil
+	}
+	return s.signalOnSuccess(ChangeEvents, insertEvents(ctx, s.pool, evs))
 }
 
 func insertEvents(ctx context.Context, db execer, evs []*droverv1.Event) error {

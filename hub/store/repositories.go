@@ -52,14 +52,15 @@ func (s *Store) SetRepository(ctx context.Context, repoURL, authType, username s
 		return nil, invalid("credentials", "missing")
 	}
 	username = cleanText(username, maxShortTextBytes)
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
-	_, err := s.pool.Exec(ctx, `
+	err := s.inTxNotify(ctx, Change{Kind: ChangeRepo, Name: repoURL}, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `
 		INSERT INTO repositories (url, auth_type, username, sealed_credentials, updated_at)
 		VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (url) DO UPDATE SET auth_type = EXCLUDED.auth_type, username = EXCLUDED.username,
 			sealed_credentials = EXCLUDED.sealed_credentials, updated_at = EXCLUDED.updated_at`,
-		repoURL, authType, username, sealed, now)
+			repoURL, authType, username, sealed, now)
+		return err
+	})
 	if err != nil {
 		return nil, classify(fmt.Sprintf("set repository %s", repoURL), err)
 	}
@@ -111,5 +112,6 @@ func (s *Store) ListRepositories(ctx context.Context) ([]*droverv1.Repository, e
 
 // DeleteRepository deletes the credentials of a repository URL.
 func (s *Store) DeleteRepository(ctx context.Context, repoURL string) error {
-	return s.execOne(ctx, fmt.Sprintf("delete repository %s", repoURL), `DELETE FROM repositories WHERE url = $1`, repoURL)
+	return s.execOneNotify(ctx, fmt.Sprintf("delete repository %s", repoURL), Change{Kind: ChangeRepo, Name: repoURL},
+		`DELETE FROM repositories WHERE url = $1`, repoURL)
 }

@@ -115,10 +115,10 @@ func (s *Store) ListRolloutStates(ctx context.Context) (map[string]rollout.State
 // engine writes with CommitRollout, operators' commands with
 // UpdateRollout. ErrNotFound when the application does not exist.
 func (s *Store) PutRolloutState(ctx context.Context, app string, st rollout.State) error {
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
-	_, err := putRollout(ctx, s.pool, app, -1, st)
-	return err
+	return s.inTxNotify(ctx, Change{Kind: ChangeRollout, Name: app}, func(tx pgx.Tx) error {
+		_, err := putRollout(ctx, tx, app, -1, st)
+		return err
+	})
 }
 
 // CommitRollout stores the rollout state of app that one step of its
@@ -135,8 +135,14 @@ func (s *Store) CommitRollout(ctx context.Context, lease Lease, app string, vers
 		if next, err = putRollout(ctx, tx, app, version, st); err != nil {
 			return err
 		}
-		return insertEvents(ctx, tx, events)
+		if err := insertEvents(ctx, tx, events); err != nil {
+			return err
+		}
+		return s.notifyTx(ctx, tx, Change{Kind: ChangeRollout, Name: app})
 	})
+	if err == nil && len(events) > 0 {
+		s.signal(ChangeEvents)
+	}
 	return next, err
 }
 
@@ -163,8 +169,14 @@ func (s *Store) UpdateRollout(ctx context.Context, app string, change func(Rollo
 			return err
 		}
 		out = Rollout{State: next, Version: v}
-		return insertEvents(ctx, tx, events)
+		if err := insertEvents(ctx, tx, events); err != nil {
+			return err
+		}
+		return s.notifyTx(ctx, tx, Change{Kind: ChangeRollout, Name: app})
 	})
+	if err == nil {
+		s.signal(ChangeEvents)
+	}
 	return out, err
 }
 
@@ -199,16 +211,19 @@ func putRollout(ctx context.Context, db queryRower, app string, version int64, s
 // not an error. For tools and tests; the engine deletes with
 // DeleteRollout.
 func (s *Store) DeleteRolloutState(ctx context.Context, app string) error {
-	ctx, cancel := s.queryCtx(ctx)
-	defer cancel()
-	return deleteRollout(ctx, s.pool, app)
+	return s.inTxNotify(ctx, Change{Kind: ChangeRollout, Name: app}, func(tx pgx.Tx) error {
+		return deleteRollout(ctx, tx, app)
+	})
 }
 
 // DeleteRollout forgets an application's rollout under lease (nothing
 // when the lease is lost, with ErrLeaseLost).
 func (s *Store) DeleteRollout(ctx context.Context, lease Lease, app string) error {
 	return s.underLease(ctx, fmt.Sprintf("delete rollout of application %q", app), lease, func(tx pgx.Tx) error {
-		return deleteRollout(ctx, tx, app)
+		if err := deleteRollout(ctx, tx, app); err != nil {
+			return err
+		}
+		return s.notifyTx(ctx, tx, Change{Kind: ChangeRollout, Name: app})
 	})
 }
 

@@ -154,6 +154,7 @@ func (s *Store) WriteStatuses(ctx context.Context, sts []*droverv1.ApplicationSt
 	if err := writeStatusColumns(ctx, s.pool, cols); err != nil {
 		return fmt.Errorf("write %d statuses: %w", cols.len(), err)
 	}
+	s.signal(ChangeStatuses)
 	return nil
 }
 
@@ -245,6 +246,9 @@ func (s *Store) perCluster(ctx context.Context, op, sql string, apps map[string]
 	}
 	if err := br.Close(); err != nil {
 		return n, classify(op, err)
+	}
+	if n > 0 {
+		s.signal(ChangeStatuses)
 	}
 	return n, nil
 }

@@ -16,6 +16,12 @@
 //
 // Status reports arrive from thousands of agents; StatusWriter coalesces
 // and batches them into WriteStatuses.
+//
+// Several hub replicas share one database. Every write that changes what
+// a replica holds in memory notifies ChangesChannel in its own transaction
+// (a Change: a kind and a name, never the data), and a Listener on every
+// replica hears what the others changed; high-rate changes are coalesced
+// into one notification of each kind per signal window.
 package store
 
 import (
@@ -45,6 +51,10 @@ type Store struct {
 	pool         *pgxpool.Pool
 	log          *slog.Logger
 	queryTimeout time.Duration
+	// instance names this Store in the notifications it sends.
+	instance string
+	// signals coalesces the notifications of high-rate changes.
+	signals *signaler
 }
 
 // Option changes how Open builds the Store.
@@ -54,6 +64,8 @@ type options struct {
 	queryTimeout time.Duration
 	maxConns     int32
 	replica      string
+	instanceID   string
+	signalWindow time.Duration
 }
 
 // WithReplica names the hub replica the store serves. Its connections
@@ -76,6 +88,20 @@ func WithMaxConns(n int) Option {
 	return func(o *options) { o.maxConns = int32(n) }
 }
 
+// WithInstanceID names the Store in the change notifications it sends
+// (default: random), so that its own Listener skips them. Two Stores of
+// one hub process must not share it.
+func WithInstanceID(id string) Option {
+	return func(o *options) { o.instanceID = id }
+}
+
+// WithSignalWindow sets how long high-rate changes (statuses, agent
+// answers and connections, events) are gathered into one notification of
+// each kind (default 200 ms).
+func WithSignalWindow(d time.Duration) Option {
+	return func(o *options) { o.signalWindow = d }
+}
+
 // Open connects to the database at url (a postgres:// URL or key=value DSN)
 // and checks it answers. The schema must have been migrated already
 // (migrations.Up). The URL's password never appears in errors or logs.
@@ -83,12 +109,18 @@ func Open(ctx context.Context, url string, logger *slog.Logger, opts ...Option) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	o := options{queryTimeout: defaultQueryTimeout}
+	o := options{queryTimeout: defaultQueryTimeout, signalWindow: defaultSignalWindow}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.queryTimeout <= 0 {
 		return nil, invalid("query_timeout", "must be positive, got %v", o.queryTimeout)
+	}
+	if o.signalWindow <= 0 {
+		return nil, invalid("signal_window", "must be positive, got %v", o.signalWindow)
+	}
+	if o.instanceID == "" {
+		o.instanceID = newInstanceID()
 	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -129,7 +161,9 @@ func Open(ctx context.Context, url string, logger *slog.Logger, opts ...Option) 
 		pool.Close()
 		return nil, fmt.Errorf("connect to database %s: ping database: %w", describe(cfg), err)
 	}
-	return &Store{pool: pool, log: logger, queryTimeout: o.queryTimeout}, nil
+	s := &Store{pool: pool, log: logger, queryTimeout: o.queryTimeout, instance: o.instanceID}
+	s.signals = newSignaler(o.signalWindow, s.sendSignals)
+	return s, nil
 }
 
 // describe names the database for errors without the password.
@@ -138,8 +172,16 @@ func describe(cfg *pgxpool.Config) string {
 	return fmt.Sprintf("%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
 }
 
-// Close closes every connection. Calls in flight finish first.
-func (s *Store) Close() { s.pool.Close() }
+// Close sends the change notifications still gathered and closes every
+// connection. Calls in flight finish first.
+func (s *Store) Close() {
+	// Bounded: with the database away, shutdown must not wait a query
+	// timeout for a hint.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	s.signals.close(ctx)
+	cancel()
+	s.pool.Close()
+}
 
 // Ping checks the database answers.
 func (s *Store) Ping(ctx context.Context) error {

@@ -234,7 +234,7 @@ func (s *Store) CreateClusterWithJoinToken(ctx context.Context, token, name, cer
 			UPDATE join_tokens SET use_count = use_count + 1, last_used_at = $2 WHERE id = $1`, id, now); err != nil {
 			return classify("count join token use", err)
 		}
-		return nil
+		return s.notifyTx(ctx, tx, Change{Kind: ChangeCluster, Name: name})
 	})
 	if err != nil {
 		var te *TokenError
