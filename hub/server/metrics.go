@@ -29,14 +29,24 @@ type hubMetrics struct {
 	db             fleetReader
 	offlineTimeout time.Duration
 	log            *slog.Logger
-	// members names the replicas in this replica's gossip; jobsHeld
-	// counts the background jobs whose leases it holds.
-	members  func() []string
-	jobsHeld func() int
+	replica        replicaFigures
 
 	agentStreams, statusBacklog, statusDropped, statusFailures *prometheus.Desc
 	databaseUp, clusters, appHealth, appSync, rollout, build   *prometheus.Desc
-	replicas, jobs                                             *prometheus.Desc
+	replicas, jobs, notifications, shed                        *prometheus.Desc
+}
+
+// replicaFigures are what the metrics read of this replica's place among
+// the others.
+type replicaFigures struct {
+	// members names the replicas in this replica's gossip.
+	members func() []string
+	// jobsHeld counts the background jobs whose leases it holds.
+	jobsHeld func() int
+	// listener reports the other replicas' change notifications heard.
+	listener func() store.ListenerStats
+	// agentsShed counts the agents it asked to go to another replica.
+	agentsShed func() int64
 }
 
 // fleetReader is what the metrics read from the store.
@@ -46,10 +56,10 @@ type fleetReader interface {
 	ReplicaViews(ctx context.Context, name string) ([]store.ReplicaView, error)
 }
 
-func newHubMetrics(streams func() int, statuses func() store.StatusWriterStats, db fleetReader, members func() []string, jobsHeld func() int, offlineTimeout time.Duration, log *slog.Logger) *hubMetrics {
+func newHubMetrics(streams func() int, statuses func() store.StatusWriterStats, db fleetReader, replica replicaFigures, offlineTimeout time.Duration, log *slog.Logger) *hubMetrics {
 	d := prometheus.NewDesc
 	return &hubMetrics{
-		streams: streams, statuses: statuses, db: db, members: members, jobsHeld: jobsHeld, offlineTimeout: offlineTimeout, log: log,
+		streams: streams, statuses: statuses, db: db, replica: replica, offlineTimeout: offlineTimeout, log: log,
 		agentStreams:   d("drover_hub_agent_streams", "Agent streams open on this hub replica.", nil, nil),
 		statusBacklog:  d("drover_hub_status_backlog", "Application statuses received and not yet written to PostgreSQL.", nil, nil),
 		statusDropped:  d("drover_hub_statuses_dropped_total", "Statuses dropped: the backlog was full, or PostgreSQL refused them as data.", nil, nil),
@@ -62,6 +72,8 @@ func newHubMetrics(streams func() int, statuses func() store.StatusWriterStats, 
 		build:          d("drover_hub_build_info", "The hub's version.", []string{"version"}, nil),
 		replicas:       d("drover_hub_replicas", "Hub replicas recorded in PostgreSQL, by state as this replica sees them: alive (heartbeating and in its gossip), suspect (one of the two), gone.", []string{"state"}, nil),
 		jobs:           d("drover_hub_jobs_held", "Background jobs (rollouts, Git polling, event retention) whose lease this replica holds.", nil, nil),
+		notifications:  d("drover_hub_notifications_received_total", "Change notifications from other replicas heard over PostgreSQL LISTEN.", nil, nil),
+		shed:           d("drover_hub_agents_shed_total", "Agent streams this replica ended, asking the agents to go to another replica, to spread the load.", nil, nil),
 	}
 }
 
@@ -74,7 +86,7 @@ func (m *hubMetrics) handler() http.Handler {
 
 // Describe implements prometheus.Collector.
 func (m *hubMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.agentStreams, m.statusBacklog, m.statusDropped, m.statusFailures, m.databaseUp, m.clusters, m.appHealth, m.appSync, m.rollout, m.build, m.replicas, m.jobs} {
+	for _, d := range []*prometheus.Desc{m.agentStreams, m.statusBacklog, m.statusDropped, m.statusFailures, m.databaseUp, m.clusters, m.appHealth, m.appSync, m.rollout, m.build, m.replicas, m.jobs, m.notifications, m.shed} {
 		ch <- d
 	}
 }
@@ -86,7 +98,9 @@ func (m *hubMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(m.build, 1, version.Version)
 	gauge(m.agentStreams, float64(m.streams()))
-	gauge(m.jobs, float64(m.jobsHeld()))
+	gauge(m.jobs, float64(m.replica.jobsHeld()))
+	ch <- prometheus.MustNewConstMetric(m.notifications, prometheus.CounterValue, float64(m.replica.listener().Received))
+	ch <- prometheus.MustNewConstMetric(m.shed, prometheus.CounterValue, float64(m.replica.agentsShed()))
 	st := m.statuses()
 	gauge(m.statusBacklog, float64(st.Pending))
 	gauge(m.statusFailures, float64(st.Failures))
@@ -129,7 +143,7 @@ func (m *hubMetrics) collectReplicas(ctx context.Context, gauge func(d *promethe
 		return
 	}
 	members := make(map[string]bool)
-	for _, name := range m.members() {
+	for _, name := range m.replica.members() {
 		members[name] = true
 	}
 	byState := map[string]int{adminapi.ReplicaAlive: 0, adminapi.ReplicaSuspect: 0, adminapi.ReplicaGone: 0}

@@ -184,6 +184,15 @@ func TestListReplicas(t *testing.T) {
 			fmt.Sprintf("alive, suspect, gone, jobs held minus leases listed: hub-a %v, hub-b %v; leases listed %d", got[:4], got[4:], total)
 	})
 
+	// A change made on hub-b reaches hub-a as a notification, which its
+	// metrics count.
+	before := value(a.scrape(t), "drover_hub_notifications_received_total", nil)
+	b.mustAPI(t, "PATCH", "/api/v1/clusters/edge-1/labels", map[string]any{"set": map[string]string{"ring": "canary"}}, nil)
+	testbed.Eventually(t, "hub-a counts hub-b's notification", time.Minute, func() (bool, string) {
+		got := value(a.scrape(t), "drover_hub_notifications_received_total", nil)
+		return before >= 0 && got > before, fmt.Sprintf("received %v, %v before", got, before)
+	})
+
 	// hub-b stops: it is gone.
 	if err := rawB.Close(); err != nil {
 		t.Fatalf("close hub-b: %v", err)

@@ -219,7 +219,12 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	mux.Handle("/api/", h.gateway)
 	mux.HandleFunc("/healthz", h.healthz)
 	mux.HandleFunc("/readyz", h.readyz)
-	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, h.members.Members, func() int { return len(h.owner.Held()) }, cfg.OfflineTimeout, logger).handler())
+	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, replicaFigures{
+		members:    h.members.Members,
+		jobsHeld:   func() int { return len(h.owner.Held()) },
+		listener:   h.listener.Stats,
+		agentsShed: h.agentsShed.Load,
+	}, cfg.OfflineTimeout, logger).handler())
 	mux.Handle("/", h.dash)
 	h.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	// Open dashboard pages hold a live stream; end them so shutdown need
@@ -321,8 +326,12 @@ func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(clu
 
 // Shed ends up to n of the agent streams this replica holds, telling each
 // agent to go to another replica after about hint (see agentapi.Server.Shed),
-// and reports how many it ended.
-func (h *Hub) Shed(n int, hint time.Duration) int { return h.agents.Shed(n, hint) }
+// and reports how many it ended. The metrics count them.
+func (h *Hub) Shed(n int, hint time.Duration) int {
+	shed := h.agents.Shed(n, hint)
+	h.agentsShed.Add(int64(shed))
+	return shed
+}
 
 // FlushStatuses writes pending statuses now.
 func (h *Hub) FlushStatuses(ctx context.Context) error { return h.statuses.Flush(ctx) }
