@@ -57,6 +57,8 @@ type Store interface {
 	ListAPITokens(ctx context.Context) ([]*droverv1.APIToken, error)
 	DeleteAPIToken(ctx context.Context, id string) error
 
+	ReplicaStore
+
 	AddEvent(ctx context.Context, e *droverv1.Event) error
 	ListEvents(ctx context.Context, filter store.EventFilter, pageSize int, pageToken string) ([]*droverv1.Event, string, error)
 }
@@ -85,6 +87,10 @@ type Hub interface {
 	// Disconnect closes a cluster's live stream.
 	Disconnect(cluster string, reason error)
 	Status(ctx context.Context) *droverv1.HubStatus
+	// Replica is this replica's name; Members names the replicas it sees
+	// in the gossip, itself included.
+	Replica() string
+	Members() []string
 }
 
 // Sealer encrypts secrets before they are stored.

@@ -34,6 +34,7 @@ var readOnly = map[string]bool{
 	droverv1.AdminService_ListEvents_FullMethodName:       true,
 	droverv1.AdminService_GetHubStatus_FullMethodName:     true,
 	droverv1.AdminService_GetRollout_FullMethodName:       true,
+	droverv1.AdminService_ListReplicas_FullMethodName:     true,
 }
 
 // Principal is the caller of an admin request.

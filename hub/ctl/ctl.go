@@ -121,6 +121,8 @@ var commands = []*command{
 	{"rollout abort", "APP", "end a rollout; every cluster keeps what it runs until the next release", runRolloutControl("abort")},
 	{"rollout rollback", "APP", "move every cluster back to the last release that completed before this one", runRolloutControl("rollback")},
 
+	{"get replicas", "[-o wide|json|yaml]", "list the hub replicas: state, agent streams and background jobs held", runGetReplicas},
+
 	{"get events", "[--cluster NAME] [--app NAME] [--kind PREFIX] [--limit N] [-o json|yaml]", "list the event history, newest first", runGetEvents},
 
 	{"token create", "[--ttl 24h] [--reusable] [--labels K=V,...] [--description TEXT]", "create a join token for registering clusters (printed once)", runTokenCreate},
@@ -142,6 +144,7 @@ var resourceAliases = map[string]string{
 	"cluster": "cluster", "clusters": "cluster", "cl": "cluster",
 	"app": "app", "apps": "app", "application": "app", "applications": "app",
 	"event": "event", "events": "event", "ev": "event",
+	"replica": "replica", "replicas": "replica",
 }
 
 func sameWord(typed, want string) bool {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -188,6 +189,10 @@ func TestBrowser(t *testing.T) {
 	cfg.AgentAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Hostnames = []string{"127.0.0.1", "localhost"}
 	cfg.PollInterval = 5 * time.Second
+	// A second replica joins late in the test, for the replicas page.
+	peerA, peerB := testbed.FreeAddr(t), testbed.FreeAddr(t)
+	cfg.Replica, cfg.PeerAddr, cfg.Peers = "hub-a", peerA, []string{peerB}
+	cfg.GossipKey = base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
 	h, err := server.Start(context.Background(), cfg, testlog.New(t), io.Discard)
 	must(t, err)
 	t.Cleanup(func() { h.Close() })
@@ -493,6 +498,47 @@ func TestBrowser(t *testing.T) {
 	)
 	if marker := eval(`String(window.droverMarker)`); marker != "kept" {
 		t.Fatalf("marker after the rollout completed = %q: the page reloaded", marker)
+	}
+
+	// The replicas page: a row per replica with the agent streams it
+	// holds. hub-b joins with an agent of its own.
+	cfgB := cfg
+	cfgB.DataDir = filepath.Join(dir, "data-b")
+	cfgB.Replica, cfgB.PeerAddr, cfgB.Peers = "hub-b", peerB, []string{peerA}
+	hb, err := server.Start(context.Background(), cfgB, testlog.New(t).With("hub", "hub-b"), io.Discard)
+	must(t, err)
+	t.Cleanup(func() { hb.Close() })
+	startAgent(t, hb, join(nil), "b-1")
+	const rowA, rowB = `document.querySelector('tr[data-key="rep-hub-a"]')`, `document.querySelector('tr[data-key="rep-hub-b"]')`
+	// eu-1, us-1, canary-1, main-1 and ab-1 stream to hub-a.
+	run("replicas page",
+		chromedp.Navigate(base+"/replicas"),
+		waitJS(rowA+` !== null && `+rowB+` !== null && `+rowA+`.querySelector(".streams").textContent === "5" && `+rowB+`.querySelector(".streams").textContent === "1"`+
+			` && `+rowA+`.textContent.includes("Alive") && `+rowB+`.textContent.includes("Alive")`),
+		waitJS(`document.getElementById("live").textContent.includes("Live")`),
+		shot("replicas"),
+	)
+	if n := eval(`String(document.querySelectorAll("#replicas tbody tr").length)`); n != "2" {
+		t.Errorf("replica rows = %s, want 2", n)
+	}
+	// Another agent on hub-a: its row counts it without a reload, and
+	// stays the same element.
+	eval(`window.__row = ` + rowA + `; window.droverMarker = "kept"; "ok"`)
+	startAgent(t, h, join(map[string]string{"env": "dev"}), "ab-2")
+	run("replicas live update", waitJS(rowA+`.querySelector(".streams").textContent === "6"`))
+	if kept := eval(`String(window.__row === ` + rowA + `) + "/" + window.droverMarker`); kept != "true/kept" {
+		t.Fatalf("after a live update: row same / marker = %s, want true/kept", kept)
+	}
+	// A replica's page lists the clusters whose streams it holds.
+	run("replica page", markBefore(), chromedp.Click(chromedp.CSS(`a[href="/replicas/hub-b"]`)))
+	afterNavigation("replica page", `location.pathname === "/replicas/hub-b" && document.querySelector('ul.streams a[href="/clusters/b-1"]') !== null`)
+	run("replica page shown", shot("replica"))
+	run("overview with replicas",
+		chromedp.Navigate(base+"/"),
+		waitJS(`document.getElementById("replica-count") !== null`),
+	)
+	if got := text("#replica-count"); got != "2/2 hub replicas alive" {
+		t.Errorf("overview replica count = %q, want 2/2 hub replicas alive", got)
 	}
 
 	// A phone-sized window renders the overview too.

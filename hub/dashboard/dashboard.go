@@ -46,6 +46,7 @@ type Admin interface {
 	RefreshApplication(ctx context.Context, req *droverv1.RefreshApplicationRequest) (*droverv1.RefreshApplicationResponse, error)
 	GetRollout(ctx context.Context, req *droverv1.GetRolloutRequest) (*droverv1.GetRolloutResponse, error)
 	ControlRollout(ctx context.Context, req *droverv1.ControlRolloutRequest) (*droverv1.ControlRolloutResponse, error)
+	ListReplicas(ctx context.Context, req *droverv1.ListReplicasRequest) (*droverv1.ListReplicasResponse, error)
 }
 
 var _ Admin = (*adminapi.Server)(nil)
@@ -181,6 +182,8 @@ func (d *Dashboard) routes() {
 	m.Handle("GET /apps", d.page(d.apps))
 	m.Handle("GET /apps/{name}", d.page(d.app))
 	m.Handle("GET /events", d.page(d.events))
+	m.Handle("GET /replicas", d.page(d.replicas))
+	m.Handle("GET /replicas/{name}", d.page(d.replica))
 	m.Handle("GET /search", d.authed(d.search))
 	m.Handle("GET /live", d.authed(d.stream))
 	m.Handle("POST /apps/{name}/refresh", d.action(adminapi.RoleAdmin, d.refresh))

@@ -57,6 +57,8 @@ type fakeHub struct {
 	rollouts map[string]*droverv1.RolloutStatus
 	// controls records ControlRollout calls as "app op actor".
 	controls []string
+	// members are the replicas the gossip shows.
+	members []string
 }
 
 func (h *fakeHub) ApplicationStored(context.Context, *droverv1.Application) {}
@@ -71,6 +73,12 @@ func (h *fakeHub) Disconnect(string, error)                {}
 func (h *fakeHub) PlacedClusters(app string) []string      { return h.placed[app] }
 func (h *fakeHub) AssignmentVersion(cluster string) string { return h.versions[cluster] }
 func (h *fakeHub) SourceError(app string) string           { return "" }
+func (h *fakeHub) Replica() string                         { return "hub-0" }
+func (h *fakeHub) Members() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.members
+}
 func (h *fakeHub) Status(context.Context) *droverv1.HubStatus {
 	return &droverv1.HubStatus{State: "ok"}
 }

@@ -116,6 +116,7 @@ type overviewData struct {
 	Events                 []*droverv1.Event
 	Shown                  int
 	Rollouts               rolloutSummary
+	Replicas               replicaCount
 }
 
 func (d *Dashboard) overview(r *http.Request) (view, error) {
@@ -280,6 +281,9 @@ func (d *Dashboard) overview(r *http.Request) (view, error) {
 	}
 
 	if data.HealthCounts, data.Apps, err = d.appHealthCounts(ctx); err != nil {
+		return v, err
+	}
+	if data.Replicas, err = d.replicaCount(ctx); err != nil {
 		return v, err
 	}
 	if data.Rollouts, err = d.rolloutSummary(ctx); err != nil {

@@ -78,7 +78,7 @@ func fromAdmin(err error) error {
 	return err
 }
 
-var pageNames = []string{"overview", "cluster", "apps", "app", "events", "login", "error"}
+var pageNames = []string{"overview", "cluster", "apps", "app", "events", "replicas", "replica", "login", "error"}
 
 func parsePages(funcs template.FuncMap) (map[string]*template.Template, error) {
 	base, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
@@ -371,9 +371,10 @@ func (d *Dashboard) funcs() template.FuncMap {
 			}
 			return ""
 		},
-		"state":  func(class, glyph, word string) state { return state{class, glyph, word} },
-		"cphase": clusterPhaseState,
-		"int":    func(n int32) int { return int(n) },
+		"state":        func(class, glyph, word string) state { return state{class, glyph, word} },
+		"cphase":       clusterPhaseState,
+		"replicaState": replicaState,
+		"int":          func(n int32) int { return int(n) },
 		"plural": func(n int, one, many string) string {
 			if n == 1 {
 				return one

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,12 +41,20 @@ func (h *Hub) startMembership(ctx context.Context) error {
 }
 
 // runMembership publishes this replica's agent stream count to the others
-// until ctx ends, and fails when this process lost its replica name: then
+// and tells open dashboard pages when the replicas it sees change, until
+// ctx ends, and fails when this process lost its replica name: then
 // another process runs as this replica, and this one must stop.
 func (h *Hub) runMembership(ctx context.Context) error {
 	const loadInterval = 2 * time.Second
+	var seen []string
 	for {
 		h.members.SetLoad(h.agents.Connected())
+		// Polled rather than read from Members' Changes, whose one
+		// reader is the job keeper.
+		if now := h.members.Members(); !slices.Equal(now, seen) {
+			seen = now
+			h.changes.Notify()
+		}
 		t := time.NewTimer(backoff.Jitter(loadInterval, 0.1))
 		select {
 		case <-ctx.Done():

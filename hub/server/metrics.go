@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/drover-dev/drover/hub/adminapi"
 	"github.com/drover-dev/drover/hub/store"
 	"github.com/drover-dev/drover/internal/version"
 )
@@ -28,21 +29,37 @@ type hubMetrics struct {
 	db             fleetReader
 	offlineTimeout time.Duration
 	log            *slog.Logger
+	replica        replicaFigures
 
 	agentStreams, statusBacklog, statusDropped, statusFailures *prometheus.Desc
 	databaseUp, clusters, appHealth, appSync, rollout, build   *prometheus.Desc
+	replicas, jobs, notifications, shed                        *prometheus.Desc
+}
+
+// replicaFigures are what the metrics read of this replica's place among
+// the others.
+type replicaFigures struct {
+	// members names the replicas in this replica's gossip.
+	members func() []string
+	// jobsHeld counts the background jobs whose leases it holds.
+	jobsHeld func() int
+	// listener reports the other replicas' change notifications heard.
+	listener func() store.ListenerStats
+	// agentsShed counts the agents it asked to go to another replica.
+	agentsShed func() int64
 }
 
 // fleetReader is what the metrics read from the store.
 type fleetReader interface {
 	Ping(ctx context.Context) error
 	FleetGauges(ctx context.Context, offlineTimeout time.Duration) (store.FleetGauges, error)
+	ReplicaViews(ctx context.Context, name string) ([]store.ReplicaView, error)
 }
 
-func newHubMetrics(streams func() int, statuses func() store.StatusWriterStats, db fleetReader, offlineTimeout time.Duration, log *slog.Logger) *hubMetrics {
+func newHubMetrics(streams func() int, statuses func() store.StatusWriterStats, db fleetReader, replica replicaFigures, offlineTimeout time.Duration, log *slog.Logger) *hubMetrics {
 	d := prometheus.NewDesc
 	return &hubMetrics{
-		streams: streams, statuses: statuses, db: db, offlineTimeout: offlineTimeout, log: log,
+		streams: streams, statuses: statuses, db: db, replica: replica, offlineTimeout: offlineTimeout, log: log,
 		agentStreams:   d("drover_hub_agent_streams", "Agent streams open on this hub replica.", nil, nil),
 		statusBacklog:  d("drover_hub_status_backlog", "Application statuses received and not yet written to PostgreSQL.", nil, nil),
 		statusDropped:  d("drover_hub_statuses_dropped_total", "Statuses dropped: the backlog was full, or PostgreSQL refused them as data.", nil, nil),
@@ -53,6 +70,10 @@ func newHubMetrics(streams func() int, statuses func() store.StatusWriterStats, 
 		appSync:        d("drover_application_clusters_by_sync", "Clusters reporting an application, by its sync state there.", []string{"application", "sync"}, nil),
 		rollout:        d("drover_rollout_phase", "1 for the phase of each application's current rollout.", []string{"application", "phase"}, nil),
 		build:          d("drover_hub_build_info", "The hub's version.", []string{"version"}, nil),
+		replicas:       d("drover_hub_replicas", "Hub replicas recorded in PostgreSQL, by state as this replica sees them: alive (heartbeating and in its gossip), suspect (one of the two), gone.", []string{"state"}, nil),
+		jobs:           d("drover_hub_jobs_held", "Background jobs (rollouts, Git polling, event retention) whose lease this replica holds.", nil, nil),
+		notifications:  d("drover_hub_notifications_received_total", "Change notifications from other replicas heard over PostgreSQL LISTEN.", nil, nil),
+		shed:           d("drover_hub_agents_shed_total", "Agent streams this replica ended, asking the agents to go to another replica, to spread the load.", nil, nil),
 	}
 }
 
@@ -65,7 +86,7 @@ func (m *hubMetrics) handler() http.Handler {
 
 // Describe implements prometheus.Collector.
 func (m *hubMetrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.agentStreams, m.statusBacklog, m.statusDropped, m.statusFailures, m.databaseUp, m.clusters, m.appHealth, m.appSync, m.rollout, m.build} {
+	for _, d := range []*prometheus.Desc{m.agentStreams, m.statusBacklog, m.statusDropped, m.statusFailures, m.databaseUp, m.clusters, m.appHealth, m.appSync, m.rollout, m.build, m.replicas, m.jobs, m.notifications, m.shed} {
 		ch <- d
 	}
 }
@@ -77,6 +98,9 @@ func (m *hubMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(m.build, 1, version.Version)
 	gauge(m.agentStreams, float64(m.streams()))
+	gauge(m.jobs, float64(m.replica.jobsHeld()))
+	ch <- prometheus.MustNewConstMetric(m.notifications, prometheus.CounterValue, float64(m.replica.listener().Received))
+	ch <- prometheus.MustNewConstMetric(m.shed, prometheus.CounterValue, float64(m.replica.agentsShed()))
 	st := m.statuses()
 	gauge(m.statusBacklog, float64(st.Pending))
 	gauge(m.statusFailures, float64(st.Failures))
@@ -106,6 +130,28 @@ func (m *hubMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	for app, phase := range g.Rollouts {
 		gauge(m.rollout, 1, app, phase)
+	}
+	m.collectReplicas(ctx, gauge)
+}
+
+// collectReplicas counts the replicas by state, every state reported (0
+// included) so that an alert on "suspect > 0" has a series to watch.
+func (m *hubMetrics) collectReplicas(ctx context.Context, gauge func(d *prometheus.Desc, v float64, labels ...string)) {
+	views, err := m.db.ReplicaViews(ctx, "")
+	if err != nil {
+		m.log.Warn("metrics: read the hub replicas", "err", err)
+		return
+	}
+	members := make(map[string]bool)
+	for _, name := range m.replica.members() {
+		members[name] = true
+	}
+	byState := map[string]int{adminapi.ReplicaAlive: 0, adminapi.ReplicaSuspect: 0, adminapi.ReplicaGone: 0}
+	for _, v := range views {
+		byState[adminapi.ReplicaState(v, members[v.Name])]++
+	}
+	for state, n := range byState {
+		gauge(m.replicas, float64(n), state)
 	}
 }
 

@@ -67,8 +67,7 @@ func (h *Hub) rebalance(ctx context.Context) {
 			continue
 		}
 		hint := time.Second + rand.N(rebalanceHintMax-time.Second)
-		shed := h.agents.Shed(n, hint)
-		h.agentsShed.Add(int64(shed))
+		shed := h.Shed(n, hint)
 		h.log.Info("agents asked to reconnect to another replica", "agents", shed, "loads", loads, "retry_after", hint.Round(time.Millisecond))
 	}
 }

@@ -219,7 +219,12 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	mux.Handle("/api/", h.gateway)
 	mux.HandleFunc("/healthz", h.healthz)
 	mux.HandleFunc("/readyz", h.readyz)
-	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, cfg.OfflineTimeout, logger).handler())
+	mux.Handle("/metrics", newHubMetrics(h.agents.Connected, h.statuses.Stats, h.store, replicaFigures{
+		members:    h.members.Members,
+		jobsHeld:   func() int { return len(h.owner.Held()) },
+		listener:   h.listener.Stats,
+		agentsShed: h.agentsShed.Load,
+	}, cfg.OfflineTimeout, logger).handler())
 	mux.Handle("/", h.dash)
 	h.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	// Open dashboard pages hold a live stream; end them so shutdown need
@@ -313,13 +318,20 @@ func (h *Hub) Controller() *control.Controller { return h.ctl }
 // included.
 func (h *Hub) Members() []string { return h.members.Members() }
 
+// Replica is this replica's name.
+func (h *Hub) Replica() string { return h.cfg.Replica }
+
 // Disconnect closes a cluster's stream on this replica.
 func (h *Hub) Disconnect(cluster string, reason error) { h.agents.Disconnect(cluster, reason) }
 
 // Shed ends up to n of the agent streams this replica holds, telling each
 // agent to go to another replica after about hint (see agentapi.Server.Shed),
-// and reports how many it ended.
-func (h *Hub) Shed(n int, hint time.Duration) int { return h.agents.Shed(n, hint) }
+// and reports how many it ended. The metrics count them.
+func (h *Hub) Shed(n int, hint time.Duration) int {
+	shed := h.agents.Shed(n, hint)
+	h.agentsShed.Add(int64(shed))
+	return shed
+}
 
 // FlushStatuses writes pending statuses now.
 func (h *Hub) FlushStatuses(ctx context.Context) error { return h.statuses.Flush(ctx) }

@@ -52,6 +52,11 @@ func TestShedStreams(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { _, err := quiet.Recv(); errc <- err }()
 	checkShed(t, errc, 3)
+
+	// The metrics count every stream shed.
+	if got := value(h.scrape(t), "drover_hub_agents_shed_total", nil); got != 4 {
+		t.Errorf("drover_hub_agents_shed_total = %v; want 4", got)
+	}
 }
 
 // checkShed checks that stream i ended as shed: Unavailable, with a delay

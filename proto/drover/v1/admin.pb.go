@@ -3462,6 +3462,242 @@ func (x *HubStatus) GetConnectedAgents() int32 {
 	return 0
 }
 
+type ListReplicasRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this replica, with the clusters whose streams it holds; empty for
+	// every replica (then clusters is left empty).
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasRequest) Reset() {
+	*x = ListReplicasRequest{}
+	mi := &file_drover_v1_admin_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasRequest) ProtoMessage() {}
+
+func (x *ListReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasRequest.ProtoReflect.Descriptor instead.
+func (*ListReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *ListReplicasRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListReplicasResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Replicas []*Replica             `protobuf:"bytes,1,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// The replica that answered, whose gossip view decided the states.
+	AnsweredBy    string `protobuf:"bytes,2,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReplicasResponse) Reset() {
+	*x = ListReplicasResponse{}
+	mi := &file_drover_v1_admin_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReplicasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReplicasResponse) ProtoMessage() {}
+
+func (x *ListReplicasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReplicasResponse.ProtoReflect.Descriptor instead.
+func (*ListReplicasResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *ListReplicasResponse) GetReplicas() []*Replica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *ListReplicasResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+// Replica is one hub replica sharing the database.
+type Replica struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Where it serves agents, the JSON API and the dashboard, and where it
+	// gossips with the other replicas, as it was configured.
+	AgentAddr   string                 `protobuf:"bytes,2,opt,name=agent_addr,json=agentAddr,proto3" json:"agent_addr,omitempty"`
+	HttpAddr    string                 `protobuf:"bytes,3,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	PeerAddr    string                 `protobuf:"bytes,4,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	Version     string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	StartedAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	HeartbeatAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=heartbeat_at,json=heartbeatAt,proto3" json:"heartbeat_at,omitempty"`
+	// "alive": its database heartbeat is fresh and the answering replica
+	// sees it in the gossip. "suspect": one of the two but not both — it
+	// heartbeats but is cut off from the gossip (or has just joined), or it
+	// gossips but its heartbeats stopped reaching the database. "gone": it
+	// stopped, or neither holds.
+	State string `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	// Clusters whose agent stream it holds.
+	Streams int32 `protobuf:"varint,9,opt,name=streams,proto3" json:"streams,omitempty"`
+	// Background jobs whose lease its running process holds ("rollout/APP",
+	// "git/REPO", "retention"), sorted.
+	Jobs []string `protobuf:"bytes,10,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// The names of the clusters counted in streams, sorted; only when one
+	// replica was asked for.
+	Clusters      []string `protobuf:"bytes,11,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Replica) Reset() {
+	*x = Replica{}
+	mi := &file_drover_v1_admin_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Replica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Replica) ProtoMessage() {}
+
+func (x *Replica) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Replica.ProtoReflect.Descriptor instead.
+func (*Replica) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *Replica) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Replica) GetAgentAddr() string {
+	if x != nil {
+		return x.AgentAddr
+	}
+	return ""
+}
+
+func (x *Replica) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
+}
+
+func (x *Replica) GetPeerAddr() string {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return ""
+}
+
+func (x *Replica) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Replica) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Replica) GetHeartbeatAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeartbeatAt
+	}
+	return nil
+}
+
+func (x *Replica) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Replica) GetStreams() int32 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
+func (x *Replica) GetJobs() []string {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *Replica) GetClusters() []string {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
 type GetRolloutRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Application   string                 `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
@@ -3471,7 +3707,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[60]
+	mi := &file_drover_v1_admin_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3483,7 +3719,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[60]
+	mi := &file_drover_v1_admin_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3496,7 +3732,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{60}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetRolloutRequest) GetApplication() string {
@@ -3515,7 +3751,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[61]
+	mi := &file_drover_v1_admin_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +3763,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[61]
+	mi := &file_drover_v1_admin_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3776,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{61}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetRolloutResponse) GetRollout() *RolloutStatus {
@@ -3561,7 +3797,7 @@ type ControlRolloutRequest struct {
 
 func (x *ControlRolloutRequest) Reset() {
 	*x = ControlRolloutRequest{}
-	mi := &file_drover_v1_admin_proto_msgTypes[62]
+	mi := &file_drover_v1_admin_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3573,7 +3809,7 @@ func (x *ControlRolloutRequest) String() string {
 func (*ControlRolloutRequest) ProtoMessage() {}
 
 func (x *ControlRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[62]
+	mi := &file_drover_v1_admin_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3586,7 +3822,7 @@ func (x *ControlRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ControlRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{62}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ControlRolloutRequest) GetApplication() string {
@@ -3612,7 +3848,7 @@ type ControlRolloutResponse struct {
 
 func (x *ControlRolloutResponse) Reset() {
 	*x = ControlRolloutResponse{}
-	mi := &file_drover_v1_admin_proto_msgTypes[63]
+	mi := &file_drover_v1_admin_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +3860,7 @@ func (x *ControlRolloutResponse) String() string {
 func (*ControlRolloutResponse) ProtoMessage() {}
 
 func (x *ControlRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[63]
+	mi := &file_drover_v1_admin_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +3873,7 @@ func (x *ControlRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ControlRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{63}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ControlRolloutResponse) GetRollout() *RolloutStatus {
@@ -3678,7 +3914,7 @@ type RolloutStatus struct {
 
 func (x *RolloutStatus) Reset() {
 	*x = RolloutStatus{}
-	mi := &file_drover_v1_admin_proto_msgTypes[64]
+	mi := &file_drover_v1_admin_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3690,7 +3926,7 @@ func (x *RolloutStatus) String() string {
 func (*RolloutStatus) ProtoMessage() {}
 
 func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[64]
+	mi := &file_drover_v1_admin_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3703,7 +3939,7 @@ func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatus.ProtoReflect.Descriptor instead.
 func (*RolloutStatus) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{64}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RolloutStatus) GetApplication() string {
@@ -3807,7 +4043,7 @@ type RolloutWaveStatus struct {
 
 func (x *RolloutWaveStatus) Reset() {
 	*x = RolloutWaveStatus{}
-	mi := &file_drover_v1_admin_proto_msgTypes[65]
+	mi := &file_drover_v1_admin_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3819,7 +4055,7 @@ func (x *RolloutWaveStatus) String() string {
 func (*RolloutWaveStatus) ProtoMessage() {}
 
 func (x *RolloutWaveStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[65]
+	mi := &file_drover_v1_admin_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3832,7 +4068,7 @@ func (x *RolloutWaveStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutWaveStatus.ProtoReflect.Descriptor instead.
 func (*RolloutWaveStatus) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{65}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RolloutWaveStatus) GetName() string {
@@ -3901,7 +4137,7 @@ type RolloutClusterStatus struct {
 
 func (x *RolloutClusterStatus) Reset() {
 	*x = RolloutClusterStatus{}
-	mi := &file_drover_v1_admin_proto_msgTypes[66]
+	mi := &file_drover_v1_admin_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3913,7 +4149,7 @@ func (x *RolloutClusterStatus) String() string {
 func (*RolloutClusterStatus) ProtoMessage() {}
 
 func (x *RolloutClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_drover_v1_admin_proto_msgTypes[66]
+	mi := &file_drover_v1_admin_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3926,7 +4162,7 @@ func (x *RolloutClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutClusterStatus.ProtoReflect.Descriptor instead.
 func (*RolloutClusterStatus) Descriptor() ([]byte, []int) {
-	return file_drover_v1_admin_proto_rawDescGZIP(), []int{66}
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RolloutClusterStatus) GetName() string {
@@ -4231,7 +4467,28 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1a\n" +
 	"\bproblems\x18\x03 \x03(\tR\bproblems\x12\x18\n" +
 	"\areplica\x18\x04 \x01(\tR\areplica\x12)\n" +
-	"\x10connected_agents\x18\x05 \x01(\x05R\x0fconnectedAgents\"5\n" +
+	"\x10connected_agents\x18\x05 \x01(\x05R\x0fconnectedAgents\")\n" +
+	"\x13ListReplicasRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"g\n" +
+	"\x14ListReplicasResponse\x12.\n" +
+	"\breplicas\x18\x01 \x03(\v2\x12.drover.v1.ReplicaR\breplicas\x12\x1f\n" +
+	"\vanswered_by\x18\x02 \x01(\tR\n" +
+	"answeredBy\"\xea\x02\n" +
+	"\aReplica\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"agent_addr\x18\x02 \x01(\tR\tagentAddr\x12\x1b\n" +
+	"\thttp_addr\x18\x03 \x01(\tR\bhttpAddr\x12\x1b\n" +
+	"\tpeer_addr\x18\x04 \x01(\tR\bpeerAddr\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\tR\aversion\x129\n" +
+	"\n" +
+	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n" +
+	"\fheartbeat_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vheartbeatAt\x12\x14\n" +
+	"\x05state\x18\b \x01(\tR\x05state\x12\x18\n" +
+	"\astreams\x18\t \x01(\x05R\astreams\x12\x12\n" +
+	"\x04jobs\x18\n" +
+	" \x03(\tR\x04jobs\x12\x1a\n" +
+	"\bclusters\x18\v \x03(\tR\bclusters\"5\n" +
 	"\x11GetRolloutRequest\x12 \n" +
 	"\vapplication\x18\x01 \x01(\tR\vapplication\"H\n" +
 	"\x12GetRolloutResponse\x122\n" +
@@ -4272,7 +4529,7 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\x04wave\x18\x02 \x01(\tR\x04wave\x12\x14\n" +
 	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x16\n" +
 	"\x06commit\x18\x04 \x01(\tR\x06commit\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage2\x8a\x11\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage2\xdb\x11\n" +
 	"\fAdminService\x12O\n" +
 	"\fListClusters\x12\x1e.drover.v1.ListClustersRequest\x1a\x1f.drover.v1.ListClustersResponse\x12I\n" +
 	"\n" +
@@ -4300,7 +4557,8 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\x0eDeleteAPIToken\x12 .drover.v1.DeleteAPITokenRequest\x1a!.drover.v1.DeleteAPITokenResponse\x12I\n" +
 	"\n" +
 	"ListEvents\x12\x1c.drover.v1.ListEventsRequest\x1a\x1d.drover.v1.ListEventsResponse\x12O\n" +
-	"\fGetHubStatus\x12\x1e.drover.v1.GetHubStatusRequest\x1a\x1f.drover.v1.GetHubStatusResponseB7Z5github.com/drover-dev/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\fGetHubStatus\x12\x1e.drover.v1.GetHubStatusRequest\x1a\x1f.drover.v1.GetHubStatusResponse\x12O\n" +
+	"\fListReplicas\x12\x1e.drover.v1.ListReplicasRequest\x1a\x1f.drover.v1.ListReplicasResponseB7Z5github.com/drover-dev/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_admin_proto_rawDescOnce sync.Once
@@ -4314,7 +4572,7 @@ func file_drover_v1_admin_proto_rawDescGZIP() []byte {
 	return file_drover_v1_admin_proto_rawDescData
 }
 
-var file_drover_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
+var file_drover_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_drover_v1_admin_proto_goTypes = []any{
 	(*Cluster)(nil),                             // 0: drover.v1.Cluster
 	(*ListClustersRequest)(nil),                 // 1: drover.v1.ListClustersRequest
@@ -4376,153 +4634,161 @@ var file_drover_v1_admin_proto_goTypes = []any{
 	(*GetHubStatusRequest)(nil),                 // 57: drover.v1.GetHubStatusRequest
 	(*GetHubStatusResponse)(nil),                // 58: drover.v1.GetHubStatusResponse
 	(*HubStatus)(nil),                           // 59: drover.v1.HubStatus
-	(*GetRolloutRequest)(nil),                   // 60: drover.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),                  // 61: drover.v1.GetRolloutResponse
-	(*ControlRolloutRequest)(nil),               // 62: drover.v1.ControlRolloutRequest
-	(*ControlRolloutResponse)(nil),              // 63: drover.v1.ControlRolloutResponse
-	(*RolloutStatus)(nil),                       // 64: drover.v1.RolloutStatus
-	(*RolloutWaveStatus)(nil),                   // 65: drover.v1.RolloutWaveStatus
-	(*RolloutClusterStatus)(nil),                // 66: drover.v1.RolloutClusterStatus
-	nil,                                         // 67: drover.v1.Cluster.LabelsEntry
-	nil,                                         // 68: drover.v1.Cluster.HealthCountsEntry
-	nil,                                         // 69: drover.v1.UpdateClusterLabelsRequest.SetEntry
-	nil,                                         // 70: drover.v1.CreateJoinTokenRequest.LabelsEntry
-	nil,                                         // 71: drover.v1.JoinToken.LabelsEntry
-	nil,                                         // 72: drover.v1.Override.VariablesEntry
-	nil,                                         // 73: drover.v1.ApplicationSummary.HealthCountsEntry
-	nil,                                         // 74: drover.v1.ApplicationSummary.SyncCountsEntry
-	nil,                                         // 75: drover.v1.RolloutWaveStatus.ClusterPhasesEntry
-	(*ClusterFacts)(nil),                        // 76: drover.v1.ClusterFacts
-	(*timestamppb.Timestamp)(nil),               // 77: google.protobuf.Timestamp
-	(*ApplicationStatus)(nil),                   // 78: drover.v1.ApplicationStatus
-	(*SyncPolicy)(nil),                          // 79: drover.v1.SyncPolicy
-	(*structpb.Value)(nil),                      // 80: google.protobuf.Value
-	(*LabelSelector)(nil),                       // 81: drover.v1.LabelSelector
-	(*KustomizePatch)(nil),                      // 82: drover.v1.KustomizePatch
-	(*RepoCredentials)(nil),                     // 83: drover.v1.RepoCredentials
+	(*ListReplicasRequest)(nil),                 // 60: drover.v1.ListReplicasRequest
+	(*ListReplicasResponse)(nil),                // 61: drover.v1.ListReplicasResponse
+	(*Replica)(nil),                             // 62: drover.v1.Replica
+	(*GetRolloutRequest)(nil),                   // 63: drover.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),                  // 64: drover.v1.GetRolloutResponse
+	(*ControlRolloutRequest)(nil),               // 65: drover.v1.ControlRolloutRequest
+	(*ControlRolloutResponse)(nil),              // 66: drover.v1.ControlRolloutResponse
+	(*RolloutStatus)(nil),                       // 67: drover.v1.RolloutStatus
+	(*RolloutWaveStatus)(nil),                   // 68: drover.v1.RolloutWaveStatus
+	(*RolloutClusterStatus)(nil),                // 69: drover.v1.RolloutClusterStatus
+	nil,                                         // 70: drover.v1.Cluster.LabelsEntry
+	nil,                                         // 71: drover.v1.Cluster.HealthCountsEntry
+	nil,                                         // 72: drover.v1.UpdateClusterLabelsRequest.SetEntry
+	nil,                                         // 73: drover.v1.CreateJoinTokenRequest.LabelsEntry
+	nil,                                         // 74: drover.v1.JoinToken.LabelsEntry
+	nil,                                         // 75: drover.v1.Override.VariablesEntry
+	nil,                                         // 76: drover.v1.ApplicationSummary.HealthCountsEntry
+	nil,                                         // 77: drover.v1.ApplicationSummary.SyncCountsEntry
+	nil,                                         // 78: drover.v1.RolloutWaveStatus.ClusterPhasesEntry
+	(*ClusterFacts)(nil),                        // 79: drover.v1.ClusterFacts
+	(*timestamppb.Timestamp)(nil),               // 80: google.protobuf.Timestamp
+	(*ApplicationStatus)(nil),                   // 81: drover.v1.ApplicationStatus
+	(*SyncPolicy)(nil),                          // 82: drover.v1.SyncPolicy
+	(*structpb.Value)(nil),                      // 83: google.protobuf.Value
+	(*LabelSelector)(nil),                       // 84: drover.v1.LabelSelector
+	(*KustomizePatch)(nil),                      // 85: drover.v1.KustomizePatch
+	(*RepoCredentials)(nil),                     // 86: drover.v1.RepoCredentials
 }
 var file_drover_v1_admin_proto_depIdxs = []int32{
-	67, // 0: drover.v1.Cluster.labels:type_name -> drover.v1.Cluster.LabelsEntry
-	76, // 1: drover.v1.Cluster.facts:type_name -> drover.v1.ClusterFacts
-	77, // 2: drover.v1.Cluster.last_seen:type_name -> google.protobuf.Timestamp
-	77, // 3: drover.v1.Cluster.connected_since:type_name -> google.protobuf.Timestamp
-	77, // 4: drover.v1.Cluster.acked_at:type_name -> google.protobuf.Timestamp
-	77, // 5: drover.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
-	68, // 6: drover.v1.Cluster.health_counts:type_name -> drover.v1.Cluster.HealthCountsEntry
+	70, // 0: drover.v1.Cluster.labels:type_name -> drover.v1.Cluster.LabelsEntry
+	79, // 1: drover.v1.Cluster.facts:type_name -> drover.v1.ClusterFacts
+	80, // 2: drover.v1.Cluster.last_seen:type_name -> google.protobuf.Timestamp
+	80, // 3: drover.v1.Cluster.connected_since:type_name -> google.protobuf.Timestamp
+	80, // 4: drover.v1.Cluster.acked_at:type_name -> google.protobuf.Timestamp
+	80, // 5: drover.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
+	71, // 6: drover.v1.Cluster.health_counts:type_name -> drover.v1.Cluster.HealthCountsEntry
 	0,  // 7: drover.v1.ListClustersResponse.clusters:type_name -> drover.v1.Cluster
 	0,  // 8: drover.v1.GetClusterResponse.cluster:type_name -> drover.v1.Cluster
-	78, // 9: drover.v1.GetClusterResponse.applications:type_name -> drover.v1.ApplicationStatus
-	69, // 10: drover.v1.UpdateClusterLabelsRequest.set:type_name -> drover.v1.UpdateClusterLabelsRequest.SetEntry
+	81, // 9: drover.v1.GetClusterResponse.applications:type_name -> drover.v1.ApplicationStatus
+	72, // 10: drover.v1.UpdateClusterLabelsRequest.set:type_name -> drover.v1.UpdateClusterLabelsRequest.SetEntry
 	0,  // 11: drover.v1.UpdateClusterLabelsResponse.cluster:type_name -> drover.v1.Cluster
 	0,  // 12: drover.v1.RevokeClusterResponse.cluster:type_name -> drover.v1.Cluster
-	70, // 13: drover.v1.CreateJoinTokenRequest.labels:type_name -> drover.v1.CreateJoinTokenRequest.LabelsEntry
+	73, // 13: drover.v1.CreateJoinTokenRequest.labels:type_name -> drover.v1.CreateJoinTokenRequest.LabelsEntry
 	13, // 14: drover.v1.CreateJoinTokenResponse.join_token:type_name -> drover.v1.JoinToken
-	71, // 15: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
-	77, // 16: drover.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	77, // 17: drover.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	74, // 15: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
+	80, // 16: drover.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	80, // 17: drover.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
 	13, // 18: drover.v1.ListJoinTokensResponse.join_tokens:type_name -> drover.v1.JoinToken
 	19, // 19: drover.v1.Application.spec:type_name -> drover.v1.ApplicationSpec
-	77, // 20: drover.v1.Application.created_at:type_name -> google.protobuf.Timestamp
-	77, // 21: drover.v1.Application.updated_at:type_name -> google.protobuf.Timestamp
+	80, // 20: drover.v1.Application.created_at:type_name -> google.protobuf.Timestamp
+	80, // 21: drover.v1.Application.updated_at:type_name -> google.protobuf.Timestamp
 	22, // 22: drover.v1.ApplicationSpec.source:type_name -> drover.v1.Source
 	23, // 23: drover.v1.ApplicationSpec.render:type_name -> drover.v1.Render
 	24, // 24: drover.v1.ApplicationSpec.placement:type_name -> drover.v1.Placement
-	79, // 25: drover.v1.ApplicationSpec.sync_policy:type_name -> drover.v1.SyncPolicy
+	82, // 25: drover.v1.ApplicationSpec.sync_policy:type_name -> drover.v1.SyncPolicy
 	25, // 26: drover.v1.ApplicationSpec.overrides:type_name -> drover.v1.Override
 	20, // 27: drover.v1.ApplicationSpec.rollout:type_name -> drover.v1.RolloutStrategy
 	21, // 28: drover.v1.RolloutStrategy.waves:type_name -> drover.v1.RolloutWave
-	80, // 29: drover.v1.RolloutStrategy.max_failures:type_name -> google.protobuf.Value
-	81, // 30: drover.v1.RolloutWave.selector:type_name -> drover.v1.LabelSelector
-	80, // 31: drover.v1.RolloutWave.max_parallel:type_name -> google.protobuf.Value
-	81, // 32: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
-	81, // 33: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
-	82, // 34: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
-	72, // 35: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
-	77, // 36: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	83, // 29: drover.v1.RolloutStrategy.max_failures:type_name -> google.protobuf.Value
+	84, // 30: drover.v1.RolloutWave.selector:type_name -> drover.v1.LabelSelector
+	83, // 31: drover.v1.RolloutWave.max_parallel:type_name -> google.protobuf.Value
+	84, // 32: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
+	84, // 33: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
+	85, // 34: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
+	75, // 35: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
+	80, // 36: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
 	18, // 37: drover.v1.CreateApplicationRequest.application:type_name -> drover.v1.Application
 	18, // 38: drover.v1.CreateApplicationResponse.application:type_name -> drover.v1.Application
 	18, // 39: drover.v1.UpdateApplicationRequest.application:type_name -> drover.v1.Application
 	18, // 40: drover.v1.UpdateApplicationResponse.application:type_name -> drover.v1.Application
 	18, // 41: drover.v1.GetApplicationResponse.application:type_name -> drover.v1.Application
 	26, // 42: drover.v1.GetApplicationResponse.releases:type_name -> drover.v1.Release
-	78, // 43: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
+	81, // 43: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
 	35, // 44: drover.v1.ListApplicationsResponse.applications:type_name -> drover.v1.ApplicationSummary
 	18, // 45: drover.v1.ApplicationSummary.application:type_name -> drover.v1.Application
-	73, // 46: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
-	74, // 47: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
-	77, // 48: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
-	83, // 49: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
+	76, // 46: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
+	77, // 47: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
+	80, // 48: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
+	86, // 49: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
 	40, // 50: drover.v1.SetRepositoryCredentialsResponse.repository:type_name -> drover.v1.Repository
 	40, // 51: drover.v1.ListRepositoriesResponse.repositories:type_name -> drover.v1.Repository
-	77, // 52: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	77, // 53: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
-	77, // 54: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
+	80, // 52: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	80, // 53: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
+	80, // 54: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
 	47, // 55: drover.v1.CreateAPITokenResponse.api_token:type_name -> drover.v1.APIToken
 	47, // 56: drover.v1.ListAPITokensResponse.api_tokens:type_name -> drover.v1.APIToken
-	77, // 57: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
+	80, // 57: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
 	54, // 58: drover.v1.ListEventsResponse.events:type_name -> drover.v1.Event
 	59, // 59: drover.v1.GetHubStatusResponse.status:type_name -> drover.v1.HubStatus
-	64, // 60: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
-	64, // 61: drover.v1.ControlRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
-	77, // 62: drover.v1.RolloutStatus.started_at:type_name -> google.protobuf.Timestamp
-	77, // 63: drover.v1.RolloutStatus.ended_at:type_name -> google.protobuf.Timestamp
-	65, // 64: drover.v1.RolloutStatus.waves:type_name -> drover.v1.RolloutWaveStatus
-	66, // 65: drover.v1.RolloutStatus.clusters:type_name -> drover.v1.RolloutClusterStatus
-	75, // 66: drover.v1.RolloutWaveStatus.cluster_phases:type_name -> drover.v1.RolloutWaveStatus.ClusterPhasesEntry
-	77, // 67: drover.v1.RolloutWaveStatus.soak_until:type_name -> google.protobuf.Timestamp
-	1,  // 68: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
-	3,  // 69: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
-	5,  // 70: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
-	7,  // 71: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
-	9,  // 72: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
-	11, // 73: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
-	14, // 74: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
-	16, // 75: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
-	27, // 76: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
-	29, // 77: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
-	31, // 78: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
-	33, // 79: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
-	36, // 80: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
-	38, // 81: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
-	60, // 82: drover.v1.AdminService.GetRollout:input_type -> drover.v1.GetRolloutRequest
-	62, // 83: drover.v1.AdminService.ControlRollout:input_type -> drover.v1.ControlRolloutRequest
-	41, // 84: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
-	43, // 85: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
-	45, // 86: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
-	48, // 87: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
-	50, // 88: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
-	52, // 89: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
-	55, // 90: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
-	57, // 91: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
-	2,  // 92: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
-	4,  // 93: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
-	6,  // 94: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
-	8,  // 95: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
-	10, // 96: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
-	12, // 97: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
-	15, // 98: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
-	17, // 99: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
-	28, // 100: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
-	30, // 101: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
-	32, // 102: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
-	34, // 103: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
-	37, // 104: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
-	39, // 105: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
-	61, // 106: drover.v1.AdminService.GetRollout:output_type -> drover.v1.GetRolloutResponse
-	63, // 107: drover.v1.AdminService.ControlRollout:output_type -> drover.v1.ControlRolloutResponse
-	42, // 108: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
-	44, // 109: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
-	46, // 110: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
-	49, // 111: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
-	51, // 112: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
-	53, // 113: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
-	56, // 114: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
-	58, // 115: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
-	92, // [92:116] is the sub-list for method output_type
-	68, // [68:92] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	62, // 60: drover.v1.ListReplicasResponse.replicas:type_name -> drover.v1.Replica
+	80, // 61: drover.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	80, // 62: drover.v1.Replica.heartbeat_at:type_name -> google.protobuf.Timestamp
+	67, // 63: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	67, // 64: drover.v1.ControlRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	80, // 65: drover.v1.RolloutStatus.started_at:type_name -> google.protobuf.Timestamp
+	80, // 66: drover.v1.RolloutStatus.ended_at:type_name -> google.protobuf.Timestamp
+	68, // 67: drover.v1.RolloutStatus.waves:type_name -> drover.v1.RolloutWaveStatus
+	69, // 68: drover.v1.RolloutStatus.clusters:type_name -> drover.v1.RolloutClusterStatus
+	78, // 69: drover.v1.RolloutWaveStatus.cluster_phases:type_name -> drover.v1.RolloutWaveStatus.ClusterPhasesEntry
+	80, // 70: drover.v1.RolloutWaveStatus.soak_until:type_name -> google.protobuf.Timestamp
+	1,  // 71: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
+	3,  // 72: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
+	5,  // 73: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
+	7,  // 74: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
+	9,  // 75: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
+	11, // 76: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
+	14, // 77: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
+	16, // 78: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
+	27, // 79: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
+	29, // 80: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
+	31, // 81: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
+	33, // 82: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
+	36, // 83: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
+	38, // 84: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
+	63, // 85: drover.v1.AdminService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	65, // 86: drover.v1.AdminService.ControlRollout:input_type -> drover.v1.ControlRolloutRequest
+	41, // 87: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
+	43, // 88: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
+	45, // 89: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
+	48, // 90: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
+	50, // 91: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
+	52, // 92: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
+	55, // 93: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
+	57, // 94: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
+	60, // 95: drover.v1.AdminService.ListReplicas:input_type -> drover.v1.ListReplicasRequest
+	2,  // 96: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
+	4,  // 97: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
+	6,  // 98: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
+	8,  // 99: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
+	10, // 100: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
+	12, // 101: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
+	15, // 102: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
+	17, // 103: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
+	28, // 104: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
+	30, // 105: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
+	32, // 106: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
+	34, // 107: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
+	37, // 108: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
+	39, // 109: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
+	64, // 110: drover.v1.AdminService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	66, // 111: drover.v1.AdminService.ControlRollout:output_type -> drover.v1.ControlRolloutResponse
+	42, // 112: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
+	44, // 113: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
+	46, // 114: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
+	49, // 115: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
+	51, // 116: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
+	53, // 117: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
+	56, // 118: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
+	58, // 119: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
+	61, // 120: drover.v1.AdminService.ListReplicas:output_type -> drover.v1.ListReplicasResponse
+	96, // [96:121] is the sub-list for method output_type
+	71, // [71:96] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_admin_proto_init() }
@@ -4538,7 +4804,7 @@ func file_drover_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_admin_proto_rawDesc), len(file_drover_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   76,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

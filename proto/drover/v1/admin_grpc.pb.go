@@ -43,6 +43,7 @@ const (
 	AdminService_DeleteAPIToken_FullMethodName              = "/drover.v1.AdminService/DeleteAPIToken"
 	AdminService_ListEvents_FullMethodName                  = "/drover.v1.AdminService/ListEvents"
 	AdminService_GetHubStatus_FullMethodName                = "/drover.v1.AdminService/GetHubStatus"
+	AdminService_ListReplicas_FullMethodName                = "/drover.v1.AdminService/ListReplicas"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -89,6 +90,10 @@ type AdminServiceClient interface {
 	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 	// GetHubStatus reports the hub's own health.
 	GetHubStatus(ctx context.Context, in *GetHubStatusRequest, opts ...grpc.CallOption) (*GetHubStatusResponse, error)
+	// ListReplicas lists the hub replicas sharing the database, as recorded
+	// there; every replica answers the same, except that membership in the
+	// answering replica's gossip decides between "alive" and "suspect".
+	ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error)
 }
 
 type adminServiceClient struct {
@@ -339,6 +344,16 @@ func (c *adminServiceClient) GetHubStatus(ctx context.Context, in *GetHubStatusR
 	return out, nil
 }
 
+func (c *adminServiceClient) ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReplicasResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -383,6 +398,10 @@ type AdminServiceServer interface {
 	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	// GetHubStatus reports the hub's own health.
 	GetHubStatus(context.Context, *GetHubStatusRequest) (*GetHubStatusResponse, error)
+	// ListReplicas lists the hub replicas sharing the database, as recorded
+	// there; every replica answers the same, except that membership in the
+	// answering replica's gossip decides between "alive" and "suspect".
+	ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -464,6 +483,9 @@ func (UnimplementedAdminServiceServer) ListEvents(context.Context, *ListEventsRe
 }
 func (UnimplementedAdminServiceServer) GetHubStatus(context.Context, *GetHubStatusRequest) (*GetHubStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetHubStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReplicas not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -918,6 +940,24 @@ func _AdminService_GetHubStatus_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListReplicas(ctx, req.(*ListReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1020,6 +1060,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetHubStatus",
 			Handler:    _AdminService_GetHubStatus_Handler,
+		},
+		{
+			MethodName: "ListReplicas",
+			Handler:    _AdminService_ListReplicas_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
