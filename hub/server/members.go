@@ -30,7 +30,7 @@ func (h *Hub) startMembership(ctx context.Context) error {
 		return err
 	}
 	h.members, err = replicas.Start(ctx, replicas.Config{
-		Name: h.cfg.Replica, AgentAddr: h.cfg.AgentAddr, HTTPAddr: h.cfg.HTTPAddr, Version: version.Version,
+		Name: h.cfg.Replica, AgentAddr: h.agentLis.Addr().String(), HTTPAddr: h.httpLis.Addr().String(), Version: version.Version,
 		NodeID: nodeID, PeerAddr: h.cfg.PeerAddr, Peers: h.cfg.Peers, GossipKey: key,
 		Store: h.store, Logger: h.log,
 	})

@@ -126,6 +126,15 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	if h.store, err = store.Open(ctx, dbURL, logger, store.WithReplica(cfg.Replica)); err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
+	// Listening (not serving yet) before the replica records itself, so
+	// that it records the addresses it serves on, ports chosen by the
+	// system included.
+	if h.agentLis, err = net.Listen("tcp", cfg.AgentAddr); err != nil {
+		return nil, fmt.Errorf("listen on --agent-addr: %w", err)
+	}
+	if h.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("listen on --http-addr: %w", err)
+	}
 	// First after the store: a second process under this replica's name
 	// must be refused before it does anything as that replica.
 	if err := h.startMembership(ctx); err != nil {
@@ -231,12 +240,6 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	// not wait for them.
 	h.httpSrv.RegisterOnShutdown(h.dash.Close)
 
-	if h.agentLis, err = net.Listen("tcp", cfg.AgentAddr); err != nil {
-		return nil, fmt.Errorf("listen on --agent-addr: %w", err)
-	}
-	if h.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("listen on --http-addr: %w", err)
-	}
 
 	if cfg.DebugAddr != "" {
 		if h.debugLis, err = net.Listen("tcp", cfg.DebugAddr); err != nil {
