@@ -240,7 +240,6 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger, out io.Writer) 
 	// not wait for them.
 	h.httpSrv.RegisterOnShutdown(h.dash.Close)
 
-
 	if cfg.DebugAddr != "" {
 		if h.debugLis, err = net.Listen("tcp", cfg.DebugAddr); err != nil {
 			return nil, fmt.Errorf("listen on --debug-addr: %w", err)
