@@ -274,15 +274,19 @@ func TestKilledRolloutOwner(t *testing.T) {
 	// During the canary's soak, kill the owner.
 	waitWave(t, f.running()[0], c2, "canary", "soaking")
 	t.Logf("killing %s, the rollout's owner, during the canary's soak", owner)
+	killed := time.Now()
 	f.hub(owner).Kill(t)
 	members = slices.DeleteFunc(members, func(m string) bool { return m == owner })
+	f.logTakeover(job, owner, killed)
 
 	// Another replica carries on: the canary completes and the europe wave
 	// waits for approval.
 	waitWave(t, f.running()[0], c2, "europe", "waiting-approval")
 	next := ownership.Owner(job, members)
 	t.Logf("killing %s, the rollout's owner now, at the approval gate", next)
+	killed = time.Now()
 	f.hub(next).Kill(t)
+	f.logTakeover(job, next, killed)
 
 	// The last replica holds the gate: eu keeps its release while it stays
 	// unpromoted, and every agent is served by the last replica.
@@ -346,6 +350,31 @@ func waveEvents(evs []*droverv1.Event, commit string) map[string]int {
 		}
 	}
 	return count
+}
+
+// logTakeover waits until another replica holds the lease of job that
+// killed held, and logs how long after the kill that was: a figure, not a
+// claim (the README gives it).
+func (f *fleet) logTakeover(job, killed string, at time.Time) {
+	f.t.Helper()
+	st, err := store.Open(f.t.Context(), f.db, testlog.New(f.t))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer st.Close()
+	testbed.Eventually(f.t, job+" taken over from "+killed, within, func() (bool, string) {
+		ls, err := st.ListLeases(f.t.Context())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, l := range ls {
+			if l.Job == job {
+				return l.Holder.Replica != killed && l.Expires.After(time.Now()), fmt.Sprintf("held by %s", l.Holder.Replica)
+			}
+		}
+		return false, "no lease"
+	})
+	f.t.Logf("figure: %s taken over %.1f s after its owner %s was killed", job, time.Since(at).Seconds(), killed)
 }
 
 // waveOf finds the wave a rollout event's message names.
