@@ -193,7 +193,6 @@ func unwrapMulti(err error) error {
 
 // peerAddrs resolves Peers to IP:PORT addresses, without this replica's.
 func (m *Membership) peerAddrs(ctx context.Context) ([]string, []error) {
-	self := m.ml.LocalNode()
 	var addrs []string
 	var errs []error
 	for _, p := range m.cfg.Peers {
@@ -204,7 +203,7 @@ func (m *Membership) peerAddrs(ctx context.Context) ([]string, []error) {
 			continue
 		}
 		for _, ip := range ips {
-			if ip.Equal(self.Addr) && port == strconv.Itoa(int(self.Port)) {
+			if ip.Equal(m.self.ip) && port == strconv.Itoa(m.self.port) {
 				continue
 			}
 			a := net.JoinHostPort(ip.String(), port)

@@ -38,6 +38,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +110,12 @@ type Membership struct {
 	instance string
 	// ml is nil without gossip (no PeerAddr).
 	ml *memberlist.Memberlist
+	// self is the address this replica gossips on, as bound, read once:
+	// memberlist rewrites its own node under its own lock.
+	self struct {
+		ip   net.IP
+		port int
+	}
 
 	load        atomic.Int64
 	mu          sync.Mutex
@@ -166,6 +173,8 @@ func Start(ctx context.Context, cfg Config) (_ *Membership, err error) {
 		if m.ml, err = m.createGossip(ctx); err != nil {
 			return nil, err
 		}
+		n := m.ml.LocalNode()
+		m.self.ip, m.self.port = slices.Clone(n.Addr), int(n.Port)
 	}
 	if err := m.claim(ctx); err != nil {
 		return nil, err
@@ -282,7 +291,7 @@ func (m *Membership) PeerAddr() string {
 	if m.ml == nil {
 		return ""
 	}
-	return m.ml.LocalNode().Address()
+	return net.JoinHostPort(m.self.ip.String(), strconv.Itoa(m.self.port))
 }
 
 // Members returns the names of the live replicas, sorted, this one
