@@ -6,10 +6,15 @@
 package replicas
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -211,6 +216,74 @@ func TestReplicasServeOneFleet(t *testing.T) {
 			t.Errorf("hub-%d says %+v; hub-0 says %+v", i+1, v, views[0])
 		}
 	}
+
+	// A dashboard open on hub-2 is told at once of a change made through
+	// hub-0 (well before its periodic refresh, every 30 s).
+	live := f.liveStream(f.reps.Hubs[2])
+	f.api(f.reps.Hubs[0], http.MethodPatch, "/api/v1/clusters/c1/labels", &droverv1.UpdateClusterLabelsRequest{Name: "c1", Set: map[string]string{"tier": "gold"}}, nil)
+	select {
+	case <-live:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the dashboard on hub-2 was not told of a change made through hub-0")
+	}
+}
+
+// liveStream signs in to replica h's dashboard and opens its live update
+// stream; each "change" it sends arrives on the channel.
+func (f *fleet) liveStream(h *testbed.HubProcess) <-chan struct{} {
+	f.t.Helper()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	client := &http.Client{Jar: jar}
+	base := "http://" + h.HTTPAddr
+	resp, err := client.Get(base + "/login")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if m == nil {
+		f.t.Fatalf("no sign-in form on %s/login", base)
+	}
+	resp, err = client.PostForm(base+"/login", url.Values{"csrf": {string(m[1])}, "token": {h.AdminToken}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	resp.Body.Close()
+	req, err := http.NewRequestWithContext(f.t.Context(), http.MethodGet, base+"/live", nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	resp, err = client.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		f.t.Fatalf("GET %s/live: %v %v", base, resp.Status, err)
+	}
+	changes := make(chan struct{}, 16)
+	subscribed := make(chan struct{})
+	go func() {
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			switch sc.Text() {
+			case ": live":
+				close(subscribed)
+			case "event: change":
+				select {
+				case changes <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	select {
+	case <-subscribed:
+	case <-time.After(within):
+		f.t.Fatalf("%s/live sent nothing", base)
+	}
+	return changes
 }
 
 // TestKilledRolloutOwner kills, with SIGKILL, the replica that owns a
