@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -58,8 +59,14 @@ type fleet struct {
 // replica i mod 3, so the clusters are spread over the replicas for sure.
 func newFleet(t *testing.T, labels map[string]map[string]string, failover bool) *fleet {
 	t.Helper()
+	return newFleetOn(t, testbed.Postgres(t), labels, failover)
+}
+
+// newFleetOn is newFleet on the database at db.
+func newFleetOn(t *testing.T, db string, labels map[string]map[string]string, failover bool) *fleet {
+	t.Helper()
 	git := testbed.GitServer(t)
-	f := &fleet{t: t, db: testbed.Postgres(t), repo: git.CreateRepo(t, "fleet"), clusters: map[string]*testbed.Cluster{}, agents: map[string]*testbed.AgentProcess{}}
+	f := &fleet{t: t, db: db, repo: git.CreateRepo(t, "fleet"), clusters: map[string]*testbed.Cluster{}, agents: map[string]*testbed.AgentProcess{}}
 	f.reps = testbed.StartReplicas(t, 3, testbed.HubOptions{
 		DatabaseURL: f.db,
 		Hostnames:   []string{"127.0.0.1"},
@@ -600,4 +607,64 @@ func TestGossipSplit(t *testing.T) {
 		}
 		return len(wrong) == 0, strings.Join(wrong, "; ")
 	})
+}
+
+// TestReplicasSurvivePostgresRestart: every replica's database connections
+// are terminated (as a switchover does) and then the server restarts, in the
+// middle of a rollout; every replica stays up, the rollout completes, and
+// a change made through any replica afterwards still reaches every agent.
+func TestReplicasSurvivePostgresRestart(t *testing.T) {
+	pg := testbed.PrivatePostgres(t)
+	f := newFleetOn(t, pg.URL, map[string]map[string]string{
+		"canary": {"env": "prod", "ring": "canary"},
+		"rest":   {"env": "prod"},
+	}, true)
+	c1 := f.repo.Commit(t, "web on nginx 1.23.0", testbed.ExampleApp("nginx:1.23.0"))
+	app := webApplication(f.repo.URL)
+	app.Spec.Rollout = &droverv1.RolloutStrategy{
+		ProgressDeadline: within.String(),
+		Waves: []*droverv1.RolloutWave{
+			{Name: "canary", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}}, Soak: "15s"},
+			{Name: "rest"},
+		},
+	}
+	f.api(f.reps.Hubs[0], http.MethodPost, "/api/v1/applications", app, nil)
+	f.waitSynced("web", c1, "canary", "rest")
+
+	c2 := f.repo.Commit(t, "web on nginx 1.24.0", deploymentAt("nginx:1.24.0"))
+	f.api(f.reps.Hubs[1], http.MethodPost, "/api/v1/applications/web/refresh", nil, nil)
+	waitWave(t, f.reps.Hubs[2], c2, "canary", "soaking")
+
+	// A switchover: every connection of every replica terminated.
+	conn, err := pgx.Connect(t.Context(), pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var terminated int
+	if err := conn.QueryRow(t.Context(), `
+		SELECT count(*) FROM (
+			SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE application_name LIKE 'drover-hub%' AND pid <> pg_backend_pid()) AS t`).Scan(&terminated); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(t.Context())
+	if terminated < 6 { // each replica's pool and its listener at least
+		t.Fatalf("terminated %d connections of the replicas, want at least 6", terminated)
+	}
+	// Then the server restarts.
+	pg.Stop(t)
+	time.Sleep(3 * time.Second) // down long enough for every replica to notice
+	pg.Start(t)
+
+	waitPhase(t, f.reps.Hubs[0], "web", c2, "completed")
+	f.waitSynced("web", c2, "canary", "rest")
+	c3 := f.repo.Commit(t, "web on nginx 1.25.0", deploymentAt("nginx:1.25.0"))
+	f.api(f.reps.Hubs[2], http.MethodPost, "/api/v1/applications/web/refresh", nil, nil)
+	waitPhase(t, f.reps.Hubs[1], "web", c3, "completed")
+	f.waitSynced("web", c3, "canary", "rest")
+	for i, h := range f.reps.Hubs {
+		if p := h.Process(); p.Exited() {
+			t.Errorf("hub-%d exited: %v", i, p.ExitError())
+		}
+	}
 }
