@@ -161,6 +161,18 @@ func webApplication(repoURL string) *droverv1.Application {
 	}}
 }
 
+// canaryThenRest rolls releases out to the cluster labelled ring=canary,
+// soaks for soak, then to the rest.
+func canaryThenRest(soak string) *droverv1.RolloutStrategy {
+	return &droverv1.RolloutStrategy{
+		ProgressDeadline: within.String(),
+		Waves: []*droverv1.RolloutWave{
+			{Name: "canary", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}}, Soak: soak},
+			{Name: "rest"},
+		},
+	}
+}
+
 func deploymentAt(image string) map[string]string {
 	return map[string]string{"apps/web/deployment.yaml": testbed.ExampleApp(image)["apps/web/deployment.yaml"]}
 }
@@ -515,13 +527,7 @@ func TestGossipSplit(t *testing.T) {
 		app := webApplication(f.repo.URL)
 		app.Name = a
 		app.Spec.Source.Path = "apps/" + a
-		app.Spec.Rollout = &droverv1.RolloutStrategy{
-			ProgressDeadline: within.String(),
-			Waves: []*droverv1.RolloutWave{
-				{Name: "canary", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}}, Soak: "10s"},
-				{Name: "rest"},
-			},
-		}
+		app.Spec.Rollout = canaryThenRest("10s")
 		f.api(f.reps.Hubs[0], http.MethodPost, "/api/v1/applications", app, nil)
 	}
 	first := f.repo.Head(t)
@@ -621,13 +627,7 @@ func TestReplicasSurvivePostgresRestart(t *testing.T) {
 	}, true)
 	c1 := f.repo.Commit(t, "web on nginx 1.23.0", testbed.ExampleApp("nginx:1.23.0"))
 	app := webApplication(f.repo.URL)
-	app.Spec.Rollout = &droverv1.RolloutStrategy{
-		ProgressDeadline: within.String(),
-		Waves: []*droverv1.RolloutWave{
-			{Name: "canary", Selector: &droverv1.LabelSelector{MatchLabels: map[string]string{"ring": "canary"}}, Soak: "15s"},
-			{Name: "rest"},
-		},
-	}
+	app.Spec.Rollout = canaryThenRest("15s")
 	f.api(f.reps.Hubs[0], http.MethodPost, "/api/v1/applications", app, nil)
 	f.waitSynced("web", c1, "canary", "rest")
 
