@@ -82,7 +82,7 @@ check: proto
 		'hub/ctl:hub/(fleet|rollout|control|store|server)' \
 		'hub/fleet:hub/(rollout|control|store|server)' \
 		'hub/rollout:hub/(fleet|control|store|server)' \
-		'hub/adminapi hub/agentapi hub/gitwatch hub/dashboard hub/store:hub/(control|server)'; do \
+		'hub/adminapi hub/agentapi hub/gitwatch hub/dashboard hub/store hub/ownership hub/replicas:hub/(control|server)'; do \
 		for pkg in $${rule%%:*}; do \
 			bad=$$(go list -deps ./$$pkg | grep -v "^github.com/drover-dev/drover/$$pkg$$" | grep -E "^github.com/drover-dev/drover/($${rule#*:})$$" || true); \
 			if [ -n "$$bad" ]; then echo "$$pkg imports what it must not:"; echo "$$bad"; status=1; fi; \
