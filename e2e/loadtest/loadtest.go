@@ -539,9 +539,10 @@ type Agent struct {
 	reports int
 	resent  int
 	// sessions counts streams opened; hub is the endpoint of the replica
-	// the current (or last) one is with.
-	sessions int
-	hub      string
+	// the current (or last) one is with, and sessionAt when it opened.
+	sessions  int
+	hub       string
+	sessionAt time.Time
 	// lastErr is why the last stream ended; ends counts the ends by gRPC
 	// code, but for refusals that ask for a later retry, which deferred
 	// counts; dialErrors counts connections and streams that could not be
@@ -579,12 +580,15 @@ type State struct {
 	// Resent counts the reports sent at the start of a stream, each
 	// listing every status the agent holds.
 	Resent int
-	// Sessions counts the streams opened since the fleet's Connect, and
-	// Hub is the agent endpoint of the replica the current (or last) one
-	// is with.
-	Sessions int
-	Hub      string
-	LastErr  error
+	// Sessions counts the streams opened since the fleet's Connect; Hub
+	// is the agent endpoint of the replica the current (or last) one is
+	// with, and SessionAt when it opened. A hub sends nothing on a new
+	// stream when the agent already holds its assignment, so this, not
+	// an arrival, tells when a replica took an agent over.
+	Sessions  int
+	Hub       string
+	SessionAt time.Time
+	LastErr   error
 	// Ends counts the streams that ended with an error, by its gRPC code
 	// (codes.Unknown for an error that carries none), except refusals
 	// that ask the agent to retry later (RetryInfo, as admission control
@@ -606,7 +610,7 @@ func (a *Agent) State() State {
 	}
 	return State{
 		Arrivals: slices.Clone(a.arrivals), Applied: a.applied, Answered: a.answered,
-		Report: rep, Reports: a.reports, Resent: a.resent, Sessions: a.sessions, Hub: a.hub,
+		Report: rep, Reports: a.reports, Resent: a.resent, Sessions: a.sessions, Hub: a.hub, SessionAt: a.sessionAt,
 		LastErr: a.lastErr, Ends: maps.Clone(a.ends), Deferred: a.deferred, DialErrors: a.dialErrors,
 	}
 }
@@ -617,7 +621,7 @@ func (a *Agent) reset(b Behaviour, m Mode) {
 	defer a.mu.Unlock()
 	a.beh, a.mode = b, m
 	a.arrivals, a.applied, a.answered, a.assignment = nil, "", "", nil
-	a.report, a.reports, a.resent, a.sessions, a.hub = nil, 0, 0, 0, ""
+	a.report, a.reports, a.resent, a.sessions, a.hub, a.sessionAt = nil, 0, 0, 0, "", time.Time{}
 	a.lastErr, a.ends, a.deferred, a.dialErrors = nil, make(map[codes.Code]int), 0, 0
 }
 
@@ -812,7 +816,7 @@ func (a *Agent) reconnectOnce(ctx context.Context) {
 	a.mu.Lock()
 	a.sessions++
 	session := a.sessions
-	a.hub = addr
+	a.hub, a.sessionAt = addr, time.Now()
 	a.mu.Unlock()
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}}); err != nil {
 		// The stream's status says why it could not be sent to.
@@ -850,7 +854,7 @@ func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient,
 	}
 	a.mu.Lock()
 	a.sessions++
-	a.hub = addr
+	a.hub, a.sessionAt = addr, time.Now()
 	session, applied, beh := a.sessions, a.applied, a.beh
 	a.mu.Unlock()
 	// Until the receiving goroutine starts, a failed Send's status is
@@ -1015,7 +1019,7 @@ func (a *Agent) malformedSession(ctx context.Context, conn *grpc.ClientConn, add
 	}
 	a.mu.Lock()
 	a.sessions++
-	a.hub = addr
+	a.hub, a.sessionAt = addr, time.Now()
 	a.mu.Unlock()
 	msgs := []*droverv1.AgentMessage{
 		{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}},
