@@ -910,9 +910,12 @@ func (h *hubProcess) kill(b *testing.B) {
 }
 
 // rssKiB reads the hub's resident set size from /proc.
-func (h *hubProcess) rssKiB(b *testing.B) int64 {
+func (h *hubProcess) rssKiB(b *testing.B) int64 { return rssKiB(b, h.cmd.Process.Pid) }
+
+// rssKiB is the resident memory of process pid.
+func rssKiB(b *testing.B, pid int) int64 {
 	b.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", h.cmd.Process.Pid))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatalf("read the hub's memory: %v", err)
 	}
@@ -927,7 +930,7 @@ func (h *hubProcess) rssKiB(b *testing.B) int64 {
 			return kib
 		}
 	}
-	b.Fatalf("no VmRSS in /proc/%d/status", h.cmd.Process.Pid)
+	b.Fatalf("no VmRSS in /proc/%d/status", pid)
 	return 0
 }
 

@@ -63,10 +63,16 @@ import (
 
 // Config describes the simulated fleet. Zero values take the defaults.
 type Config struct {
-	// HubAddr is the hub's agent endpoint, host:port.
+	// HubAddr is the hub's agent endpoint, host:port: the one replica of
+	// HubAddrs when that is empty.
 	HubAddr string
+	// HubAddrs are the agent endpoints of the hub's replicas. The i-th
+	// agent starts on HubAddrs[i mod n], which spreads the fleet over
+	// them, and, as drover-agent does, moves to the next one whenever a
+	// stream ends or cannot be made.
+	HubAddrs []string
 	// ServerName is the name the hub's serving certificate is checked
-	// against; empty means the host of HubAddr.
+	// against; empty means the host of the first hub address.
 	ServerName string
 	// CAPEM is the hub's CA certificate, which agents trust before they
 	// register (the CA that signs their identities comes with it).
@@ -166,6 +172,12 @@ func (c *Config) setDefaults() {
 	if c.Parallel <= 0 {
 		c.Parallel = 32
 	}
+	if len(c.HubAddrs) == 0 && c.HubAddr != "" {
+		c.HubAddrs = []string{c.HubAddr}
+	}
+	if c.HubAddr == "" && len(c.HubAddrs) > 0 {
+		c.HubAddr = c.HubAddrs[0]
+	}
 	if c.ServerName == "" {
 		if host, _, err := net.SplitHostPort(c.HubAddr); err == nil {
 			c.ServerName = host
@@ -186,8 +198,13 @@ func (b *Behaviour) setDefaults() {
 // Validate reports every problem, naming the field.
 func (c *Config) Validate() error {
 	var errs []error
-	if _, _, err := net.SplitHostPort(c.HubAddr); err != nil {
-		errs = append(errs, fmt.Errorf("hub address %q: want host:port: %w", c.HubAddr, err))
+	if len(c.HubAddrs) == 0 {
+		errs = append(errs, errors.New("hub address: required, host:port"))
+	}
+	for _, addr := range c.HubAddrs {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("hub address %q: want host:port: %w", addr, err))
+		}
 	}
 	if len(c.CAPEM) == 0 || !x509.NewCertPool().AppendCertsFromPEM(c.CAPEM) {
 		errs = append(errs, errors.New("hub CA: want a PEM certificate (the hub's ca.crt)"))
@@ -317,7 +334,7 @@ func (f *Fleet) Register(ctx context.Context, n int) error {
 			break // a registration failed or ctx ended; g.Wait says which
 		}
 		g.Go(func() error {
-			a, err := register(gctx, reg, &f.cfg, fmt.Sprintf("%s-%05d", f.cfg.NamePrefix, have+i))
+			a, err := register(gctx, reg, &f.cfg, fmt.Sprintf("%s-%05d", f.cfg.NamePrefix, have+i), have+i)
 			if a != nil {
 				a.reportsPaused = &f.reportsPaused
 			}
@@ -422,7 +439,7 @@ func WellBehavedOnly(agents []*Agent) []*Agent {
 
 // register creates an agent's key and CSR and registers it, retrying while
 // the hub is unavailable.
-func register(ctx context.Context, reg droverv1.AgentServiceClient, cfg *Config, name string) (*Agent, error) {
+func register(ctx context.Context, reg droverv1.AgentServiceClient, cfg *Config, name string, index int) (*Agent, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -472,7 +489,7 @@ func register(ctx context.Context, reg droverv1.AgentServiceClient, cfg *Config,
 	creds := credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13,
 	})
-	return &Agent{name: name, hubAddr: cfg.HubAddr, creds: creds}, nil
+	return &Agent{name: name, hubAddrs: cfg.HubAddrs, home: index % len(cfg.HubAddrs), creds: creds}, nil
 }
 
 // Arrival is one assignment as an agent received and answered it.
@@ -491,9 +508,12 @@ type Arrival struct {
 
 // Agent is one simulated agent.
 type Agent struct {
-	name    string
-	hubAddr string
-	creds   credentials.TransportCredentials
+	name string
+	// hubAddrs are the replicas' endpoints, and home the index of the one
+	// each Connect starts on.
+	hubAddrs []string
+	home     int
+	creds    credentials.TransportCredentials
 	// reportsPaused is the fleet's.
 	reportsPaused *atomic.Bool
 
@@ -518,8 +538,11 @@ type Agent struct {
 	report  *droverv1.StatusReport
 	reports int
 	resent  int
-	// sessions counts streams opened.
-	sessions int
+	// sessions counts streams opened; hub is the endpoint of the replica
+	// the current (or last) one is with, and sessionAt when it opened.
+	sessions  int
+	hub       string
+	sessionAt time.Time
 	// lastErr is why the last stream ended; ends counts the ends by gRPC
 	// code, but for refusals that ask for a later retry, which deferred
 	// counts; dialErrors counts connections and streams that could not be
@@ -557,9 +580,15 @@ type State struct {
 	// Resent counts the reports sent at the start of a stream, each
 	// listing every status the agent holds.
 	Resent int
-	// Sessions counts the streams opened since the fleet's Connect.
-	Sessions int
-	LastErr  error
+	// Sessions counts the streams opened since the fleet's Connect; Hub
+	// is the agent endpoint of the replica the current (or last) one is
+	// with, and SessionAt when it opened. A hub sends nothing on a new
+	// stream when the agent already holds its assignment, so this, not
+	// an arrival, tells when a replica took an agent over.
+	Sessions  int
+	Hub       string
+	SessionAt time.Time
+	LastErr   error
 	// Ends counts the streams that ended with an error, by its gRPC code
 	// (codes.Unknown for an error that carries none), except refusals
 	// that ask the agent to retry later (RetryInfo, as admission control
@@ -581,7 +610,7 @@ func (a *Agent) State() State {
 	}
 	return State{
 		Arrivals: slices.Clone(a.arrivals), Applied: a.applied, Answered: a.answered,
-		Report: rep, Reports: a.reports, Resent: a.resent, Sessions: a.sessions,
+		Report: rep, Reports: a.reports, Resent: a.resent, Sessions: a.sessions, Hub: a.hub, SessionAt: a.sessionAt,
 		LastErr: a.lastErr, Ends: maps.Clone(a.ends), Deferred: a.deferred, DialErrors: a.dialErrors,
 	}
 }
@@ -592,7 +621,7 @@ func (a *Agent) reset(b Behaviour, m Mode) {
 	defer a.mu.Unlock()
 	a.beh, a.mode = b, m
 	a.arrivals, a.applied, a.answered, a.assignment = nil, "", "", nil
-	a.report, a.reports, a.resent, a.sessions = nil, 0, 0, 0
+	a.report, a.reports, a.resent, a.sessions, a.hub, a.sessionAt = nil, 0, 0, 0, "", time.Time{}
 	a.lastErr, a.ends, a.deferred, a.dialErrors = nil, make(map[codes.Code]int), 0, 0
 }
 
@@ -628,8 +657,8 @@ func (a *Agent) dialFailed(err error) {
 
 // dial opens a connection of its own, with small buffers: 10,000 of them
 // live in this one process, and the hub's memory is what is measured.
-func (a *Agent) dial() (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(a.hubAddr, grpc.WithTransportCredentials(a.creds),
+func (a *Agent) dial(addr string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(a.creds),
 		grpc.WithReadBufferSize(8<<10), grpc.WithWriteBufferSize(8<<10), grpc.WithSharedWriteBuffer(true),
 		// As drover-agent: gRPC's own redial backoff capped like the
 		// session loop's, not at its default 120 s.
@@ -643,6 +672,12 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 }
 
 // run holds the agent's stream until ctx ends, reconnecting with backoff.
+// With one hub address it keeps one connection and opens stream after
+// stream on it. With several it moves, as drover-agent does, to the next
+// replica whenever a stream ends or cannot be made, on a new connection:
+// it waits only when a replica's refusal asks for it (a shed, say) or when
+// every replica failed since the last wait, so that one replica going away
+// costs its agents no delay.
 func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 	a.mu.Lock()
 	mode := a.mode
@@ -652,48 +687,70 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 		return
 	}
 	b := backoff.New(500*time.Millisecond, 30*time.Second)
-	var conn *grpc.ClientConn
-	for {
+	at, tried := a.home, 0
+	for ctx.Err() == nil {
+		addr := a.hubAddrs[at]
 		// grpc.NewClient fails only on a target it cannot parse; it is
 		// tried again like any failure rather than ending the agent.
-		var err error
-		if conn, err = a.dial(); err == nil {
-			break
+		conn, err := a.dial(addr)
+		if err != nil {
+			a.dialFailed(err)
+			log.Warn("agent dial failed", "hub", addr, "err", err)
+			pause(ctx, b, err)
+			continue
 		}
-		a.dialFailed(err)
-		log.Warn("agent dial failed", "err", err)
-		pause(ctx, b, err)
-		if ctx.Err() != nil {
-			return
-		}
+		tried = a.serve(ctx, log, conn, addr, b, tried)
+		conn.Close()
+		at = (at + 1) % len(a.hubAddrs)
 	}
-	defer conn.Close()
+}
+
+// serve opens stream after stream on conn, to the replica at addr,
+// until ctx ends or, with several replicas, until one stream ended: then it
+// returns the count of failed attempts since the last wait, tried being
+// the count before.
+func (a *Agent) serve(ctx context.Context, log *slog.Logger, conn *grpc.ClientConn, addr string, b *backoff.Backoff, tried int) int {
+	a.mu.Lock()
+	mode := a.mode
+	a.mu.Unlock()
 	client := droverv1.NewAgentServiceClient(conn)
 	for {
 		var err error
 		var established bool
 		switch mode {
 		case Malformed:
-			err = a.malformedSession(ctx, conn)
+			err = a.malformedSession(ctx, conn, addr)
 		default:
-			established, err = a.session(ctx, client, mode)
+			established, err = a.session(ctx, client, addr, mode)
 		}
 		a.open.Store(false)
 		if ctx.Err() != nil {
-			return
+			return tried
 		}
 		if ce := (*connectError)(nil); errors.As(err, &ce) {
 			a.dialFailed(err)
 		} else {
 			a.ended(err)
 		}
-		log.Debug("agent stream ended", "err", err)
+		log.Debug("agent stream ended", "hub", addr, "err", err)
 		if established {
 			// A session that worked starts the backoff over, so a hub
-			// restart is followed by a quick reconnect, still jittered.
+			// restart is followed by a quick reconnect, still jittered,
+			// and gives every replica a fresh try.
 			b.Reset()
+			tried = 0
+		} else {
+			tried++
 		}
-		pause(ctx, b, err)
+		if len(a.hubAddrs) == 1 {
+			pause(ctx, b, err)
+			continue
+		}
+		if retryDelay(err) > 0 || tried >= len(a.hubAddrs) {
+			tried = 0
+			pause(ctx, b, err)
+		}
+		return tried
 	}
 }
 
@@ -740,7 +797,8 @@ func (a *Agent) reconnectLoop(ctx context.Context) {
 
 // reconnectOnce is one round of reconnectLoop.
 func (a *Agent) reconnectOnce(ctx context.Context) {
-	conn, err := a.dial()
+	addr := a.hubAddrs[a.home]
+	conn, err := a.dial(addr)
 	if err != nil {
 		a.dialFailed(err)
 		return
@@ -758,6 +816,7 @@ func (a *Agent) reconnectOnce(ctx context.Context) {
 	a.mu.Lock()
 	a.sessions++
 	session := a.sessions
+	a.hub, a.sessionAt = addr, time.Now()
 	a.mu.Unlock()
 	if err := stream.Send(&droverv1.AgentMessage{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}}); err != nil {
 		// The stream's status says why it could not be sent to.
@@ -786,7 +845,7 @@ func (a *Agent) hello(applied string) *droverv1.Hello {
 
 // session is one Connect stream. established reports whether the hub
 // answered it with at least one message.
-func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient, mode Mode) (established bool, err error) {
+func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient, addr string, mode Mode) (established bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Connect(ctx)
@@ -795,6 +854,7 @@ func (a *Agent) session(ctx context.Context, client droverv1.AgentServiceClient,
 	}
 	a.mu.Lock()
 	a.sessions++
+	a.hub, a.sessionAt = addr, time.Now()
 	session, applied, beh := a.sessions, a.applied, a.beh
 	a.mu.Unlock()
 	// Until the receiving goroutine starts, a failed Send's status is
@@ -949,7 +1009,7 @@ func (rawCodec) Name() string { return "proto" }
 
 // malformedSession is one stream of a Malformed agent: a valid Hello,
 // then messages the hub must refuse one by one, then garbage.
-func (a *Agent) malformedSession(ctx context.Context, conn *grpc.ClientConn) error {
+func (a *Agent) malformedSession(ctx context.Context, conn *grpc.ClientConn, addr string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := conn.NewStream(ctx, &droverv1.AgentService_ServiceDesc.Streams[0],
@@ -959,6 +1019,7 @@ func (a *Agent) malformedSession(ctx context.Context, conn *grpc.ClientConn) err
 	}
 	a.mu.Lock()
 	a.sessions++
+	a.hub, a.sessionAt = addr, time.Now()
 	a.mu.Unlock()
 	msgs := []*droverv1.AgentMessage{
 		{Kind: &droverv1.AgentMessage_Hello{Hello: a.hello("")}},

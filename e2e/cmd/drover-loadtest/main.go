@@ -53,8 +53,13 @@ func main() {
 }
 
 func (o *options) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.cfg.HubAddr, "hub", "127.0.0.1:8443", "the hub's agent endpoint, host:port")
-	fs.StringVar(&o.cfg.ServerName, "server-name", "", "name the hub's serving certificate must carry (default: the host of --hub)")
+	o.cfg.HubAddr = "127.0.0.1:8443"
+	fs.Func("hub", "the hub's agent endpoint, host:port, or its replicas' separated by commas: the agents are spread over them and fail over between them (default 127.0.0.1:8443)", func(v string) error {
+		o.cfg.HubAddrs = strings.Split(v, ",")
+		o.cfg.HubAddr = o.cfg.HubAddrs[0]
+		return nil
+	})
+	fs.StringVar(&o.cfg.ServerName, "server-name", "", "name the hub's serving certificate must carry (default: the host of the first --hub)")
 	fs.StringVar(&o.caFile, "hub-ca", "", "PEM file of the hub's CA (its data directory's ca.crt)")
 	token := os.Getenv("DROVER_JOIN_TOKEN")
 	fs.StringVar(&o.cfg.JoinToken, "join-token", token, "a reusable join token (env DROVER_JOIN_TOKEN, which keeps it out of the process list)")
