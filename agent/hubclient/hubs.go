@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,10 +80,13 @@ type hubs struct {
 	last    target
 	// tried counts the attempts since the last wait.
 	tried int
+	// left is when a session that held with each replica (by address)
+	// last ended.
+	left map[string]time.Time
 }
 
 func newHubs(addrs []string, serverName string, logger *slog.Logger) *hubs {
-	return &hubs{addrs: addrs, serverName: serverName, lookup: net.DefaultResolver.LookupHost, log: logger, next: -1}
+	return &hubs{addrs: addrs, serverName: serverName, lookup: net.DefaultResolver.LookupHost, log: logger, next: -1, left: map[string]time.Time{}}
 }
 
 // pick returns the replica of the next attempt.
@@ -98,6 +102,13 @@ func (h *hubs) pick(ctx context.Context) target {
 		if len(h.targets) > 1 && h.targets[h.next] == h.last {
 			h.next = (h.next + 1) % len(h.targets)
 		}
+		if cur := slices.Index(h.targets, h.last); cur >= 0 && !h.left[h.last.addr].IsZero() {
+			left := make([]time.Time, len(h.targets))
+			for i, t := range h.targets {
+				left[i] = h.left[t.addr]
+			}
+			h.next = Successor(cur, left)
+		}
 	}
 	t := h.targets[h.next]
 	h.next = (h.next + 1) % len(h.targets)
@@ -107,8 +118,40 @@ func (h *hubs) pick(ctx context.Context) target {
 }
 
 // newRound forgets the attempts since the last wait: after a session that
-// held, every replica deserves a try before the agent waits again.
-func (h *hubs) newRound() { h.tried = 0 }
+// held, every replica deserves a try before the agent waits again. It
+// records when the agent left that session's replica.
+func (h *hubs) newRound() {
+	h.tried = 0
+	h.left[h.last.addr] = time.Now()
+}
+
+// Successor is the replica an agent moves to when its session with
+// replica cur ended after it held: the replica it left longest ago, when
+// it was with another before, else the one after cur. left[i] is when it
+// last left replica i, zero if never.
+//
+// A rolling restart restarts each replica once, one after the other, each
+// serving again before the next stops; the replica an agent left longest
+// ago has restarted already and will not stop again. So in any order an
+// agent moves at most twice: away from its replica when that one stops,
+// and, if the one it moved to stops later, back to one already restarted.
+// Moving on in turn instead follows the restarts round: three moves when
+// they go in the agents' own order.
+func Successor(cur int, left []time.Time) int {
+	best := -1
+	for i, at := range left {
+		if i == cur || at.IsZero() {
+			continue
+		}
+		if best < 0 || at.Before(left[best]) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return (cur + 1) % len(left)
+	}
+	return best
+}
 
 // pause waits before the next attempt when the one that ended with err
 // calls for it: a hub's retry hint is always honoured; otherwise the agent

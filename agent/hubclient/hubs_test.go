@@ -149,3 +149,49 @@ func TestHubsStartAtRandom(t *testing.T) {
 		t.Errorf("200 agents started at %d of %d replicas; want every one", len(first), len(addrs))
 	}
 }
+
+// TestSuccessorBoundsMovesInRollingRestarts plays every rolling restart of
+// three and of four replicas, in every order, for an agent starting on
+// each replica: it moves when its replica stops, to Successor's choice,
+// and never more than twice.
+func TestSuccessorBoundsMovesInRollingRestarts(t *testing.T) {
+	for _, n := range []int{3, 4} {
+		for _, order := range permutations(n) {
+			for start := range n {
+				cur, moves := start, 0
+				left := make([]time.Time, n)
+				clock := time.Unix(0, 0)
+				for _, stopping := range order {
+					clock = clock.Add(time.Minute)
+					if stopping != cur {
+						continue
+					}
+					left[cur] = clock
+					cur = Successor(cur, left)
+					moves++
+				}
+				if moves > 2 {
+					t.Errorf("%d replicas restarted in order %v: an agent starting on %d moved %d times", n, order, start, moves)
+				}
+			}
+		}
+	}
+	// Without a replica left before, the next one in turn.
+	if got := Successor(2, make([]time.Time, 3)); got != 0 {
+		t.Errorf("Successor(2) with none left = %d, want 0", got)
+	}
+}
+
+func permutations(n int) [][]int {
+	if n == 1 {
+		return [][]int{{0}}
+	}
+	var out [][]int
+	for _, p := range permutations(n - 1) {
+		for i := 0; i <= len(p); i++ {
+			q := append(append(append([]int{}, p[:i]...), n-1), p[i:]...)
+			out = append(out, q)
+		}
+	}
+	return out
+}

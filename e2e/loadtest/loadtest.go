@@ -57,6 +57,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/drover-dev/drover/agent/hubclient"
 	"github.com/drover-dev/drover/internal/backoff"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -68,8 +69,9 @@ type Config struct {
 	HubAddr string
 	// HubAddrs are the agent endpoints of the hub's replicas. The i-th
 	// agent starts on HubAddrs[i mod n], which spreads the fleet over
-	// them, and, as drover-agent does, moves to the next one whenever a
-	// stream ends or cannot be made.
+	// them, and, as drover-agent does, moves on whenever a stream ends or
+	// cannot be made: after a stream that held, to the replica it left
+	// longest ago (hubclient.Successor), else to the next one.
 	HubAddrs []string
 	// ServerName is the name the hub's serving certificate is checked
 	// against; empty means the host of the first hub address.
@@ -688,6 +690,8 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 	}
 	b := backoff.New(500*time.Millisecond, 30*time.Second)
 	at, tried := a.home, 0
+	// left is when a stream that held with each replica last ended.
+	left := make([]time.Time, len(a.hubAddrs))
 	for ctx.Err() == nil {
 		addr := a.hubAddrs[at]
 		// grpc.NewClient fails only on a target it cannot parse; it is
@@ -699,17 +703,25 @@ func (a *Agent) run(ctx context.Context, log *slog.Logger) {
 			pause(ctx, b, err)
 			continue
 		}
-		tried = a.serve(ctx, log, conn, addr, b, tried)
+		var held bool
+		tried, held = a.serve(ctx, log, conn, addr, b, tried)
 		conn.Close()
-		at = (at + 1) % len(a.hubAddrs)
+		if held {
+			left[at] = time.Now()
+		}
+		if left[at].IsZero() {
+			at = (at + 1) % len(a.hubAddrs)
+		} else {
+			at = hubclient.Successor(at, left)
+		}
 	}
 }
 
 // serve opens stream after stream on conn, to the replica at addr,
 // until ctx ends or, with several replicas, until one stream ended: then it
 // returns the count of failed attempts since the last wait, tried being
-// the count before.
-func (a *Agent) serve(ctx context.Context, log *slog.Logger, conn *grpc.ClientConn, addr string, b *backoff.Backoff, tried int) int {
+// the count before, and whether the stream that ended had held.
+func (a *Agent) serve(ctx context.Context, log *slog.Logger, conn *grpc.ClientConn, addr string, b *backoff.Backoff, tried int) (int, bool) {
 	a.mu.Lock()
 	mode := a.mode
 	a.mu.Unlock()
@@ -725,7 +737,7 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, conn *grpc.ClientCo
 		}
 		a.open.Store(false)
 		if ctx.Err() != nil {
-			return tried
+			return tried, established
 		}
 		if ce := (*connectError)(nil); errors.As(err, &ce) {
 			a.dialFailed(err)
@@ -750,7 +762,7 @@ func (a *Agent) serve(ctx context.Context, log *slog.Logger, conn *grpc.ClientCo
 			tried = 0
 			pause(ctx, b, err)
 		}
-		return tried
+		return tried, established
 	}
 }
 

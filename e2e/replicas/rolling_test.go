@@ -131,9 +131,11 @@ func TestRollingRestart(t *testing.T) {
 		adm.run(stopAdmin)
 	}()
 
-	// From the last replica to the first, as Kubernetes rolls a
-	// StatefulSet. While one is down, its agents are served by the others.
-	for i := len(reps.Hubs) - 1; i >= 0; i-- {
+	// From the first replica to the last: the agents move in that order
+	// too, the order in which moving on in turn would make them follow
+	// the restarts round (hubclient.Successor). While one is down, its
+	// agents are served by the others.
+	for i := range reps.Hubs {
 		t.Logf("restarting hub-%d", i)
 		reps.Hubs[i].Stop(t)
 		allConnected(fmt.Sprintf("every agent served while hub-%d is down", i))
