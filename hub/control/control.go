@@ -158,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 			replica = "hub"
 		}
 		c.keeper = ownership.New(ownership.Config{
-			Holder: store.Holder{Replica: replica, Instance: ownership.NewInstance()},
+			Holder: store.Holder{Replica: replica, Instance: store.NewInstanceID()},
 			Store:  cfg.Store, Logger: logger,
 		})
 		c.owner = c.keeper

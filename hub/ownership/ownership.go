@@ -24,8 +24,6 @@ package ownership
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"hash/fnv"
 	"log/slog"
 	"maps"
@@ -295,13 +293,6 @@ func signal(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
-}
-
-// NewInstance returns a random id for this process, for store.Holder.
-func NewInstance() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // RolloutJob is the job of an application's rollout engine.

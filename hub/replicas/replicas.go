@@ -31,8 +31,6 @@ package replicas
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -156,7 +154,7 @@ func Start(ctx context.Context, cfg Config) (_ *Membership, err error) {
 	m := &Membership{
 		cfg:         cfg,
 		log:         cfg.Logger.With("replica", cfg.Name),
-		instance:    newInstanceID(),
+		instance:    store.NewInstanceID(),
 		loadChanged: make(chan struct{}, 1),
 		changes:     make(chan struct{}, 1),
 		lost:        make(chan struct{}),
@@ -271,12 +269,6 @@ func CheckPeerAddr(addr string) error {
 		return fmt.Errorf("gossip address %q: bad port (%v)", addr, err)
 	}
 	return nil
-}
-
-func newInstanceID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // never fails
-	return hex.EncodeToString(b[:])
 }
 
 // Name is this replica's name.

@@ -115,8 +115,9 @@ func decodePayload(s string) (from string, ch Change) {
 	return p.From, Change{Kind: p.Kind, Name: p.Name}
 }
 
-// newInstanceID is a random ID for a store that was given none.
-func newInstanceID() string {
+// NewInstanceID returns a random ID for a running process: a store given
+// none, a replica's membership, a lease holder.
+func NewInstanceID() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b) // never fails (crypto/rand)
 	return hex.EncodeToString(b)

@@ -120,7 +120,7 @@ func Open(ctx context.Context, url string, logger *slog.Logger, opts ...Option) 
 		return nil, invalid("signal_window", "must be positive, got %v", o.signalWindow)
 	}
 	if o.instanceID == "" {
-		o.instanceID = newInstanceID()
+		o.instanceID = NewInstanceID()
 	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
