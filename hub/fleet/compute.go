@@ -211,6 +211,11 @@ func (ca *compiledApp) assign(t *target) (*droverv1.AppAssignment, [sha256.Size]
 		HelmValues:  v.tmpl.HelmValues,
 		Credentials: v.tmpl.Credentials,
 		Ref:         v.tmpl.Ref,
+		SourceType:  v.tmpl.SourceType,
+		Chart:       v.tmpl.Chart,
+		Insecure:    v.tmpl.Insecure,
+		ReleaseName: v.tmpl.ReleaseName,
+		ValuesFiles: v.tmpl.ValuesFiles,
 	}
 	return aa, appDigest(v, t)
 }
@@ -245,12 +250,20 @@ func (ca *compiledApp) variantFor(set labels.Set, commit string) *variant {
 func (ca *compiledApp) buildVariant(set labels.Set, commit string) *variant {
 	as := ca.app.Spec
 	tmpl := &droverv1.AppAssignment{
-		Name:      ca.app.Name,
-		RepoUrl:   as.GetSource().GetRepoUrl(),
-		Commit:    commit,
-		Path:      as.GetSource().GetPath(),
-		Render:    spec.RenderType(as.GetRender().GetType()),
-		Namespace: as.GetRender().GetNamespace(),
+		Name:        ca.app.Name,
+		RepoUrl:     as.GetSource().GetRepoUrl(),
+		Commit:      commit,
+		Path:        as.GetSource().GetPath(),
+		Render:      spec.RenderType(as.GetRender().GetType()),
+		Namespace:   as.GetRender().GetNamespace(),
+		SourceType:  spec.SourceType(as.GetSource()),
+		Chart:       as.GetSource().GetChart(),
+		Insecure:    as.GetSource().GetInsecure(),
+		ValuesFiles: slices.Clone(as.GetRender().GetValuesFiles()),
+		ReleaseName: as.GetRender().GetReleaseName(),
+	}
+	if tmpl.Render == droverv1.RenderType_RENDER_TYPE_HELM && tmpl.ReleaseName == "" {
+		tmpl.ReleaseName = ca.app.Name
 	}
 	if sp := as.GetSyncPolicy(); sp != nil {
 		tmpl.SyncPolicy = proto.CloneOf(sp)
@@ -260,6 +273,13 @@ func (ca *compiledApp) buildVariant(set labels.Set, commit string) *variant {
 	}
 	v := &variant{tmpl: tmpl}
 	var helm []string
+	if vals := as.GetRender().GetValues(); len(vals.GetFields()) > 0 {
+		// The spec's inline values come first: overrides merge over them.
+		// ValidateSpec made sure they encode.
+		if doc, err := spec.ValuesYAML(vals); err == nil {
+			helm = append(helm, doc)
+		}
+	}
 	for i, o := range as.GetOverrides() {
 		if !ca.overrides[i].Matches(set) {
 			continue

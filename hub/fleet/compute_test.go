@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -32,14 +33,23 @@ func matchLabels(kv ...string) *droverv1.LabelSelector {
 	return &droverv1.LabelSelector{MatchLabels: m}
 }
 
+func mustStruct(m map[string]any) *structpb.Struct {
+	s, err := structpb.NewStruct(m)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
 // richApp is an application using every field that reaches an assignment.
 func richApp(name string) *App {
 	return &App{
 		Name:   name,
 		Commit: sha("release-1"),
 		Spec: &droverv1.ApplicationSpec{
-			Source:     &droverv1.Source{RepoUrl: "https://git.example.com/org/" + name + ".git", Ref: "main", Path: "deploy"},
-			Render:     &droverv1.Render{Type: "helm", Namespace: name},
+			Source: &droverv1.Source{RepoUrl: "https://git.example.com/org/" + name + ".git", Ref: "main", Path: "deploy"},
+			Render: &droverv1.Render{Type: "helm", Namespace: name, ValuesFiles: []string{"values-prod.yaml"},
+				Values: mustStruct(map[string]any{"image": map[string]any{"tag": "v0"}})},
 			Placement:  everywhere(),
 			SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true, Interval: "5m"},
 			Overrides: []*droverv1.Override{
@@ -87,7 +97,9 @@ func TestComputeAppliesOverridesInOrder(t *testing.T) {
 				{Patch: "p2", Target: &droverv1.PatchTarget{Kind: "Deployment", Name: "web"}},
 				{Patch: "p3"},
 			},
-			HelmValues: "replicas: 1\nimage: v1\n---\nreplicas: 3\n",
+			HelmValues:  "image:\n  tag: v0\n---\nreplicas: 1\nimage: v1\n---\nreplicas: 3\n",
+			ReleaseName: "web",
+			ValuesFiles: []string{"values-prod.yaml"},
 			Variables: map[string]string{
 				"domain":                          "example.com",
 				"tier":                            "eu",

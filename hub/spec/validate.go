@@ -247,6 +247,7 @@ func validateRender(errs *FieldErrors, r *droverv1.Render) {
 			errs.Add("spec.render.namespace", "%q: %s", ns, msg)
 		}
 	}
+	validateHelmRender(errs, r)
 }
 
 func validatePlacement(errs *FieldErrors, p *droverv1.Placement) {

@@ -1408,7 +1408,21 @@ type Source struct {
 	ExtraPaths []string `protobuf:"bytes,4,rep,name=extra_paths,json=extraPaths,proto3" json:"extra_paths,omitempty"`
 	// How often to resolve ref, as a Go duration; empty means the hub's
 	// default (1m).
-	PollInterval  string `protobuf:"bytes,5,opt,name=poll_interval,json=pollInterval,proto3" json:"poll_interval,omitempty"`
+	PollInterval string `protobuf:"bytes,5,opt,name=poll_interval,json=pollInterval,proto3" json:"poll_interval,omitempty"`
+	// The chart's name in the Helm repository at repo_url (an https:// URL).
+	// Set only for Helm repository sources: a repo_url of oci://REGISTRY/PATH
+	// names an OCI artifact (a chart, or plain manifests or a Kustomize
+	// directory), and any other repo_url a Git repository.
+	Chart string `protobuf:"bytes,6,opt,name=chart,proto3" json:"chart,omitempty"`
+	// Helm repository and OCI sources: an exact version, an OCI tag, or a
+	// semantic version range ("1.2.x", "~1.2", ">=1.0.0 <2.0.0"). The hub
+	// resolves it to one version and its digest, as it resolves a Git ref to
+	// a commit. Empty means the highest version without a pre-release
+	// (Helm repository) or the tag "latest" (OCI).
+	Version string `protobuf:"bytes,7,opt,name=version,proto3" json:"version,omitempty"`
+	// Allow plain HTTP to this Helm repository or OCI registry. Without it an
+	// http:// source is refused; credentials are never sent over plain HTTP.
+	Insecure      bool `protobuf:"varint,8,opt,name=insecure,proto3" json:"insecure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1478,13 +1492,44 @@ func (x *Source) GetPollInterval() string {
 	return ""
 }
 
+func (x *Source) GetChart() string {
+	if x != nil {
+		return x.Chart
+	}
+	return ""
+}
+
+func (x *Source) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Source) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
+}
+
 // Render says how to turn the source into objects.
 type Render struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "directory" (default), "kustomize" or "helm".
 	Type string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
-	// Namespace for namespaced objects that name none.
-	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Namespace for namespaced objects that name none; for Helm, the
+	// release's namespace (.Release.Namespace).
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Helm: the release name (.Release.Name); empty means the application's
+	// name.
+	ReleaseName string `protobuf:"bytes,3,opt,name=release_name,json=releaseName,proto3" json:"release_name,omitempty"`
+	// Helm: values files inside the chart's directory, merged in order over
+	// the chart's own values.yaml.
+	ValuesFiles []string `protobuf:"bytes,4,rep,name=values_files,json=valuesFiles,proto3" json:"values_files,omitempty"`
+	// Helm: values merged over the values files; overrides' helmValues are
+	// merged over these.
+	Values        *structpb.Struct `protobuf:"bytes,5,opt,name=values,proto3" json:"values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1531,6 +1576,27 @@ func (x *Render) GetNamespace() string {
 		return x.Namespace
 	}
 	return ""
+}
+
+func (x *Render) GetReleaseName() string {
+	if x != nil {
+		return x.ReleaseName
+	}
+	return ""
+}
+
+func (x *Render) GetValuesFiles() []string {
+	if x != nil {
+		return x.ValuesFiles
+	}
+	return nil
+}
+
+func (x *Render) GetValues() *structpb.Struct {
+	if x != nil {
+		return x.Values
+	}
+	return nil
 }
 
 // Placement selects the clusters an application runs on: those its
@@ -1661,8 +1727,11 @@ func (x *Override) GetVariables() map[string]string {
 
 // Release is an application at one pinned commit.
 type Release struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Commit string                 `protobuf:"bytes,1,opt,name=commit,proto3" json:"commit,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A Git commit SHA, or for a Helm repository or OCI source the revision
+	// VERSION@sha256:HEX: the chart version (or OCI tag) and the digest of the
+	// chart archive (or OCI manifest) the hub resolved.
+	Commit string `protobuf:"bytes,1,opt,name=commit,proto3" json:"commit,omitempty"`
 	// The ref it was resolved from.
 	Ref       string                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
@@ -4324,17 +4393,23 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\bselector\x18\x02 \x01(\v2\x18.drover.v1.LabelSelectorR\bselector\x129\n" +
 	"\fmax_parallel\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\vmaxParallel\x12\x12\n" +
 	"\x04soak\x18\x04 \x01(\tR\x04soak\x12)\n" +
-	"\x10require_approval\x18\x05 \x01(\bR\x0frequireApproval\"\x8f\x01\n" +
+	"\x10require_approval\x18\x05 \x01(\bR\x0frequireApproval\"\xdb\x01\n" +
 	"\x06Source\x12\x19\n" +
 	"\brepo_url\x18\x01 \x01(\tR\arepoURL\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1f\n" +
 	"\vextra_paths\x18\x04 \x03(\tR\n" +
 	"extraPaths\x12#\n" +
-	"\rpoll_interval\x18\x05 \x01(\tR\fpollInterval\":\n" +
+	"\rpoll_interval\x18\x05 \x01(\tR\fpollInterval\x12\x14\n" +
+	"\x05chart\x18\x06 \x01(\tR\x05chart\x12\x18\n" +
+	"\aversion\x18\a \x01(\tR\aversion\x12\x1a\n" +
+	"\binsecure\x18\b \x01(\bR\binsecure\"\xb1\x01\n" +
 	"\x06Render\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1c\n" +
-	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"f\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12!\n" +
+	"\frelease_name\x18\x03 \x01(\tR\vreleaseName\x12!\n" +
+	"\fvalues_files\x18\x04 \x03(\tR\vvaluesFiles\x12/\n" +
+	"\x06values\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x06values\"f\n" +
 	"\tPlacement\x124\n" +
 	"\bselector\x18\x01 \x01(\v2\x18.drover.v1.LabelSelectorR\bselector\x12#\n" +
 	"\rcluster_names\x18\x02 \x03(\tR\fclusterNames\"\x96\x02\n" +
@@ -4659,8 +4734,9 @@ var file_drover_v1_admin_proto_goTypes = []any{
 	(*SyncPolicy)(nil),                          // 82: drover.v1.SyncPolicy
 	(*structpb.Value)(nil),                      // 83: google.protobuf.Value
 	(*LabelSelector)(nil),                       // 84: drover.v1.LabelSelector
-	(*KustomizePatch)(nil),                      // 85: drover.v1.KustomizePatch
-	(*RepoCredentials)(nil),                     // 86: drover.v1.RepoCredentials
+	(*structpb.Struct)(nil),                     // 85: google.protobuf.Struct
+	(*KustomizePatch)(nil),                      // 86: drover.v1.KustomizePatch
+	(*RepoCredentials)(nil),                     // 87: drover.v1.RepoCredentials
 }
 var file_drover_v1_admin_proto_depIdxs = []int32{
 	70, // 0: drover.v1.Cluster.labels:type_name -> drover.v1.Cluster.LabelsEntry
@@ -4695,100 +4771,101 @@ var file_drover_v1_admin_proto_depIdxs = []int32{
 	83, // 29: drover.v1.RolloutStrategy.max_failures:type_name -> google.protobuf.Value
 	84, // 30: drover.v1.RolloutWave.selector:type_name -> drover.v1.LabelSelector
 	83, // 31: drover.v1.RolloutWave.max_parallel:type_name -> google.protobuf.Value
-	84, // 32: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
-	84, // 33: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
-	85, // 34: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
-	75, // 35: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
-	80, // 36: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	18, // 37: drover.v1.CreateApplicationRequest.application:type_name -> drover.v1.Application
-	18, // 38: drover.v1.CreateApplicationResponse.application:type_name -> drover.v1.Application
-	18, // 39: drover.v1.UpdateApplicationRequest.application:type_name -> drover.v1.Application
-	18, // 40: drover.v1.UpdateApplicationResponse.application:type_name -> drover.v1.Application
-	18, // 41: drover.v1.GetApplicationResponse.application:type_name -> drover.v1.Application
-	26, // 42: drover.v1.GetApplicationResponse.releases:type_name -> drover.v1.Release
-	81, // 43: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
-	35, // 44: drover.v1.ListApplicationsResponse.applications:type_name -> drover.v1.ApplicationSummary
-	18, // 45: drover.v1.ApplicationSummary.application:type_name -> drover.v1.Application
-	76, // 46: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
-	77, // 47: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
-	80, // 48: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
-	86, // 49: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
-	40, // 50: drover.v1.SetRepositoryCredentialsResponse.repository:type_name -> drover.v1.Repository
-	40, // 51: drover.v1.ListRepositoriesResponse.repositories:type_name -> drover.v1.Repository
-	80, // 52: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	80, // 53: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
-	80, // 54: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
-	47, // 55: drover.v1.CreateAPITokenResponse.api_token:type_name -> drover.v1.APIToken
-	47, // 56: drover.v1.ListAPITokensResponse.api_tokens:type_name -> drover.v1.APIToken
-	80, // 57: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
-	54, // 58: drover.v1.ListEventsResponse.events:type_name -> drover.v1.Event
-	59, // 59: drover.v1.GetHubStatusResponse.status:type_name -> drover.v1.HubStatus
-	62, // 60: drover.v1.ListReplicasResponse.replicas:type_name -> drover.v1.Replica
-	80, // 61: drover.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
-	80, // 62: drover.v1.Replica.heartbeat_at:type_name -> google.protobuf.Timestamp
-	67, // 63: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
-	67, // 64: drover.v1.ControlRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
-	80, // 65: drover.v1.RolloutStatus.started_at:type_name -> google.protobuf.Timestamp
-	80, // 66: drover.v1.RolloutStatus.ended_at:type_name -> google.protobuf.Timestamp
-	68, // 67: drover.v1.RolloutStatus.waves:type_name -> drover.v1.RolloutWaveStatus
-	69, // 68: drover.v1.RolloutStatus.clusters:type_name -> drover.v1.RolloutClusterStatus
-	78, // 69: drover.v1.RolloutWaveStatus.cluster_phases:type_name -> drover.v1.RolloutWaveStatus.ClusterPhasesEntry
-	80, // 70: drover.v1.RolloutWaveStatus.soak_until:type_name -> google.protobuf.Timestamp
-	1,  // 71: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
-	3,  // 72: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
-	5,  // 73: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
-	7,  // 74: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
-	9,  // 75: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
-	11, // 76: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
-	14, // 77: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
-	16, // 78: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
-	27, // 79: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
-	29, // 80: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
-	31, // 81: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
-	33, // 82: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
-	36, // 83: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
-	38, // 84: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
-	63, // 85: drover.v1.AdminService.GetRollout:input_type -> drover.v1.GetRolloutRequest
-	65, // 86: drover.v1.AdminService.ControlRollout:input_type -> drover.v1.ControlRolloutRequest
-	41, // 87: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
-	43, // 88: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
-	45, // 89: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
-	48, // 90: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
-	50, // 91: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
-	52, // 92: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
-	55, // 93: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
-	57, // 94: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
-	60, // 95: drover.v1.AdminService.ListReplicas:input_type -> drover.v1.ListReplicasRequest
-	2,  // 96: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
-	4,  // 97: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
-	6,  // 98: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
-	8,  // 99: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
-	10, // 100: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
-	12, // 101: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
-	15, // 102: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
-	17, // 103: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
-	28, // 104: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
-	30, // 105: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
-	32, // 106: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
-	34, // 107: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
-	37, // 108: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
-	39, // 109: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
-	64, // 110: drover.v1.AdminService.GetRollout:output_type -> drover.v1.GetRolloutResponse
-	66, // 111: drover.v1.AdminService.ControlRollout:output_type -> drover.v1.ControlRolloutResponse
-	42, // 112: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
-	44, // 113: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
-	46, // 114: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
-	49, // 115: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
-	51, // 116: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
-	53, // 117: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
-	56, // 118: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
-	58, // 119: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
-	61, // 120: drover.v1.AdminService.ListReplicas:output_type -> drover.v1.ListReplicasResponse
-	96, // [96:121] is the sub-list for method output_type
-	71, // [71:96] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	85, // 32: drover.v1.Render.values:type_name -> google.protobuf.Struct
+	84, // 33: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
+	84, // 34: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
+	86, // 35: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
+	75, // 36: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
+	80, // 37: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	18, // 38: drover.v1.CreateApplicationRequest.application:type_name -> drover.v1.Application
+	18, // 39: drover.v1.CreateApplicationResponse.application:type_name -> drover.v1.Application
+	18, // 40: drover.v1.UpdateApplicationRequest.application:type_name -> drover.v1.Application
+	18, // 41: drover.v1.UpdateApplicationResponse.application:type_name -> drover.v1.Application
+	18, // 42: drover.v1.GetApplicationResponse.application:type_name -> drover.v1.Application
+	26, // 43: drover.v1.GetApplicationResponse.releases:type_name -> drover.v1.Release
+	81, // 44: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
+	35, // 45: drover.v1.ListApplicationsResponse.applications:type_name -> drover.v1.ApplicationSummary
+	18, // 46: drover.v1.ApplicationSummary.application:type_name -> drover.v1.Application
+	76, // 47: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
+	77, // 48: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
+	80, // 49: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
+	87, // 50: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
+	40, // 51: drover.v1.SetRepositoryCredentialsResponse.repository:type_name -> drover.v1.Repository
+	40, // 52: drover.v1.ListRepositoriesResponse.repositories:type_name -> drover.v1.Repository
+	80, // 53: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	80, // 54: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
+	80, // 55: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
+	47, // 56: drover.v1.CreateAPITokenResponse.api_token:type_name -> drover.v1.APIToken
+	47, // 57: drover.v1.ListAPITokensResponse.api_tokens:type_name -> drover.v1.APIToken
+	80, // 58: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
+	54, // 59: drover.v1.ListEventsResponse.events:type_name -> drover.v1.Event
+	59, // 60: drover.v1.GetHubStatusResponse.status:type_name -> drover.v1.HubStatus
+	62, // 61: drover.v1.ListReplicasResponse.replicas:type_name -> drover.v1.Replica
+	80, // 62: drover.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	80, // 63: drover.v1.Replica.heartbeat_at:type_name -> google.protobuf.Timestamp
+	67, // 64: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	67, // 65: drover.v1.ControlRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	80, // 66: drover.v1.RolloutStatus.started_at:type_name -> google.protobuf.Timestamp
+	80, // 67: drover.v1.RolloutStatus.ended_at:type_name -> google.protobuf.Timestamp
+	68, // 68: drover.v1.RolloutStatus.waves:type_name -> drover.v1.RolloutWaveStatus
+	69, // 69: drover.v1.RolloutStatus.clusters:type_name -> drover.v1.RolloutClusterStatus
+	78, // 70: drover.v1.RolloutWaveStatus.cluster_phases:type_name -> drover.v1.RolloutWaveStatus.ClusterPhasesEntry
+	80, // 71: drover.v1.RolloutWaveStatus.soak_until:type_name -> google.protobuf.Timestamp
+	1,  // 72: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
+	3,  // 73: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
+	5,  // 74: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
+	7,  // 75: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
+	9,  // 76: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
+	11, // 77: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
+	14, // 78: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
+	16, // 79: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
+	27, // 80: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
+	29, // 81: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
+	31, // 82: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
+	33, // 83: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
+	36, // 84: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
+	38, // 85: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
+	63, // 86: drover.v1.AdminService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	65, // 87: drover.v1.AdminService.ControlRollout:input_type -> drover.v1.ControlRolloutRequest
+	41, // 88: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
+	43, // 89: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
+	45, // 90: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
+	48, // 91: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
+	50, // 92: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
+	52, // 93: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
+	55, // 94: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
+	57, // 95: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
+	60, // 96: drover.v1.AdminService.ListReplicas:input_type -> drover.v1.ListReplicasRequest
+	2,  // 97: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
+	4,  // 98: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
+	6,  // 99: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
+	8,  // 100: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
+	10, // 101: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
+	12, // 102: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
+	15, // 103: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
+	17, // 104: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
+	28, // 105: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
+	30, // 106: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
+	32, // 107: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
+	34, // 108: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
+	37, // 109: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
+	39, // 110: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
+	64, // 111: drover.v1.AdminService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	66, // 112: drover.v1.AdminService.ControlRollout:output_type -> drover.v1.ControlRolloutResponse
+	42, // 113: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
+	44, // 114: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
+	46, // 115: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
+	49, // 116: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
+	51, // 117: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
+	53, // 118: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
+	56, // 119: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
+	58, // 120: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
+	61, // 121: drover.v1.AdminService.ListReplicas:output_type -> drover.v1.ListReplicasResponse
+	97, // [97:122] is the sub-list for method output_type
+	72, // [72:97] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_admin_proto_init() }

@@ -22,6 +22,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SourceType says what kind of server an application's repo_url names.
+type SourceType int32
+
+const (
+	// A Git repository (what every hub before Helm sources sends).
+	SourceType_SOURCE_TYPE_UNSPECIFIED SourceType = 0
+	SourceType_SOURCE_TYPE_GIT         SourceType = 1
+	// A Helm repository over HTTP(S): an index.yaml and chart archives.
+	SourceType_SOURCE_TYPE_HELM_REPOSITORY SourceType = 2
+	// An OCI registry: a Helm chart, or an artifact of plain manifests or a
+	// Kustomize directory (one tar+gzip layer).
+	SourceType_SOURCE_TYPE_OCI SourceType = 3
+)
+
+// Enum value maps for SourceType.
+var (
+	SourceType_name = map[int32]string{
+		0: "SOURCE_TYPE_UNSPECIFIED",
+		1: "SOURCE_TYPE_GIT",
+		2: "SOURCE_TYPE_HELM_REPOSITORY",
+		3: "SOURCE_TYPE_OCI",
+	}
+	SourceType_value = map[string]int32{
+		"SOURCE_TYPE_UNSPECIFIED":     0,
+		"SOURCE_TYPE_GIT":             1,
+		"SOURCE_TYPE_HELM_REPOSITORY": 2,
+		"SOURCE_TYPE_OCI":             3,
+	}
+)
+
+func (x SourceType) Enum() *SourceType {
+	p := new(SourceType)
+	*p = x
+	return p
+}
+
+func (x SourceType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SourceType) Descriptor() protoreflect.EnumDescriptor {
+	return file_drover_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (SourceType) Type() protoreflect.EnumType {
+	return &file_drover_v1_agent_proto_enumTypes[0]
+}
+
+func (x SourceType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SourceType.Descriptor instead.
+func (SourceType) EnumDescriptor() ([]byte, []int) {
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
 // RenderType says how an application's directory turns into objects.
 type RenderType int32
 
@@ -62,11 +119,11 @@ func (x RenderType) String() string {
 }
 
 func (RenderType) Descriptor() protoreflect.EnumDescriptor {
-	return file_drover_v1_agent_proto_enumTypes[0].Descriptor()
+	return file_drover_v1_agent_proto_enumTypes[1].Descriptor()
 }
 
 func (RenderType) Type() protoreflect.EnumType {
-	return &file_drover_v1_agent_proto_enumTypes[0]
+	return &file_drover_v1_agent_proto_enumTypes[1]
 }
 
 func (x RenderType) Number() protoreflect.EnumNumber {
@@ -75,7 +132,7 @@ func (x RenderType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RenderType.Descriptor instead.
 func (RenderType) EnumDescriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
 type CommandType int32
@@ -113,11 +170,11 @@ func (x CommandType) String() string {
 }
 
 func (CommandType) Descriptor() protoreflect.EnumDescriptor {
-	return file_drover_v1_agent_proto_enumTypes[1].Descriptor()
+	return file_drover_v1_agent_proto_enumTypes[2].Descriptor()
 }
 
 func (CommandType) Type() protoreflect.EnumType {
-	return &file_drover_v1_agent_proto_enumTypes[1]
+	return &file_drover_v1_agent_proto_enumTypes[2]
 }
 
 func (x CommandType) Number() protoreflect.EnumNumber {
@@ -126,7 +183,7 @@ func (x CommandType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CommandType.Descriptor instead.
 func (CommandType) EnumDescriptor() ([]byte, []int) {
-	return file_drover_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_drover_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 type RegisterRequest struct {
@@ -777,8 +834,13 @@ type AppAssignment struct {
 	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	RepoUrl string                 `protobuf:"bytes,2,opt,name=repo_url,json=repoUrl,proto3" json:"repo_url,omitempty"`
 	// The pinned commit (full SHA). Agents never resolve refs themselves.
+	// For a Helm repository or OCI source, the pinned revision
+	// VERSION@sha256:HEX: the agent fetches that chart version (Helm
+	// repository) or pulls the artifact by that manifest digest (OCI), and
+	// refuses content whose SHA-256 differs.
 	Commit string `protobuf:"bytes,3,opt,name=commit,proto3" json:"commit,omitempty"`
-	// Directory inside the repository, relative, never escaping it.
+	// Directory inside the repository (or the OCI artifact), relative, never
+	// escaping it. Empty for a Helm repository's chart.
 	Path   string     `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
 	Render RenderType `protobuf:"varint,5,opt,name=render,proto3,enum=drover.v1.RenderType" json:"render,omitempty"`
 	// Namespace for namespaced objects that name none.
@@ -789,7 +851,9 @@ type AppAssignment struct {
 	// Variables substituted as ${name} in rendered manifests, cluster.name and
 	// cluster.labels.KEY already included.
 	Variables map[string]string `protobuf:"bytes,9,rep,name=variables,proto3" json:"variables,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Helm values (YAML) merged over the chart's defaults.
+	// Helm values (YAML documents, in order: the spec's inline values, then
+	// each matching override's) merged over the chart's defaults and
+	// values_files.
 	HelmValues string `protobuf:"bytes,10,opt,name=helm_values,json=helmValues,proto3" json:"helm_values,omitempty"`
 	// Credentials for repo_url, when the repository needs them.
 	Credentials *RepoCredentials `protobuf:"bytes,11,opt,name=credentials,proto3" json:"credentials,omitempty"`
@@ -802,7 +866,19 @@ type AppAssignment struct {
 	// commit SHA, or from a hub that predates this field: the agent then
 	// fetches as before. Agents still never resolve refs: commit is what they
 	// deploy, and the ref only says where to find it.
-	Ref           string `protobuf:"bytes,12,opt,name=ref,proto3" json:"ref,omitempty"`
+	Ref string `protobuf:"bytes,12,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Where repo_url points; unspecified is a Git repository.
+	SourceType SourceType `protobuf:"varint,13,opt,name=source_type,json=sourceType,proto3,enum=drover.v1.SourceType" json:"source_type,omitempty"`
+	// The chart's name in a Helm repository source.
+	Chart string `protobuf:"bytes,14,opt,name=chart,proto3" json:"chart,omitempty"`
+	// Allow plain HTTP to a Helm repository or OCI registry; credentials are
+	// never sent over it.
+	Insecure bool `protobuf:"varint,15,opt,name=insecure,proto3" json:"insecure,omitempty"`
+	// Helm: the release name (the application's name when its spec names
+	// none) and the values files, relative to the chart's directory, merged
+	// in order before helm_values.
+	ReleaseName   string   `protobuf:"bytes,16,opt,name=release_name,json=releaseName,proto3" json:"release_name,omitempty"`
+	ValuesFiles   []string `protobuf:"bytes,17,rep,name=values_files,json=valuesFiles,proto3" json:"values_files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +995,41 @@ func (x *AppAssignment) GetRef() string {
 		return x.Ref
 	}
 	return ""
+}
+
+func (x *AppAssignment) GetSourceType() SourceType {
+	if x != nil {
+		return x.SourceType
+	}
+	return SourceType_SOURCE_TYPE_UNSPECIFIED
+}
+
+func (x *AppAssignment) GetChart() string {
+	if x != nil {
+		return x.Chart
+	}
+	return ""
+}
+
+func (x *AppAssignment) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
+}
+
+func (x *AppAssignment) GetReleaseName() string {
+	if x != nil {
+		return x.ReleaseName
+	}
+	return ""
+}
+
+func (x *AppAssignment) GetValuesFiles() []string {
+	if x != nil {
+		return x.ValuesFiles
+	}
+	return nil
 }
 
 // SyncPolicy says how an agent keeps an application in sync.
@@ -1133,7 +1244,9 @@ func (x *PatchTarget) GetLabelSelector() string {
 	return ""
 }
 
-// RepoCredentials authenticate an agent to a Git repository.
+// RepoCredentials authenticate an agent to a Git repository, a Helm
+// repository or an OCI registry (username and password only for the two
+// last).
 type RepoCredentials struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// HTTPS basic auth (a token goes in password).
@@ -1349,7 +1462,7 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"Assignment\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12<\n" +
-	"\fapplications\x18\x03 \x03(\v2\x18.drover.v1.AppAssignmentR\fapplications\"\x9a\x04\n" +
+	"\fapplications\x18\x03 \x03(\v2\x18.drover.v1.AppAssignmentR\fapplications\"\xca\x05\n" +
 	"\rAppAssignment\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\brepo_url\x18\x02 \x01(\tR\arepoUrl\x12\x16\n" +
@@ -1365,7 +1478,13 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	" \x01(\tR\n" +
 	"helmValues\x12<\n" +
 	"\vcredentials\x18\v \x01(\v2\x1a.drover.v1.RepoCredentialsR\vcredentials\x12\x10\n" +
-	"\x03ref\x18\f \x01(\tR\x03ref\x1a<\n" +
+	"\x03ref\x18\f \x01(\tR\x03ref\x126\n" +
+	"\vsource_type\x18\r \x01(\x0e2\x15.drover.v1.SourceTypeR\n" +
+	"sourceType\x12\x14\n" +
+	"\x05chart\x18\x0e \x01(\tR\x05chart\x12\x1a\n" +
+	"\binsecure\x18\x0f \x01(\bR\binsecure\x12!\n" +
+	"\frelease_name\x18\x10 \x01(\tR\vreleaseName\x12!\n" +
+	"\fvalues_files\x18\x11 \x03(\tR\vvaluesFiles\x1a<\n" +
 	"\x0eVariablesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
@@ -1394,7 +1513,13 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.drover.v1.CommandTypeR\x04type\x12 \n" +
 	"\vapplication\x18\x02 \x01(\tR\vapplication\";\n" +
 	"\x04Ping\x123\n" +
-	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt*u\n" +
+	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt*t\n" +
+	"\n" +
+	"SourceType\x12\x1b\n" +
+	"\x17SOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fSOURCE_TYPE_GIT\x10\x01\x12\x1f\n" +
+	"\x1bSOURCE_TYPE_HELM_REPOSITORY\x10\x02\x12\x13\n" +
+	"\x0fSOURCE_TYPE_OCI\x10\x03*u\n" +
 	"\n" +
 	"RenderType\x12\x1b\n" +
 	"\x17RENDER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -1421,61 +1546,63 @@ func file_drover_v1_agent_proto_rawDescGZIP() []byte {
 	return file_drover_v1_agent_proto_rawDescData
 }
 
-var file_drover_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_drover_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_drover_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_drover_v1_agent_proto_goTypes = []any{
-	(RenderType)(0),               // 0: drover.v1.RenderType
-	(CommandType)(0),              // 1: drover.v1.CommandType
-	(*RegisterRequest)(nil),       // 2: drover.v1.RegisterRequest
-	(*RegisterResponse)(nil),      // 3: drover.v1.RegisterResponse
-	(*AgentMessage)(nil),          // 4: drover.v1.AgentMessage
-	(*Hello)(nil),                 // 5: drover.v1.Hello
-	(*AssignmentAck)(nil),         // 6: drover.v1.AssignmentAck
-	(*StatusReport)(nil),          // 7: drover.v1.StatusReport
-	(*Heartbeat)(nil),             // 8: drover.v1.Heartbeat
-	(*HubMessage)(nil),            // 9: drover.v1.HubMessage
-	(*Assignment)(nil),            // 10: drover.v1.Assignment
-	(*AppAssignment)(nil),         // 11: drover.v1.AppAssignment
-	(*SyncPolicy)(nil),            // 12: drover.v1.SyncPolicy
-	(*KustomizePatch)(nil),        // 13: drover.v1.KustomizePatch
-	(*PatchTarget)(nil),           // 14: drover.v1.PatchTarget
-	(*RepoCredentials)(nil),       // 15: drover.v1.RepoCredentials
-	(*Command)(nil),               // 16: drover.v1.Command
-	(*Ping)(nil),                  // 17: drover.v1.Ping
-	nil,                           // 18: drover.v1.AppAssignment.VariablesEntry
-	(*ClusterFacts)(nil),          // 19: drover.v1.ClusterFacts
-	(*ApplicationStatus)(nil),     // 20: drover.v1.ApplicationStatus
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(SourceType)(0),               // 0: drover.v1.SourceType
+	(RenderType)(0),               // 1: drover.v1.RenderType
+	(CommandType)(0),              // 2: drover.v1.CommandType
+	(*RegisterRequest)(nil),       // 3: drover.v1.RegisterRequest
+	(*RegisterResponse)(nil),      // 4: drover.v1.RegisterResponse
+	(*AgentMessage)(nil),          // 5: drover.v1.AgentMessage
+	(*Hello)(nil),                 // 6: drover.v1.Hello
+	(*AssignmentAck)(nil),         // 7: drover.v1.AssignmentAck
+	(*StatusReport)(nil),          // 8: drover.v1.StatusReport
+	(*Heartbeat)(nil),             // 9: drover.v1.Heartbeat
+	(*HubMessage)(nil),            // 10: drover.v1.HubMessage
+	(*Assignment)(nil),            // 11: drover.v1.Assignment
+	(*AppAssignment)(nil),         // 12: drover.v1.AppAssignment
+	(*SyncPolicy)(nil),            // 13: drover.v1.SyncPolicy
+	(*KustomizePatch)(nil),        // 14: drover.v1.KustomizePatch
+	(*PatchTarget)(nil),           // 15: drover.v1.PatchTarget
+	(*RepoCredentials)(nil),       // 16: drover.v1.RepoCredentials
+	(*Command)(nil),               // 17: drover.v1.Command
+	(*Ping)(nil),                  // 18: drover.v1.Ping
+	nil,                           // 19: drover.v1.AppAssignment.VariablesEntry
+	(*ClusterFacts)(nil),          // 20: drover.v1.ClusterFacts
+	(*ApplicationStatus)(nil),     // 21: drover.v1.ApplicationStatus
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_drover_v1_agent_proto_depIdxs = []int32{
-	5,  // 0: drover.v1.AgentMessage.hello:type_name -> drover.v1.Hello
-	6,  // 1: drover.v1.AgentMessage.ack:type_name -> drover.v1.AssignmentAck
-	7,  // 2: drover.v1.AgentMessage.status:type_name -> drover.v1.StatusReport
-	8,  // 3: drover.v1.AgentMessage.heartbeat:type_name -> drover.v1.Heartbeat
-	19, // 4: drover.v1.Hello.facts:type_name -> drover.v1.ClusterFacts
-	20, // 5: drover.v1.StatusReport.applications:type_name -> drover.v1.ApplicationStatus
-	21, // 6: drover.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	10, // 7: drover.v1.HubMessage.assignment:type_name -> drover.v1.Assignment
-	16, // 8: drover.v1.HubMessage.command:type_name -> drover.v1.Command
-	17, // 9: drover.v1.HubMessage.ping:type_name -> drover.v1.Ping
-	11, // 10: drover.v1.Assignment.applications:type_name -> drover.v1.AppAssignment
-	0,  // 11: drover.v1.AppAssignment.render:type_name -> drover.v1.RenderType
-	12, // 12: drover.v1.AppAssignment.sync_policy:type_name -> drover.v1.SyncPolicy
-	13, // 13: drover.v1.AppAssignment.patches:type_name -> drover.v1.KustomizePatch
-	18, // 14: drover.v1.AppAssignment.variables:type_name -> drover.v1.AppAssignment.VariablesEntry
-	15, // 15: drover.v1.AppAssignment.credentials:type_name -> drover.v1.RepoCredentials
-	14, // 16: drover.v1.KustomizePatch.target:type_name -> drover.v1.PatchTarget
-	1,  // 17: drover.v1.Command.type:type_name -> drover.v1.CommandType
-	21, // 18: drover.v1.Ping.sent_at:type_name -> google.protobuf.Timestamp
-	2,  // 19: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
-	4,  // 20: drover.v1.AgentService.Connect:input_type -> drover.v1.AgentMessage
-	3,  // 21: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
-	9,  // 22: drover.v1.AgentService.Connect:output_type -> drover.v1.HubMessage
-	21, // [21:23] is the sub-list for method output_type
-	19, // [19:21] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	6,  // 0: drover.v1.AgentMessage.hello:type_name -> drover.v1.Hello
+	7,  // 1: drover.v1.AgentMessage.ack:type_name -> drover.v1.AssignmentAck
+	8,  // 2: drover.v1.AgentMessage.status:type_name -> drover.v1.StatusReport
+	9,  // 3: drover.v1.AgentMessage.heartbeat:type_name -> drover.v1.Heartbeat
+	20, // 4: drover.v1.Hello.facts:type_name -> drover.v1.ClusterFacts
+	21, // 5: drover.v1.StatusReport.applications:type_name -> drover.v1.ApplicationStatus
+	22, // 6: drover.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	11, // 7: drover.v1.HubMessage.assignment:type_name -> drover.v1.Assignment
+	17, // 8: drover.v1.HubMessage.command:type_name -> drover.v1.Command
+	18, // 9: drover.v1.HubMessage.ping:type_name -> drover.v1.Ping
+	12, // 10: drover.v1.Assignment.applications:type_name -> drover.v1.AppAssignment
+	1,  // 11: drover.v1.AppAssignment.render:type_name -> drover.v1.RenderType
+	13, // 12: drover.v1.AppAssignment.sync_policy:type_name -> drover.v1.SyncPolicy
+	14, // 13: drover.v1.AppAssignment.patches:type_name -> drover.v1.KustomizePatch
+	19, // 14: drover.v1.AppAssignment.variables:type_name -> drover.v1.AppAssignment.VariablesEntry
+	16, // 15: drover.v1.AppAssignment.credentials:type_name -> drover.v1.RepoCredentials
+	0,  // 16: drover.v1.AppAssignment.source_type:type_name -> drover.v1.SourceType
+	15, // 17: drover.v1.KustomizePatch.target:type_name -> drover.v1.PatchTarget
+	2,  // 18: drover.v1.Command.type:type_name -> drover.v1.CommandType
+	22, // 19: drover.v1.Ping.sent_at:type_name -> google.protobuf.Timestamp
+	3,  // 20: drover.v1.AgentService.Register:input_type -> drover.v1.RegisterRequest
+	5,  // 21: drover.v1.AgentService.Connect:input_type -> drover.v1.AgentMessage
+	4,  // 22: drover.v1.AgentService.Register:output_type -> drover.v1.RegisterResponse
+	10, // 23: drover.v1.AgentService.Connect:output_type -> drover.v1.HubMessage
+	22, // [22:24] is the sub-list for method output_type
+	20, // [20:22] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_agent_proto_init() }
@@ -1500,7 +1627,7 @@ func file_drover_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_agent_proto_rawDesc), len(file_drover_v1_agent_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
