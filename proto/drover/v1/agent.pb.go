@@ -1256,6 +1256,10 @@ type RepoCredentials struct {
 	SshPrivateKey string `protobuf:"bytes,3,opt,name=ssh_private_key,json=sshPrivateKey,proto3" json:"ssh_private_key,omitempty"`
 	// known_hosts lines for SSH.
 	SshKnownHosts string `protobuf:"bytes,4,opt,name=ssh_known_hosts,json=sshKnownHosts,proto3" json:"ssh_known_hosts,omitempty"`
+	// PEM CA certificates trusted for this repository's or registry's TLS
+	// besides the system's (a private CA). Not a secret, but kept with the
+	// credentials so one record says how to reach the source.
+	CaPem         string `protobuf:"bytes,5,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1314,6 +1318,13 @@ func (x *RepoCredentials) GetSshPrivateKey() string {
 func (x *RepoCredentials) GetSshKnownHosts() string {
 	if x != nil {
 		return x.SshKnownHosts
+	}
+	return ""
+}
+
+func (x *RepoCredentials) GetCaPem() string {
+	if x != nil {
+		return x.CaPem
 	}
 	return ""
 }
@@ -1503,12 +1514,13 @@ const file_drover_v1_agent_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x05 \x01(\tR\tnamespace\x12%\n" +
-	"\x0elabel_selector\x18\x06 \x01(\tR\rlabelSelector\"\x99\x01\n" +
+	"\x0elabel_selector\x18\x06 \x01(\tR\rlabelSelector\"\xb0\x01\n" +
 	"\x0fRepoCredentials\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12&\n" +
 	"\x0fssh_private_key\x18\x03 \x01(\tR\rsshPrivateKey\x12&\n" +
-	"\x0fssh_known_hosts\x18\x04 \x01(\tR\rsshKnownHosts\"W\n" +
+	"\x0fssh_known_hosts\x18\x04 \x01(\tR\rsshKnownHosts\x12\x15\n" +
+	"\x06ca_pem\x18\x05 \x01(\tR\x05caPem\"W\n" +
 	"\aCommand\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.drover.v1.CommandTypeR\x04type\x12 \n" +
 	"\vapplication\x18\x02 \x01(\tR\vapplication\";\n" +
