@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
@@ -80,6 +81,10 @@ type Controller interface {
 	Refresh(ctx context.Context, app string) (commit string, newRelease bool, err error)
 	PlacedClusters(app string) []string
 	AssignmentVersion(cluster string) string
+	// Preview returns an application's part of a cluster's assignment at
+	// commit ("" for the one the cluster is meant to run), credentials
+	// included (fleet.Fleet.Preview).
+	Preview(app, cluster, commit string) (*droverv1.AppAssignment, error)
 }
 
 // Hub is the serving side of the hub: its agent streams and its own health.
@@ -595,4 +600,33 @@ func (s *Server) ListEvents(ctx context.Context, req *droverv1.ListEventsRequest
 // GetHubStatus reports the hub's own health.
 func (s *Server) GetHubStatus(ctx context.Context, _ *droverv1.GetHubStatusRequest) (*droverv1.GetHubStatusResponse, error) {
 	return &droverv1.GetHubStatusResponse{Status: s.hub.Status(ctx)}, nil
+}
+
+// PreviewAssignment returns an application's part of a cluster's
+// assignment, without credentials, and the cluster's facts, for
+// `droverctl render`.
+func (s *Server) PreviewAssignment(ctx context.Context, req *droverv1.PreviewAssignmentRequest) (*droverv1.PreviewAssignmentResponse, error) {
+	if req.GetApplication() == "" || req.GetCluster() == "" {
+		return nil, status.Error(codes.InvalidArgument, "application and cluster: both required")
+	}
+	if c := req.GetCommit(); c != "" {
+		if err := spec.ValidateRevision(c); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "commit: %v", err)
+		}
+	}
+	c, err := s.store.GetCluster(ctx, req.GetCluster())
+	if err != nil {
+		return nil, s.toStatus(fmt.Sprintf("cluster %q", req.GetCluster()), err)
+	}
+	aa, err := s.ctl.Preview(req.GetApplication(), req.GetCluster(), req.GetCommit())
+	switch {
+	case errors.Is(err, fleet.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "application %q: not found", req.GetApplication())
+	case errors.Is(err, fleet.ErrNotPlaced), errors.Is(err, fleet.ErrNoCommit):
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case err != nil:
+		return nil, s.toStatus("preview assignment", err)
+	}
+	aa.Credentials = nil
+	return &droverv1.PreviewAssignmentResponse{Assignment: aa, Facts: c.GetFacts()}, nil
 }

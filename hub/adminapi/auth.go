@@ -35,6 +35,9 @@ var readOnly = map[string]bool{
 	droverv1.AdminService_GetHubStatus_FullMethodName:     true,
 	droverv1.AdminService_GetRollout_FullMethodName:       true,
 	droverv1.AdminService_ListReplicas_FullMethodName:     true,
+	// Shows what GetApplication shows (the spec's values and overrides),
+	// resolved for one cluster, and never credentials.
+	droverv1.AdminService_PreviewAssignment_FullMethodName: true,
 }
 
 // Principal is the caller of an admin request.

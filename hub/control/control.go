@@ -539,6 +539,11 @@ func (c *Controller) Refresh(ctx context.Context, app string) (string, bool, err
 // PlacedClusters lists the clusters an application is placed on.
 func (c *Controller) PlacedClusters(app string) []string { return c.fleet.PlacedClusters(app) }
 
+// Preview returns an application's part of a cluster's assignment.
+func (c *Controller) Preview(app, cluster, commit string) (*droverv1.AppAssignment, error) {
+	return c.fleet.Preview(app, cluster, commit)
+}
+
 // AssignmentVersion is the version of a cluster's current assignment.
 func (c *Controller) AssignmentVersion(cluster string) string {
 	if a := c.fleet.Assignment(cluster); a != nil {

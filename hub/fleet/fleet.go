@@ -487,3 +487,49 @@ func checkCommit(commit string) error {
 	}
 	return nil
 }
+
+// Errors of Preview.
+var (
+	// ErrNotPlaced: the application's placement does not select the
+	// cluster.
+	ErrNotPlaced = errors.New("the application is not placed on the cluster")
+	// ErrNoCommit: the application has no resolved commit for the
+	// cluster yet.
+	ErrNoCommit = errors.New("the application has no release for the cluster yet")
+)
+
+// Preview returns application app's part of cluster's assignment as the
+// cluster would get it at commit, with the cluster's overrides and
+// variables, or at the commit the cluster is meant to run now when commit
+// is "" (a rollout may hold it on an earlier one). It returns an error
+// wrapping ErrNotFound or ErrNotPlaced, or, with commit "", ErrNoCommit when
+// the application has none for the cluster yet. The result carries the
+// source's credentials, like an assignment: callers showing it to anyone
+// must drop them.
+func (f *Fleet) Preview(app, cluster, commit string) (*droverv1.AppAssignment, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	as, ok := f.apps[app]
+	if !ok {
+		return nil, fmt.Errorf("application %q: %w", app, ErrNotFound)
+	}
+	cs, ok := f.clusters[cluster]
+	if !ok {
+		return nil, fmt.Errorf("cluster %q: %w", cluster, ErrNotFound)
+	}
+	if _, ok := as.placed[cluster]; !ok {
+		return nil, fmt.Errorf("application %q on cluster %q: %w", app, cluster, ErrNotPlaced)
+	}
+	ca := as.ca
+	if commit != "" {
+		// A copy pinning every cluster to commit: the variants it builds
+		// die with it, so previews cost the fleet nothing.
+		ca = ca.withCommit(commit)
+		ca.app.Pins = nil
+	}
+	aa, _ := ca.assign(cs.target)
+	if aa == nil {
+		return nil, fmt.Errorf("application %q on cluster %q: %w", app, cluster, ErrNoCommit)
+	}
+	return proto.CloneOf(aa), nil
+}

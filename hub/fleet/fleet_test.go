@@ -587,3 +587,42 @@ func TestFleetConcurrentWatchers(t *testing.T) {
 	close(stop)
 	watchers.Wait()
 }
+
+// TestFleetPreview: a preview shows the commit the cluster is held on by a
+// rollout, or the one asked for, and changes nothing the clusters get.
+func TestFleetPreview(t *testing.T) {
+	f := New(testlog.New(t))
+	app := simpleApp("web", sha("2"), &droverv1.Placement{Selector: matchLabels("env", "prod")})
+	app.Pins = map[string]string{"c1": sha("1")}
+	must(t, f.SetApp(app))
+	must(t, f.SetCluster("c1", map[string]string{"env": "prod"}))
+	must(t, f.SetCluster("c2", map[string]string{"env": "prod"}))
+	must(t, f.SetCluster("dev", map[string]string{"env": "dev"}))
+	before := f.Assignment("c1").GetVersion()
+
+	for _, tc := range []struct{ cluster, commit, want string }{
+		{"c1", "", sha("1")},
+		{"c2", "", sha("2")},
+		{"c1", sha("3"), sha("3")},
+	} {
+		aa, err := f.Preview("web", tc.cluster, tc.commit)
+		if err != nil || aa.GetCommit() != tc.want || aa.GetVariables()["cluster.name"] != tc.cluster {
+			t.Errorf("Preview(web, %s, %q) = %v, %v; want commit %s", tc.cluster, tc.commit, aa, err, tc.want)
+		}
+	}
+	if got := f.Assignment("c1").GetVersion(); got != before {
+		t.Errorf("a preview changed c1's assignment version from %s to %s", before, got)
+	}
+	for _, tc := range []struct {
+		app, cluster string
+		want         error
+	}{
+		{"web", "dev", ErrNotPlaced},
+		{"nope", "c1", ErrNotFound},
+		{"web", "nope", ErrNotFound},
+	} {
+		if _, err := f.Preview(tc.app, tc.cluster, ""); !errors.Is(err, tc.want) {
+			t.Errorf("Preview(%s, %s) error = %v, want %v", tc.app, tc.cluster, err, tc.want)
+		}
+	}
+}

@@ -4269,6 +4269,124 @@ func (x *RolloutClusterStatus) GetMessage() string {
 	return ""
 }
 
+type PreviewAssignmentRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Application string                 `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	Cluster     string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// A release of the application (a commit SHA, or VERSION@sha256:HEX for
+	// a Helm repository or OCI source); empty means the release the cluster
+	// is meant to run now.
+	Commit        string `protobuf:"bytes,3,opt,name=commit,proto3" json:"commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviewAssignmentRequest) Reset() {
+	*x = PreviewAssignmentRequest{}
+	mi := &file_drover_v1_admin_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviewAssignmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviewAssignmentRequest) ProtoMessage() {}
+
+func (x *PreviewAssignmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviewAssignmentRequest.ProtoReflect.Descriptor instead.
+func (*PreviewAssignmentRequest) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *PreviewAssignmentRequest) GetApplication() string {
+	if x != nil {
+		return x.Application
+	}
+	return ""
+}
+
+func (x *PreviewAssignmentRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *PreviewAssignmentRequest) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+type PreviewAssignmentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Credentials are never included.
+	Assignment *AppAssignment `protobuf:"bytes,1,opt,name=assignment,proto3" json:"assignment,omitempty"`
+	// What the cluster's agent last reported: its Kubernetes version is the
+	// one the render's .Capabilities use.
+	Facts         *ClusterFacts `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviewAssignmentResponse) Reset() {
+	*x = PreviewAssignmentResponse{}
+	mi := &file_drover_v1_admin_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviewAssignmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviewAssignmentResponse) ProtoMessage() {}
+
+func (x *PreviewAssignmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_drover_v1_admin_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviewAssignmentResponse.ProtoReflect.Descriptor instead.
+func (*PreviewAssignmentResponse) Descriptor() ([]byte, []int) {
+	return file_drover_v1_admin_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *PreviewAssignmentResponse) GetAssignment() *AppAssignment {
+	if x != nil {
+		return x.Assignment
+	}
+	return nil
+}
+
+func (x *PreviewAssignmentResponse) GetFacts() *ClusterFacts {
+	if x != nil {
+		return x.Facts
+	}
+	return nil
+}
+
 var File_drover_v1_admin_proto protoreflect.FileDescriptor
 
 const file_drover_v1_admin_proto_rawDesc = "" +
@@ -4604,7 +4722,16 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\x04wave\x18\x02 \x01(\tR\x04wave\x12\x14\n" +
 	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x16\n" +
 	"\x06commit\x18\x04 \x01(\tR\x06commit\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage2\xdb\x11\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"n\n" +
+	"\x18PreviewAssignmentRequest\x12 \n" +
+	"\vapplication\x18\x01 \x01(\tR\vapplication\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12\x16\n" +
+	"\x06commit\x18\x03 \x01(\tR\x06commit\"\x84\x01\n" +
+	"\x19PreviewAssignmentResponse\x128\n" +
+	"\n" +
+	"assignment\x18\x01 \x01(\v2\x18.drover.v1.AppAssignmentR\n" +
+	"assignment\x12-\n" +
+	"\x05facts\x18\x02 \x01(\v2\x17.drover.v1.ClusterFactsR\x05facts2\xbb\x12\n" +
 	"\fAdminService\x12O\n" +
 	"\fListClusters\x12\x1e.drover.v1.ListClustersRequest\x1a\x1f.drover.v1.ListClustersResponse\x12I\n" +
 	"\n" +
@@ -4633,7 +4760,8 @@ const file_drover_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListEvents\x12\x1c.drover.v1.ListEventsRequest\x1a\x1d.drover.v1.ListEventsResponse\x12O\n" +
 	"\fGetHubStatus\x12\x1e.drover.v1.GetHubStatusRequest\x1a\x1f.drover.v1.GetHubStatusResponse\x12O\n" +
-	"\fListReplicas\x12\x1e.drover.v1.ListReplicasRequest\x1a\x1f.drover.v1.ListReplicasResponseB7Z5github.com/drover-dev/drover/proto/drover/v1;droverv1b\x06proto3"
+	"\fListReplicas\x12\x1e.drover.v1.ListReplicasRequest\x1a\x1f.drover.v1.ListReplicasResponse\x12^\n" +
+	"\x11PreviewAssignment\x12#.drover.v1.PreviewAssignmentRequest\x1a$.drover.v1.PreviewAssignmentResponseB7Z5github.com/drover-dev/drover/proto/drover/v1;droverv1b\x06proto3"
 
 var (
 	file_drover_v1_admin_proto_rawDescOnce sync.Once
@@ -4647,7 +4775,7 @@ func file_drover_v1_admin_proto_rawDescGZIP() []byte {
 	return file_drover_v1_admin_proto_rawDescData
 }
 
-var file_drover_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_drover_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_drover_v1_admin_proto_goTypes = []any{
 	(*Cluster)(nil),                             // 0: drover.v1.Cluster
 	(*ListClustersRequest)(nil),                 // 1: drover.v1.ListClustersRequest
@@ -4719,153 +4847,160 @@ var file_drover_v1_admin_proto_goTypes = []any{
 	(*RolloutStatus)(nil),                       // 67: drover.v1.RolloutStatus
 	(*RolloutWaveStatus)(nil),                   // 68: drover.v1.RolloutWaveStatus
 	(*RolloutClusterStatus)(nil),                // 69: drover.v1.RolloutClusterStatus
-	nil,                                         // 70: drover.v1.Cluster.LabelsEntry
-	nil,                                         // 71: drover.v1.Cluster.HealthCountsEntry
-	nil,                                         // 72: drover.v1.UpdateClusterLabelsRequest.SetEntry
-	nil,                                         // 73: drover.v1.CreateJoinTokenRequest.LabelsEntry
-	nil,                                         // 74: drover.v1.JoinToken.LabelsEntry
-	nil,                                         // 75: drover.v1.Override.VariablesEntry
-	nil,                                         // 76: drover.v1.ApplicationSummary.HealthCountsEntry
-	nil,                                         // 77: drover.v1.ApplicationSummary.SyncCountsEntry
-	nil,                                         // 78: drover.v1.RolloutWaveStatus.ClusterPhasesEntry
-	(*ClusterFacts)(nil),                        // 79: drover.v1.ClusterFacts
-	(*timestamppb.Timestamp)(nil),               // 80: google.protobuf.Timestamp
-	(*ApplicationStatus)(nil),                   // 81: drover.v1.ApplicationStatus
-	(*SyncPolicy)(nil),                          // 82: drover.v1.SyncPolicy
-	(*structpb.Value)(nil),                      // 83: google.protobuf.Value
-	(*LabelSelector)(nil),                       // 84: drover.v1.LabelSelector
-	(*structpb.Struct)(nil),                     // 85: google.protobuf.Struct
-	(*KustomizePatch)(nil),                      // 86: drover.v1.KustomizePatch
-	(*RepoCredentials)(nil),                     // 87: drover.v1.RepoCredentials
+	(*PreviewAssignmentRequest)(nil),            // 70: drover.v1.PreviewAssignmentRequest
+	(*PreviewAssignmentResponse)(nil),           // 71: drover.v1.PreviewAssignmentResponse
+	nil,                                         // 72: drover.v1.Cluster.LabelsEntry
+	nil,                                         // 73: drover.v1.Cluster.HealthCountsEntry
+	nil,                                         // 74: drover.v1.UpdateClusterLabelsRequest.SetEntry
+	nil,                                         // 75: drover.v1.CreateJoinTokenRequest.LabelsEntry
+	nil,                                         // 76: drover.v1.JoinToken.LabelsEntry
+	nil,                                         // 77: drover.v1.Override.VariablesEntry
+	nil,                                         // 78: drover.v1.ApplicationSummary.HealthCountsEntry
+	nil,                                         // 79: drover.v1.ApplicationSummary.SyncCountsEntry
+	nil,                                         // 80: drover.v1.RolloutWaveStatus.ClusterPhasesEntry
+	(*ClusterFacts)(nil),                        // 81: drover.v1.ClusterFacts
+	(*timestamppb.Timestamp)(nil),               // 82: google.protobuf.Timestamp
+	(*ApplicationStatus)(nil),                   // 83: drover.v1.ApplicationStatus
+	(*SyncPolicy)(nil),                          // 84: drover.v1.SyncPolicy
+	(*structpb.Value)(nil),                      // 85: google.protobuf.Value
+	(*LabelSelector)(nil),                       // 86: drover.v1.LabelSelector
+	(*structpb.Struct)(nil),                     // 87: google.protobuf.Struct
+	(*KustomizePatch)(nil),                      // 88: drover.v1.KustomizePatch
+	(*RepoCredentials)(nil),                     // 89: drover.v1.RepoCredentials
+	(*AppAssignment)(nil),                       // 90: drover.v1.AppAssignment
 }
 var file_drover_v1_admin_proto_depIdxs = []int32{
-	70, // 0: drover.v1.Cluster.labels:type_name -> drover.v1.Cluster.LabelsEntry
-	79, // 1: drover.v1.Cluster.facts:type_name -> drover.v1.ClusterFacts
-	80, // 2: drover.v1.Cluster.last_seen:type_name -> google.protobuf.Timestamp
-	80, // 3: drover.v1.Cluster.connected_since:type_name -> google.protobuf.Timestamp
-	80, // 4: drover.v1.Cluster.acked_at:type_name -> google.protobuf.Timestamp
-	80, // 5: drover.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
-	71, // 6: drover.v1.Cluster.health_counts:type_name -> drover.v1.Cluster.HealthCountsEntry
-	0,  // 7: drover.v1.ListClustersResponse.clusters:type_name -> drover.v1.Cluster
-	0,  // 8: drover.v1.GetClusterResponse.cluster:type_name -> drover.v1.Cluster
-	81, // 9: drover.v1.GetClusterResponse.applications:type_name -> drover.v1.ApplicationStatus
-	72, // 10: drover.v1.UpdateClusterLabelsRequest.set:type_name -> drover.v1.UpdateClusterLabelsRequest.SetEntry
-	0,  // 11: drover.v1.UpdateClusterLabelsResponse.cluster:type_name -> drover.v1.Cluster
-	0,  // 12: drover.v1.RevokeClusterResponse.cluster:type_name -> drover.v1.Cluster
-	73, // 13: drover.v1.CreateJoinTokenRequest.labels:type_name -> drover.v1.CreateJoinTokenRequest.LabelsEntry
-	13, // 14: drover.v1.CreateJoinTokenResponse.join_token:type_name -> drover.v1.JoinToken
-	74, // 15: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
-	80, // 16: drover.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
-	80, // 17: drover.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
-	13, // 18: drover.v1.ListJoinTokensResponse.join_tokens:type_name -> drover.v1.JoinToken
-	19, // 19: drover.v1.Application.spec:type_name -> drover.v1.ApplicationSpec
-	80, // 20: drover.v1.Application.created_at:type_name -> google.protobuf.Timestamp
-	80, // 21: drover.v1.Application.updated_at:type_name -> google.protobuf.Timestamp
-	22, // 22: drover.v1.ApplicationSpec.source:type_name -> drover.v1.Source
-	23, // 23: drover.v1.ApplicationSpec.render:type_name -> drover.v1.Render
-	24, // 24: drover.v1.ApplicationSpec.placement:type_name -> drover.v1.Placement
-	82, // 25: drover.v1.ApplicationSpec.sync_policy:type_name -> drover.v1.SyncPolicy
-	25, // 26: drover.v1.ApplicationSpec.overrides:type_name -> drover.v1.Override
-	20, // 27: drover.v1.ApplicationSpec.rollout:type_name -> drover.v1.RolloutStrategy
-	21, // 28: drover.v1.RolloutStrategy.waves:type_name -> drover.v1.RolloutWave
-	83, // 29: drover.v1.RolloutStrategy.max_failures:type_name -> google.protobuf.Value
-	84, // 30: drover.v1.RolloutWave.selector:type_name -> drover.v1.LabelSelector
-	83, // 31: drover.v1.RolloutWave.max_parallel:type_name -> google.protobuf.Value
-	85, // 32: drover.v1.Render.values:type_name -> google.protobuf.Struct
-	84, // 33: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
-	84, // 34: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
-	86, // 35: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
-	75, // 36: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
-	80, // 37: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
-	18, // 38: drover.v1.CreateApplicationRequest.application:type_name -> drover.v1.Application
-	18, // 39: drover.v1.CreateApplicationResponse.application:type_name -> drover.v1.Application
-	18, // 40: drover.v1.UpdateApplicationRequest.application:type_name -> drover.v1.Application
-	18, // 41: drover.v1.UpdateApplicationResponse.application:type_name -> drover.v1.Application
-	18, // 42: drover.v1.GetApplicationResponse.application:type_name -> drover.v1.Application
-	26, // 43: drover.v1.GetApplicationResponse.releases:type_name -> drover.v1.Release
-	81, // 44: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
-	35, // 45: drover.v1.ListApplicationsResponse.applications:type_name -> drover.v1.ApplicationSummary
-	18, // 46: drover.v1.ApplicationSummary.application:type_name -> drover.v1.Application
-	76, // 47: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
-	77, // 48: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
-	80, // 49: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
-	87, // 50: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
-	40, // 51: drover.v1.SetRepositoryCredentialsResponse.repository:type_name -> drover.v1.Repository
-	40, // 52: drover.v1.ListRepositoriesResponse.repositories:type_name -> drover.v1.Repository
-	80, // 53: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	80, // 54: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
-	80, // 55: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
-	47, // 56: drover.v1.CreateAPITokenResponse.api_token:type_name -> drover.v1.APIToken
-	47, // 57: drover.v1.ListAPITokensResponse.api_tokens:type_name -> drover.v1.APIToken
-	80, // 58: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
-	54, // 59: drover.v1.ListEventsResponse.events:type_name -> drover.v1.Event
-	59, // 60: drover.v1.GetHubStatusResponse.status:type_name -> drover.v1.HubStatus
-	62, // 61: drover.v1.ListReplicasResponse.replicas:type_name -> drover.v1.Replica
-	80, // 62: drover.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
-	80, // 63: drover.v1.Replica.heartbeat_at:type_name -> google.protobuf.Timestamp
-	67, // 64: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
-	67, // 65: drover.v1.ControlRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
-	80, // 66: drover.v1.RolloutStatus.started_at:type_name -> google.protobuf.Timestamp
-	80, // 67: drover.v1.RolloutStatus.ended_at:type_name -> google.protobuf.Timestamp
-	68, // 68: drover.v1.RolloutStatus.waves:type_name -> drover.v1.RolloutWaveStatus
-	69, // 69: drover.v1.RolloutStatus.clusters:type_name -> drover.v1.RolloutClusterStatus
-	78, // 70: drover.v1.RolloutWaveStatus.cluster_phases:type_name -> drover.v1.RolloutWaveStatus.ClusterPhasesEntry
-	80, // 71: drover.v1.RolloutWaveStatus.soak_until:type_name -> google.protobuf.Timestamp
-	1,  // 72: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
-	3,  // 73: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
-	5,  // 74: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
-	7,  // 75: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
-	9,  // 76: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
-	11, // 77: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
-	14, // 78: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
-	16, // 79: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
-	27, // 80: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
-	29, // 81: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
-	31, // 82: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
-	33, // 83: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
-	36, // 84: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
-	38, // 85: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
-	63, // 86: drover.v1.AdminService.GetRollout:input_type -> drover.v1.GetRolloutRequest
-	65, // 87: drover.v1.AdminService.ControlRollout:input_type -> drover.v1.ControlRolloutRequest
-	41, // 88: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
-	43, // 89: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
-	45, // 90: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
-	48, // 91: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
-	50, // 92: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
-	52, // 93: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
-	55, // 94: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
-	57, // 95: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
-	60, // 96: drover.v1.AdminService.ListReplicas:input_type -> drover.v1.ListReplicasRequest
-	2,  // 97: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
-	4,  // 98: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
-	6,  // 99: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
-	8,  // 100: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
-	10, // 101: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
-	12, // 102: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
-	15, // 103: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
-	17, // 104: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
-	28, // 105: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
-	30, // 106: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
-	32, // 107: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
-	34, // 108: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
-	37, // 109: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
-	39, // 110: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
-	64, // 111: drover.v1.AdminService.GetRollout:output_type -> drover.v1.GetRolloutResponse
-	66, // 112: drover.v1.AdminService.ControlRollout:output_type -> drover.v1.ControlRolloutResponse
-	42, // 113: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
-	44, // 114: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
-	46, // 115: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
-	49, // 116: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
-	51, // 117: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
-	53, // 118: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
-	56, // 119: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
-	58, // 120: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
-	61, // 121: drover.v1.AdminService.ListReplicas:output_type -> drover.v1.ListReplicasResponse
-	97, // [97:122] is the sub-list for method output_type
-	72, // [72:97] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	72,  // 0: drover.v1.Cluster.labels:type_name -> drover.v1.Cluster.LabelsEntry
+	81,  // 1: drover.v1.Cluster.facts:type_name -> drover.v1.ClusterFacts
+	82,  // 2: drover.v1.Cluster.last_seen:type_name -> google.protobuf.Timestamp
+	82,  // 3: drover.v1.Cluster.connected_since:type_name -> google.protobuf.Timestamp
+	82,  // 4: drover.v1.Cluster.acked_at:type_name -> google.protobuf.Timestamp
+	82,  // 5: drover.v1.Cluster.created_at:type_name -> google.protobuf.Timestamp
+	73,  // 6: drover.v1.Cluster.health_counts:type_name -> drover.v1.Cluster.HealthCountsEntry
+	0,   // 7: drover.v1.ListClustersResponse.clusters:type_name -> drover.v1.Cluster
+	0,   // 8: drover.v1.GetClusterResponse.cluster:type_name -> drover.v1.Cluster
+	83,  // 9: drover.v1.GetClusterResponse.applications:type_name -> drover.v1.ApplicationStatus
+	74,  // 10: drover.v1.UpdateClusterLabelsRequest.set:type_name -> drover.v1.UpdateClusterLabelsRequest.SetEntry
+	0,   // 11: drover.v1.UpdateClusterLabelsResponse.cluster:type_name -> drover.v1.Cluster
+	0,   // 12: drover.v1.RevokeClusterResponse.cluster:type_name -> drover.v1.Cluster
+	75,  // 13: drover.v1.CreateJoinTokenRequest.labels:type_name -> drover.v1.CreateJoinTokenRequest.LabelsEntry
+	13,  // 14: drover.v1.CreateJoinTokenResponse.join_token:type_name -> drover.v1.JoinToken
+	76,  // 15: drover.v1.JoinToken.labels:type_name -> drover.v1.JoinToken.LabelsEntry
+	82,  // 16: drover.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	82,  // 17: drover.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	13,  // 18: drover.v1.ListJoinTokensResponse.join_tokens:type_name -> drover.v1.JoinToken
+	19,  // 19: drover.v1.Application.spec:type_name -> drover.v1.ApplicationSpec
+	82,  // 20: drover.v1.Application.created_at:type_name -> google.protobuf.Timestamp
+	82,  // 21: drover.v1.Application.updated_at:type_name -> google.protobuf.Timestamp
+	22,  // 22: drover.v1.ApplicationSpec.source:type_name -> drover.v1.Source
+	23,  // 23: drover.v1.ApplicationSpec.render:type_name -> drover.v1.Render
+	24,  // 24: drover.v1.ApplicationSpec.placement:type_name -> drover.v1.Placement
+	84,  // 25: drover.v1.ApplicationSpec.sync_policy:type_name -> drover.v1.SyncPolicy
+	25,  // 26: drover.v1.ApplicationSpec.overrides:type_name -> drover.v1.Override
+	20,  // 27: drover.v1.ApplicationSpec.rollout:type_name -> drover.v1.RolloutStrategy
+	21,  // 28: drover.v1.RolloutStrategy.waves:type_name -> drover.v1.RolloutWave
+	85,  // 29: drover.v1.RolloutStrategy.max_failures:type_name -> google.protobuf.Value
+	86,  // 30: drover.v1.RolloutWave.selector:type_name -> drover.v1.LabelSelector
+	85,  // 31: drover.v1.RolloutWave.max_parallel:type_name -> google.protobuf.Value
+	87,  // 32: drover.v1.Render.values:type_name -> google.protobuf.Struct
+	86,  // 33: drover.v1.Placement.selector:type_name -> drover.v1.LabelSelector
+	86,  // 34: drover.v1.Override.selector:type_name -> drover.v1.LabelSelector
+	88,  // 35: drover.v1.Override.patches:type_name -> drover.v1.KustomizePatch
+	77,  // 36: drover.v1.Override.variables:type_name -> drover.v1.Override.VariablesEntry
+	82,  // 37: drover.v1.Release.created_at:type_name -> google.protobuf.Timestamp
+	18,  // 38: drover.v1.CreateApplicationRequest.application:type_name -> drover.v1.Application
+	18,  // 39: drover.v1.CreateApplicationResponse.application:type_name -> drover.v1.Application
+	18,  // 40: drover.v1.UpdateApplicationRequest.application:type_name -> drover.v1.Application
+	18,  // 41: drover.v1.UpdateApplicationResponse.application:type_name -> drover.v1.Application
+	18,  // 42: drover.v1.GetApplicationResponse.application:type_name -> drover.v1.Application
+	26,  // 43: drover.v1.GetApplicationResponse.releases:type_name -> drover.v1.Release
+	83,  // 44: drover.v1.GetApplicationResponse.statuses:type_name -> drover.v1.ApplicationStatus
+	35,  // 45: drover.v1.ListApplicationsResponse.applications:type_name -> drover.v1.ApplicationSummary
+	18,  // 46: drover.v1.ApplicationSummary.application:type_name -> drover.v1.Application
+	78,  // 47: drover.v1.ApplicationSummary.health_counts:type_name -> drover.v1.ApplicationSummary.HealthCountsEntry
+	79,  // 48: drover.v1.ApplicationSummary.sync_counts:type_name -> drover.v1.ApplicationSummary.SyncCountsEntry
+	82,  // 49: drover.v1.Repository.updated_at:type_name -> google.protobuf.Timestamp
+	89,  // 50: drover.v1.SetRepositoryCredentialsRequest.credentials:type_name -> drover.v1.RepoCredentials
+	40,  // 51: drover.v1.SetRepositoryCredentialsResponse.repository:type_name -> drover.v1.Repository
+	40,  // 52: drover.v1.ListRepositoriesResponse.repositories:type_name -> drover.v1.Repository
+	82,  // 53: drover.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	82,  // 54: drover.v1.APIToken.expires_at:type_name -> google.protobuf.Timestamp
+	82,  // 55: drover.v1.APIToken.last_used_at:type_name -> google.protobuf.Timestamp
+	47,  // 56: drover.v1.CreateAPITokenResponse.api_token:type_name -> drover.v1.APIToken
+	47,  // 57: drover.v1.ListAPITokensResponse.api_tokens:type_name -> drover.v1.APIToken
+	82,  // 58: drover.v1.Event.time:type_name -> google.protobuf.Timestamp
+	54,  // 59: drover.v1.ListEventsResponse.events:type_name -> drover.v1.Event
+	59,  // 60: drover.v1.GetHubStatusResponse.status:type_name -> drover.v1.HubStatus
+	62,  // 61: drover.v1.ListReplicasResponse.replicas:type_name -> drover.v1.Replica
+	82,  // 62: drover.v1.Replica.started_at:type_name -> google.protobuf.Timestamp
+	82,  // 63: drover.v1.Replica.heartbeat_at:type_name -> google.protobuf.Timestamp
+	67,  // 64: drover.v1.GetRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	67,  // 65: drover.v1.ControlRolloutResponse.rollout:type_name -> drover.v1.RolloutStatus
+	82,  // 66: drover.v1.RolloutStatus.started_at:type_name -> google.protobuf.Timestamp
+	82,  // 67: drover.v1.RolloutStatus.ended_at:type_name -> google.protobuf.Timestamp
+	68,  // 68: drover.v1.RolloutStatus.waves:type_name -> drover.v1.RolloutWaveStatus
+	69,  // 69: drover.v1.RolloutStatus.clusters:type_name -> drover.v1.RolloutClusterStatus
+	80,  // 70: drover.v1.RolloutWaveStatus.cluster_phases:type_name -> drover.v1.RolloutWaveStatus.ClusterPhasesEntry
+	82,  // 71: drover.v1.RolloutWaveStatus.soak_until:type_name -> google.protobuf.Timestamp
+	90,  // 72: drover.v1.PreviewAssignmentResponse.assignment:type_name -> drover.v1.AppAssignment
+	81,  // 73: drover.v1.PreviewAssignmentResponse.facts:type_name -> drover.v1.ClusterFacts
+	1,   // 74: drover.v1.AdminService.ListClusters:input_type -> drover.v1.ListClustersRequest
+	3,   // 75: drover.v1.AdminService.GetCluster:input_type -> drover.v1.GetClusterRequest
+	5,   // 76: drover.v1.AdminService.UpdateClusterLabels:input_type -> drover.v1.UpdateClusterLabelsRequest
+	7,   // 77: drover.v1.AdminService.RevokeCluster:input_type -> drover.v1.RevokeClusterRequest
+	9,   // 78: drover.v1.AdminService.DeleteCluster:input_type -> drover.v1.DeleteClusterRequest
+	11,  // 79: drover.v1.AdminService.CreateJoinToken:input_type -> drover.v1.CreateJoinTokenRequest
+	14,  // 80: drover.v1.AdminService.ListJoinTokens:input_type -> drover.v1.ListJoinTokensRequest
+	16,  // 81: drover.v1.AdminService.DeleteJoinToken:input_type -> drover.v1.DeleteJoinTokenRequest
+	27,  // 82: drover.v1.AdminService.CreateApplication:input_type -> drover.v1.CreateApplicationRequest
+	29,  // 83: drover.v1.AdminService.UpdateApplication:input_type -> drover.v1.UpdateApplicationRequest
+	31,  // 84: drover.v1.AdminService.GetApplication:input_type -> drover.v1.GetApplicationRequest
+	33,  // 85: drover.v1.AdminService.ListApplications:input_type -> drover.v1.ListApplicationsRequest
+	36,  // 86: drover.v1.AdminService.DeleteApplication:input_type -> drover.v1.DeleteApplicationRequest
+	38,  // 87: drover.v1.AdminService.RefreshApplication:input_type -> drover.v1.RefreshApplicationRequest
+	63,  // 88: drover.v1.AdminService.GetRollout:input_type -> drover.v1.GetRolloutRequest
+	65,  // 89: drover.v1.AdminService.ControlRollout:input_type -> drover.v1.ControlRolloutRequest
+	41,  // 90: drover.v1.AdminService.SetRepositoryCredentials:input_type -> drover.v1.SetRepositoryCredentialsRequest
+	43,  // 91: drover.v1.AdminService.ListRepositories:input_type -> drover.v1.ListRepositoriesRequest
+	45,  // 92: drover.v1.AdminService.DeleteRepositoryCredentials:input_type -> drover.v1.DeleteRepositoryCredentialsRequest
+	48,  // 93: drover.v1.AdminService.CreateAPIToken:input_type -> drover.v1.CreateAPITokenRequest
+	50,  // 94: drover.v1.AdminService.ListAPITokens:input_type -> drover.v1.ListAPITokensRequest
+	52,  // 95: drover.v1.AdminService.DeleteAPIToken:input_type -> drover.v1.DeleteAPITokenRequest
+	55,  // 96: drover.v1.AdminService.ListEvents:input_type -> drover.v1.ListEventsRequest
+	57,  // 97: drover.v1.AdminService.GetHubStatus:input_type -> drover.v1.GetHubStatusRequest
+	60,  // 98: drover.v1.AdminService.ListReplicas:input_type -> drover.v1.ListReplicasRequest
+	70,  // 99: drover.v1.AdminService.PreviewAssignment:input_type -> drover.v1.PreviewAssignmentRequest
+	2,   // 100: drover.v1.AdminService.ListClusters:output_type -> drover.v1.ListClustersResponse
+	4,   // 101: drover.v1.AdminService.GetCluster:output_type -> drover.v1.GetClusterResponse
+	6,   // 102: drover.v1.AdminService.UpdateClusterLabels:output_type -> drover.v1.UpdateClusterLabelsResponse
+	8,   // 103: drover.v1.AdminService.RevokeCluster:output_type -> drover.v1.RevokeClusterResponse
+	10,  // 104: drover.v1.AdminService.DeleteCluster:output_type -> drover.v1.DeleteClusterResponse
+	12,  // 105: drover.v1.AdminService.CreateJoinToken:output_type -> drover.v1.CreateJoinTokenResponse
+	15,  // 106: drover.v1.AdminService.ListJoinTokens:output_type -> drover.v1.ListJoinTokensResponse
+	17,  // 107: drover.v1.AdminService.DeleteJoinToken:output_type -> drover.v1.DeleteJoinTokenResponse
+	28,  // 108: drover.v1.AdminService.CreateApplication:output_type -> drover.v1.CreateApplicationResponse
+	30,  // 109: drover.v1.AdminService.UpdateApplication:output_type -> drover.v1.UpdateApplicationResponse
+	32,  // 110: drover.v1.AdminService.GetApplication:output_type -> drover.v1.GetApplicationResponse
+	34,  // 111: drover.v1.AdminService.ListApplications:output_type -> drover.v1.ListApplicationsResponse
+	37,  // 112: drover.v1.AdminService.DeleteApplication:output_type -> drover.v1.DeleteApplicationResponse
+	39,  // 113: drover.v1.AdminService.RefreshApplication:output_type -> drover.v1.RefreshApplicationResponse
+	64,  // 114: drover.v1.AdminService.GetRollout:output_type -> drover.v1.GetRolloutResponse
+	66,  // 115: drover.v1.AdminService.ControlRollout:output_type -> drover.v1.ControlRolloutResponse
+	42,  // 116: drover.v1.AdminService.SetRepositoryCredentials:output_type -> drover.v1.SetRepositoryCredentialsResponse
+	44,  // 117: drover.v1.AdminService.ListRepositories:output_type -> drover.v1.ListRepositoriesResponse
+	46,  // 118: drover.v1.AdminService.DeleteRepositoryCredentials:output_type -> drover.v1.DeleteRepositoryCredentialsResponse
+	49,  // 119: drover.v1.AdminService.CreateAPIToken:output_type -> drover.v1.CreateAPITokenResponse
+	51,  // 120: drover.v1.AdminService.ListAPITokens:output_type -> drover.v1.ListAPITokensResponse
+	53,  // 121: drover.v1.AdminService.DeleteAPIToken:output_type -> drover.v1.DeleteAPITokenResponse
+	56,  // 122: drover.v1.AdminService.ListEvents:output_type -> drover.v1.ListEventsResponse
+	58,  // 123: drover.v1.AdminService.GetHubStatus:output_type -> drover.v1.GetHubStatusResponse
+	61,  // 124: drover.v1.AdminService.ListReplicas:output_type -> drover.v1.ListReplicasResponse
+	71,  // 125: drover.v1.AdminService.PreviewAssignment:output_type -> drover.v1.PreviewAssignmentResponse
+	100, // [100:126] is the sub-list for method output_type
+	74,  // [74:100] is the sub-list for method input_type
+	74,  // [74:74] is the sub-list for extension type_name
+	74,  // [74:74] is the sub-list for extension extendee
+	0,   // [0:74] is the sub-list for field type_name
 }
 
 func init() { file_drover_v1_admin_proto_init() }
@@ -4881,7 +5016,7 @@ func file_drover_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_drover_v1_admin_proto_rawDesc), len(file_drover_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   79,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

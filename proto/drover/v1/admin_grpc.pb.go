@@ -44,6 +44,7 @@ const (
 	AdminService_ListEvents_FullMethodName                  = "/drover.v1.AdminService/ListEvents"
 	AdminService_GetHubStatus_FullMethodName                = "/drover.v1.AdminService/GetHubStatus"
 	AdminService_ListReplicas_FullMethodName                = "/drover.v1.AdminService/ListReplicas"
+	AdminService_PreviewAssignment_FullMethodName           = "/drover.v1.AdminService/PreviewAssignment"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -94,6 +95,11 @@ type AdminServiceClient interface {
 	// there; every replica answers the same, except that membership in the
 	// answering replica's gossip decides between "alive" and "suspect".
 	ListReplicas(ctx context.Context, in *ListReplicasRequest, opts ...grpc.CallOption) (*ListReplicasResponse, error)
+	// PreviewAssignment returns an application's part of a cluster's
+	// assignment as the agent there gets it (overrides, variables and Helm
+	// values resolved), without credentials, and the cluster's facts:
+	// `droverctl render` renders it locally with the agent's own code.
+	PreviewAssignment(ctx context.Context, in *PreviewAssignmentRequest, opts ...grpc.CallOption) (*PreviewAssignmentResponse, error)
 }
 
 type adminServiceClient struct {
@@ -354,6 +360,16 @@ func (c *adminServiceClient) ListReplicas(ctx context.Context, in *ListReplicasR
 	return out, nil
 }
 
+func (c *adminServiceClient) PreviewAssignment(ctx context.Context, in *PreviewAssignmentRequest, opts ...grpc.CallOption) (*PreviewAssignmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PreviewAssignmentResponse)
+	err := c.cc.Invoke(ctx, AdminService_PreviewAssignment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -402,6 +418,11 @@ type AdminServiceServer interface {
 	// there; every replica answers the same, except that membership in the
 	// answering replica's gossip decides between "alive" and "suspect".
 	ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error)
+	// PreviewAssignment returns an application's part of a cluster's
+	// assignment as the agent there gets it (overrides, variables and Helm
+	// values resolved), without credentials, and the cluster's facts:
+	// `droverctl render` renders it locally with the agent's own code.
+	PreviewAssignment(context.Context, *PreviewAssignmentRequest) (*PreviewAssignmentResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -486,6 +507,9 @@ func (UnimplementedAdminServiceServer) GetHubStatus(context.Context, *GetHubStat
 }
 func (UnimplementedAdminServiceServer) ListReplicas(context.Context, *ListReplicasRequest) (*ListReplicasResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListReplicas not implemented")
+}
+func (UnimplementedAdminServiceServer) PreviewAssignment(context.Context, *PreviewAssignmentRequest) (*PreviewAssignmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PreviewAssignment not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -958,6 +982,24 @@ func _AdminService_ListReplicas_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_PreviewAssignment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PreviewAssignmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PreviewAssignment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PreviewAssignment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PreviewAssignment(ctx, req.(*PreviewAssignmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1064,6 +1106,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListReplicas",
 			Handler:    _AdminService_ListReplicas_Handler,
+		},
+		{
+			MethodName: "PreviewAssignment",
+			Handler:    _AdminService_PreviewAssignment_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
