@@ -603,7 +603,7 @@ func (s *Server) GetHubStatus(ctx context.Context, _ *droverv1.GetHubStatusReque
 }
 
 // PreviewAssignment returns an application's part of a cluster's
-// assignment, without credentials, and the cluster's facts, for
+// assignment, without credentials (only a CA bundle stays), and the cluster's facts, for
 // `droverctl render`.
 func (s *Server) PreviewAssignment(ctx context.Context, req *droverv1.PreviewAssignmentRequest) (*droverv1.PreviewAssignmentResponse, error) {
 	if req.GetApplication() == "" || req.GetCluster() == "" {
@@ -627,6 +627,12 @@ func (s *Server) PreviewAssignment(ctx context.Context, req *droverv1.PreviewAss
 	case err != nil:
 		return nil, s.toStatus("preview assignment", err)
 	}
-	aa.Credentials = nil
+	// The CA bundle is no secret, and droverctl needs it to reach a
+	// source behind a private CA; everything else stays on the hub.
+	if ca := aa.GetCredentials().GetCaPem(); ca != "" {
+		aa.Credentials = &droverv1.RepoCredentials{CaPem: ca}
+	} else {
+		aa.Credentials = nil
+	}
 	return &droverv1.PreviewAssignmentResponse{Assignment: aa, Facts: c.GetFacts()}, nil
 }

@@ -4334,7 +4334,8 @@ func (x *PreviewAssignmentRequest) GetCommit() string {
 
 type PreviewAssignmentResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Credentials are never included.
+	// Credentials are never included, except a CA bundle (ca_pem), which is
+	// no secret.
 	Assignment *AppAssignment `protobuf:"bytes,1,opt,name=assignment,proto3" json:"assignment,omitempty"`
 	// What the cluster's agent last reported: its Kubernetes version is the
 	// one the render's .Capabilities use.
