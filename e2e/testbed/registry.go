@@ -154,7 +154,9 @@ func registryConfig(storage, addr, certFile, keyFile string) []byte {
 	// JSON is YAML, and json.Marshal quotes the paths properly.
 	cfg := map[string]any{
 		"version": "0.1",
-		"log":     map[string]any{"level": "info", "formatter": "text"},
+		// Requests are logged once, by the application log; the access log
+		// would repeat each.
+		"log": map[string]any{"level": "info", "formatter": "text", "accesslog": map[string]any{"disabled": true}},
 		"storage": map[string]any{
 			"filesystem":  map[string]any{"rootdirectory": storage},
 			"delete":      map[string]any{"enabled": true},
@@ -162,7 +164,10 @@ func registryConfig(storage, addr, certFile, keyFile string) []byte {
 		},
 		"http": map[string]any{
 			"addr": addr,
-			"tls":  map[string]any{"certificate": certFile, "key": keyFile},
+			// Signs upload state; without one the registry makes one up and
+			// warns about load balancers.
+			"secret": randomHex(16),
+			"tls":    map[string]any{"certificate": certFile, "key": keyFile},
 		},
 	}
 	b, err := json.Marshal(cfg)
