@@ -110,6 +110,16 @@ func (o Options) renderHelm(ctx context.Context, r *os.Root, appPath string, a *
 		return nil, h.templateError(err, names, appPath)
 	}
 
+	var renderedBytes int64
+	for _, content := range rendered {
+		renderedBytes += int64(len(content))
+	}
+	if renderedBytes > b.maxBytes {
+		// Checked before decoding, which takes several times as much.
+		s, l := sizes(renderedBytes, b.maxBytes)
+		return nil, errorf(appPath, 0, "the chart's templates rendered %s, over the agent's limit of %s per application (--max-render-bytes)", s, l)
+	}
+
 	items, err := h.crdItems()
 	if err != nil {
 		return nil, err

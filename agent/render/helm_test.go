@@ -442,6 +442,13 @@ func TestRenderHelmErrors(t *testing.T) {
 			wantMsg:  []string{"values file does not exist in the chart"},
 		},
 		{
+			name:     "values file outside the chart",
+			files:    under("web", basicChart()),
+			a:        &droverv1.AppAssignment{Path: "web", Render: droverv1.RenderType_RENDER_TYPE_HELM, ValuesFiles: []string{"../other/values.yaml"}},
+			wantPath: "",
+			wantMsg:  []string{`values file "../other/values.yaml": must be relative and inside the chart`},
+		},
+		{
 			name:     "invalid Chart.yaml",
 			files:    withFile("Chart.yaml", "apiVersion: v2\nversion: 1.0.0\n"),
 			wantPath: "web/Chart.yaml",
@@ -568,6 +575,9 @@ func TestRenderHelmLimits(t *testing.T) {
 		{"an archive unpacking over the limit", Options{},
 			map[string]string{"web/Chart.yaml": chartYAML("web"), "web/charts/bomb-1.0.0.tgz": bomb},
 			"render web/charts/bomb-1.0.0.tgz: files/zeros: 50 MiB is over the agent's limit of 8 MiB per manifest file (--max-manifest-bytes)"},
+		{"templates rendering over the total limit", Options{MaxBytes: 3000},
+			map[string]string{"web/Chart.yaml": chartYAML("web"), "web/templates/many.yaml": "{{ range until 100 }}\n---\n" + cm("cm-{{ . }}") + "{{ end }}\n"},
+			"render web: the chart's templates rendered 7.1 KiB, over the agent's limit of 2.9 KiB per application (--max-render-bytes)"},
 		{"an archive's files over the total limit", Options{MaxBytes: 1 << 20, MaxFileBytes: 100 << 20},
 			map[string]string{"web/Chart.yaml": chartYAML("web"), "web/charts/bomb-1.0.0.tgz": bomb},
 			"over the agent's limit of 1 MiB per application (--max-render-bytes)"},

@@ -49,7 +49,11 @@
 // .Release.Revision 1 and .Release.Service "Helm". .Capabilities are the
 // cluster's when Options has them, else Helm's defaults. The lookup
 // function returns nothing and DNS lookups are off: a render never reaches
-// the cluster or the network. required and fail fail the render.
+// the cluster or the network. required and fail fail the render; a
+// missing value renders empty, as with `helm template` (not --strict).
+// The rendered documents are read as YAML 1.2 like every manifest here,
+// so an unquoted yes or on is a string, where Helm's client would send
+// true.
 //
 // The output is the charts' crds/ objects first (not templated), then the
 // templates' objects in Helm's install order (by kind). NOTES.txt and
