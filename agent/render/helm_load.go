@@ -170,7 +170,15 @@ func assemble(files []*archive.BufferedFile, where func(string) fileOrigin, co *
 	}
 	c, err := loader.LoadFiles(own)
 	if err != nil {
-		origin := where("Chart.yaml")
+		// "cannot load values.yaml: ..." names the file; Chart.yaml
+		// otherwise, whose metadata failed.
+		name := "Chart.yaml"
+		if rest, ok := strings.CutPrefix(err.Error(), "cannot load "); ok {
+			if n, _, ok := strings.Cut(rest, ":"); ok {
+				name = n
+			}
+		}
+		origin := where(name)
 		return nil, &Error{Path: origin.path, Msg: inArchive(origin, err.Error())}
 	}
 	for _, list := range [][]*common.File{c.Templates, c.Files, c.Raw} {

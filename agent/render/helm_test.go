@@ -455,6 +455,12 @@ func TestRenderHelmErrors(t *testing.T) {
 			wantMsg:  []string{"name is required"},
 		},
 		{
+			name:     "invalid values.yaml",
+			files:    withFile("values.yaml", "replicas: 2\n  image: [\n"),
+			wantPath: "web/values.yaml",
+			wantMsg:  []string{"cannot load values.yaml", "line 2"},
+		},
+		{
 			name:     "rendered document not YAML",
 			files:    withFile("templates/bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n   labels: {{ .Release.Name }}\n"),
 			wantPath: "web/templates/bad.yaml",
