@@ -11,11 +11,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
@@ -106,11 +110,24 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 		JoinToken: cfg.JoinToken, ClusterName: cfg.ClusterName,
 		Heartbeat: cfg.Heartbeat, BackoffMax: cfg.BackoffMax,
 	}, st, a, logger)
+	caps, err := newCapabilities(restCfg, capabilitiesMaxAge)
+	if err != nil {
+		return nil, err
+	}
 	renderer := func(ctx context.Context, root string, aa *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
-		return render.Options{
+		o := render.Options{
 			IsNamespaced: applier.IsNamespaced,
 			MaxFileBytes: cfg.MaxManifestBytes, MaxBytes: cfg.MaxRenderBytes, MaxObjects: cfg.MaxRenderObjects,
-		}.Render(ctx, root, aa)
+		}
+		if aa.GetRender() == droverv1.RenderType_RENDER_TYPE_HELM {
+			// Only Helm asks: other renders never pay for discovery.
+			kubeVersion, apiVersions, err := caps.get()
+			if err != nil {
+				return nil, err
+			}
+			o.KubeVersion, o.APIVersions = kubeVersion, apiVersions
+		}
+		return o.Render(ctx, root, aa)
 	}
 	// The watches heal drift within seconds; the reconciler's interval
 	// stays as a backstop for what they miss.
@@ -247,6 +264,77 @@ func (a *Agent) PendingStatus(full bool) *droverv1.StatusReport { return a.rec.P
 func (a *Agent) StatusSent(r *droverv1.StatusReport) { a.rec.StatusSent(r) }
 
 var _ hubclient.Handler = (*Agent)(nil)
+
+// capabilitiesMaxAge is how long the cluster's API versions are reused
+// for Helm's .Capabilities: a CRD installed by one application shows in
+// another's render within it, and a fleet of renders costs one discovery
+// a minute at most.
+const capabilitiesMaxAge = time.Minute
+
+// capabilities caches what the cluster serves, for Helm charts'
+// .Capabilities. Safe for concurrent use.
+type capabilities struct {
+	disc   discovery.DiscoveryInterface
+	maxAge time.Duration
+
+	mu          sync.Mutex // guards the fields below
+	at          time.Time  // of the last discovery; zero before
+	kubeVersion string
+	apiVersions []string
+}
+
+func newCapabilities(restCfg *rest.Config, maxAge time.Duration) (*capabilities, error) {
+	c := rest.CopyConfig(restCfg)
+	if c.Timeout == 0 {
+		// A render waits for it: an API server that does not answer
+		// must fail the render, to be retried, not hold it.
+		c.Timeout = 30 * time.Second
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(c)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes discovery client: %w", err)
+	}
+	return &capabilities{disc: disc, maxAge: maxAge}, nil
+}
+
+// get returns the cluster's Kubernetes version and its API versions as
+// Helm lists them: "group/version" and "group/version/Kind". An error
+// (the API server down) is transient: the render is retried.
+func (c *capabilities) get() (string, []string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < c.maxAge {
+		return c.kubeVersion, c.apiVersions, nil
+	}
+	v, err := c.disc.ServerVersion()
+	if err != nil {
+		return "", nil, fmt.Errorf("cluster capabilities for Helm: %w", err)
+	}
+	groups, resources, err := c.disc.ServerGroupsAndResources()
+	// As Helm does: an aggregated API that is down leaves its versions
+	// out, and the rest stands.
+	if err != nil && !discovery.IsGroupDiscoveryFailedError(err) {
+		return "", nil, fmt.Errorf("cluster capabilities for Helm: %w", err)
+	}
+	seen := make(map[string]bool)
+	for _, g := range groups {
+		for _, gv := range g.Versions {
+			seen[gv.GroupVersion] = true
+		}
+	}
+	for _, rl := range resources {
+		for _, r := range rl.APIResources {
+			seen[path.Join(rl.GroupVersion, r.Kind)] = true
+		}
+	}
+	versions := make([]string, 0, len(seen))
+	for gv := range seen {
+		versions = append(versions, gv)
+	}
+	slices.Sort(versions)
+	c.at, c.kubeVersion, c.apiVersions = time.Now(), v.GitVersion, versions
+	return c.kubeVersion, c.apiVersions, nil
+}
 
 func kubeConfig(path string) (*rest.Config, error) {
 	if path == "" {

@@ -5,18 +5,63 @@
 // for Kustomize, a file system confined to the repository), so neither the
 // application's path nor a symbolic link in the repository can reach the
 // agent's own disk, and nothing is fetched from the network. The same commit
-// with the same assignment always renders the same objects, so every *Error
-// is permanent for that input; retrying does not help.
+// with the same assignment (and, for Helm, the same cluster capabilities)
+// always renders the same objects, so every *Error is permanent for that
+// input; retrying does not help.
 //
 // The steps, in order:
 //  1. the manifests: every *.yaml, *.yml and *.json file below the path
-//     (DIRECTORY) or a Kustomize build of the path (KUSTOMIZE);
+//     (DIRECTORY), a Kustomize build of the path (KUSTOMIZE), or the Helm
+//     chart at the path rendered as `helm template` would (HELM);
 //  2. the assignment's Kustomize patches, in order, on the objects as the
 //     manifests have them (so a patch names the namespace only if the
 //     manifest does);
-//  3. ${name} variables substituted in string values, patches' included;
+//  3. ${name} variables substituted in string values, patches' included
+//     (not for Helm: see below);
 //  4. the assignment's namespace for namespaced objects that name none;
 //  5. a check that no object appears twice, and the size limits.
+//
+// # Helm
+//
+// A chart is read file by file through an os.Root confined to the chart's
+// own directory, charged to the same limits as manifests, and handed to
+// Helm's loader in memory: Helm never opens a file, so a link leaving the
+// chart fails the render and a template's .Files.Get of a path outside the
+// chart ("../../secret") gets the empty string, as for any file the chart
+// does not hold. Vendored subcharts (charts/NAME/ and charts/*.tgz) are
+// loaded the same way; an archive is unpacked within the limits, so a
+// small archive that unpacks to gigabytes fails cleanly. .helmignore is
+// honoured. A dependency declared in Chart.yaml but not vendored fails.
+//
+// Values: the chart's values.yaml, under the assignment's values files
+// (relative to the chart), under its Helm values documents, each merged in
+// order as `helm template -f` does (maps merge, anything else is replaced,
+// null deletes a default). Variables (${cluster.name}, ...) are substituted
+// in the string values of the values files and Helm values before
+// templating, and not in the rendered objects: a chart may well emit
+// "${...}" of its own (a shell script in a ConfigMap).
+//
+// The release is rendered as `helm template` (and Argo CD) render it:
+// .Release.Name is the assignment's release name, .Release.Namespace its
+// namespace or "default", .Release.IsInstall true and IsUpgrade false
+// (Drover keeps no Helm release records, and a chart generating a value
+// "on install" must do so from the same input every time),
+// .Release.Revision 1 and .Release.Service "Helm". .Capabilities are the
+// cluster's when Options has them, else Helm's defaults. The lookup
+// function returns nothing and DNS lookups are off: a render never reaches
+// the cluster or the network. required and fail fail the render; a
+// missing value renders empty, as with `helm template` (not --strict).
+// The rendered documents are read as YAML 1.2 like every manifest here,
+// so an unquoted yes or on is a string, where Helm's client would send
+// true.
+//
+// The output is the charts' crds/ objects first (not templated), then the
+// templates' objects in Helm's install order (by kind). NOTES.txt and
+// empty documents are left out. Hooks (helm.sh/hook) stay, annotations
+// intact, for the apply step to run in their phase, except tests, which
+// Drover never runs. Errors name the file of the repository (and the line,
+// for a template) and never repeat a value of the assignment, since values
+// hold secrets.
 package render
 
 import (
@@ -79,6 +124,32 @@ type Options struct {
 	// MaxObjects bounds the number of objects rendered; 0 means
 	// DefaultMaxObjects.
 	MaxObjects int
+	// KubeVersion is the cluster's Kubernetes version ("v1.37.2") for a
+	// Helm chart's .Capabilities.KubeVersion and Chart.yaml's kubeVersion;
+	// "" means Helm's default.
+	KubeVersion string
+	// APIVersions are the cluster's API versions for a Helm chart's
+	// .Capabilities.APIVersions, both "group/version" and
+	// "group/version/Kind" ("policy/v1/PodDisruptionBudget"); empty means
+	// Helm's defaults.
+	APIVersions []string
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.MaxObjects <= 0 {
+		o.MaxObjects = DefaultMaxObjects
+	}
+	if o.MaxFileBytes <= 0 {
+		o.MaxFileBytes = DefaultMaxFileBytes
+	}
+	return o
+}
+
+func (o Options) newBudget() *budget {
+	return &budget{maxFileBytes: o.MaxFileBytes, maxBytes: o.MaxBytes, maxObjects: o.MaxObjects}
 }
 
 // Error is why an application did not render. It names the file (and the
@@ -116,38 +187,17 @@ func Render(ctx context.Context, root string, a *droverv1.AppAssignment) ([]*uns
 
 // Render renders assignment a from the checkout at root, which it only
 // reads. The objects come in the order of the manifests (files sorted by
-// path, documents in file order; Kustomize's order for Kustomize). Errors
-// are *Error, except ctx's and those of o.IsNamespaced.
+// path, documents in file order; Kustomize's order for Kustomize; for
+// Helm, CRDs then Helm's install order). Errors are *Error, except ctx's
+// and those of o.IsNamespaced.
 func (o Options) Render(ctx context.Context, root string, a *droverv1.AppAssignment) ([]*unstructured.Unstructured, error) {
-	if o.MaxBytes <= 0 {
-		o.MaxBytes = DefaultMaxBytes
-	}
-	if o.MaxObjects <= 0 {
-		o.MaxObjects = DefaultMaxObjects
-	}
-	if o.MaxFileBytes <= 0 {
-		o.MaxFileBytes = DefaultMaxFileBytes
-	}
-	appPath, err := cleanPath(a.GetPath())
+	o = o.withDefaults()
+	r, appPath, err := openApp(root, a)
 	if err != nil {
 		return nil, err
 	}
-	r, err := os.OpenRoot(root)
-	if err != nil {
-		return nil, fmt.Errorf("render: open checkout: %w", err)
-	}
 	defer r.Close()
-	info, err := r.Stat(appPath)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, errorf(appPath, 0, "no such directory in the repository")
-	case err != nil:
-		return nil, errorf(appPath, 0, "cannot be read, or a symbolic link on the way leads outside the repository: %v", pathErrCause(err))
-	case !info.IsDir():
-		return nil, errorf(appPath, 0, "not a directory")
-	}
-
-	b := &budget{maxFileBytes: o.MaxFileBytes, maxBytes: o.MaxBytes, maxObjects: o.MaxObjects}
+	b := o.newBudget()
 	var items []*item
 	switch a.GetRender() {
 	case droverv1.RenderType_RENDER_TYPE_UNSPECIFIED, droverv1.RenderType_RENDER_TYPE_DIRECTORY:
@@ -156,7 +206,7 @@ func (o Options) Render(ctx context.Context, root string, a *droverv1.AppAssignm
 	case droverv1.RenderType_RENDER_TYPE_KUSTOMIZE:
 		items, err = renderKustomize(ctx, root, appPath, b)
 	case droverv1.RenderType_RENDER_TYPE_HELM:
-		return nil, errorf(appPath, 0, "helm rendering is not supported yet")
+		items, err = o.renderHelm(ctx, r, appPath, a, b)
 	default:
 		return nil, errorf("", 0, "render type %v is not supported by this agent", a.GetRender())
 	}
@@ -175,8 +225,11 @@ func (o Options) Render(ctx context.Context, root string, a *droverv1.AppAssignm
 			return nil, err
 		}
 	}
-	for _, it := range items {
-		substitute(it.obj.Object, a.GetVariables())
+	if a.GetRender() != droverv1.RenderType_RENDER_TYPE_HELM {
+		// Helm's variables went into its values.
+		for _, it := range items {
+			substitute(it.obj.Object, a.GetVariables())
+		}
 	}
 	if err := defaultNamespace(ctx, items, a.GetNamespace(), scope); err != nil {
 		return nil, err
@@ -192,6 +245,33 @@ func (o Options) Render(ctx context.Context, root string, a *droverv1.AppAssignm
 		out[i] = it.obj
 	}
 	return out, nil
+}
+
+// openApp opens the checkout at root and checks a's path is a directory
+// in it, which it returns cleaned.
+func openApp(root string, a *droverv1.AppAssignment) (*os.Root, string, error) {
+	appPath, err := cleanPath(a.GetPath())
+	if err != nil {
+		return nil, "", err
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, "", fmt.Errorf("render: open checkout: %w", err)
+	}
+	info, err := r.Stat(appPath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		err = errorf(appPath, 0, "no such directory in the repository")
+	case err != nil:
+		err = errorf(appPath, 0, "cannot be read, or a symbolic link on the way leads outside the repository: %v", pathErrCause(err))
+	case !info.IsDir():
+		err = errorf(appPath, 0, "not a directory")
+	}
+	if err != nil {
+		r.Close()
+		return nil, "", err
+	}
+	return r, appPath, nil
 }
 
 // item is one rendered object and where it came from.

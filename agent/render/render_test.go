@@ -314,11 +314,11 @@ func TestRenderErrors(t *testing.T) {
 			wantMsg:  []string{"also defined in app/a.yaml"},
 		},
 		{
-			name:     "helm",
+			name:     "helm chart without a version",
 			tree:     tree{files: map[string]string{"chart/Chart.yaml": "name: x\n"}},
 			a:        &droverv1.AppAssignment{Path: "chart", Render: droverv1.RenderType_RENDER_TYPE_HELM},
-			wantPath: "chart",
-			wantMsg:  []string{"helm rendering is not supported yet"},
+			wantPath: "chart/Chart.yaml",
+			wantMsg:  []string{"chart.metadata.version is required"},
 		},
 		{
 			name:    "unknown render type",
