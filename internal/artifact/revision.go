@@ -60,16 +60,16 @@ func (r Revision) String() string { return r.Version + "@" + r.Digest }
 // Hex returns the digest's hex digits, without "sha256:".
 func (r Revision) Hex() string { return strings.TrimPrefix(r.Digest, "sha256:") }
 
-// ShortRevision shortens a release's commit string for display: a Git SHA to
-// its first 12 characters, a revision to its version and the first 12 hex
-// digits of its digest ("1.1.0@sha256:abcdef012345"). Anything else is
-// returned as it is.
-func ShortRevision(s string) string {
+// ShortCommit shortens a release's commit string for display: a revision
+// to its version and the first 12 hex digits of its digest
+// ("1.1.0@sha256:abcdef012345"), anything else (a Git SHA) to its first
+// gitLen characters, as the caller's view shows SHAs.
+func ShortCommit(s string, gitLen int) string {
 	if r, err := ParseRevision(s); err == nil {
 		return r.Version + "@sha256:" + r.Hex()[:12]
 	}
-	if len(s) > 12 && !strings.Contains(s, "@") {
-		return s[:12]
+	if len(s) > gitLen {
+		return s[:gitLen]
 	}
 	return s
 }

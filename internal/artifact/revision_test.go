@@ -43,15 +43,15 @@ func TestParseRevision(t *testing.T) {
 	}
 }
 
-func TestShortRevision(t *testing.T) {
+func TestShortCommit(t *testing.T) {
 	hex := "abcdef0123456789" + strings.Repeat("0", 48)
 	for in, want := range map[string]string{
 		"1.1.0@sha256:" + hex:                      "1.1.0@sha256:abcdef012345",
-		"0123456789abcdef0123456789abcdef01234567": "0123456789ab",
+		"0123456789abcdef0123456789abcdef01234567": "0123456",
 		"short": "short",
 	} {
-		if got := ShortRevision(in); got != want {
-			t.Errorf("ShortRevision(%q) = %q, want %q", in, got, want)
+		if got := ShortCommit(in, 7); got != want {
+			t.Errorf("ShortCommit(%q, 7) = %q, want %q", in, got, want)
 		}
 	}
 }
