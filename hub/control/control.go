@@ -34,6 +34,7 @@ import (
 	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/gitwatch"
 	"github.com/drover-dev/drover/hub/ownership"
+	"github.com/drover-dev/drover/hub/spec"
 	"github.com/drover-dev/drover/hub/store"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -564,24 +565,30 @@ func (c *Controller) Targets() []gitwatch.Target {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]gitwatch.Target, 0, len(c.specs))
-	for name, spec := range c.specs {
-		src := spec.GetSource()
+	for name, as := range c.specs {
+		src := as.GetSource()
 		// ValidateSpec accepted the interval when the spec was stored.
 		interval, _ := time.ParseDuration(src.GetPollInterval())
-		out = append(out, gitwatch.Target{App: name, RepoURL: src.GetRepoUrl(), Ref: src.GetRef(), Interval: interval})
+		out = append(out, gitwatch.Target{
+			App: name, RepoURL: src.GetRepoUrl(), Ref: src.GetRef(), Interval: interval,
+			SourceType: spec.SourceType(src), Chart: src.GetChart(), Version: src.GetVersion(), Insecure: src.GetInsecure(),
+		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].App < out[j].App })
 	return out
 }
 
-// Credentials returns a repository's stored credentials for the Git
-// watcher.
-func (c *Controller) Credentials(ctx context.Context, url string) (gitwatch.Credentials, error) {
+// Credentials returns a repository's stored credentials (and CA bundle)
+// for the watcher.
+func (c *Controller) Credentials(ctx context.Context, url string) (gitwatch.Access, error) {
 	creds, err := c.repoCredentials(ctx, url)
 	if err != nil || creds == nil {
-		return gitwatch.Credentials{}, err
+		return gitwatch.Access{}, err
 	}
-	return gitwatch.Credentials{Username: creds.GetUsername(), Password: creds.GetPassword(), SSHPrivateKey: creds.GetSshPrivateKey(), SSHKnownHosts: creds.GetSshKnownHosts()}, nil
+	return gitwatch.Access{
+		Credentials: gitwatch.Credentials{Username: creds.GetUsername(), Password: creds.GetPassword(), SSHPrivateKey: creds.GetSshPrivateKey(), SSHKnownHosts: creds.GetSshKnownHosts()},
+		CAPEM:       []byte(creds.GetCaPem()),
+	}, nil
 }
 
 // OnResolved records a resolved commit: a new one makes a new release.
@@ -605,7 +612,13 @@ func (c *Controller) newCommit(ctx context.Context, app, commit string) (bool, e
 	}
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
-	created, err := c.store.AddRelease(ctx, app, commit, spec.GetSource().GetRef(), content, time.Now())
+	// What the commit was resolved from: a Git ref, or a Helm or OCI
+	// version constraint.
+	from := spec.GetSource().GetRef()
+	if isArtifact(spec.GetSource()) {
+		from = spec.GetSource().GetVersion()
+	}
+	created, err := c.store.AddRelease(ctx, app, commit, from, content, time.Now())
 	if err != nil {
 		return false, err
 	}
@@ -647,7 +660,9 @@ func (c *Controller) content(ctx context.Context, app string, src *droverv1.Sour
 		return rels[0].GetContentCommit(), nil
 	}
 	from := rels[0].GetContentCommit()
-	if from == commit {
+	if from == commit || isArtifact(src) {
+		// A Helm chart or OCI artifact has no paths to compare: a new
+		// revision is new content.
 		return commit, nil
 	}
 	creds, err := c.Credentials(ctx, src.GetRepoUrl())
@@ -656,7 +671,7 @@ func (c *Controller) content(ctx context.Context, app string, src *droverv1.Sour
 		return commit, nil
 	}
 	paths := append([]string{src.GetPath()}, src.GetExtraPaths()...)
-	changed, err := c.resolver.PathsChanged(ctx, src.GetRepoUrl(), creds, from, commit, paths)
+	changed, err := c.resolver.PathsChanged(ctx, src.GetRepoUrl(), creds.Credentials, from, commit, paths)
 	if err != nil {
 		c.log.Warn("compare releases", "app", app, "commit", commit, "from", from, "err", err)
 		return commit, nil
@@ -665,6 +680,12 @@ func (c *Controller) content(ctx context.Context, app string, src *droverv1.Sour
 		return commit, nil
 	}
 	return from, nil
+}
+
+// isArtifact reports whether src is a Helm repository or OCI source, whose
+// releases pin revisions VERSION@sha256:HEX rather than Git commits.
+func isArtifact(src *droverv1.Source) bool {
+	return spec.SourceType(src) != droverv1.SourceType_SOURCE_TYPE_UNSPECIFIED
 }
 
 // OnError records that an application's source could not be resolved.

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 	"sigs.k8s.io/yaml"
 
+	"github.com/drover-dev/drover/internal/artifact"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -157,13 +158,9 @@ func until(now time.Time, t *timestamppb.Timestamp) string {
 	return "in " + duration.ShortHumanDuration(d)
 }
 
-// shortCommit is a commit's first 7 characters, as Git shows them.
-func shortCommit(c string) string {
-	if len(c) > 7 {
-		return c[:7]
-	}
-	return c
-}
+// shortCommit is a commit's first 7 characters, as Git shows them, or a
+// Helm or OCI revision's version and short digest.
+func shortCommit(c string) string { return artifact.ShortCommit(c, 7) }
 
 // formatLabels is "k=v,k2=v2" in key order, as -l and --labels take them.
 func formatLabels(m map[string]string) string { return joinLabels(m, ",") }

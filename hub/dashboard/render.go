@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/drover-dev/drover/hub/adminapi"
+	"github.com/drover-dev/drover/internal/artifact"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -290,7 +291,7 @@ func ago(now, t time.Time) string {
 // forgeCommitURL links a commit on the forges whose URL scheme is known;
 // "" otherwise. Credentials in the repository URL never reach the link.
 func forgeCommitURL(repoURL, commit string) string {
-	if commit == "" {
+	if commit == "" || artifact.IsRevision(commit) {
 		return ""
 	}
 	host, path := "", ""
@@ -315,12 +316,9 @@ func forgeCommitURL(repoURL, commit string) string {
 	return "https://" + host + "/" + path + "/commit/" + url.PathEscape(commit)
 }
 
-func shortSHA(c string) string {
-	if len(c) > 10 {
-		return c[:10]
-	}
-	return c
-}
+// shortSHA is a Git SHA's first 10 characters, or a Helm or OCI
+// revision's version and short digest.
+func shortSHA(c string) string { return artifact.ShortCommit(c, 10) }
 
 // chips renders labels in a stable order.
 type chip struct{ Key, Value string }

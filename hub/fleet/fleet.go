@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/drover-dev/drover/hub/spec"
+	"github.com/drover-dev/drover/internal/artifact"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -478,12 +479,12 @@ func copyApp(app *App) (*App, error) {
 
 var commitSHA = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
 
-// checkCommit accepts full lower-case SHA-1 or SHA-256 object names only:
-// agents never resolve anything, so an abbreviation or a ref would be a
-// bug upstream.
+// checkCommit accepts full lower-case SHA-1 or SHA-256 object names, or a
+// Helm or OCI revision VERSION@sha256:HEX, only: agents never resolve
+// anything, so an abbreviation, a ref or a range would be a bug upstream.
 func checkCommit(commit string) error {
-	if !commitSHA.MatchString(commit) {
-		return fmt.Errorf("%q is not a full lower-case commit SHA", commit)
+	if !commitSHA.MatchString(commit) && !artifact.IsRevision(commit) {
+		return fmt.Errorf("%q is neither a full lower-case commit SHA nor a revision VERSION@sha256:HEX", commit)
 	}
 	return nil
 }

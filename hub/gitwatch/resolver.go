@@ -4,6 +4,9 @@
 // bounded shallow-fetch cache. A Watcher polls every repository that
 // applications use, once per repository however many applications share it,
 // and reports each application's commit, or why there is none, to a Sink.
+// It polls Helm repositories and OCI registries the same way, resolving
+// versions with internal/artifact (one index.yaml or tag list per
+// repository per poll) to revisions VERSION@sha256:HEX.
 package gitwatch
 
 import (

@@ -9,15 +9,30 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover-dev/drover/internal/artifact"
 	"github.com/drover-dev/drover/internal/backoff"
+	"github.com/drover-dev/drover/internal/retry"
+	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// Target is one application's Git source as the Watcher polls it.
+// Target is one application's source as the Watcher polls it: a Git
+// repository, a Helm repository or an OCI repository.
 type Target struct {
 	App     string
 	RepoURL string
-	// Ref is a branch, tag, full commit SHA, or "" for the default branch.
+	// SourceType says what RepoURL is (spec.SourceType); unspecified is
+	// Git.
+	SourceType droverv1.SourceType
+	// Ref is a branch, tag, full commit SHA, or "" for the default branch
+	// (Git only).
 	Ref string
+	// Chart is the chart's name in a Helm repository.
+	Chart string
+	// Version is a Helm repository's or OCI repository's version: exact,
+	// a tag, a semver range, or "" (artifact.CheckVersion).
+	Version string
+	// Insecure allows plain HTTP to a Helm repository or OCI registry.
+	Insecure bool
 	// Interval overrides the Watcher's default poll interval for this
 	// application; zero means the default. A repository is polled at the
 	// shortest interval of the applications that use it.
@@ -32,8 +47,17 @@ type Source interface {
 	// scheduling goroutine: it should answer from memory.
 	Targets() []Target
 	// Credentials returns the stored credentials of repoURL (as a Target
-	// spells it), or zero Credentials if there are none.
-	Credentials(ctx context.Context, repoURL string) (Credentials, error)
+	// spells it), or a zero Access if there are none.
+	Credentials(ctx context.Context, repoURL string) (Access, error)
+}
+
+// Access is what reaching a repository takes: its credentials, and for a
+// Helm repository or OCI registry behind a private CA, that CA.
+type Access struct {
+	Credentials
+	// CAPEM holds PEM CA certificates trusted besides the system's (Helm
+	// repositories and OCI registries; Git ignores it).
+	CAPEM []byte
 }
 
 // RepoOwner is a Source that polls only some repositories on schedule: a
@@ -58,6 +82,10 @@ type RepoOwner interface {
 // ref the application no longer has, and a Sink may hear about an
 // application that was just deleted.
 type Sink interface {
+	// OnResolved reports app's commit: for Git a commit SHA resolved from
+	// ref; for a Helm or OCI source the revision VERSION@sha256:HEX
+	// (artifact.Revision) resolved from the version constraint, passed as
+	// ref.
 	OnResolved(ctx context.Context, app, ref, commit string)
 	OnError(ctx context.Context, app string, err error)
 }
@@ -431,7 +459,7 @@ func sameRefs(a, b []Target) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].App != b[i].App || a[i].Ref != b[i].Ref || a[i].RepoURL != b[i].RepoURL {
+		if a[i] != b[i] {
 			return false
 		}
 	}
@@ -498,46 +526,180 @@ func (w *Watcher) poll(ctx context.Context, job pollJob) error {
 
 	pollCtx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
-	var refs []string
-	for _, t := range job.targets {
-		refs = append(refs, t.Ref)
-	}
-	var commits map[string]string
-	creds, err := w.src.Credentials(pollCtx, job.url)
+	acc, err := w.src.Credentials(pollCtx, job.url)
 	if err != nil {
 		err = fmt.Errorf("credentials for %s: %w", RedactURL(job.url), err)
-	} else {
-		commits, err = w.resolver.Resolve(pollCtx, job.url, creds, refs)
 	}
-	if ctx.Err() != nil {
-		// Shutting down (or the caller of Refresh gave up): not a source
-		// error worth reporting.
-		return ctx.Err()
-	}
-	var refErrs RefErrors
-	repoErr := err
-	if errors.As(err, &refErrs) {
-		repoErr = nil
-	}
-	if repoErr != nil {
-		w.log.WarnContext(ctx, "git poll failed", "repo", RedactURL(job.url), "err", repoErr)
-	}
-	for _, t := range job.targets {
-		var appErr error
-		switch {
-		case repoErr != nil:
-			appErr = repoErr
-		case refErrs.For(t.Ref) != nil:
-			appErr = refErrs.For(t.Ref)
-		}
-		if appErr != nil {
-			w.sink.OnError(ctx, t.App, appErr)
+	// One URL names one kind of server, but nothing stops two
+	// applications from disagreeing about it: each kind is resolved its
+	// own way, and the poll fails if any of them failed as a whole.
+	var repoErr error
+	for _, group := range byResolver(job.targets) {
+		var results []result
+		if err != nil {
+			results = failAll(group, err)
 		} else {
-			w.sink.OnResolved(ctx, t.App, t.Ref, commits[t.Ref])
+			switch group[0].SourceType {
+			case droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY:
+				results = resolveHelm(pollCtx, job.url, acc, group)
+			case droverv1.SourceType_SOURCE_TYPE_OCI:
+				results = resolveOCI(pollCtx, job.url, acc, group)
+			default:
+				results = w.resolveGit(pollCtx, job.url, acc.Credentials, group)
+			}
 		}
-		if job.report != nil {
-			job.report(t, commits[t.Ref], appErr)
+		if ctx.Err() != nil {
+			// Shutting down (or the caller of Refresh gave up): not a
+			// source error worth reporting.
+			return ctx.Err()
+		}
+		for _, r := range results {
+			if r.repoErr && repoErr == nil {
+				repoErr = r.err
+				w.log.WarnContext(ctx, "source poll failed", "repo", RedactURL(job.url), "err", r.err)
+			}
+			if r.err != nil {
+				w.sink.OnError(ctx, r.target.App, r.err)
+			} else {
+				w.sink.OnResolved(ctx, r.target.App, r.target.constraint(), r.commit)
+			}
+			if job.report != nil {
+				job.report(r.target, r.commit, r.err)
+			}
 		}
 	}
 	return repoErr
+}
+
+// constraint is what a Target's commit is resolved from: the ref of a Git
+// source, the version of a Helm or OCI one.
+func (t Target) constraint() string {
+	if isArtifact(t.SourceType) {
+		return t.Version
+	}
+	return t.Ref
+}
+
+func isArtifact(st droverv1.SourceType) bool {
+	return st == droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY || st == droverv1.SourceType_SOURCE_TYPE_OCI
+}
+
+// result is one application's outcome of a poll. repoErr marks an error
+// of the repository as a whole (it could not be listed), which makes the
+// poll back off; an error of one application's ref or version does not.
+type result struct {
+	target  Target
+	commit  string
+	err     error
+	repoErr bool
+}
+
+func failAll(targets []Target, err error) []result {
+	out := make([]result, len(targets))
+	for i, t := range targets {
+		out[i] = result{target: t, err: err, repoErr: true}
+	}
+	return out
+}
+
+// byResolver splits a repository's targets into runs resolved together:
+// Git targets in one, Helm and OCI targets by source type and by whether
+// they allow plain HTTP. Order within a run is kept.
+func byResolver(targets []Target) [][]Target {
+	type key struct {
+		st       droverv1.SourceType
+		insecure bool
+	}
+	idx := map[key]int{}
+	var out [][]Target
+	for _, t := range targets {
+		k := key{st: t.SourceType}
+		if isArtifact(t.SourceType) {
+			k.insecure = t.Insecure
+		} else {
+			k.st = droverv1.SourceType_SOURCE_TYPE_UNSPECIFIED
+		}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], t)
+	}
+	return out
+}
+
+// resolveGit resolves Git targets' refs with one ls-remote.
+func (w *Watcher) resolveGit(ctx context.Context, url string, creds Credentials, targets []Target) []result {
+	var refs []string
+	for _, t := range targets {
+		refs = append(refs, t.Ref)
+	}
+	commits, err := w.resolver.Resolve(ctx, url, creds, refs)
+	var refErrs RefErrors
+	if err != nil && !errors.As(err, &refErrs) {
+		return failAll(targets, err)
+	}
+	out := make([]result, len(targets))
+	for i, t := range targets {
+		out[i] = result{target: t, commit: commits[t.Ref]}
+		if e := refErrs.For(t.Ref); e != nil {
+			// Not assigned directly: a nil *RefError is a non-nil error.
+			out[i].err = e
+		}
+	}
+	return out
+}
+
+func artifactAccess(acc Access, insecure bool) artifact.Access {
+	return artifact.Access{Username: acc.Username, Password: acc.Password, CAPEM: acc.CAPEM, Insecure: insecure}
+}
+
+// resolveHelm resolves Helm targets' chart versions with one fetch of the
+// repository's index.yaml.
+func resolveHelm(ctx context.Context, url string, acc Access, targets []Target) []result {
+	aacc := artifactAccess(acc, targets[0].Insecure)
+	ix, err := artifact.FetchIndex(ctx, url, aacc)
+	if err != nil {
+		return failAll(targets, err)
+	}
+	out := make([]result, len(targets))
+	for i, t := range targets {
+		rev, err := ix.Resolve(ctx, t.Chart, t.Version, aacc)
+		out[i] = result{target: t, err: err}
+		if err == nil {
+			out[i].commit = rev.String()
+		}
+		// A chart archive the hub had to download to hash failing to
+		// arrive is the repository failing, not the version.
+		if err != nil && retry.IsTransient(err) {
+			out[i].repoErr = true
+		}
+	}
+	return out
+}
+
+// resolveOCI resolves OCI targets' tags or ranges, listing the
+// repository's tags at most once.
+func resolveOCI(ctx context.Context, url string, acc Access, targets []Target) []result {
+	repo, err := artifact.OpenOCI(url, artifactAccess(acc, targets[0].Insecure))
+	if err != nil {
+		return failAll(targets, err)
+	}
+	defer repo.Close()
+	out := make([]result, len(targets))
+	for i, t := range targets {
+		rev, err := repo.Resolve(ctx, t.Version)
+		out[i] = result{target: t, err: err}
+		if err == nil {
+			out[i].commit = rev.String()
+		}
+		// A tag that is not there, or no tag in range, is this
+		// application's; anything else (auth, network) is the registry's.
+		if err != nil && !errors.Is(err, artifact.ErrNotFound) && !errors.Is(err, artifact.ErrInvalid) {
+			out[i].repoErr = true
+		}
+	}
+	return out
 }

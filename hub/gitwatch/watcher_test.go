@@ -17,7 +17,7 @@ import (
 type source struct {
 	mu      sync.Mutex // guards the fields below
 	targets []Target
-	creds   map[string]Credentials
+	creds   map[string]Access
 }
 
 func (s *source) Targets() []Target {
@@ -26,7 +26,7 @@ func (s *source) Targets() []Target {
 	return append([]Target(nil), s.targets...)
 }
 
-func (s *source) Credentials(_ context.Context, repoURL string) (Credentials, error) {
+func (s *source) Credentials(_ context.Context, repoURL string) (Access, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.creds[repoURL], nil
@@ -240,8 +240,8 @@ func TestWatcherErrorsPerApplication(t *testing.T) {
 	lockedRepo := locked.CreateRepo(t, "app")
 	lockedHead := lockedRepo.Commit(t, "first", nil)
 
-	src := &source{creds: map[string]Credentials{
-		lockedRepo.URL: {Username: "drover", Password: "wrong-" + password},
+	src := &source{creds: map[string]Access{
+		lockedRepo.URL: {Credentials: Credentials{Username: "drover", Password: "wrong-" + password}},
 	}}
 	src.set(
 		Target{App: "ok", RepoURL: good.URL, Ref: "main"},
@@ -274,7 +274,7 @@ func TestWatcherErrorsPerApplication(t *testing.T) {
 	// Fixing the credentials clears the error on a later retry; so does
 	// creating the missing repository.
 	src.mu.Lock()
-	src.creds[lockedRepo.URL] = Credentials{Username: "drover", Password: password}
+	src.creds[lockedRepo.URL] = Access{Credentials: Credentials{Username: "drover", Password: password}}
 	src.mu.Unlock()
 	missing := git.CreateRepo(t, "missing")
 	missingHead := missing.Commit(t, "first", nil)

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/drover-dev/drover/hub/spec"
+	"github.com/drover-dev/drover/internal/artifact"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -737,12 +738,9 @@ func (r *stepper) soaked(w *Wave, ws *WaveState) bool {
 	return !r.now.Before(ws.SoakUntil)
 }
 
-func short(commit string) string {
-	if len(commit) > 7 {
-		return commit[:7]
-	}
-	return commit
-}
+// short names a release's commit in events: 7 characters of a Git SHA, or
+// a Helm or OCI revision's version and short digest.
+func short(commit string) string { return artifact.ShortCommit(commit, 7) }
 
 func plural(n int, noun string) string {
 	if n == 1 {

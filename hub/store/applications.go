@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/drover-dev/drover/internal/artifact"
 	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -219,11 +220,16 @@ func samePaths(a, b *droverv1.Source) bool {
 	return a.GetRepoUrl() == b.GetRepoUrl() && a.GetPath() == b.GetPath() && slices.Equal(a.GetExtraPaths(), b.GetExtraPaths())
 }
 
-// validateCommit accepts what every agent accepts (gitremote.CheckCommit),
-// in lower case: releases pin commits, never refs or abbreviations.
+// validateCommit accepts what every agent accepts: a full Git commit SHA
+// (gitremote.CheckCommit) in lower case, or a Helm or OCI revision
+// VERSION@sha256:HEX (artifact.ParseRevision). Releases pin commits, never
+// refs, ranges or abbreviations.
 func validateCommit(field, commit string) error {
+	if artifact.IsRevision(commit) {
+		return nil
+	}
 	if sha, err := gitremote.CheckCommit(commit); err != nil || sha != commit {
-		return invalid(field, "%q is not a full commit SHA in lower-case hex", commit)
+		return invalid(field, "%q is neither a full commit SHA in lower-case hex nor a revision VERSION@sha256:HEX", commit)
 	}
 	return nil
 }
