@@ -342,6 +342,28 @@ func testHookFails(t *testing.T, c *testbed.Cluster, kube kubernetes.Interface) 
 	if uid := jobUID(t, kube, ns, "migrate"); uid != "" {
 		t.Error("the hook-failed hook migrate exists after it failed")
 	}
+
+	// A hook that completed does not run again when the apply after it
+	// failed and the release is retried.
+	var prepared types.UID
+	objs = []*unstructured.Unstructured{
+		configMap(t, ns, "settings", "v3"),
+		mustObject(t, `{apiVersion: v1, kind: ConfigMap, metadata: {name: refused, namespace: hook-fails}, data: {"not a key": x}}`),
+		hookJob(t, ns, "prepare", "pre-upgrade", "", "", false),
+	}
+	for i := range 2 {
+		_, err := a.Sync(t.Context(), app, "c3", objs, Policy{Prune: true})
+		if err == nil || !strings.Contains(err.Error(), "ConfigMap/hook-fails/refused") {
+			t.Fatalf("Sync %d of a release with a refused object: %v, want an error naming it", i+1, err)
+		}
+		if i == 0 {
+			prepared = jobUID(t, kube, ns, "prepare")
+			continue
+		}
+		if got := jobUID(t, kube, ns, "prepare"); got == "" || got != prepared {
+			t.Errorf("hook prepare: uid %q, was %q: a retry of the release ran it again", got, prepared)
+		}
+	}
 }
 
 func testHookUnhealthy(t *testing.T, c *testbed.Cluster, kube kubernetes.Interface) {
