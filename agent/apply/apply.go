@@ -1119,6 +1119,15 @@ func (a *Applier) Detect(ctx context.Context, app string) ([]ObjectRef, error) {
 // that has no inventory does nothing. After a partial failure the
 // inventory keeps what is left, and Delete can be called again.
 func (a *Applier) Delete(ctx context.Context, app string) error {
+	return a.DeleteRelease(ctx, app, nil)
+}
+
+// DeleteRelease is Delete, running the pre-delete Helm hooks of the
+// application's release before and its post-delete hooks after (hooks.go).
+// render returns the release's rendered objects; it is called only when
+// the inventory says the last release had delete hooks, so deleting any
+// other application fetches and renders nothing. A nil render runs no hook.
+func (a *Applier) DeleteRelease(ctx context.Context, app string, render func(context.Context) ([]*unstructured.Unstructured, error)) error {
 	if err := validateApp(app); err != nil {
 		return err
 	}
@@ -1128,19 +1137,26 @@ func (a *Applier) Delete(ctx context.Context, app string) error {
 	}
 	defer unlock()
 	s := a.newSession(app)
-	if err := s.delete(ctx); err != nil {
+	if err := s.delete(ctx, render); err != nil {
 		return classify(ctx, err)
 	}
 	return nil
 }
 
-func (s *session) delete(ctx context.Context) error {
+func (s *session) delete(ctx context.Context, render func(context.Context) ([]*unstructured.Unstructured, error)) error {
 	inv, err := s.readInventory(ctx)
 	if err != nil {
 		return err
 	}
 	if inv.resourceVersion == "" {
 		return nil
+	}
+	hooks, err := s.deleteHooks(ctx, inv, render)
+	if err != nil {
+		return err
+	}
+	if err := s.preDeleteHooks(ctx, inv, hooks); err != nil {
+		return err
 	}
 	kept, pruned, err := s.prune(ctx, inv.Entries)
 	if err != nil {
@@ -1151,6 +1167,9 @@ func (s *session) delete(ctx context.Context) error {
 		if werr := s.writeInventory(ctx, inv); werr != nil {
 			s.log.Warn("write inventory after a failed delete", "err", werr)
 		}
+		return err
+	}
+	if err := s.postDeleteHooks(ctx, inv, hooks); err != nil {
 		return err
 	}
 	if err := s.deleteInventory(ctx); err != nil {

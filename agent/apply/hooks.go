@@ -16,7 +16,9 @@ package apply
 //     that fails fails the sync and nothing else is applied.
 //   - post-install / post-upgrade run once the objects are applied, pruned
 //     and all healthy; one that fails fails the sync after the fact.
-//   - pre-delete / post-delete run around Delete (DeleteRelease).
+//   - pre-delete / post-delete run around DeleteRelease, when an
+//     application leaves the cluster with prune on: the release is
+//     rendered again for them, only when the inventory says it has some.
 //   - pre-rollback / post-rollback never run: a Drover rollback is a new
 //     release to an older commit, which runs its upgrade hooks.
 //   - test hooks never run.
@@ -105,6 +107,12 @@ type hookRecord struct {
 	Install bool `json:"install,omitempty"`
 	// PostDone: its post-install or post-upgrade hooks completed too.
 	PostDone bool `json:"postDone,omitempty"`
+	// DeleteHooks: the release has pre-delete or post-delete hooks, which
+	// deleting the application renders it again for.
+	DeleteHooks bool `json:"deleteHooks,omitempty"`
+	// PreDeleteDone: the application is being deleted and its pre-delete
+	// hooks completed.
+	PreDeleteDone bool `json:"preDeleteDone,omitempty"`
 }
 
 // HookError is a hook that failed, or could not be run.
@@ -186,7 +194,10 @@ func (r *Run) preHooks(ctx context.Context) error {
 	if err := r.s.runHooks(ctx, hooksFor(r.hooks, event), event); err != nil {
 		return err
 	}
-	r.inv.Hooks = &hookRecord{Commit: r.commit, Install: install}
+	r.inv.Hooks = &hookRecord{
+		Commit: r.commit, Install: install,
+		DeleteHooks: len(hooksFor(r.hooks, HookPreDelete))+len(hooksFor(r.hooks, HookPostDelete)) > 0,
+	}
 	if err := r.s.writeInventory(ctx, r.inv); err != nil {
 		return classify(ctx, err)
 	}
@@ -254,6 +265,66 @@ func (r *Run) waitHealthy(ctx context.Context, event string) error {
 			return err
 		}
 	}
+}
+
+// deleteHooks returns the hooks of the release being deleted, rendering it
+// when the inventory says it has delete hooks. A release that no longer
+// renders for a reason retrying cannot help is deleted without its hooks:
+// its objects must not stay forever because its source is gone.
+func (s *session) deleteHooks(ctx context.Context, inv *inventory, render func(context.Context) ([]*unstructured.Unstructured, error)) ([]*hook, error) {
+	if render == nil || inv.Hooks == nil || !inv.Hooks.DeleteHooks {
+		return nil, nil
+	}
+	objs, err := render(ctx)
+	if err == nil {
+		var desired []*desiredObject
+		if desired, err = s.prepare(objs); err == nil {
+			var hooks []*hook
+			if _, hooks, err = s.splitHooks(desired); err == nil {
+				return hooks, nil
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if retry.IsTransient(err) {
+		return nil, fmt.Errorf("render the release for its delete hooks: %w", err)
+	}
+	s.log.Warn("deleting without the release's delete hooks: it does not render", "err", err)
+	return nil, nil
+}
+
+// preDeleteHooks runs the pre-delete hooks, once: the inventory records
+// that they completed, for a delete that fails after them and is retried.
+func (s *session) preDeleteHooks(ctx context.Context, inv *inventory, hooks []*hook) error {
+	pre := hooksFor(hooks, HookPreDelete)
+	if len(pre) == 0 || inv.Hooks.PreDeleteDone {
+		return nil
+	}
+	if err := s.runHooks(ctx, pre, HookPreDelete); err != nil {
+		return err
+	}
+	inv.Hooks.PreDeleteDone = true
+	return s.writeInventory(ctx, inv)
+}
+
+// postDeleteHooks runs the post-delete hooks once the objects are gone.
+// When one fails the inventory is kept, emptied, so that the delete is
+// retried and runs them again.
+func (s *session) postDeleteHooks(ctx context.Context, inv *inventory, hooks []*hook) error {
+	post := hooksFor(hooks, HookPostDelete)
+	if len(post) == 0 {
+		return nil
+	}
+	err := s.runHooks(ctx, post, HookPostDelete)
+	if err != nil && ctx.Err() == nil {
+		inv.Entries = nil
+		if werr := s.writeInventory(ctx, inv); werr != nil {
+			s.log.Warn("write inventory after a failed post-delete hook", "err", werr)
+		}
+	}
+	return err
 }
 
 // runHooks runs hooks one at a time, stopping at the first that fails.

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -206,6 +207,10 @@ func TestHooks(t *testing.T) {
 			t.Parallel()
 			testHookUnhealthy(t, c, kube)
 		})
+		t.Run("delete hooks", func(t *testing.T) {
+			t.Parallel()
+			testHookDelete(t, c, kube)
+		})
 		t.Run("invalid weight", func(t *testing.T) {
 			t.Parallel()
 			testHookInvalid(t, c, kube)
@@ -407,5 +412,56 @@ func testHookInvalid(t *testing.T, c *testbed.Cluster, kube kubernetes.Interface
 	}
 	if _, err := kube.CoreV1().ConfigMaps("drover-system").Get(t.Context(), inventoryName(app), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("inventory after an invalid hook: %v, want NotFound", err)
+	}
+}
+
+func testHookDelete(t *testing.T, c *testbed.Cluster, kube kubernetes.Interface) {
+	const app, ns = "hook-delete", "hook-delete"
+	createNamespace(t, kube, ns)
+	a, tr := newTracedApplier(t, c, Options{})
+	objs := []*unstructured.Unstructured{
+		configMap(t, ns, "settings", "v1"),
+		hookJob(t, ns, "backup", "pre-delete", "", "", false),
+		hookJob(t, ns, "farewell", "post-delete", "", "", false),
+	}
+	mustSync(t, a, app, "c1", objs, Policy{Prune: true})
+	for _, name := range []string{"backup", "farewell"} {
+		if jobUID(t, kube, ns, name) != "" {
+			t.Errorf("delete hook %s ran on install", name)
+		}
+	}
+	// An application without delete hooks is deleted without a render.
+	mustSync(t, a, "hook-delete-plain", "c1", []*unstructured.Unstructured{configMap(t, ns, "plain", "v1")}, Policy{Prune: true})
+	err := a.DeleteRelease(t.Context(), "hook-delete-plain", func(context.Context) ([]*unstructured.Unstructured, error) {
+		t.Error("DeleteRelease rendered an application without delete hooks")
+		return nil, nil
+	})
+	if err != nil {
+		t.Fatalf("DeleteRelease without hooks: %v", err)
+	}
+
+	tr.reset()
+	rendered := 0
+	err = a.DeleteRelease(t.Context(), app, func(context.Context) ([]*unstructured.Unstructured, error) {
+		rendered++
+		return objs, nil
+	})
+	if err != nil {
+		t.Fatalf("DeleteRelease: %v", err)
+	}
+	reqs := tr.reset()
+	jobs := "/apis/batch/v1/namespaces/" + ns + "/jobs/"
+	deleted := first(reqs, func(r traced) bool {
+		return r.method == http.MethodDelete && r.path == "/api/v1/namespaces/"+ns+"/configmaps/settings"
+	})
+	backup, farewell := first(reqs, jobComplete(jobs+"backup")), first(reqs, patchOf(jobs+"farewell"))
+	if rendered != 1 || backup < 0 || deleted < backup || farewell < deleted {
+		t.Errorf("rendered %d times; pre-delete hook seen complete at request %d, the ConfigMap deleted at %d, the post-delete hook applied at %d: want one render and that order", rendered, backup, deleted, farewell)
+	}
+	if jobUID(t, kube, ns, "backup") == "" || jobUID(t, kube, ns, "farewell") == "" {
+		t.Error("a delete hook without a delete policy is gone after the delete: it stays, as with Helm")
+	}
+	if _, err := kube.CoreV1().ConfigMaps("drover-system").Get(t.Context(), inventoryName(app), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("inventory after DeleteRelease: %v, want NotFound", err)
 	}
 }
