@@ -93,6 +93,10 @@ type Options struct {
 	// DefaultNamespace is given to namespaced objects rendered without
 	// one, as kubectl does. "" means default.
 	DefaultNamespace string
+	// HookTimeout bounds the wait for each Helm hook to complete, and for
+	// the objects to be healthy before post-install and post-upgrade hooks
+	// (hooks.go). 0 means DefaultHookTimeout.
+	HookTimeout time.Duration
 }
 
 func (o *Options) setDefaults() error {
@@ -107,6 +111,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.WaitTimeout == 0 {
 		o.WaitTimeout = time.Minute
+	}
+	if o.HookTimeout < 0 {
+		return fmt.Errorf("Options.HookTimeout is %s: use a positive duration, or 0 for %s", o.HookTimeout, DefaultHookTimeout)
+	}
+	if o.HookTimeout == 0 {
+		o.HookTimeout = DefaultHookTimeout
 	}
 	if o.InventoryNamespace == "" {
 		o.InventoryNamespace = "drover-system"
@@ -253,7 +263,8 @@ func (a *Applier) newSession(app string) *session {
 
 // Sync makes the cluster match objs, the rendered objects of app at
 // commit, and returns the application's state. objs are not modified. It
-// is a Run's steps in order: Begin, Apply, Prune, Assess, then Result.
+// is a Run's steps in order: Begin, Apply, Prune, PostHooks, Assess, then
+// Result.
 //
 // The Result is never nil. A non-nil error means the Sync did not
 // complete: the Result's Sync is Failed and its Message names the object
@@ -270,6 +281,9 @@ func (a *Applier) Sync(ctx context.Context, app, commit string, objs []*unstruct
 	if err == nil {
 		err = run.Prune(ctx)
 	}
+	if err == nil {
+		err = run.PostHooks(ctx)
+	}
 	run.Assess()
 	return run.Result(ctx, err)
 }
@@ -284,6 +298,9 @@ func (a *Applier) Sync(ctx context.Context, app, commit string, objs []*unstruct
 //     before creating them, and applies in stages with ssa;
 //   - Prune deletes (Policy.Prune) what left the render and writes the
 //     new inventory;
+//   - PostHooks runs a new release's post-install or post-upgrade Helm
+//     hooks once the objects are healthy (hooks.go); Apply runs the pre
+//     hooks first;
 //   - Assess, which runs after a failure too, reads each object's health
 //     and drift from what the steps saw, without a request;
 //   - Result is the one place the application's sync state and message
@@ -300,8 +317,10 @@ type Run struct {
 	unlock func()
 
 	desired []*desiredObject
-	inv     *inventory
-	res     *Result
+	// hooks are the render's Helm hooks, which are not in desired.
+	hooks []*hook
+	inv   *inventory
+	res   *Result
 	// drifted lists the objects that still differ from their render, for
 	// the Result's message; set by Assess.
 	drifted []string
@@ -325,6 +344,9 @@ func (a *Applier) Begin(ctx context.Context, app, commit string, objs []*unstruc
 	run.s = a.newSession(app)
 	if run.desired, err = run.s.prepare(objs); err != nil {
 		return run, classify(ctx, err)
+	}
+	if run.desired, run.hooks, err = run.s.splitHooks(run.desired); err != nil {
+		return run, err
 	}
 	if run.inv, err = run.s.readInventory(ctx); err != nil {
 		return run, classify(ctx, err)
@@ -388,6 +410,9 @@ func (r *Run) Apply(ctx context.Context) error {
 	}
 	if len(conflicts) > 0 {
 		return objectErrors(conflicts)
+	}
+	if err := r.preHooks(ctx); err != nil {
+		return err
 	}
 
 	// Record objects in the inventory before creating them, so that a
@@ -460,6 +485,11 @@ func (r *Run) stale() []entry {
 // (with the hash and live fingerprint of those applied), then kept, stale.
 func (r *Run) writeInventory(ctx context.Context, commit string, kept []entry) error {
 	final := &inventory{Application: r.app, Commit: commit, resourceVersion: r.inv.resourceVersion, stored: r.inv.stored}
+	if len(r.hooks) > 0 {
+		// A render without hooks forgets them: the next release with
+		// hooks is a new one whatever its commit.
+		final.Hooks = r.inv.Hooks
+	}
 	for _, d := range r.desired {
 		switch {
 		case d.send && d.done && d.final != nil:
@@ -476,7 +506,11 @@ func (r *Run) writeInventory(ctx context.Context, commit string, kept []entry) e
 		e.Stale = true
 		final.Entries = append(final.Entries, e)
 	}
-	return r.s.writeInventory(ctx, final)
+	if err := r.s.writeInventory(ctx, final); err != nil {
+		return err
+	}
+	r.inv = final
+	return nil
 }
 
 // Assess fills the Result's per-object statuses and health from what the
@@ -1085,6 +1119,15 @@ func (a *Applier) Detect(ctx context.Context, app string) ([]ObjectRef, error) {
 // that has no inventory does nothing. After a partial failure the
 // inventory keeps what is left, and Delete can be called again.
 func (a *Applier) Delete(ctx context.Context, app string) error {
+	return a.DeleteRelease(ctx, app, nil)
+}
+
+// DeleteRelease is Delete, running the pre-delete Helm hooks of the
+// application's release before and its post-delete hooks after (hooks.go).
+// render returns the release's rendered objects; it is called only when
+// the inventory says the last release had delete hooks, so deleting any
+// other application fetches and renders nothing. A nil render runs no hook.
+func (a *Applier) DeleteRelease(ctx context.Context, app string, render func(context.Context) ([]*unstructured.Unstructured, error)) error {
 	if err := validateApp(app); err != nil {
 		return err
 	}
@@ -1094,19 +1137,26 @@ func (a *Applier) Delete(ctx context.Context, app string) error {
 	}
 	defer unlock()
 	s := a.newSession(app)
-	if err := s.delete(ctx); err != nil {
+	if err := s.delete(ctx, render); err != nil {
 		return classify(ctx, err)
 	}
 	return nil
 }
 
-func (s *session) delete(ctx context.Context) error {
+func (s *session) delete(ctx context.Context, render func(context.Context) ([]*unstructured.Unstructured, error)) error {
 	inv, err := s.readInventory(ctx)
 	if err != nil {
 		return err
 	}
 	if inv.resourceVersion == "" {
 		return nil
+	}
+	hooks, err := s.deleteHooks(ctx, inv, render)
+	if err != nil {
+		return err
+	}
+	if err := s.preDeleteHooks(ctx, inv, hooks); err != nil {
+		return err
 	}
 	kept, pruned, err := s.prune(ctx, inv.Entries)
 	if err != nil {
@@ -1117,6 +1167,9 @@ func (s *session) delete(ctx context.Context) error {
 		if werr := s.writeInventory(ctx, inv); werr != nil {
 			s.log.Warn("write inventory after a failed delete", "err", werr)
 		}
+		return err
+	}
+	if err := s.postDeleteHooks(ctx, inv, hooks); err != nil {
 		return err
 	}
 	if err := s.deleteInventory(ctx); err != nil {

@@ -44,6 +44,8 @@ type inventory struct {
 	Application string  `json:"application"`
 	Commit      string  `json:"commit,omitempty"`
 	Entries     []entry `json:"entries"`
+	// Hooks records the Helm hooks of the last release that had some.
+	Hooks *hookRecord `json:"hooks,omitempty"`
 
 	resourceVersion string // of the ConfigMap; "" when there is none yet
 	stored          []byte // the JSON as last read or written

@@ -62,6 +62,15 @@ type Run interface {
 	Close()
 }
 
+// postHooker is a Run that runs a release's post-install and post-upgrade
+// Helm hooks once its objects are healthy (*apply.Run does). A Run without
+// it has none to run.
+type postHooker interface {
+	PostHooks(ctx context.Context) error
+}
+
+var _ postHooker = (*apply.Run)(nil)
+
 // Engine adapts the agent's apply engine to Applier.
 func Engine(a *apply.Applier) Applier { return engine{a} }
 
@@ -508,6 +517,7 @@ func (r *Reconciler) syncSteps() []step {
 		{name: "render", do: r.renderStep},
 		{name: "apply", do: r.applyStep},
 		{name: "prune", do: pruneStep},
+		{name: "post-hooks", do: postHooksStep},
 		{name: "assess", afterFailure: true, do: assessStep},
 	}
 }
@@ -597,6 +607,16 @@ func (r *Reconciler) applyStep(ctx context.Context, a *attempt) error {
 }
 
 func pruneStep(ctx context.Context, a *attempt) error { return a.run.Prune(ctx) }
+
+// postHooksStep runs after prune, as Helm runs post hooks once the release
+// is in place; the pre hooks run within the apply step, before anything
+// is applied.
+func postHooksStep(ctx context.Context, a *attempt) error {
+	if h, ok := a.run.(postHooker); ok {
+		return h.PostHooks(ctx)
+	}
+	return nil
+}
 
 func assessStep(_ context.Context, a *attempt) error {
 	if a.run != nil {
