@@ -24,6 +24,7 @@ import (
 	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/hub/adminapi"
 	"github.com/drover-dev/drover/hub/dashboard"
+	"github.com/drover-dev/drover/hub/fleet"
 	"github.com/drover-dev/drover/hub/store"
 	"github.com/drover-dev/drover/internal/testlog"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
@@ -73,6 +74,9 @@ func (h *fakeHub) Disconnect(string, error)                {}
 func (h *fakeHub) PlacedClusters(app string) []string      { return h.placed[app] }
 func (h *fakeHub) AssignmentVersion(cluster string) string { return h.versions[cluster] }
 func (h *fakeHub) SourceError(app string) string           { return "" }
+func (h *fakeHub) Preview(app, cluster, commit string) (*droverv1.AppAssignment, error) {
+	return nil, fleet.ErrNotFound
+}
 func (h *fakeHub) Replica() string                         { return "hub-0" }
 func (h *fakeHub) Members() []string {
 	h.mu.Lock()
