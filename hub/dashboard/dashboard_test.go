@@ -74,10 +74,10 @@ func (h *fakeHub) Disconnect(string, error)                {}
 func (h *fakeHub) PlacedClusters(app string) []string      { return h.placed[app] }
 func (h *fakeHub) AssignmentVersion(cluster string) string { return h.versions[cluster] }
 func (h *fakeHub) SourceError(app string) string           { return "" }
+func (h *fakeHub) Replica() string                         { return "hub-0" }
 func (h *fakeHub) Preview(app, cluster, commit string) (*droverv1.AppAssignment, error) {
 	return nil, fleet.ErrNotFound
 }
-func (h *fakeHub) Replica() string                         { return "hub-0" }
 func (h *fakeHub) Members() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
