@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,10 +134,7 @@ func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 		if err := os.WriteFile(config, registryConfigFile(r.Dir, r.Host, certFile, keyFile, htpasswd), 0o600); err != nil {
 			t.Fatalf("testbed: registry: %v", err)
 		}
-		// Distribution exports traces over OTLP unless told not to; a test
-		// has nowhere to send them.
-		env := append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
-		p, err = StartProcess("registry "+r.Host, bin, []string{"serve", config}, env, work, filepath.Join(work, "registry.log"))
+		p, err = StartProcess("registry "+r.Host, bin, []string{"serve", config}, registryEnv(), work, filepath.Join(work, "registry.log"))
 		if err != nil {
 			t.Fatalf("testbed: %v", err)
 		}
@@ -175,6 +173,20 @@ func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	}()
 	t.Logf("testbed: OCI registry on %s ready in %s; storage in %s", r.Host, since(started), r.Dir)
 	return r
+}
+
+// registryEnv is the test's environment without REGISTRY_* variables,
+// which would override the configuration file, and with tracing off:
+// Distribution exports traces over OTLP unless told not to, and a test
+// has nowhere to send them.
+func registryEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "REGISTRY_") && !strings.HasPrefix(kv, "OTEL_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
 }
 
 // registryConfigFile is the registry's configuration: filesystem storage,

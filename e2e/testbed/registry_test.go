@@ -241,6 +241,20 @@ func TestRegistryBasicAuth(t *testing.T) {
 	}
 }
 
+func TestRegistryIgnoresRegistryEnvironment(t *testing.T) {
+	// Distribution takes REGISTRY_* variables over its configuration file.
+	elsewhere := t.TempDir()
+	t.Setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", elsewhere)
+	r := StartRegistry(t)
+	r.PushArtifact(t, "apps/env", "v1", map[string]string{"a.yaml": "a: 1\n"})
+	if _, err := os.Stat(filepath.Join(r.Dir, "docker/registry/v2/repositories/apps/env")); err != nil {
+		t.Errorf("the artifact is not under Dir: %v", err)
+	}
+	if entries, _ := os.ReadDir(elsewhere); len(entries) > 0 {
+		t.Errorf("the registry stored into $REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: %d entries", len(entries))
+	}
+}
+
 func TestRegistryBinaryMissing(t *testing.T) {
 	const fix = "run `make testbed` (builds it from the Go module proxy, ~3 min once)"
 	bin := filepath.Join(t.TempDir(), "bin", "registry")
