@@ -30,7 +30,8 @@ type HelmRepo struct {
 	// CAPEM is the CA that signed its certificate; nil over plain HTTP.
 	CAPEM []byte
 
-	dir string // what is served
+	dir      string // what is served
+	relative bool   // index URLs relative to the index, with HelmRepoRelativeURLs
 
 	mu       sync.Mutex // guards the fields below; one Add or Tamper at a time
 	index    *repo.IndexFile
@@ -41,8 +42,8 @@ type HelmRepo struct {
 type HelmRepoOption func(*helmRepoConfig)
 
 type helmRepoConfig struct {
-	user, password string
-	plainHTTP      bool
+	user, password      string
+	plainHTTP, relative bool
 }
 
 // HelmRepoBasicAuth makes the repository answer 401 to every request
@@ -57,6 +58,13 @@ func HelmRepoPlainHTTP() HelmRepoOption {
 	return func(c *helmRepoConfig) { c.plainHTTP = true }
 }
 
+// HelmRepoRelativeURLs makes index.yaml give each chart's URL relative to
+// the index ("demo-0.1.0.tgz"), as `helm repo index` does without --url;
+// without it they are absolute.
+func HelmRepoRelativeURLs() HelmRepoOption {
+	return func(c *helmRepoConfig) { c.relative = true }
+}
+
 // StartHelmRepo starts an empty chart repository for t (its index.yaml
 // lists no charts), closed when t ends.
 func StartHelmRepo(t testing.TB, opts ...HelmRepoOption) *HelmRepo {
@@ -65,7 +73,7 @@ func StartHelmRepo(t testing.TB, opts ...HelmRepoOption) *HelmRepo {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	h := &HelmRepo{dir: t.TempDir(), index: repo.NewIndexFile(), requests: map[string]int{}}
+	h := &HelmRepo{dir: t.TempDir(), relative: cfg.relative, index: repo.NewIndexFile(), requests: map[string]int{}}
 	var handler http.Handler = http.FileServer(http.Dir(h.dir))
 	if cfg.user != "" || cfg.password != "" {
 		handler = basicAuth(cfg.user, cfg.password, handler)
@@ -116,8 +124,9 @@ func (h *HelmRepo) count(next http.Handler) http.Handler {
 
 // Add packages the chart in files with the Helm SDK into the repository
 // as NAME-VERSION.tgz and adds it to index.yaml, with its SHA-256 as the
-// digest and its absolute URL, as `helm repo index --url` writes them. It
-// returns the chart's version. Adding a version the index has fails t.
+// digest and its absolute URL, as `helm repo index --url` writes them
+// (relative with HelmRepoRelativeURLs). It returns the chart's version.
+// Adding a version the index has fails t.
 func (h *HelmRepo) Add(t testing.TB, files map[string]string) string {
 	t.Helper()
 	tgz := PackageChart(t, files)
@@ -136,7 +145,11 @@ func (h *HelmRepo) Add(t testing.TB, files map[string]string) string {
 	if err != nil {
 		t.Fatalf("testbed: Helm repository: digest of %s: %v", name, err)
 	}
-	if err := h.index.MustAdd(meta, name, h.URL, dgst); err != nil {
+	baseURL := h.URL
+	if h.relative {
+		baseURL = ""
+	}
+	if err := h.index.MustAdd(meta, name, baseURL, dgst); err != nil {
 		t.Fatalf("testbed: Helm repository: index %s: %v", name, err)
 	}
 	h.writeIndex(t)

@@ -120,6 +120,27 @@ func TestHelmRepoServesIndexAndCharts(t *testing.T) {
 	}
 }
 
+func TestHelmRepoRelativeURLs(t *testing.T) {
+	h := StartHelmRepo(t, HelmRepoRelativeURLs())
+	h.Add(t, demoChart("0.4.0"))
+	client, err := httpClientTrusting(h.CAPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body := get(t, client, h.URL+"index.yaml", "", "")
+	cv, err := loadIndex(t, body).Get("demo", "0.4.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cv.URLs) != 1 || cv.URLs[0] != "demo-0.4.0.tgz" {
+		t.Fatalf("URLs = %v, want [demo-0.4.0.tgz]", cv.URLs)
+	}
+	// Relative to index.yaml, as Helm resolves it.
+	if status, tgz := get(t, client, h.URL+cv.URLs[0], "", ""); status != http.StatusOK || sha256Hex(tgz) != cv.Digest {
+		t.Errorf("GET %s: %d, sha256 %s; want 200 and %s", cv.URLs[0], status, sha256Hex(tgz), cv.Digest)
+	}
+}
+
 func TestHelmRepoBasicAuth(t *testing.T) {
 	h := StartHelmRepo(t, HelmRepoBasicAuth("reader", "s3cret"))
 	h.Add(t, demoChart("1.0.0"))

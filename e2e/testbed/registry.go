@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,8 +24,10 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/crypto/bcrypt"
 	helmregistry "helm.sh/helm/v4/pkg/registry"
 	"oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/auth"
 )
 
 // registryToolchain names the cache directory `make testbed` builds the
@@ -53,13 +56,33 @@ type Registry struct {
 	// Dir is the storage root (the filesystem driver's rootdirectory).
 	Dir string
 
-	client *http.Client // trusts CAPEM
+	client         *http.Client // trusts CAPEM
+	user, password string       // basic-auth credentials, with RegistryBasicAuth
+}
+
+// RegistryOption configures StartRegistry.
+type RegistryOption func(*registryConfig)
+
+type registryConfig struct {
+	user, password string
+}
+
+// RegistryBasicAuth makes the registry refuse every request without these
+// basic-auth credentials (Distribution's htpasswd authentication, as a
+// private registry without a token server has). The Registry's own
+// methods use them.
+func RegistryBasicAuth(user, password string) RegistryOption {
+	return func(c *registryConfig) { c.user, c.password = user, password }
 }
 
 // StartRegistry starts a registry for t, stopped when t ends. Its log
 // goes to a file whose end is printed if the registry fails or t does.
-func StartRegistry(t testing.TB) *Registry {
+func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	t.Helper()
+	var cfg registryConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	dir, err := registryTestbedDir()
 	if err != nil {
 		t.Fatalf("testbed: %v", err)
@@ -78,7 +101,14 @@ func StartRegistry(t testing.TB) *Registry {
 	}
 
 	work := t.TempDir()
-	r := &Registry{CAPEM: pki.caCert, Dir: filepath.Join(work, "storage"), client: client}
+	r := &Registry{CAPEM: pki.caCert, Dir: filepath.Join(work, "storage"), client: client, user: cfg.user, password: cfg.password}
+	htpasswd := ""
+	if r.user != "" || r.password != "" {
+		htpasswd = filepath.Join(work, "htpasswd")
+		if err := writeHtpasswd(htpasswd, r.user, r.password); err != nil {
+			t.Fatalf("testbed: registry: %v", err)
+		}
+	}
 	certFile, keyFile := filepath.Join(work, "tls.crt"), filepath.Join(work, "tls.key")
 	for _, f := range []struct {
 		path string
@@ -101,19 +131,16 @@ func StartRegistry(t testing.TB) *Registry {
 		}
 		r.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		config := filepath.Join(work, "config.yml")
-		if err := os.WriteFile(config, registryConfig(r.Dir, r.Host, certFile, keyFile), 0o600); err != nil {
+		if err := os.WriteFile(config, registryConfigFile(r.Dir, r.Host, certFile, keyFile, htpasswd), 0o600); err != nil {
 			t.Fatalf("testbed: registry: %v", err)
 		}
-		// Distribution exports traces over OTLP unless told not to; a test
-		// has nowhere to send them.
-		env := append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
-		p, err = StartProcess("registry "+r.Host, bin, []string{"serve", config}, env, work, filepath.Join(work, "registry.log"))
+		p, err = StartProcess("registry "+r.Host, bin, []string{"serve", config}, registryEnv(), work, filepath.Join(work, "registry.log"))
 		if err != nil {
 			t.Fatalf("testbed: %v", err)
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), startTimeout)
 		err = waitUntil(ctx, "registry", []*Process{p}, func(ctx context.Context) (bool, error) {
-			return httpOK(ctx, r.client, "https://"+r.Host+"/v2/")
+			return r.ping(ctx)
 		})
 		cancel()
 		if err == nil {
@@ -148,9 +175,24 @@ func StartRegistry(t testing.TB) *Registry {
 	return r
 }
 
-// registryConfig is the registry's configuration: filesystem storage, TLS,
-// no authentication, nothing running in the background.
-func registryConfig(storage, addr, certFile, keyFile string) []byte {
+// registryEnv is the test's environment without REGISTRY_* variables,
+// which would override the configuration file, and with tracing off:
+// Distribution exports traces over OTLP unless told not to, and a test
+// has nowhere to send them.
+func registryEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "REGISTRY_") && !strings.HasPrefix(kv, "OTEL_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
+}
+
+// registryConfigFile is the registry's configuration: filesystem storage,
+// TLS, basic authentication if htpasswd is set, nothing running in the
+// background.
+func registryConfigFile(storage, addr, certFile, keyFile, htpasswd string) []byte {
 	// JSON is YAML, and json.Marshal quotes the paths properly.
 	cfg := map[string]any{
 		"version": "0.1",
@@ -170,11 +212,48 @@ func registryConfig(storage, addr, certFile, keyFile string) []byte {
 			"tls":    map[string]any{"certificate": certFile, "key": keyFile},
 		},
 	}
+	if htpasswd != "" {
+		cfg["auth"] = map[string]any{"htpasswd": map[string]any{"realm": "drover-testbed", "path": htpasswd}}
+	}
 	b, err := json.Marshal(cfg)
 	if err != nil {
 		panic(err) // only strings and maps
 	}
 	return b
+}
+
+// writeHtpasswd writes an htpasswd file with one user, bcrypt-hashed at
+// the lowest cost: the file protects nothing, and each request checks it.
+func writeHtpasswd(path, user, password string) error {
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		return fmt.Errorf("hash the registry password: %w", err)
+	}
+	return os.WriteFile(path, []byte(user+":"+string(hash)+"\n"), 0o600)
+}
+
+// ping reports whether the registry answers GET /v2/ with 200, which it
+// does only once it serves the API (and, with RegistryBasicAuth, only to
+// the credentials).
+func (r *Registry) ping(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+r.Host+"/v2/", nil)
+	if err != nil {
+		return false, err
+	}
+	if r.user != "" || r.password != "" {
+		req.SetBasicAuth(r.user, r.password)
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return false, err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("GET /v2/: %s", resp.Status)
+	}
+	return true, nil
 }
 
 // registryTestbedDir is where bin/registry is: $DROVER_REGISTRY_DIR, or
@@ -209,7 +288,10 @@ func (r *Registry) repository(t testing.TB, name string) *remote.Repository {
 	if err != nil {
 		t.Fatalf("testbed: registry repository %q: %v", name, err)
 	}
-	repo.Client = r.client
+	repo.Client = &auth.Client{
+		Client:     r.client,
+		Credential: auth.StaticCredential(r.Host, auth.Credential{Username: r.user, Password: r.password}),
+	}
 	return repo
 }
 
@@ -223,6 +305,7 @@ func (r *Registry) PushChart(t testing.TB, files map[string]string) (ref, manife
 	meta := chartMetadata(t, tgz)
 	client, err := helmregistry.NewClient(
 		helmregistry.ClientOptHTTPClient(r.client),
+		helmregistry.ClientOptBasicAuth(r.user, r.password),
 		// No credentials: keep the Helm client off the user's files.
 		helmregistry.ClientOptCredentialsFile(filepath.Join(t.TempDir(), "config.json")),
 	)

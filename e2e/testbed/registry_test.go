@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +21,8 @@ import (
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/memory"
 	"oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/auth"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
 // demoChart is a chart as tests write one.
@@ -205,6 +208,50 @@ func TestRegistryTamperBlob(t *testing.T) {
 	err = pull()
 	if !errors.Is(err, content.ErrMismatchedDigest) {
 		t.Fatalf("pull by digest after tampering with the layer: %v, want %v", err, content.ErrMismatchedDigest)
+	}
+}
+
+func TestRegistryBasicAuth(t *testing.T) {
+	r := StartRegistry(t, RegistryBasicAuth("puller", "s3cret"))
+	_, dgst := r.PushChart(t, demoChart("1.2.3"))
+
+	anonymous := clientRepository(t, r, "charts/demo")
+	_, _, err := anonymous.FetchReference(t.Context(), dgst)
+	var resp *errcode.ErrorResponse
+	if !errors.As(err, &resp) || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("pull without credentials: %v, want 401 Unauthorized", err)
+	}
+
+	for _, tt := range []struct {
+		password string
+		want     int // 0: the pull succeeds
+	}{{"wrong", http.StatusUnauthorized}, {"s3cret", 0}} {
+		repo := clientRepository(t, r, "charts/demo")
+		repo.Client = &auth.Client{
+			Client:     anonymous.Client.(*http.Client),
+			Credential: auth.StaticCredential(r.Host, auth.Credential{Username: "puller", Password: tt.password}),
+		}
+		_, err := oras.Copy(t.Context(), repo, dgst, memory.New(), "", oras.DefaultCopyOptions)
+		switch {
+		case tt.want == 0 && err != nil:
+			t.Errorf("pull with password %q: %v", tt.password, err)
+		case tt.want != 0 && (!errors.As(err, &resp) || resp.StatusCode != tt.want):
+			t.Errorf("pull with password %q: %v, want %d", tt.password, err, tt.want)
+		}
+	}
+}
+
+func TestRegistryIgnoresRegistryEnvironment(t *testing.T) {
+	// Distribution takes REGISTRY_* variables over its configuration file.
+	elsewhere := t.TempDir()
+	t.Setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", elsewhere)
+	r := StartRegistry(t)
+	r.PushArtifact(t, "apps/env", "v1", map[string]string{"a.yaml": "a: 1\n"})
+	if _, err := os.Stat(filepath.Join(r.Dir, "docker/registry/v2/repositories/apps/env")); err != nil {
+		t.Errorf("the artifact is not under Dir: %v", err)
+	}
+	if entries, _ := os.ReadDir(elsewhere); len(entries) > 0 {
+		t.Errorf("the registry stored into $REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: %d entries", len(entries))
 	}
 }
 
