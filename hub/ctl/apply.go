@@ -293,7 +293,8 @@ func decodeSpec(raw json.RawMessage) (*droverv1.ApplicationSpec, error) {
 // maps. Values of the wrong type are left to protojson.
 func unknownFields(path string, v any, md protoreflect.MessageDescriptor, ps *problems) {
 	obj, ok := v.(map[string]any)
-	if !ok {
+	if !ok || md.ParentFile().Package() == "google.protobuf" {
+		// Well-known types such as Struct (Helm values) take any JSON.
 		return
 	}
 	for _, k := range sortedKeys(obj) {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -67,6 +68,13 @@ spec:
 		name:    "unknown nested fields",
 		doc:     "apiVersion: drover.dev/v1\nkind: Application\nmetadata: {name: web}\nspec:\n  source: {repoURL: \"https://g.example.com/f.git\"}\n  overrides:\n  - selector: {matchLabel: {a: b}}\n    patches: [{patch: x, target: {knd: Deployment}}]\n",
 		wantErr: []string{"2 problems", "spec.overrides[0].patches[0].target.knd: unknown field; did you mean \"kind\"?", "spec.overrides[0].selector.matchLabel: unknown field; did you mean \"matchLabels\"?"},
+	}, {
+		name: "free-form Helm values",
+		doc:  "apiVersion: drover.dev/v1\nkind: Application\nmetadata: {name: web}\nspec:\n  source: {repoURL: \"https://g.example.com/f.git\"}\n  render: {type: helm, values: {image: {tag: v2}, replicas: 3}}\n",
+		want: &manifest{kind: kindApplication, name: "web", app: &droverv1.Application{Name: "web", Spec: &droverv1.ApplicationSpec{
+			Source: &droverv1.Source{RepoUrl: "https://g.example.com/f.git"},
+			Render: &droverv1.Render{Type: "helm", Values: mustStruct(t, map[string]any{"image": map[string]any{"tag": "v2"}, "replicas": 3})},
+		}}},
 	}, {
 		name:    "wrong type",
 		doc:     "apiVersion: drover.dev/v1\nkind: Application\nmetadata: {name: web}\nspec: {source: {repoURL: [a]}}\n",
@@ -132,4 +140,13 @@ spec:
 			}
 		})
 	}
+}
+
+func mustStruct(t *testing.T, m map[string]any) *structpb.Struct {
+	t.Helper()
+	s, err := structpb.NewStruct(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

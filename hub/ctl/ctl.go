@@ -113,6 +113,7 @@ var commands = []*command{
 	{"describe app", "NAME", "show an application: source, releases and its state on every cluster", runDescribeApp},
 	{"delete app", "NAME", "delete an application", runDeleteApp},
 	{"app refresh", "NAME", "resolve an application's ref now", runAppRefresh},
+	{"render", "APP --cluster NAME [--commit REV] [--values-only] [--username USER --password-stdin]", "print the objects a cluster would apply for an application, rendered here with the agent's code", runRender},
 
 	{"rollout status", "APP [-o wide|json|yaml]", "show where the rollout of an application's release stands, wave by wave", runRolloutStatus},
 	{"rollout pause", "APP", "hold every cluster of a rollout where it is", runRolloutControl("pause")},
