@@ -1,6 +1,6 @@
 // Package testbed starts the real parts that Drover's end-to-end tests run
 // against: a throwaway PostgreSQL, local Kubernetes clusters, a Git server
-// on loopback, and network namespaces for NAT and partitions. Nothing here
+// on loopback, an OCI registry and a Helm repository, and network namespaces for NAT and partitions. Nothing here
 // is a mock; each part is the program a user would run, started from the
 // machine's binaries, listening on 127.0.0.1 (or inside the test bed's own
 // namespaces) only.
@@ -21,6 +21,15 @@
 // Git: GitServer(t) serves repositories made by the test over smart HTTP
 // (git http-backend), optionally behind basic auth; Repo.Commit writes
 // commits with fixed authors and dates, so they are reproducible.
+//
+// Registries: StartRegistry(t) runs CNCF Distribution's registry (built
+// from the Go module proxy into the test bed cache by `make testbed`) over
+// TLS from a private CA, optionally behind basic auth; PushChart pushes a
+// chart as `helm push` does, PushArtifact an artifact as `flux push
+// artifact` does, and TamperBlob corrupts a stored blob in place.
+// StartHelmRepo(t) serves a Helm repository over HTTPS (or plain HTTP),
+// its index.yaml made with Helm's own repo package; PackageChart packages
+// a chart reproducibly.
 //
 // Networks: NewNetwork(t) makes a NAT router namespace linked to the root
 // namespace, and AddEdge namespaces behind it (see Network). Their

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -440,4 +441,28 @@ func (r *Registry) TamperBlob(t testing.TB, dgst string) {
 	if err := os.WriteFile(file, data, 0o600); err != nil {
 		t.Fatalf("testbed: TamperBlob: %v", err)
 	}
+}
+
+// Layers returns the digests of the layers of the manifest with digest
+// manifestDigest in repository repo ("charts/web"), in order: what
+// TamperBlob takes to corrupt a chart's or an artifact's content while its
+// manifest, and so the revision a hub resolved, stays the same.
+func (r *Registry) Layers(t testing.TB, repo, manifestDigest string) []string {
+	t.Helper()
+	rc, err := r.repository(t, repo).Manifests().Fetch(t.Context(), ocispec.Descriptor{
+		MediaType: ocispec.MediaTypeImageManifest, Digest: digest.Digest(manifestDigest),
+	})
+	if err != nil {
+		t.Fatalf("testbed: fetch manifest %s of %s: %v", manifestDigest, repo, err)
+	}
+	defer rc.Close()
+	var m ocispec.Manifest
+	if err := json.NewDecoder(io.LimitReader(rc, 4<<20)).Decode(&m); err != nil {
+		t.Fatalf("testbed: manifest %s of %s: %v", manifestDigest, repo, err)
+	}
+	out := make([]string, len(m.Layers))
+	for i, l := range m.Layers {
+		out[i] = l.Digest.String()
+	}
+	return out
 }
