@@ -43,7 +43,8 @@ func TestCapabilities(t *testing.T) {
 	}
 	for _, want := range []string{"v1", "apps/v1", "apps/v1/Deployment", "policy/v1/PodDisruptionBudget"} {
 		if !slices.Contains(versions, want) {
-			t.Errorf("API versions lack %q", want)
+			// Fatal: the wait below for a new kind would never end.
+			t.Fatalf("API versions lack %q", want)
 		}
 	}
 	if slices.Contains(versions, "example.com/v1/Gadget") {
