@@ -185,6 +185,16 @@ func TestRenderHelmChart(t *testing.T) {
 	if got := ids(objs); got[0] != "ConfigMap storefront-config" {
 		t.Errorf("with a release name: %v", got)
 	}
+
+	// The assignment's patches apply to the chart's objects like any.
+	a.Patches = []*droverv1.KustomizePatch{{Patch: "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: storefront-web\nspec:\n  replicas: 5\n"}}
+	objs, err = Render(t.Context(), root, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if replicas, _, _ := unstructuredInt(objs[2].Object, "spec", "replicas"); replicas != 5 {
+		t.Errorf("patched replicas = %d, want 5", replicas)
+	}
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
