@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/drover-dev/drover/e2e/testbed"
@@ -43,7 +43,8 @@ func TestCapabilities(t *testing.T) {
 	}
 	for _, want := range []string{"v1", "apps/v1", "apps/v1/Deployment", "policy/v1/PodDisruptionBudget"} {
 		if !slices.Contains(versions, want) {
-			t.Errorf("API versions lack %q", want)
+			// Fatal: the wait below for a new kind would never end.
+			t.Fatalf("API versions lack %q", want)
 		}
 	}
 	if slices.Contains(versions, "example.com/v1/Gadget") {
@@ -64,7 +65,7 @@ func TestCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crds := dyn.Resource(apiextensionsv1.SchemeGroupVersion.WithResource("customresourcedefinitions"))
+	crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
 	if _, err := crds.Create(t.Context(), crd, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

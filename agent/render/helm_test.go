@@ -185,6 +185,16 @@ func TestRenderHelmChart(t *testing.T) {
 	if got := ids(objs); got[0] != "ConfigMap storefront-config" {
 		t.Errorf("with a release name: %v", got)
 	}
+
+	// The assignment's patches apply to the chart's objects like any.
+	a.Patches = []*droverv1.KustomizePatch{{Patch: "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: storefront-web\nspec:\n  replicas: 5\n"}}
+	objs, err = Render(t.Context(), root, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if replicas, _, _ := unstructuredInt(objs[2].Object, "spec", "replicas"); replicas != 5 {
+		t.Errorf("patched replicas = %d, want 5", replicas)
+	}
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
@@ -562,7 +572,7 @@ func TestRenderHelmErrorsHideValues(t *testing.T) {
 func TestRenderHelmLimits(t *testing.T) {
 	t.Parallel()
 	big := strings.Repeat("x", 2000)
-	bomb := tgz(t, "bomb", map[string]string{"Chart.yaml": chartYAML("bomb"), "files/zeros": strings.Repeat("\x00", 50<<20)})
+	bomb := tgz(t, "bomb", map[string]string{"Chart.yaml": chartYAML("bomb"), "files/zeros": strings.Repeat("\x00", 16<<20)})
 	if len(bomb) > 100<<10 {
 		t.Fatalf("the bomb is %d bytes compressed; want it small", len(bomb))
 	}
@@ -580,7 +590,7 @@ func TestRenderHelmLimits(t *testing.T) {
 			"render web/files/b.txt: with this file the manifests read add up to 3.9 KiB, over the agent's limit of 2.9 KiB per application (--max-render-bytes)"},
 		{"an archive unpacking over the limit", Options{},
 			map[string]string{"web/Chart.yaml": chartYAML("web"), "web/charts/bomb-1.0.0.tgz": bomb},
-			"render web/charts/bomb-1.0.0.tgz: files/zeros: 50 MiB is over the agent's limit of 8 MiB per manifest file (--max-manifest-bytes)"},
+			"render web/charts/bomb-1.0.0.tgz: files/zeros: 16 MiB is over the agent's limit of 8 MiB per manifest file (--max-manifest-bytes)"},
 		{"templates rendering over the total limit", Options{MaxBytes: 3000},
 			map[string]string{"web/Chart.yaml": chartYAML("web"), "web/templates/many.yaml": "{{ range until 100 }}\n---\n" + cm("cm-{{ . }}") + "{{ end }}\n"},
 			"render web: the chart's templates rendered 7.1 KiB, over the agent's limit of 2.9 KiB per application (--max-render-bytes)"},
