@@ -10,8 +10,9 @@ LDFLAGS := -X github.com/drover-dev/drover/internal/version.Version=$(VERSION)
 BIN := $(CURDIR)/bin
 TOOLS := $(CURDIR)/.cache/tools
 
-# The local Kubernetes binaries of the test bed are built once into this
-# cache, keyed by version, and reused by every checkout on the machine.
+# The local Kubernetes binaries and the OCI registry of the test bed are
+# built once into this cache, keyed by version, and reused by every
+# checkout on the machine.
 TESTBED_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/drover-testbed
 
 # Pinned code generators, built with the Go toolchain (never downloaded
@@ -43,11 +44,13 @@ OFFLINE := e2e/testbed/offline.sh
 test: deps testbed build
 	go mod download
 	DROVER_BIN_DIR='$(BIN)' DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
+		DROVER_REGISTRY_DIR="$$(e2e/testbed/registrybuild/build.sh '$(TESTBED_CACHE)')" \
 		$(OFFLINE) go test $(GO_TEST_FLAGS) ./...
 
-## testbed: build the local Kubernetes binaries of the test bed (once, ~6 min)
+## testbed: build the local Kubernetes binaries and the OCI registry of the test bed (once, ~9 min)
 testbed:
 	e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)' >/dev/null
+	e2e/testbed/registrybuild/build.sh '$(TESTBED_CACHE)' >/dev/null
 
 ## deps: the machine packages the tests need (PostgreSQL server binaries, git, chromium, ip and nft)
 deps:
@@ -67,7 +70,7 @@ check: proto
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.\(gw\.\)\?go$$'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: run gofmt -w on the files above"; exit 1; }
 	go vet ./...
 	go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
-	for m in e2e/testbed/kubebuild/k8s e2e/testbed/kubebuild/etcd; do (cd $$m && go mod tidy -diff) || { echo "$$m: run go mod tidy there"; exit 1; }; done
+	for m in e2e/testbed/kubebuild/k8s e2e/testbed/kubebuild/etcd e2e/testbed/registrybuild; do (cd $$m && go mod tidy -diff) || { echo "$$m: run go mod tidy there"; exit 1; }; done
 	git diff --exit-code -- proto || { echo "generated protos differ from the committed ones: run make proto and commit"; exit 1; }
 	test -z "$$(git ls-files --others --exclude-standard proto)" || { echo "untracked generated files under proto/: commit them"; exit 1; }
 	PATH="$(TOOLS):$$PATH" buf lint
@@ -112,6 +115,7 @@ bench: deps testbed
 	@mkdir -p .cache
 	@go mod download
 	@status=0; DROVER_TESTBED_DIR="$$(e2e/testbed/kubebuild/build.sh '$(TESTBED_CACHE)')" \
+		DROVER_REGISTRY_DIR="$$(e2e/testbed/registrybuild/build.sh '$(TESTBED_CACHE)')" \
 		$(OFFLINE) go test -p 1 -run '^$$' -bench '$(BENCH)' -benchmem -timeout 60m ./... 2>&1 | tee .cache/bench.txt || status=$$?; \
 	echo; go run ./e2e/cmd/drover-benchtable .cache/bench.txt || status=1; \
 	exit $$status
