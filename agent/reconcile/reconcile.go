@@ -26,15 +26,17 @@ import (
 
 	"github.com/drover-dev/drover/agent/apply"
 	"github.com/drover-dev/drover/agent/state"
+	"github.com/drover-dev/drover/internal/artifact"
 	"github.com/drover-dev/drover/internal/backoff"
 	"github.com/drover-dev/drover/internal/gitremote"
 	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// Fetcher checks out a pinned commit.
+// Fetcher brings an application's pinned content (a Git commit, a Helm
+// chart version, an OCI artifact) onto disk (source.Cache.Fetch).
 type Fetcher interface {
-	Checkout(ctx context.Context, repoURL string, creds *droverv1.RepoCredentials, commit, ref string) (dir string, release func(), err error)
+	Fetch(ctx context.Context, aa *droverv1.AppAssignment) (dir string, release func(), err error)
 }
 
 // Renderer turns a checked-out directory into objects. Its errors say
@@ -341,9 +343,8 @@ func Validate(a *droverv1.Assignment) error {
 		if aa.GetRepoUrl() == "" {
 			return fmt.Errorf("%s.repo_url: empty", field)
 		}
-		// The hub sends commits lower-cased; anything else is not its.
-		if sha, err := gitremote.CheckCommit(aa.GetCommit()); err != nil || sha != aa.GetCommit() {
-			return fmt.Errorf("%s.commit: %q is not a full lower-case commit SHA", field, aa.GetCommit())
+		if err := validateCommit(aa); err != nil {
+			return fmt.Errorf("%s.%w", field, err)
 		}
 		// Empty from a hub that sends no ref: the commit is fetched as before.
 		if ref := aa.GetRef(); ref != "" {
@@ -359,6 +360,30 @@ func Validate(a *droverv1.Assignment) error {
 				return fmt.Errorf("%s.sync_policy.interval: %q is not a positive duration", field, iv)
 			}
 		}
+	}
+	return nil
+}
+
+// validateCommit checks an application's pinned commit for its source
+// type: a full lower-case Git SHA (the hub sends them lower-cased), or for a
+// Helm repository or OCI source a revision VERSION@sha256:HEX. A source
+// type this agent does not know is refused, so the hub hears (NACK) that
+// the agent cannot deploy it.
+func validateCommit(aa *droverv1.AppAssignment) error {
+	switch aa.GetSourceType() {
+	case droverv1.SourceType_SOURCE_TYPE_UNSPECIFIED, droverv1.SourceType_SOURCE_TYPE_GIT:
+		if sha, err := gitremote.CheckCommit(aa.GetCommit()); err != nil || sha != aa.GetCommit() {
+			return fmt.Errorf("commit: %q is not a full lower-case commit SHA", aa.GetCommit())
+		}
+	case droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY, droverv1.SourceType_SOURCE_TYPE_OCI:
+		if _, err := artifact.ParseRevision(aa.GetCommit()); err != nil {
+			return fmt.Errorf("commit: %q is not a revision VERSION@sha256:HEX", aa.GetCommit())
+		}
+		if aa.GetSourceType() == droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY && aa.GetChart() == "" {
+			return errors.New("chart: empty for a Helm repository source")
+		}
+	default:
+		return fmt.Errorf("source_type: unknown source type %d; this agent is older than the hub", aa.GetSourceType())
 	}
 	return nil
 }
@@ -574,7 +599,7 @@ func (r *Reconciler) reconcile(ctx context.Context, name string) {
 }
 
 func (r *Reconciler) fetchStep(ctx context.Context, a *attempt) error {
-	dir, release, err := r.fetch.Checkout(ctx, a.spec.GetRepoUrl(), a.spec.GetCredentials(), a.spec.GetCommit(), a.spec.GetRef())
+	dir, release, err := r.fetch.Fetch(ctx, a.spec)
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}

@@ -35,11 +35,11 @@ const (
 
 type fakeFetcher struct{}
 
-func (fakeFetcher) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, commit, _ string) (string, func(), error) {
-	if strings.Contains(repo, "unreachable") {
+func (fakeFetcher) Fetch(_ context.Context, aa *droverv1.AppAssignment) (string, func(), error) {
+	if strings.Contains(aa.GetRepoUrl(), "unreachable") {
 		return "", nil, errors.New("connection refused")
 	}
-	return "/checkout/" + commit, func() {}, nil
+	return "/checkout/" + aa.GetCommit(), func() {}, nil
 }
 
 type fakeApplier struct {
@@ -487,8 +487,8 @@ func TestResendStatusesListsEveryStatusAgain(t *testing.T) {
 // one per repository.
 type checkouts map[string]string
 
-func (c checkouts) Checkout(_ context.Context, repo string, _ *droverv1.RepoCredentials, _, _ string) (string, func(), error) {
-	dir, ok := c[repo]
+func (c checkouts) Fetch(_ context.Context, aa *droverv1.AppAssignment) (string, func(), error) {
+	dir, ok := c[aa.GetRepoUrl()]
 	if !ok {
 		return "", nil, errors.New("no such repository")
 	}

@@ -1,5 +1,6 @@
 // Package source is the agent's fetch step: it brings the pinned commit of
-// an application onto the agent's disk. A Cache keeps one bare Git
+// an application onto the agent's disk (or, for a Helm repository or OCI
+// source, the pinned chart or artifact: see Fetch). A Cache keeps one bare Git
 // repository per remote repository, shared by every application of that
 // repository, fetches a commit only when it is missing (shallow, by its SHA,
 // where the server allows), and materialises each commit's tree once into a

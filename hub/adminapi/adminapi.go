@@ -5,7 +5,10 @@
 package adminapi
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -494,15 +497,22 @@ func (s *Server) SetRepositoryCredentials(ctx context.Context, req *droverv1.Set
 	switch {
 	case c.GetSshPrivateKey() != "" && (c.GetUsername() != "" || c.GetPassword() != ""):
 		return nil, status.Error(codes.InvalidArgument, "credentials: give either username/password or an SSH key, not both")
+	case c.GetSshPrivateKey() != "" && c.GetCaPem() != "":
+		return nil, status.Error(codes.InvalidArgument, "credentials.ca_pem: a CA bundle is for HTTPS (Helm repositories, OCI registries); SSH verifies hosts by ssh_known_hosts")
 	case c.GetSshPrivateKey() != "":
 		if c.GetSshKnownHosts() == "" {
 			return nil, status.Error(codes.InvalidArgument, "credentials.ssh_known_hosts: required with an SSH key, so the host is verified")
 		}
-		authType = "ssh"
+		authType = store.AuthSSH
 	case c.GetPassword() != "":
-		authType = "basic"
+		authType = store.AuthBasic
+	case c.GetCaPem() != "" && c.GetUsername() == "":
+		authType = store.AuthCA
 	default:
-		return nil, status.Error(codes.InvalidArgument, "credentials: a password/token or an SSH private key is required")
+		return nil, status.Error(codes.InvalidArgument, "credentials: a password/token, an SSH private key or a CA bundle (ca_pem) is required")
+	}
+	if msg := checkCAPEM(c.GetCaPem()); msg != "" {
+		return nil, status.Errorf(codes.InvalidArgument, "credentials.ca_pem: %s", msg)
 	}
 	plain, err := proto.Marshal(c)
 	if err != nil {
@@ -519,6 +529,40 @@ func (s *Server) SetRepositoryCredentials(ctx context.Context, req *droverv1.Set
 	s.ctl.RepositoryChanged(ctx, url)
 	s.audit(ctx, "repository.credentials_set", "", "", fmt.Sprintf("%s credentials set for %s", authType, url))
 	return &droverv1.SetRepositoryCredentialsResponse{Repository: repo}, nil
+}
+
+// maxCAPEMBytes bounds a repository's CA bundle: a few certificates.
+const maxCAPEMBytes = 1 << 20
+
+// checkCAPEM returns why pemText is not a bundle of PEM certificates, or
+// "" (also for none). Hub and agents trust exactly these certificates for
+// the source's TLS, besides the system's.
+func checkCAPEM(pemText string) string {
+	if pemText == "" {
+		return ""
+	}
+	if len(pemText) > maxCAPEMBytes {
+		return fmt.Sprintf("larger than %d bytes", maxCAPEMBytes)
+	}
+	rest, n := []byte(pemText), 0
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return fmt.Sprintf("holds a PEM %q block; only CERTIFICATE blocks belong in a CA bundle", block.Type)
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return fmt.Sprintf("certificate %d does not parse: %v", n+1, err)
+		}
+		n++
+	}
+	if n == 0 || len(bytes.TrimSpace(rest)) > 0 {
+		return "not a bundle of PEM certificates"
+	}
+	return ""
 }
 
 // ListRepositories lists repositories with credentials, never the secrets.

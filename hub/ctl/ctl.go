@@ -134,7 +134,7 @@ var commands = []*command{
 	{"apitoken list", "[-o json|yaml]", "list API tokens", runAPITokenList},
 	{"apitoken delete", "ID", "delete an API token", runAPITokenDelete},
 
-	{"repo set", "URL (--username USER --password-stdin | --ssh-key-file FILE --known-hosts-file FILE)", "store credentials for a Git repository", runRepoSet},
+	{"repo set", "URL (--username USER --password-stdin [--ca-file FILE] | --ssh-key-file FILE --known-hosts-file FILE | --ca-file FILE)", "store credentials for a Git or Helm repository or an OCI registry", runRepoSet},
 	{"repo list", "[-o json|yaml]", "list repositories with stored credentials", runRepoList},
 	{"repo delete", "URL", "delete a repository's credentials", runRepoDelete},
 }

@@ -13,12 +13,13 @@ import (
 const maxKeyFileBytes = 1 << 20
 
 func runRepoSet(ctx context.Context, x *invocation, args []string) error {
-	var username, keyFile, knownHostsFile string
+	var username, keyFile, knownHostsFile, caFile string
 	var passwordStdin bool
 	x.fs.StringVar(&username, "username", "", "user for HTTPS basic auth")
 	x.fs.BoolVar(&passwordStdin, "password-stdin", false, "read the password or access token from stdin")
 	x.fs.StringVar(&keyFile, "ssh-key-file", "", "PEM SSH private key file")
 	x.fs.StringVar(&knownHostsFile, "known-hosts-file", "", "known_hosts file with the server's host key")
+	x.fs.StringVar(&caFile, "ca-file", "", "PEM CA certificates to trust for the repository's or registry's TLS (a private CA); alone, for one that needs no credentials")
 	pos, err := x.parseN(args, 1)
 	if err != nil {
 		return err
@@ -26,9 +27,20 @@ func runRepoSet(ctx context.Context, x *invocation, args []string) error {
 	basic := username != "" || passwordStdin
 	ssh := keyFile != "" || knownHostsFile != ""
 	creds := &droverv1.RepoCredentials{Username: username}
+	if caFile != "" {
+		if ssh {
+			return x.usageErrorf("--ca-file is for HTTPS (Helm repositories, OCI registries); SSH verifies the host with --known-hosts-file")
+		}
+		if creds.CaPem, err = readSmallFile(caFile); err != nil {
+			return fmt.Errorf("--ca-file: %w", err)
+		}
+	}
 	switch {
 	case basic && ssh:
 		return x.usageErrorf("give either --username/--password-stdin or --ssh-key-file/--known-hosts-file, not both")
+	case !basic && !ssh && caFile != "":
+		// A CA alone: a registry or repository behind a private CA that
+		// anyone may read.
 	case basic:
 		if !passwordStdin {
 			return x.usageErrorf("--password-stdin is required with --username (passwords never go on the command line)")
@@ -50,7 +62,7 @@ func runRepoSet(ctx context.Context, x *invocation, args []string) error {
 			return fmt.Errorf("--known-hosts-file: %w", err)
 		}
 	default:
-		return x.usageErrorf("give --username with --password-stdin, or --ssh-key-file with --known-hosts-file")
+		return x.usageErrorf("give --username with --password-stdin, --ssh-key-file with --known-hosts-file, or --ca-file")
 	}
 	c, err := x.client()
 	if err != nil {
@@ -61,7 +73,14 @@ func runRepoSet(ctx context.Context, x *invocation, args []string) error {
 	if err := c.call(ctx, "PUT", apiPath("repositories"), nil, req, &resp); err != nil {
 		return err
 	}
-	fmt.Fprintf(x.out(), "repository %s: %s credentials set\n", resp.GetRepository().GetUrl(), resp.GetRepository().GetAuthType())
+	what := resp.GetRepository().GetAuthType() + " credentials"
+	switch {
+	case resp.GetRepository().GetAuthType() == "ca":
+		what = "CA bundle"
+	case caFile != "":
+		what += " and CA bundle"
+	}
+	fmt.Fprintf(x.out(), "repository %s: %s set\n", resp.GetRepository().GetUrl(), what)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"path"
 	"regexp"
 	"sort"
@@ -27,6 +28,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/drover-dev/drover/internal/artifact"
 	"github.com/drover-dev/drover/internal/gitremote"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
@@ -127,6 +129,20 @@ func ValidateSpec(spec *droverv1.ApplicationSpec) error {
 }
 
 func validateSource(errs *FieldErrors, src *droverv1.Source) {
+	switch SourceType(src) {
+	case droverv1.SourceType_SOURCE_TYPE_OCI:
+		validateOCISource(errs, src)
+	case droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY:
+		validateHelmSource(errs, src)
+	default:
+		validateGitSource(errs, src)
+	}
+	if iv := src.GetPollInterval(); iv != "" {
+		validateInterval(errs, "spec.source.pollInterval", iv, MinPollInterval)
+	}
+}
+
+func validateGitSource(errs *FieldErrors, src *droverv1.Source) {
 	if msg := checkRepoURL(src.GetRepoUrl()); msg != "" {
 		errs.Add("spec.source.repoURL", "%s", msg)
 	}
@@ -136,22 +152,97 @@ func validateSource(errs *FieldErrors, src *droverv1.Source) {
 	if msg := checkRepoPath(src.GetPath()); msg != "" {
 		errs.Add("spec.source.path", "%s", msg)
 	}
-	extra := src.GetExtraPaths()
+	validateExtraPaths(errs, src.GetExtraPaths())
+	if src.GetVersion() != "" {
+		errs.Add("spec.source.version", "only a Helm repository (with chart) or an OCI source (oci://) has a version; a Git source has a ref")
+	}
+	if src.GetInsecure() {
+		errs.Add("spec.source.insecure", "only a Helm repository or an OCI registry may be reached over plain HTTP; a Git URL says its transport itself")
+	}
+}
+
+func validateExtraPaths(errs *FieldErrors, extra []string) {
 	if len(extra) > MaxExtraPaths {
 		errs.Add("spec.source.extraPaths", "%d entries exceed the limit of %d", len(extra), MaxExtraPaths)
-	} else {
-		for i, p := range extra {
-			fld := fmt.Sprintf("spec.source.extraPaths[%d]", i)
-			if p == "" {
-				errs.Add(fld, "must not be empty")
-			} else if msg := checkRepoPath(p); msg != "" {
-				errs.Add(fld, "%s", msg)
-			}
+		return
+	}
+	for i, p := range extra {
+		fld := fmt.Sprintf("spec.source.extraPaths[%d]", i)
+		if p == "" {
+			errs.Add(fld, "must not be empty")
+		} else if msg := checkRepoPath(p); msg != "" {
+			errs.Add(fld, "%s", msg)
 		}
 	}
-	if iv := src.GetPollInterval(); iv != "" {
-		validateInterval(errs, "spec.source.pollInterval", iv, MinPollInterval)
+}
+
+// validateArtifactSource checks what Helm repository and OCI sources have
+// in common: a version, and none of Git's ref and extra paths.
+func validateArtifactSource(errs *FieldErrors, src *droverv1.Source, kind string) {
+	if err := artifact.CheckVersion(src.GetVersion()); err != nil {
+		errs.Add("spec.source.version", "%q is neither a version, an OCI tag nor a semantic version range (such as 1.2.x, ~1.2, ^1 or >=1.0.0 <2.0.0)", src.GetVersion())
 	}
+	if src.GetRef() != "" {
+		errs.Add("spec.source.ref", "%s has no refs; set version instead", kind)
+	}
+	if len(src.GetExtraPaths()) > 0 {
+		errs.Add("spec.source.extraPaths", "%s has no extra paths: every new revision is new content", kind)
+	}
+}
+
+func validateHelmSource(errs *FieldErrors, src *droverv1.Source) {
+	if msg := checkHelmRepoURL(src.GetRepoUrl(), src.GetInsecure()); msg != "" {
+		errs.Add("spec.source.repoURL", "%s", msg)
+	}
+	if err := artifact.CheckChartName(src.GetChart()); err != nil {
+		errs.Add("spec.source.chart", "%q is not a chart name (letters, digits, \".\", \"_\" and \"-\")", src.GetChart())
+	}
+	if src.GetPath() != "" {
+		errs.Add("spec.source.path", "a Helm repository's chart is at the root of its archive; path must be empty")
+	}
+	validateArtifactSource(errs, src, "a Helm repository")
+}
+
+// checkHelmRepoURL returns why raw is not a Helm repository URL, or "".
+// Messages never echo the URL.
+func checkHelmRepoURL(raw string, insecure bool) string {
+	if len(raw) > MaxRepoURLLength {
+		return fmt.Sprintf("longer than %d characters", MaxRepoURLLength)
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || u.Host == "" || u.Opaque != "":
+		return "not an https:// URL"
+	case u.User != nil:
+		return "must not contain credentials; store them with droverctl repo set"
+	case u.Fragment != "":
+		return "must not have a fragment (#...)"
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+	case "http":
+		if !insecure {
+			return "http:// sends the chart in the clear; set insecure: true to allow it"
+		}
+	default:
+		return "a Helm repository is reached over https:// (or http:// with insecure: true)"
+	}
+	return ""
+}
+
+func validateOCISource(errs *FieldErrors, src *droverv1.Source) {
+	if len(src.GetRepoUrl()) > MaxRepoURLLength {
+		errs.Add("spec.source.repoURL", "longer than %d characters", MaxRepoURLLength)
+	} else if _, err := artifact.ParseOCIURL(src.GetRepoUrl()); err != nil {
+		errs.Add("spec.source.repoURL", "not oci://HOST[:PORT]/PATH with a lower-case repository path and no credentials, tag or digest (the version goes in version)")
+	}
+	if src.GetChart() != "" {
+		errs.Add("spec.source.chart", "an OCI source names its artifact in repoURL; chart is only for Helm repositories")
+	}
+	if msg := checkRepoPath(src.GetPath()); msg != "" {
+		errs.Add("spec.source.path", "%s", strings.Replace(msg, "the repository", "the artifact", 1))
+	}
+	validateArtifactSource(errs, src, "an OCI source")
 }
 
 // checkRepoURL returns why raw is not an acceptable repository URL, or "".

@@ -387,3 +387,73 @@ func assertFieldErrors(t *testing.T, err error, field string) {
 		}
 	}
 }
+
+// TestValidateSpecArtifactSources checks Helm repository and OCI sources:
+// what each accepts, and that each mistake is one error on the field at
+// fault, saying how to fix it.
+func TestValidateSpecArtifactSources(t *testing.T) {
+	helm := func(url, chart, version string, insecure bool) *droverv1.Source {
+		return &droverv1.Source{RepoUrl: url, Chart: chart, Version: version, Insecure: insecure}
+	}
+	oci := func(url, version string) *droverv1.Source {
+		return &droverv1.Source{RepoUrl: url, Version: version}
+	}
+	for _, src := range []*droverv1.Source{
+		helm("https://charts.example.com", "web", "", false),
+		helm("https://charts.example.com/stable/", "web-app_2.x", "1.2.3", false),
+		helm("https://charts.example.com", "web", "~1.2", false),
+		helm("https://charts.example.com", "web", ">=1.0.0 <2.0.0", false),
+		helm("http://charts.internal:8080", "web", "1.2.x", true),
+		oci("oci://registry.example.com/charts/web", ""),
+		oci("oci://127.0.0.1:5000/team/manifests", "latest"),
+		oci("oci://registry.example.com/charts/web", "^1"),
+		oci("oci://registry.example.com/charts/web", "1.2.3+build.4"),
+		{RepoUrl: "oci://registry.example.com/manifests", Path: "overlays/prod", Version: "v2"},
+		{RepoUrl: "oci://registry.example.com/manifests", Insecure: true},
+	} {
+		s := validSpec()
+		s.Source = src
+		if err := ValidateSpec(s); err != nil {
+			t.Errorf("%v: %v", src, err)
+		}
+	}
+
+	for _, tc := range []struct {
+		name  string
+		src   *droverv1.Source
+		field string
+		msg   string
+	}{
+		{"helm over http", helm("http://charts.example.com", "web", "", false), "spec.source.repoURL", "http:// sends the chart in the clear; set insecure: true to allow it"},
+		{"helm over ssh", helm("ssh://charts.example.com/r", "web", "", false), "spec.source.repoURL", "https://"},
+		{"helm with credentials", helm("https://bob:s3cret@charts.example.com", "web", "", false), "spec.source.repoURL", "must not contain credentials"},
+		{"helm bad chart", helm("https://charts.example.com", "../web", "", false), "spec.source.chart", "not a chart name"},
+		{"helm bad version", helm("https://charts.example.com", "web", ">=foo", false), "spec.source.version", "neither a version, an OCI tag nor a semantic version range"},
+		{"helm with ref", &droverv1.Source{RepoUrl: "https://charts.example.com", Chart: "web", Ref: "main"}, "spec.source.ref", "set version instead"},
+		{"helm with path", &droverv1.Source{RepoUrl: "https://charts.example.com", Chart: "web", Path: "sub"}, "spec.source.path", "path must be empty"},
+		{"helm with extra paths", &droverv1.Source{RepoUrl: "https://charts.example.com", Chart: "web", ExtraPaths: []string{"x"}}, "spec.source.extraPaths", "no extra paths"},
+		{"oci without path", oci("oci://registry.example.com", ""), "spec.source.repoURL", "oci://HOST[:PORT]/PATH"},
+		{"oci with tag", oci("oci://registry.example.com/charts/web:1.0.0", ""), "spec.source.repoURL", "the version goes in version"},
+		{"oci with credentials", oci("oci://bob:s3cret@registry.example.com/charts/web", ""), "spec.source.repoURL", "no credentials"},
+		{"oci upper-case path", oci("oci://registry.example.com/Charts/web", ""), "spec.source.repoURL", "lower-case"},
+		{"oci with chart", &droverv1.Source{RepoUrl: "oci://registry.example.com/charts/web", Chart: "web"}, "spec.source.chart", "only for Helm repositories"},
+		{"oci bad version", oci("oci://registry.example.com/charts/web", "1.0 beta"), "spec.source.version", "semantic version range"},
+		{"oci escaping path", &droverv1.Source{RepoUrl: "oci://registry.example.com/m", Path: "../x"}, "spec.source.path", ""},
+		{"oci with ref", &droverv1.Source{RepoUrl: "oci://registry.example.com/m", Ref: "main"}, "spec.source.ref", "set version instead"},
+		{"git with version", &droverv1.Source{RepoUrl: "https://git.example.com/r.git", Version: "1.0.0"}, "spec.source.version", "a Git source has a ref"},
+		{"git insecure", &droverv1.Source{RepoUrl: "https://git.example.com/r.git", Insecure: true}, "spec.source.insecure", "plain HTTP"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := validSpec()
+			s.Source = tc.src
+			err := ValidateSpec(s)
+			assertFieldErrors(t, err, tc.field)
+			if err != nil && !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("error %q does not say %q", err, tc.msg)
+			}
+			if err != nil && strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error echoes the secret: %v", err)
+			}
+		})
+	}
+}

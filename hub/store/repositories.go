@@ -16,6 +16,9 @@ import (
 const (
 	AuthBasic = "basic"
 	AuthSSH   = "ssh"
+	// AuthCA is a record holding only a CA bundle, for a Helm repository
+	// or OCI registry behind a private CA that needs no credentials.
+	AuthCA = "ca"
 )
 
 // maxRepoURLBytes bounds repository URLs (the primary key).
@@ -45,8 +48,8 @@ func (s *Store) SetRepository(ctx context.Context, repoURL, authType, username s
 	if err := validateRepoURL(repoURL); err != nil {
 		return nil, err
 	}
-	if authType != AuthBasic && authType != AuthSSH {
-		return nil, invalid("auth_type", "%q is neither %q nor %q", authType, AuthBasic, AuthSSH)
+	if authType != AuthBasic && authType != AuthSSH && authType != AuthCA {
+		return nil, invalid("auth_type", "%q is not %q, %q or %q", authType, AuthBasic, AuthSSH, AuthCA)
 	}
 	if len(sealed) == 0 {
 		return nil, invalid("credentials", "missing")

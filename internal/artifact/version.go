@@ -25,6 +25,19 @@ func CheckVersion(v string) error {
 	return nil
 }
 
+// chartNamePattern is a chart name as Helm accepts it (chartutil's
+// chartName): letters, digits, ".", "_" and "-".
+var chartNamePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,250}$`)
+
+// CheckChartName validates the name of a chart in a Helm repository.
+// Errors wrap ErrInvalid.
+func CheckChartName(name string) error {
+	if !chartNamePattern.MatchString(name) || name == "." || name == ".." {
+		return invalidf("chart %q is not a chart name (letters, digits, \".\", \"_\" and \"-\", at most 250)", name)
+	}
+	return nil
+}
+
 // IsTag reports whether s is a valid OCI tag.
 func IsTag(s string) bool { return tagPattern.MatchString(s) }
 
