@@ -349,7 +349,13 @@ func (s *session) runHook(ctx context.Context, h *hook, event string) error {
 		return err
 	}
 	if live != nil {
-		if owner := live.GetLabels()[LabelApplication]; owner != s.app {
+		switch owner := live.GetLabels()[LabelApplication]; owner {
+		case s.app:
+		case "":
+			// It would be deleted or changed: Drover never takes over an
+			// object it did not create.
+			return errors.New("an object of that name exists that Drover did not create; delete it or rename the hook")
+		default:
 			return &ConflictError{Owner: owner}
 		}
 		if h.policies[hookBeforeCreation] {

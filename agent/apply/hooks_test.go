@@ -5,12 +5,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -412,6 +416,103 @@ func testHookInvalid(t *testing.T, c *testbed.Cluster, kube kubernetes.Interface
 	}
 	if _, err := kube.CoreV1().ConfigMaps("drover-system").Get(t.Context(), inventoryName(app), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("inventory after an invalid hook: %v, want NotFound", err)
+	}
+
+	// A hook never takes over an object Drover did not create.
+	taken := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "taken", Namespace: ns}, Data: map[string]string{"value": "by hand"}}
+	taken, err = kube.CoreV1().ConfigMaps(ns).Create(t.Context(), taken, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := configMap(t, ns, "taken", "by the hook")
+	hook.SetAnnotations(map[string]string{AnnotationHook: HookPreInstall})
+	_, err = a.Sync(t.Context(), app, "c1", []*unstructured.Unstructured{configMap(t, ns, "settings", "v1"), hook}, Policy{Prune: true})
+	const wantTaken = "pre-install hook ConfigMap/hook-invalid/taken: an object of that name exists that Drover did not create"
+	if err == nil || !strings.Contains(err.Error(), wantTaken) {
+		t.Fatalf("Sync with a hook named as an object Drover did not create: %v, want an error containing %q", err, wantTaken)
+	}
+	live, err := kube.CoreV1().ConfigMaps(ns).Get(t.Context(), "taken", metav1.GetOptions{})
+	if err != nil || live.Data["value"] != "by hand" || live.UID != taken.UID {
+		t.Errorf("the object Drover did not create after the hook: %v %v, want it untouched", live, err)
+	}
+	if _, err := kube.CoreV1().ConfigMaps(ns).Get(t.Context(), "settings", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("ConfigMap after a refused hook: %v, want NotFound", err)
+	}
+}
+
+func TestSplitHooks(t *testing.T) {
+	s := &session{log: slog.New(slog.DiscardHandler)}
+	obj := func(name, kind string, annotations map[string]string) *desiredObject {
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion("v1")
+		u.SetKind(kind)
+		u.SetNamespace("ns")
+		u.SetName(name)
+		u.SetAnnotations(annotations)
+		return &desiredObject{ref: refOf(u), obj: u}
+	}
+	ds := []*desiredObject{
+		obj("plain", "ConfigMap", nil),
+		obj("b", "ConfigMap", map[string]string{AnnotationHook: "pre-install, Post-Upgrade", AnnotationHookWeight: "1"}),
+		obj("a", "ConfigMap", map[string]string{AnnotationHook: "pre-install", AnnotationHookWeight: " 1 "}),
+		obj("heavy", "ConfigMap", map[string]string{AnnotationHook: "pre-install", AnnotationHookWeight: "-3", AnnotationHookDeletePolicy: "hook-succeeded,hook-failed"}),
+		obj("old", "ConfigMap", map[string]string{AnnotationHook: "crd-install"}),
+	}
+	sortDesired(ds)
+	objs, hooks, err := s.splitHooks(ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 1 || objs[0].ref.Name != "plain" {
+		t.Errorf("objects %v, want only plain", objs)
+	}
+	var got []string
+	for _, h := range hooks {
+		got = append(got, fmt.Sprintf("%s %d %v %v", h.d.ref.Name, h.weight, slices.Sorted(maps.Keys(h.events)), slices.Sorted(maps.Keys(h.policies))))
+	}
+	want := []string{
+		"heavy -3 [pre-install] [hook-failed hook-succeeded]",
+		"old 0 [] [before-hook-creation]",
+		"a 1 [pre-install] [before-hook-creation]",
+		"b 1 [post-upgrade pre-install] [before-hook-creation]",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("hooks\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	var pre []string
+	for _, h := range hooksFor(hooks, HookPreInstall) {
+		pre = append(pre, h.d.ref.Name)
+	}
+	if !slices.Equal(pre, []string{"heavy", "a", "b"}) {
+		t.Errorf("pre-install hooks %v, want [heavy a b]", pre)
+	}
+}
+
+func TestHookOutcome(t *testing.T) {
+	tests := []struct {
+		name, doc string
+		done      bool
+		failure   string
+	}{
+		{"job running", `{apiVersion: batch/v1, kind: Job, metadata: {name: j}, status: {startTime: "2026-01-01T00:00:00Z", active: 1}}`, false, ""},
+		{"job complete", `{apiVersion: batch/v1, kind: Job, metadata: {name: j}, status: {conditions: [{type: Complete, status: "True"}]}}`, true, ""},
+		{"job failed", `{apiVersion: batch/v1, kind: Job, metadata: {name: j}, status: {conditions: [{type: Failed, status: "True", reason: BackoffLimitExceeded, message: "Job has reached the specified backoff limit"}]}}`, true, "job failed: BackoffLimitExceeded: Job has reached the specified backoff limit"},
+		{"pod running", `{apiVersion: v1, kind: Pod, metadata: {name: p}, status: {phase: Running}}`, false, ""},
+		{"pod succeeded", `{apiVersion: v1, kind: Pod, metadata: {name: p}, status: {phase: Succeeded}}`, true, ""},
+		{"pod failed", `{apiVersion: v1, kind: Pod, metadata: {name: p}, status: {phase: Failed, message: "OOMKilled"}}`, true, "pod failed: OOMKilled"},
+		{"config map", `{apiVersion: v1, kind: ConfigMap, metadata: {name: c}}`, true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			done, failure := hookOutcome(mustObject(t, tt.doc))
+			msg := ""
+			if failure != nil {
+				msg = failure.Error()
+			}
+			if done != tt.done || msg != tt.failure {
+				t.Errorf("hookOutcome = %v, %q; want %v, %q", done, msg, tt.done, tt.failure)
+			}
+		})
 	}
 }
 

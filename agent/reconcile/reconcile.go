@@ -73,6 +73,15 @@ type postHooker interface {
 
 var _ postHooker = (*apply.Run)(nil)
 
+// releaseDeleter is an Applier that runs a release's pre-delete and
+// post-delete Helm hooks around Delete, rendering the release again when
+// it has some (*apply.Applier does).
+type releaseDeleter interface {
+	DeleteRelease(ctx context.Context, app string, render func(context.Context) ([]*unstructured.Unstructured, error)) error
+}
+
+var _ releaseDeleter = engine{}
+
 // Engine adapts the agent's apply engine to Applier.
 func Engine(a *apply.Applier) Applier { return engine{a} }
 
@@ -712,7 +721,7 @@ func (r *Reconciler) schedule(name string, spec *droverv1.AppAssignment, res *ap
 
 func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.AppAssignment, log *slog.Logger) {
 	if spec.GetSyncPolicy().GetPrune() {
-		if err := r.applier.Delete(ctx, name); err != nil {
+		if err := r.delete(ctx, name, spec, log); err != nil {
 			if ctx.Err() == nil {
 				log.Warn("prune removed application", "err", err)
 				r.mu.Lock()
@@ -743,6 +752,27 @@ func (r *Reconciler) remove(ctx context.Context, name string, spec *droverv1.App
 		r.notes = append(r.notes, r.onStatus)
 	}
 	r.checkAppliedLocked()
+}
+
+// delete deletes a removed application's objects, with its release's delete
+// hooks when the applier runs them.
+func (r *Reconciler) delete(ctx context.Context, name string, spec *droverv1.AppAssignment, log *slog.Logger) error {
+	d, ok := r.applier.(releaseDeleter)
+	if !ok {
+		return r.applier.Delete(ctx, name)
+	}
+	render := func(ctx context.Context) ([]*unstructured.Unstructured, error) {
+		at := &attempt{spec: spec, log: log}
+		defer at.close()
+		if err := r.fetchStep(ctx, at); err != nil {
+			return nil, err
+		}
+		if err := r.renderStep(ctx, at); err != nil {
+			return nil, err
+		}
+		return at.objs, nil
+	}
+	return d.DeleteRelease(ctx, name, render)
 }
 
 // finish records one run's result and schedules the next.
