@@ -411,9 +411,6 @@ func (r *Run) Apply(ctx context.Context) error {
 	if len(conflicts) > 0 {
 		return objectErrors(conflicts)
 	}
-	if err := r.preHooks(ctx); err != nil {
-		return err
-	}
 
 	// Record objects in the inventory before creating them, so that a
 	// crash from here on leaves a superset of what is in the cluster to
@@ -432,7 +429,22 @@ func (r *Run) Apply(ctx context.Context) error {
 		}
 	}
 
-	if err := s.apply(ctx, r.desired, res); err != nil {
+	var err error
+	if r.preHooksDue() {
+		// The render's CRDs and Namespaces go before the pre-install and
+		// pre-upgrade hooks, as Helm installs a chart's crds/ before its
+		// hooks: a hook may be a custom resource, or live in a namespace
+		// the render makes.
+		defs, rest := splitDefinitions(r.desired)
+		if err = s.apply(ctx, defs, res); err == nil {
+			if err = r.preHooks(ctx); err == nil {
+				err = s.apply(ctx, rest, res)
+			}
+		}
+	} else {
+		err = s.apply(ctx, r.desired, res)
+	}
+	if err != nil {
 		// Prune never runs after a failed apply, which must not take away
 		// what is running: everything that left the render stays listed.
 		if werr := r.writeInventory(ctx, r.inv.Commit, r.stale()); werr != nil && ctx.Err() == nil {

@@ -12,8 +12,9 @@ package apply
 // hook completed does not run it again. A hook interrupted by a crash runs
 // again, as does a hook that failed, on the application's next sync.
 //
-//   - pre-install / pre-upgrade run before the objects are applied; one
-//     that fails fails the sync and nothing else is applied.
+//   - pre-install / pre-upgrade run before the objects are applied (but
+//     after the render's CRDs and Namespaces, as Helm installs crds/ first);
+//     one that fails fails the sync and nothing else is applied.
 //   - post-install / post-upgrade run once the objects are applied, pruned
 //     and all healthy; one that fails fails the sync after the fact.
 //   - pre-delete / post-delete run around DeleteRelease, when an
@@ -40,6 +41,7 @@ import (
 	"time"
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/pkg/ssa/utils"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -183,7 +185,7 @@ func hooksFor(hooks []*hook, event string) []*hook {
 // preHooks runs the pre-install or pre-upgrade hooks of a new release and
 // records that they completed. A re-sync of the release runs none.
 func (r *Run) preHooks(ctx context.Context) error {
-	if len(r.hooks) == 0 || r.commit == r.inv.Commit || r.inv.Hooks != nil && r.inv.Hooks.Commit == r.commit {
+	if !r.preHooksDue() {
 		return nil
 	}
 	install := r.inv.Commit == ""
@@ -202,6 +204,26 @@ func (r *Run) preHooks(ctx context.Context) error {
 		return classify(ctx, err)
 	}
 	return nil
+}
+
+// preHooksDue reports whether this Run is a new release with hooks: not a
+// re-sync of the last release that completed, nor a retry of one whose pre
+// hooks completed.
+func (r *Run) preHooksDue() bool {
+	return len(r.hooks) > 0 && r.commit != r.inv.Commit && (r.inv.Hooks == nil || r.inv.Hooks.Commit != r.commit)
+}
+
+// splitDefinitions separates CRDs, Namespaces and ClusterRoles (ssa's
+// first stage) from the other objects.
+func splitDefinitions(ds []*desiredObject) (defs, rest []*desiredObject) {
+	for _, d := range ds {
+		if utils.IsClusterDefinition(d.obj) {
+			defs = append(defs, d)
+		} else {
+			rest = append(rest, d)
+		}
+	}
+	return defs, rest
 }
 
 // PostHooks runs the post-install or post-upgrade hooks of the release,

@@ -211,6 +211,10 @@ func TestHooks(t *testing.T) {
 			t.Parallel()
 			testHookUnhealthy(t, c, kube)
 		})
+		t.Run("a hook in a namespace the render makes", func(t *testing.T) {
+			t.Parallel()
+			testHookNamespace(t, c, kube)
+		})
 		t.Run("delete hooks", func(t *testing.T) {
 			t.Parallel()
 			testHookDelete(t, c, kube)
@@ -513,6 +517,24 @@ func TestHookOutcome(t *testing.T) {
 				t.Errorf("hookOutcome = %v, %q; want %v, %q", done, msg, tt.done, tt.failure)
 			}
 		})
+	}
+}
+
+func testHookNamespace(t *testing.T, c *testbed.Cluster, kube kubernetes.Interface) {
+	const app, ns = "hook-ns", "hook-made"
+	a, tr := newTracedApplier(t, c, Options{})
+	objs := []*unstructured.Unstructured{
+		namespace(t, ns),
+		configMap(t, ns, "settings", "v1"),
+		hookJob(t, ns, "init", "pre-install", "", "", false),
+	}
+	mustSync(t, a, app, "c1", objs, Policy{Prune: true})
+	reqs := tr.reset()
+	jobs := "/apis/batch/v1/namespaces/" + ns + "/jobs/"
+	made, hook := first(reqs, patchOf("/api/v1/namespaces/"+ns)), first(reqs, jobComplete(jobs+"init"))
+	applied := first(reqs, patchOf("/api/v1/namespaces/"+ns+"/configmaps/settings"))
+	if made < 0 || hook < made || applied < hook {
+		t.Errorf("Namespace applied at request %d, pre-install hook seen complete at %d, ConfigMap applied at %d: want that order", made, hook, applied)
 	}
 }
 
