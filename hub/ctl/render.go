@@ -83,7 +83,7 @@ func runRender(ctx context.Context, x *invocation, args []string) error {
 	if err != nil {
 		return err
 	}
-	dir, release, err := fetchAssignment(ctx, cache, aa)
+	dir, release, err := cache.Fetch(ctx, aa)
 	if err != nil {
 		return err
 	}
@@ -112,12 +112,6 @@ func runRender(ctx context.Context, x *invocation, args []string) error {
 	fmt.Fprintf(x.errOut(), "%d objects of %s at %s for cluster %s (Kubernetes %s).\n",
 		len(objs), aa.GetName(), aa.GetCommit(), cluster, orDefault(resp.GetFacts().GetKubernetesVersion(), "unknown: the agent has not reported it"))
 	return nil
-}
-
-// fetchAssignment brings the assignment's pinned source onto disk as the
-// agent does.
-func fetchAssignment(ctx context.Context, cache *source.Cache, aa *droverv1.AppAssignment) (string, func(), error) {
-	return cache.Checkout(ctx, aa.GetRepoUrl(), aa.GetCredentials(), aa.GetCommit(), aa.GetRef())
 }
 
 // printObjects writes objects as one YAML stream, in render order.
