@@ -16,14 +16,14 @@ import (
 // image tag and replica count come from its values.
 func nginxChart(version, tag string) map[string]string {
 	return map[string]string{
-		"nginx/Chart.yaml":  fmt.Sprintf("apiVersion: v2\nname: nginx\nversion: %s\nappVersion: %q\n", version, tag),
-		"nginx/values.yaml": fmt.Sprintf("image:\n  repository: nginx\n  tag: %q\nreplicas: 2\n", tag),
-		"nginx/templates/namespace.yaml": `apiVersion: v1
+		"Chart.yaml":  fmt.Sprintf("apiVersion: v2\nname: nginx\nversion: %s\nappVersion: %q\n", version, tag),
+		"values.yaml": fmt.Sprintf("image:\n  repository: nginx\n  tag: %q\nreplicas: 2\n", tag),
+		"templates/namespace.yaml": `apiVersion: v1
 kind: Namespace
 metadata:
   name: {{ .Release.Namespace }}
 `,
-		"nginx/templates/deployment.yaml": `apiVersion: apps/v1
+		"templates/deployment.yaml": `apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: nginx

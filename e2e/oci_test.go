@@ -118,8 +118,8 @@ func TestOCISources(t *testing.T) {
 	t.Run("bad input fails its own application", func(t *testing.T) {
 		f := fl.with(t)
 		broken := nginxChart("0.1.0", "1.23.0")
-		broken["nginx/Chart.yaml"] = "apiVersion: v2\nname: broken\nversion: 0.1.0\n"
-		broken["nginx/templates/deployment.yaml"] = "kind: ConfigMap\nmetadata:\n  name: {{ .Values.name \n"
+		broken["Chart.yaml"] = "apiVersion: v2\nname: broken\nversion: 0.1.0\n"
+		broken["templates/deployment.yaml"] = "kind: ConfigMap\nmetadata:\n  name: {{ .Values.name \n"
 		brokenRef, _ := reg.PushChart(t, broken)
 		f.do(http.MethodPut, "/api/v1/repositories", &droverv1.SetRepositoryCredentialsRequest{
 			Url: brokenRef, Credentials: &droverv1.RepoCredentials{CaPem: string(reg.CAPEM)},

@@ -775,8 +775,13 @@ func (s *Server) validateStatus(as *droverv1.ApplicationStatus) error {
 		r.Message = truncate(r.GetMessage(), 1024)
 	}
 	as.Message = truncate(as.GetMessage(), 4096)
-	if len(as.GetCommit()) > 64 {
-		return fmt.Errorf("commit: longer than 64 characters")
+	// Empty before an application's first apply; otherwise what the
+	// agent was assigned, a commit SHA or a chart's or artifact's
+	// revision.
+	if c := as.GetCommit(); c != "" {
+		if err := spec.ValidateRevision(c); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
 	}
 	return nil
 }

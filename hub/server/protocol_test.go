@@ -406,6 +406,15 @@ func TestStatusIsBoundToTheCertificate(t *testing.T) {
 	h.awaitStatus(t, "b", "shared", "b: shared, after the future")
 	h.checkStatuses(t, "b", bOnly, bShared)
 
+	// A commit that is neither a commit SHA nor a chart's or artifact's
+	// revision is refused the same way.
+	badCommit := appStatus("", "only-b", synced, healthy, "b: commit of no kind")
+	badCommit.Commit = "main"
+	bShared = appStatus("", "shared", synced, healthy, "b: shared, after a bad commit")
+	sb.sendStatuses(t, badCommit, bShared)
+	h.awaitStatus(t, "b", "shared", "b: shared, after a bad commit")
+	h.checkStatuses(t, "b", bOnly, bShared)
+
 	// b is silent from here on: whatever its statuses are now, it did not
 	// send. a's report names b; the hub ignores that and takes a's
 	// certificate's name, so only-b, which a does not run, is dropped,
