@@ -257,3 +257,19 @@ func TestOCIAccess(t *testing.T) {
 		t.Errorf("credentials with insecure: %v", err)
 	}
 }
+
+// A registry that answers plain HTTP only is refused, saying how to allow
+// it, unless the source is insecure.
+func TestOCIPlainHTTPRegistry(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(srv.Close)
+	ref := "oci://" + srv.Listener.Addr().String() + "/charts/web"
+	_, err := openOCI(t, ref, Access{}).Resolve(context.Background(), "1.0.0")
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "the server answers plain HTTP only; set insecure: true to allow it") {
+		t.Errorf("a plain HTTP registry: %v", err)
+	}
+	// Insecure speaks plain HTTP to it: the registry's own answer (404).
+	if _, err := openOCI(t, ref, Access{Insecure: true}).Resolve(context.Background(), "1.0.0"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a plain HTTP registry, insecure: %v, want its 404", err)
+	}
+}
