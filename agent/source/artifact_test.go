@@ -1,9 +1,6 @@
 package source
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -25,32 +22,14 @@ import (
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// chartTgz is a chart archive as `helm package` writes it: the files
-// under a directory named for the chart.
+// chartTgz is a chart archive packaged with the Helm SDK.
 func chartTgz(t *testing.T, name, version, values string) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for _, f := range []struct{ name, body string }{
-		{"Chart.yaml", fmt.Sprintf("apiVersion: v2\nname: %s\nversion: %s\n", name, version)},
-		{"values.yaml", values},
-		{"templates/cm.yaml", "kind: ConfigMap\n"},
-	} {
-		if err := tw.WriteHeader(&tar.Header{Name: name + "/" + f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(f.body)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return testbed.PackageChart(t, map[string]string{
+		"Chart.yaml":        fmt.Sprintf("apiVersion: v2\nname: %s\nversion: %s\n", name, version),
+		"values.yaml":       values,
+		"templates/cm.yaml": "kind: ConfigMap\n",
+	})
 }
 
 // chartServer is an HTTPS Helm repository behind basic auth serving
@@ -213,7 +192,7 @@ func TestFetchHelmChartEvicts(t *testing.T) {
 	ctx := context.Background()
 	cs := newChartServer(t)
 	big := strings.Repeat("x", 64<<10)
-	v1, v2 := chartTgz(t, "web", "1.0.0", big+"1"), chartTgz(t, "web", "2.0.0", big+"2")
+	v1, v2 := chartTgz(t, "web", "1.0.0", "big: "+big+"1\n"), chartTgz(t, "web", "2.0.0", "big: "+big+"2\n")
 	cs.publish("web", map[string][]byte{"1.0.0": v1, "2.0.0": v2})
 	c := newCache(t, t.TempDir(), 100<<10) // room for one unpacked chart
 
