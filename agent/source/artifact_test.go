@@ -1,12 +1,10 @@
 package source
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -18,37 +16,20 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/drover-dev/drover/e2e/testbed"
 	"github.com/drover-dev/drover/internal/artifact"
 	"github.com/drover-dev/drover/internal/retry"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
-// chartTgz is a chart archive as `helm package` writes it: the files
-// under a directory named for the chart.
+// chartTgz is a chart archive packaged with the Helm SDK.
 func chartTgz(t *testing.T, name, version, values string) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for _, f := range []struct{ name, body string }{
-		{"Chart.yaml", fmt.Sprintf("apiVersion: v2\nname: %s\nversion: %s\n", name, version)},
-		{"values.yaml", values},
-		{"templates/cm.yaml", "kind: ConfigMap\n"},
-	} {
-		if err := tw.WriteHeader(&tar.Header{Name: name + "/" + f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(f.body)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return testbed.PackageChart(t, map[string]string{
+		"Chart.yaml":        fmt.Sprintf("apiVersion: v2\nname: %s\nversion: %s\n", name, version),
+		"values.yaml":       values,
+		"templates/cm.yaml": "kind: ConfigMap\n",
+	})
 }
 
 // chartServer is an HTTPS Helm repository behind basic auth serving
@@ -211,7 +192,7 @@ func TestFetchHelmChartEvicts(t *testing.T) {
 	ctx := context.Background()
 	cs := newChartServer(t)
 	big := strings.Repeat("x", 64<<10)
-	v1, v2 := chartTgz(t, "web", "1.0.0", big+"1"), chartTgz(t, "web", "2.0.0", big+"2")
+	v1, v2 := chartTgz(t, "web", "1.0.0", "big: "+big+"1\n"), chartTgz(t, "web", "2.0.0", "big: "+big+"2\n")
 	cs.publish("web", map[string][]byte{"1.0.0": v1, "2.0.0": v2})
 	c := newCache(t, t.TempDir(), 100<<10) // room for one unpacked chart
 
@@ -235,5 +216,63 @@ func TestFetchRefusesUnknownSourceTypes(t *testing.T) {
 	_, _, err := c.Fetch(context.Background(), &droverv1.AppAssignment{Name: "x", RepoUrl: "https://example.com/r", SourceType: droverv1.SourceType(9), Commit: strings.Repeat("a", 40)})
 	if !errors.Is(err, ErrInvalid) || retry.IsTransient(err) {
 		t.Errorf("unknown source type: %v, want a permanent ErrInvalid", err)
+	}
+}
+
+// TestFetchOCI pulls a Helm chart and a Flux artifact from a real registry
+// by their pinned manifest digests, and refuses a layer the registry
+// rewrote on disk, for that application only.
+func TestFetchOCI(t *testing.T) {
+	ctx := context.Background()
+	reg := testbed.StartRegistry(t)
+	chartRef, chartDigest := reg.PushChart(t, map[string]string{
+		"Chart.yaml":  "apiVersion: v2\nname: web\nversion: 1.0.0\n",
+		"values.yaml": "replicas: 1\n",
+	})
+	manifestsDigest := reg.PushArtifact(t, "manifests/web", "v1", map[string]string{"prod/cm.yaml": "kind: ConfigMap\n"})
+	otherDigest := reg.PushArtifact(t, "manifests/api", "v1", map[string]string{"cm.yaml": "kind: ConfigMap\n"})
+	creds := &droverv1.RepoCredentials{CaPem: string(reg.CAPEM)}
+	oci := func(url, rev string) *droverv1.AppAssignment {
+		return &droverv1.AppAssignment{Name: "x", RepoUrl: url, SourceType: droverv1.SourceType_SOURCE_TYPE_OCI, Commit: rev, Credentials: creds}
+	}
+	c := newCache(t, t.TempDir(), 1<<30)
+
+	dir, release, err := c.Fetch(ctx, oci(chartRef, "1.0.0@"+chartDigest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if b, err := os.ReadFile(filepath.Join(dir, "values.yaml")); err != nil || string(b) != "replicas: 1\n" {
+		t.Errorf("chart values.yaml at the root: %q, %v", b, err)
+	}
+	dir, release, err = c.Fetch(ctx, oci("oci://"+reg.Host+"/manifests/web", "v1@"+manifestsDigest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if b, err := os.ReadFile(filepath.Join(dir, "prod", "cm.yaml")); err != nil || string(b) != "kind: ConfigMap\n" {
+		t.Errorf("artifact prod/cm.yaml: %q, %v", b, err)
+	}
+
+	// The api artifact's layer is rewritten on the registry's disk.
+	body, err := os.ReadFile(filepath.Join(reg.Dir, "docker", "registry", "v2", "blobs", "sha256", otherDigest[7:9], otherDigest[7:], "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct{ Layers []struct{ Digest string } }
+	if err := json.Unmarshal(body, &m); err != nil || len(m.Layers) != 1 {
+		t.Fatalf("manifest %s: %v", body, err)
+	}
+	reg.TamperBlob(t, m.Layers[0].Digest)
+	_, _, err = newCache(t, t.TempDir(), 1<<30).Fetch(ctx, oci("oci://"+reg.Host+"/manifests/api", "v1@"+otherDigest))
+	var mm *artifact.DigestMismatchError
+	if !errors.As(err, &mm) || !retry.IsTransient(err) {
+		t.Fatalf("fetch of a tampered layer: %v, want a transient *DigestMismatchError", err)
+	}
+	// The web artifact, already verified and unpacked, is still served.
+	if _, release, err := c.Fetch(ctx, oci("oci://"+reg.Host+"/manifests/web", "v1@"+manifestsDigest)); err != nil {
+		t.Errorf("web after api failed: %v", err)
+	} else {
+		release()
 	}
 }

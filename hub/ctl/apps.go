@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	droverspec "github.com/drover-dev/drover/hub/spec"
 	droverv1 "github.com/drover-dev/drover/proto/drover/v1"
 )
 
@@ -37,7 +38,12 @@ func runGetApps(ctx context.Context, x *invocation, args []string) error {
 		}
 		if o == outWide {
 			src := a.GetSpec().GetSource()
-			row = append(row, src.GetRepoUrl(), src.GetRef(), src.GetPath(), fmt.Sprint(a.GetGeneration()))
+			ref := src.GetRef()
+			if droverspec.SourceType(src) != droverv1.SourceType_SOURCE_TYPE_UNSPECIFIED {
+				// What a Helm or OCI source resolves: its version.
+				ref = src.GetVersion()
+			}
+			row = append(row, src.GetRepoUrl(), ref, src.GetPath(), fmt.Sprint(a.GetGeneration()))
 		}
 		t.row(row...)
 	}
@@ -69,9 +75,21 @@ func runDescribeApp(ctx context.Context, x *invocation, args []string) error {
 	f.add("Commit", releaseCommit(resp.GetReleases()))
 	f.section("Source")
 	f.add("Repository", src.GetRepoUrl())
-	f.add("Ref", orDefault(src.GetRef(), "(default branch)"))
-	f.add("Path", orDefault(src.GetPath(), "(root)"))
-	f.add("Extra paths", strings.Join(src.GetExtraPaths(), "\n"))
+	switch droverspec.SourceType(src) {
+	case droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY:
+		f.add("Chart", src.GetChart())
+		f.add("Version", orDefault(src.GetVersion(), "(highest without a pre-release)"))
+	case droverv1.SourceType_SOURCE_TYPE_OCI:
+		f.add("Version", orDefault(src.GetVersion(), "latest"))
+		f.add("Path", orDefault(src.GetPath(), "(root)"))
+	default:
+		f.add("Ref", orDefault(src.GetRef(), "(default branch)"))
+		f.add("Path", orDefault(src.GetPath(), "(root)"))
+		f.add("Extra paths", strings.Join(src.GetExtraPaths(), "\n"))
+	}
+	if src.GetInsecure() {
+		f.add("Insecure", "plain HTTP allowed")
+	}
 	f.add("Poll interval", orDefault(src.GetPollInterval(), "(hub default)"))
 	f.add("Error", resp.GetSourceError())
 	f.endSection()

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-dev/drover/e2e/testbed"
 )
 
 // testCAPEM is a self-signed CA certificate, PEM-encoded.
@@ -68,5 +70,44 @@ func TestRepositoryCA(t *testing.T) {
 	s.fails(2, "", "repo", "set", "ssh://git@git.example.com/fleet.git", "--ssh-key-file", key, "--known-hosts-file", hosts, "--ca-file", ca)
 	if r := s.fails(1, "", "repo", "set", "oci://Registry.example.com/UPPER", "--ca-file", ca); !strings.Contains(r.stderr, "oci://HOST[:PORT]/PATH") {
 		t.Errorf("a bad oci:// URL: %q", r.stderr)
+	}
+}
+
+// TestDescribeHelmSource applies an application on a Helm repository
+// (the test bed's, with its CA stored) and describes it: chart and version
+// where a Git source shows ref and paths, and the release's revision
+// shortened.
+func TestDescribeHelmSource(t *testing.T) {
+	t.Parallel()
+	h := startHub(t)
+	s := newSession(t, h)
+	s.login()
+	s.noRecord = true
+	repo := testbed.StartHelmRepo(t)
+	repo.Add(t, map[string]string{"Chart.yaml": "apiVersion: v2\nname: web\nversion: 1.2.0\n"})
+	s.must("", "repo", "set", repo.URL, "--ca-file", s.writeFile("ca.pem", string(repo.CAPEM)))
+	s.must("", "apply", "-f", s.writeFile("web.yaml", `apiVersion: drover.dev/v1
+kind: Application
+metadata:
+  name: web
+spec:
+  source:
+    repoURL: `+repo.URL+`
+    chart: web
+    version: 1.x
+  render:
+    type: helm
+  placement:
+    clusterNames: [edge-1]
+`))
+	h.waitRelease(t, "web")
+	r := s.must("", "describe", "app", "web")
+	for _, want := range []string{"Chart:", "web", "Version:", "1.x", "1.2.0@sha256:"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("describe app does not show %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, "(default branch)") {
+		t.Errorf("describe app shows a Git ref for a Helm source:\n%s", r.stdout)
 	}
 }

@@ -102,7 +102,9 @@ type Config struct {
 	// RetryBase is the first retry delay of a repository whose poll failed;
 	// retries back off up to the repository's interval. Default 5s.
 	RetryBase time.Duration
-	// Timeout bounds one poll (credentials lookup and ls-remote). Default 30s.
+	// Timeout bounds one poll (credentials lookup and ls-remote, or the
+	// index.yaml fetch or tag list, and any chart download to hash one
+	// the index gives no digest for). Default 30s.
 	Timeout time.Duration
 	// Concurrency is how many repositories are polled at once. Default 4.
 	Concurrency int
@@ -154,7 +156,9 @@ var ErrUnknownApp = errors.New("unknown application")
 
 // Watcher polls the repositories of all applications and reports each
 // application's commit to a Sink. Applications on the same repository
-// (by NormalizeURL) share one ls-remote per poll.
+// (by NormalizeURL) share one ls-remote per poll, or for a Helm
+// repository one index.yaml fetch, or for an OCI repository at most one
+// tag list.
 type Watcher struct {
 	cfg      Config
 	log      *slog.Logger
@@ -459,7 +463,10 @@ func sameRefs(a, b []Target) bool {
 		return false
 	}
 	for i := range a {
-		if a[i] != b[i] {
+		// Everything that decides what a poll resolves; not Interval.
+		x, y := a[i], b[i]
+		x.Interval, y.Interval = 0, 0
+		if x != y {
 			return false
 		}
 	}

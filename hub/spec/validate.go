@@ -119,6 +119,11 @@ func ValidateSpec(spec *droverv1.ApplicationSpec) error {
 	}
 	validateSource(&errs, spec.GetSource())
 	validateRender(&errs, spec.GetRender())
+	if SourceType(spec.GetSource()) == droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY && RenderType(spec.GetRender().GetType()) != droverv1.RenderType_RENDER_TYPE_HELM {
+		// Only an OCI artifact may hold plain manifests or a Kustomize
+		// directory; a Helm repository serves charts.
+		errs.Add("spec.render.type", "a Helm repository source is a chart; render it with type: helm")
+	}
 	validatePlacement(&errs, spec.GetPlacement())
 	if iv := spec.GetSyncPolicy().GetInterval(); iv != "" {
 		validateInterval(&errs, "spec.syncPolicy.interval", iv, MinSyncInterval)

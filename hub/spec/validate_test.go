@@ -413,9 +413,19 @@ func TestValidateSpecArtifactSources(t *testing.T) {
 	} {
 		s := validSpec()
 		s.Source = src
+		if SourceType(src) == droverv1.SourceType_SOURCE_TYPE_HELM_REPOSITORY {
+			s.Render = &droverv1.Render{Type: "helm"}
+		}
 		if err := ValidateSpec(s); err != nil {
 			t.Errorf("%v: %v", src, err)
 		}
+	}
+	s := validSpec()
+	s.Source = helm("https://charts.example.com", "web", "", false)
+	err := ValidateSpec(s) // validSpec renders with kustomize
+	assertFieldErrors(t, err, "spec.render.type")
+	if err == nil || !strings.Contains(err.Error(), "render it with type: helm") {
+		t.Errorf("a chart rendered with kustomize: %v", err)
 	}
 
 	for _, tc := range []struct {
@@ -446,6 +456,7 @@ func TestValidateSpecArtifactSources(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()
 			s.Source = tc.src
+			s.Render = &droverv1.Render{Type: "helm"}
 			err := ValidateSpec(s)
 			assertFieldErrors(t, err, tc.field)
 			if err != nil && !strings.Contains(err.Error(), tc.msg) {

@@ -282,6 +282,9 @@ func (o *OCIRepository) wrap(what string, err error) error {
 	switch {
 	case errors.As(err, &resp):
 		return statusError(what, o.ref.String(), resp.StatusCode)
+	case errors.Is(err, auth.ErrBasicCredentialNotFound):
+		// The registry wants credentials and none are stored.
+		return retry.Permanent(fmt.Errorf("%s of %s: %w: the registry wants credentials; store them with droverctl repo set", what, o.ref, ErrAuth))
 	case errors.Is(err, errdef.ErrNotFound):
 		return retry.Permanent(fmt.Errorf("%s of %s: %w", what, o.ref, ErrNotFound))
 	case errors.As(err, &uerr):
