@@ -308,6 +308,17 @@ func testHookLifecycle(t *testing.T, c *testbed.Cluster, kube kubernetes.Interfa
 		t.Errorf("after the upgrade: resources %s, want the ConfigMap and the Deployment", describe(res))
 	}
 
+	// A rollback to the first commit is one more upgrade: its upgrade
+	// hooks run, its rollback hooks do not.
+	migrated := jobUID(t, kube, ns, "migrate")
+	mustSync(t, restarted, app, "c1", release("v1"), Policy{Prune: true})
+	if got := jobUID(t, kube, ns, "migrate"); got == "" || got == migrated {
+		t.Errorf("pre-upgrade hook migrate after a rollback: uid %q, was %q: want it run again", got, migrated)
+	}
+	if jobUID(t, kube, ns, "rollback") != "" || jobUID(t, kube, ns, "pre") != pre {
+		t.Error("a rollback ran the rollback hooks, or the pre-install hook")
+	}
+
 	// A release without hooks leaves the hooks' objects alone (they are
 	// never pruned) and the inventory without a record of them.
 	res = mustSync(t, restarted, app, "c3", []*unstructured.Unstructured{configMap(t, ns, "web-config", "v3")}, Policy{Prune: true})

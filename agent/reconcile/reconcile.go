@@ -643,8 +643,8 @@ func (r *Reconciler) applyStep(ctx context.Context, a *attempt) error {
 func pruneStep(ctx context.Context, a *attempt) error { return a.run.Prune(ctx) }
 
 // postHooksStep runs after prune, as Helm runs post hooks once the release
-// is in place; the pre hooks run within the apply step, before anything
-// is applied.
+// is in place; the pre hooks run within the apply step, before the
+// objects that are not CRDs or Namespaces are applied.
 func postHooksStep(ctx context.Context, a *attempt) error {
 	if h, ok := a.run.(postHooker); ok {
 		return h.PostHooks(ctx)
