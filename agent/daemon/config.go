@@ -62,6 +62,9 @@ type Config struct {
 	LogLevel slog.Level
 	// MetricsAddr, when set, serves Prometheus metrics on /metrics there.
 	MetricsAddr string
+	// HookTimeout bounds each Helm hook's run, and the wait for an
+	// application's objects to be healthy before its post hooks.
+	HookTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -80,6 +83,7 @@ func DefaultConfig() Config {
 		MaxManifestBytes: render.DefaultMaxFileBytes,
 		MaxRenderBytes:   render.DefaultMaxBytes,
 		MaxRenderObjects: render.DefaultMaxObjects,
+		HookTimeout:      apply.DefaultHookTimeout,
 	}
 }
 
@@ -105,6 +109,7 @@ func (c *Config) RegisterFlags(fs *envflag.FlagSet) {
 	fs.Int(&c.MaxRenderObjects, "max-render-objects", "DROVER_MAX_RENDER_OBJECTS", "most objects one application renders")
 	fs.Duration(&c.Heartbeat, "heartbeat", "DROVER_HEARTBEAT", "heartbeat interval")
 	fs.Duration(&c.BackoffMax, "backoff-max", "DROVER_BACKOFF_MAX", "longest wait between reconnects")
+	fs.Duration(&c.HookTimeout, "hook-timeout", "DROVER_HOOK_TIMEOUT", "how long a Helm hook may run, and an application's objects take to become healthy before its post hooks")
 }
 
 // Validate reports every problem, each saying how to fix it.
@@ -151,6 +156,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BackoffMax < time.Second {
 		bad("--backoff-max %v: at least 1s", c.BackoffMax)
+	}
+	if c.HookTimeout < time.Second {
+		bad("--hook-timeout %v: at least 1s, such as %v", c.HookTimeout, apply.DefaultHookTimeout)
 	}
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {

@@ -147,3 +147,17 @@ func TestHubAddrsConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestHookTimeoutConfig(t *testing.T) {
+	if c := firstStart(t); c.HookTimeout != 5*time.Minute {
+		t.Errorf("default --hook-timeout = %v, want 5m, Helm's --timeout", c.HookTimeout)
+	}
+	t.Setenv("DROVER_HOOK_TIMEOUT", "20m")
+	if c := firstStart(t); c.HookTimeout != 20*time.Minute || c.Validate() != nil {
+		t.Errorf("DROVER_HOOK_TIMEOUT=20m: %v (%v), want 20m", c.HookTimeout, c.Validate())
+	}
+	c := firstStart(t, "--hook-timeout", "0s")
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--hook-timeout 0s: at least 1s") {
+		t.Errorf("--hook-timeout 0s: Validate = %v", err)
+	}
+}

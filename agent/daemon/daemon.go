@@ -81,7 +81,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Agent, error)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	applier, err := apply.New(restCfg, logger, apply.Options{})
+	applier, err := apply.New(restCfg, logger, apply.Options{HookTimeout: cfg.HookTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("apply engine: %w", err)
 	}

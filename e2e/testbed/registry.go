@@ -449,9 +449,7 @@ func (r *Registry) TamperBlob(t testing.TB, dgst string) {
 // manifest, and so the revision a hub resolved, stays the same.
 func (r *Registry) Layers(t testing.TB, repo, manifestDigest string) []string {
 	t.Helper()
-	rc, err := r.repository(t, repo).Manifests().Fetch(t.Context(), ocispec.Descriptor{
-		MediaType: ocispec.MediaTypeImageManifest, Digest: digest.Digest(manifestDigest),
-	})
+	_, rc, err := r.repository(t, repo).FetchReference(t.Context(), manifestDigest)
 	if err != nil {
 		t.Fatalf("testbed: fetch manifest %s of %s: %v", manifestDigest, repo, err)
 	}
