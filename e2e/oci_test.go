@@ -105,7 +105,7 @@ func TestOCISources(t *testing.T) {
 		}
 		f.refresh("chart")
 		r2 := f.waitRelease("chart", "1.1.0@sha256:")
-		s := f.waitFailing("chart", "edge-1", "digest")
+		s := f.waitFailing("chart", "edge-1", "does not match the pinned")
 		if s.GetCommit() == r2 && s.GetSync() == droverv1.SyncState_SYNC_STATE_SYNCED {
 			t.Fatalf("the tampered release synced: %v", s)
 		}
@@ -135,6 +135,18 @@ func TestOCISources(t *testing.T) {
 			}
 			return strings.Contains(resp.GetSourceError(), ">=9.0.0"), "source error " + resp.GetSourceError()
 		})
+		// A registry nobody answers at: the hub says so as the
+		// application's source error, and polls on.
+		dead := testbed.FreeAddr(t)
+		f.do(http.MethodPost, "/api/v1/applications", chartApp("unreachable", "oci://"+dead+"/charts/nginx", "", "1.x", "unreachable"), nil)
+		testbed.Eventually(t, "unreachable's source error", waitConverge, func() (bool, string) {
+			var resp droverv1.GetApplicationResponse
+			if err := f.api.call(t.Context(), http.MethodGet, "/api/v1/applications/unreachable", nil, &resp); err != nil {
+				return false, err.Error()
+			}
+			return strings.Contains(resp.GetSourceError(), dead), "source error " + resp.GetSourceError()
+		})
+
 		f.waitHealthy("art", "edge-1", artRev)
 		if img := f.imageIn("edge-1", "chart"); img != "nginx:1.23.0" {
 			t.Errorf("chart runs %s, want nginx:1.23.0 still", img)
