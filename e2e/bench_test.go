@@ -390,17 +390,19 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // watch per kind), and has nothing left to do: built
 // from this tree, registered with an in-process hub, every application
 // Synced and Healthy, then idle for 10 s before each reading of
-// /proc/PID/status. It reports the largest VmRSS read and the peak
-// (VmHWM), in MiB (target ≤ 60).
+// /proc/PID/status. Five applications are plain YAML, five are Helm
+// charts from the same Git repository, rendered by the agent with Helm's
+// template engine, so the figure includes what Helm costs the agent. It
+// reports the largest VmRSS read and the peak (VmHWM), in MiB (target ≤ 60).
 func BenchmarkAgentIdleMemory(b *testing.B) {
-	const apps = 10
+	const apps, charts = 10, 5
 	dir := b.TempDir()
 	agentBin := buildAgent(b, dir)
 
 	git := testbed.GitServer(b)
 	repo := git.CreateRepo(b, "idle")
 	files := map[string]string{}
-	for i := range apps {
+	for i := range apps - charts {
 		ns := fmt.Sprintf("idle-%02d", i)
 		files[fmt.Sprintf("apps/%s/app.yaml", ns)] = fmt.Sprintf(`apiVersion: v1
 kind: Namespace
@@ -435,7 +437,12 @@ spec:
         - configMapRef: {name: settings}
 `, ns)
 	}
-	commit := repo.Commit(b, "ten small applications", files)
+	for i := apps - charts; i < apps; i++ {
+		for name, content := range idleChart(fmt.Sprintf("idle-%02d", i)) {
+			files[fmt.Sprintf("apps/idle-%02d/%s", i, name)] = content
+		}
+	}
+	commit := repo.Commit(b, "five small applications and five charts", files)
 
 	c := testbed.ClustersWithOptions(b, testbed.Options{N: 1})[0]
 	hub, api := startBenchHub(b, dir)
@@ -444,8 +451,13 @@ spec:
 	names := make([]string, apps)
 	for i := range apps {
 		names[i] = fmt.Sprintf("idle-%02d", i)
+		var rnd *droverv1.Render
+		if i >= apps-charts {
+			rnd = &droverv1.Render{Type: "helm", Namespace: names[i]}
+		}
 		api.do(b, http.MethodPost, "/api/v1/applications", &droverv1.Application{Name: names[i], Spec: &droverv1.ApplicationSpec{
 			Source:     &droverv1.Source{RepoUrl: repo.URL, Ref: "main", Path: "apps/" + names[i]},
+			Render:     rnd,
 			Placement:  &droverv1.Placement{Selector: &droverv1.LabelSelector{MatchLabels: labels}},
 			SyncPolicy: &droverv1.SyncPolicy{Automated: true, Prune: true, SelfHeal: true},
 		}}, nil)
@@ -493,6 +505,66 @@ spec:
 		// The agent inherits GODEBUG: show its last collections, to see
 		// how much of its memory is live heap.
 		b.Logf("drover-agent's log ends with:\n%s", tail(filepath.Join(dir, "agent.log"), 2<<10))
+	}
+}
+
+// idleChart is a small chart as charts are written, in the same
+// namespace as BenchmarkAgentIdleMemory's plain applications and with the
+// same objects: named and labelled by helpers, values through toYaml,
+// quote and default, and a checksum of the ConfigMap on the pod template.
+func idleChart(name string) map[string]string {
+	return map[string]string{
+		"Chart.yaml":  fmt.Sprintf("apiVersion: v2\nname: %s\nversion: 0.1.0\nappVersion: \"1.27.0\"\n", name),
+		"values.yaml": "greeting: hello\nimage:\n  repository: nginx\n  tag: \"\"\nreplicaCount: 1\nresources:\n  requests:\n    cpu: 10m\n    memory: 16Mi\n",
+		"templates/_helpers.tpl": `{{- define "idle.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+`,
+		"templates/namespace.yaml": `apiVersion: v1
+kind: Namespace
+metadata:
+  name: {{ .Release.Namespace }}
+  labels:
+    {{- include "idle.labels" . | nindent 4 }}
+`,
+		"templates/configmap.yaml": `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "idle.labels" . | nindent 4 }}
+data:
+  greeting: {{ printf "%s from %s" .Values.greeting .Release.Namespace | quote }}
+`,
+		"templates/deployment.yaml": `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "idle.labels" . | nindent 4 }}
+spec:
+  replicas: {{ .Values.replicaCount }}
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations:
+        checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    spec:
+      containers:
+      - name: web
+        image: "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"
+        resources:
+          {{- toYaml .Values.resources | nindent 10 }}
+        envFrom:
+        - configMapRef: {name: settings}
+`,
 	}
 }
 
