@@ -33,26 +33,38 @@ type Revision struct {
 	Digest string
 }
 
-// revisionPattern is the one definition of a revision's text. The version
-// part is a chart version (semver, which may carry "+build") or an OCI tag.
-var revisionPattern = regexp.MustCompile(`^([A-Za-z0-9_][A-Za-z0-9._+-]{0,127})@(sha256:[0-9a-f]{64})$`)
+// revisionPattern is the one definition of a revision's text, with
+// maxVersionLen. The version part is a chart version (semver, which may
+// carry "+build") or an OCI tag.
+//
+// Lengths are checked apart from the patterns: a counted repetition such
+// as {0,127} compiles to a copy of its atom per count, and the patterns,
+// compiled when the package loads, held a third of a MiB of every agent's
+// heap.
+var revisionPattern = regexp.MustCompile(`^([A-Za-z0-9_][A-Za-z0-9._+-]*)@(sha256:[0-9a-f]+)$`)
 
-// digestPattern is a SHA-256 digest as revisions carry it.
-var digestPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+// maxVersionLen is the longest version or OCI tag (the distribution spec's).
+const maxVersionLen = 128
+
+// sha256Len is the length of "sha256:" and 64 hex digits.
+const sha256Len = len("sha256:") + 64
 
 // ParseRevision parses "VERSION@sha256:HEX" strictly: lower-case hex of
 // exactly 64 digits, a version of letters, digits and "._+-". Errors wrap
 // ErrInvalid.
 func ParseRevision(s string) (Revision, error) {
 	m := revisionPattern.FindStringSubmatch(s)
-	if m == nil {
+	if m == nil || len(m[1]) > maxVersionLen || len(m[2]) != sha256Len {
 		return Revision{}, invalidf("revision %q is not VERSION@sha256:HEX (64 lower-case hex digits)", s)
 	}
 	return Revision{Version: m[1], Digest: m[2]}, nil
 }
 
 // IsRevision reports whether s is a revision as ParseRevision accepts it.
-func IsRevision(s string) bool { return revisionPattern.MatchString(s) }
+func IsRevision(s string) bool {
+	_, err := ParseRevision(s)
+	return err == nil
+}
 
 // String formats r as "VERSION@sha256:HEX".
 func (r Revision) String() string { return r.Version + "@" + r.Digest }
@@ -74,8 +86,11 @@ func ShortCommit(s string, gitLen int) string {
 	return s
 }
 
+// digestPattern is a SHA-256 digest as revisions carry it, with sha256Len.
+var digestPattern = regexp.MustCompile(`^sha256:[0-9a-f]+$`)
+
 func checkDigest(d string) error {
-	if !digestPattern.MatchString(d) {
+	if len(d) != sha256Len || !digestPattern.MatchString(d) {
 		return invalidf("digest %q is not sha256: and 64 lower-case hex digits", d)
 	}
 	return nil

@@ -25,6 +25,8 @@ func TestParseRevision(t *testing.T) {
 		{"1 2@sha256:" + hex, "", false},
 		{"a@b@sha256:" + hex, "", false},
 		{strings.Repeat("a", 40), "", false},
+		{strings.Repeat("v", 128) + "@sha256:" + hex, strings.Repeat("v", 128), true},
+		{strings.Repeat("v", 129) + "@sha256:" + hex, "", false},
 	} {
 		r, err := ParseRevision(tc.in)
 		if tc.ok != (err == nil) {
@@ -66,5 +68,22 @@ func TestCheckVersion(t *testing.T) {
 		if err := CheckVersion(v); !errors.Is(err, ErrInvalid) {
 			t.Errorf("CheckVersion(%q) = %v, want ErrInvalid", v, err)
 		}
+	}
+}
+
+// TestNameLengths: tags and versions are at most 128 characters (the
+// distribution spec's), chart names at most 250 (Helm's).
+func TestNameLengths(t *testing.T) {
+	if tag := strings.Repeat("t", 128); !IsTag(tag) || CheckVersion(tag) != nil {
+		t.Errorf("a tag of 128 characters is refused: IsTag %v, CheckVersion %v", IsTag(tag), CheckVersion(tag))
+	}
+	if tag := strings.Repeat("t", 129); IsTag(tag) || !errors.Is(CheckVersion(tag), ErrInvalid) {
+		t.Errorf("a tag of 129 characters is taken: IsTag %v, CheckVersion %v", IsTag(tag), CheckVersion(tag))
+	}
+	if err := CheckChartName(strings.Repeat("c", 250)); err != nil {
+		t.Errorf("a chart name of 250 characters: %v", err)
+	}
+	if err := CheckChartName(strings.Repeat("c", 251)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a chart name of 251 characters: %v, want ErrInvalid", err)
 	}
 }

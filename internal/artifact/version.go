@@ -7,8 +7,9 @@ import (
 	"github.com/Masterminds/semver/v3"
 )
 
-// tagPattern is an OCI tag (the distribution spec's grammar).
-var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+// tagPattern is an OCI tag (the distribution spec's grammar), with
+// maxVersionLen (see revisionPattern for why apart).
+var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]*$`)
 
 // CheckVersion validates a source's version field: empty, an exact
 // version, an OCI tag, or a semantic version range as Helm reads it
@@ -16,7 +17,7 @@ var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
 // one definition the hub's spec validation and the resolver share. Errors
 // wrap ErrInvalid.
 func CheckVersion(v string) error {
-	if v == "" || tagPattern.MatchString(v) {
+	if v == "" || IsTag(v) {
 		return nil
 	}
 	if _, err := semver.NewConstraint(v); err != nil {
@@ -26,20 +27,23 @@ func CheckVersion(v string) error {
 }
 
 // chartNamePattern is a chart name as Helm accepts it (chartutil's
-// chartName): letters, digits, ".", "_" and "-".
-var chartNamePattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,250}$`)
+// chartName): letters, digits, ".", "_" and "-", at most maxChartNameLen.
+var chartNamePattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+// maxChartNameLen is the longest chart name Helm accepts.
+const maxChartNameLen = 250
 
 // CheckChartName validates the name of a chart in a Helm repository.
 // Errors wrap ErrInvalid.
 func CheckChartName(name string) error {
-	if !chartNamePattern.MatchString(name) || name == "." || name == ".." {
+	if len(name) > maxChartNameLen || !chartNamePattern.MatchString(name) || name == "." || name == ".." {
 		return invalidf("chart %q is not a chart name (letters, digits, \".\", \"_\" and \"-\", at most 250)", name)
 	}
 	return nil
 }
 
 // IsTag reports whether s is a valid OCI tag.
-func IsTag(s string) bool { return tagPattern.MatchString(s) }
+func IsTag(s string) bool { return len(s) <= maxVersionLen && tagPattern.MatchString(s) }
 
 // pick returns the highest of versions that satisfies constraint, where
 // versions that do not parse as semver never match. An empty constraint

@@ -72,7 +72,12 @@ var budgets = []budget{
 	{figure: "agent no-op resync vs its first sync, in process (time)", pkg: "e2e", bench: "BenchmarkAgentVsKubectl", unit: "ratio-sync-noop", atMost: true, bound: 0.1},
 	{figure: "first apply of 202 objects, Drover vs Flux's ssa ApplyAllStaged (median time ratio)", pkg: "agent/apply", bench: "BenchmarkApplyVsFlux", unit: "ratio-drover-flux", atMost: true, bound: 0.7},
 	{figure: "no-op resync of 202 objects vs their first apply (median time ratio)", pkg: "agent/apply", bench: "BenchmarkApplyVsFlux", unit: "ratio-noop-first", atMost: true, bound: 0.1},
-	{figure: "agent resident memory, idle with 10 applications, their objects watched (MiB)", pkg: "e2e", bench: "BenchmarkAgentIdleMemory", unit: "rss-MiB", atMost: true, bound: 60},
+	{figure: "agent resident memory, idle with 10 applications (5 Helm charts), their objects watched (MiB)", pkg: "e2e", bench: "BenchmarkAgentIdleMemory", unit: "rss-MiB", atMost: true, bound: 60},
+	{figure: "agent render of a Helm chart of 200 objects (ns)", pkg: "agent/render", bench: "BenchmarkRenderHelmChart", unit: "ns/op", atMost: true, bound: 0.5e9},
+	// A person waits for droverctl render: a second is the budget of an
+	// interactive command, twice the agent's render for what droverctl
+	// adds (its start, the hub's preview, a Git fetch into scratch).
+	{figure: "droverctl render of a Helm chart of 200 objects from Git, process start to exit, real hub (ns)", pkg: "e2e", bench: "BenchmarkDroverctlRender", unit: "ns/op", atMost: true, bound: 1e9},
 	{figure: "self-heal: hand change to reverted by the agent, interval 1h, p50 (ms)", pkg: "e2e", bench: "BenchmarkSelfHeal", unit: "p50-ms", atMost: true, bound: 5000},
 	{figure: "self-heal: hand change to reverted by the agent, interval 1h, p99 (ms)", pkg: "e2e", bench: "BenchmarkSelfHeal", unit: "p99-ms", atMost: true, bound: 5000},
 }
