@@ -515,10 +515,10 @@ spec:
 	}
 }
 
-// shopChart is a chart of 200 objects, 50 services of four objects each
+// servicesChart is a chart of 200 objects, 50 services of four objects each
 // (ConfigMap, Service, Deployment, ServiceAccount), written as charts with
 // many services are: a range over a list, names and labels from helpers.
-func shopChart() map[string]string {
+func servicesChart() map[string]string {
 	return map[string]string{
 		"Chart.yaml":  "apiVersion: v2\nname: shop\nversion: 2.1.0\nappVersion: \"2.1.0\"\n",
 		"values.yaml": "services: 50\nreplicaCount: 2\nimage:\n  repository: registry.example/shop\n  tag: \"\"\nresources:\n  requests:\n    cpu: 50m\n    memory: 64Mi\n",
@@ -609,7 +609,7 @@ func BenchmarkDroverctlRender(b *testing.B) {
 	git := testbed.GitServer(b)
 	repo := git.CreateRepo(b, "shop")
 	files := map[string]string{}
-	for name, content := range shopChart() {
+	for name, content := range servicesChart() {
 		files["charts/shop/"+name] = content
 	}
 	commit := repo.Commit(b, "the shop chart", files)
